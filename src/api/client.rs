@@ -1,0 +1,308 @@
+//! The HTTP client: one reqwest client, form POSTs signed per request, answers decoded
+//! leniently into typed results or an [`ApiError`].
+
+use std::time::Duration;
+
+use serde_json::Value;
+use url::Url;
+
+use super::error::{ApiError, TransportKind};
+use super::model::{DescribePage, DescribeQuery, Target, TerminateAck};
+use super::sign::{Params, sign_in_place};
+use super::{Cloud, model::lenient};
+use crate::credentials::Credentials;
+
+/// Header carrying the gateway's request id; quoted in every error for support tickets.
+pub const REQUEST_ID_HEADER: &str = "X-UCLOUD-REQUEST-UUID";
+
+/// How to reach the API.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub base_url: Url,
+    pub credentials: Credentials,
+    /// Sub-accounts must name a project; the main account may leave it out.
+    pub project_id: Option<String>,
+    pub connect_timeout: Duration,
+    /// Whole-request timeout. The gateway itself gives up after 60 s (RetCode 110), so 30 s
+    /// (the SDKs' default) keeps a stuck call from holding a concurrency slot for long.
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(base_url: Url, credentials: Credentials) -> ClientConfig {
+        ClientConfig {
+            base_url,
+            credentials,
+            project_id: None,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A signed CompShare API client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    config: ClientConfig,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Result<Client, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("compshare-teardown/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.timeout)
+            .build()?;
+        Ok(Client { http, config })
+    }
+
+    pub fn base_url(&self) -> &Url {
+        &self.config.base_url
+    }
+
+    /// Sign and send one action; returns the decoded JSON body of a `RetCode: 0` answer.
+    pub async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
+        params.insert("Action".to_owned(), action.to_owned());
+        if let Some(project) = &self.config.project_id {
+            params
+                .entry("ProjectId".to_owned())
+                .or_insert_with(|| project.clone());
+        }
+        sign_in_place(
+            &mut params,
+            &self.config.credentials.public_key,
+            &self.config.credentials.private_key,
+        );
+        let mut url = self.config.base_url.clone();
+        url.query_pairs_mut().append_pair("Action", action);
+        tracing::trace!(action, "sending");
+        let transport = |e: reqwest::Error| ApiError::Transport {
+            action: action.to_owned(),
+            kind: transport_kind(&e),
+            detail: error_chain(&e),
+        };
+        // The very map that was signed is the one sent.
+        let response = self
+            .http
+            .post(url)
+            .form(&params)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        let request_id = response
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.map_err(transport)?;
+        if status.as_u16() >= 400 {
+            return Err(ApiError::Http {
+                action: action.to_owned(),
+                status: status.as_u16(),
+                snippet: snippet(&body),
+                request_id,
+            });
+        }
+        decode_envelope(action, &body, request_id)
+    }
+
+    /// `DescribeCompShareInstance`, one page.
+    pub async fn describe_page(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+        let mut p = Params::new();
+        if let Some(r) = &q.region {
+            p.insert("Region".into(), r.clone());
+        }
+        if let Some(z) = &q.zone {
+            p.insert("Zone".into(), z.clone());
+        }
+        for (i, id) in q.ids.iter().enumerate() {
+            p.insert(format!("UHostIds.{i}"), id.clone());
+        }
+        p.insert("Limit".into(), q.limit.to_string());
+        p.insert("Offset".into(), q.offset.to_string());
+        let action = "DescribeCompShareInstance";
+        let body = self.call(action, p).await?;
+        serde_json::from_value(body).map_err(|e| ApiError::Decode {
+            action: action.into(),
+            detail: e.to_string(),
+            request_id: None,
+        })
+    }
+
+    async fn lifecycle(
+        &self,
+        action: &str,
+        target: &Target,
+        extra: &[(&str, String)],
+    ) -> Result<Value, ApiError> {
+        let mut p = Params::new();
+        p.insert("Region".into(), target.region.clone());
+        p.insert("Zone".into(), target.zone.clone());
+        p.insert("UHostId".into(), target.uhost_id.clone());
+        for (k, v) in extra {
+            p.insert((*k).to_owned(), v.clone());
+        }
+        self.call(action, p).await
+    }
+}
+
+impl Cloud for Client {
+    async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+        self.describe_page(q).await
+    }
+
+    async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
+        // `Force` is sent only when set: spot instances need it, and an unknown parameter is
+        // silently ignored by the gateway, so sending `false` would add nothing.
+        let extra: Vec<(&str, String)> = if force {
+            vec![("Force", "true".into())]
+        } else {
+            vec![]
+        };
+        self.lifecycle("StopCompShareInstance", target, &extra)
+            .await
+            .map(drop)
+    }
+
+    async fn start(&self, target: &Target) -> Result<(), ApiError> {
+        self.lifecycle("StartCompShareInstance", target, &[])
+            .await
+            .map(drop)
+    }
+
+    async fn terminate(
+        &self,
+        target: &Target,
+        release_udisk: bool,
+    ) -> Result<TerminateAck, ApiError> {
+        // `ReleaseUDisk` is always sent, explicitly, so the server's default never decides
+        // what happens to the user's data disks.
+        let body = self
+            .lifecycle(
+                "TerminateCompShareInstance",
+                target,
+                &[("ReleaseUDisk", release_udisk.to_string())],
+            )
+            .await?;
+        Ok(serde_json::from_value(body).unwrap_or_default())
+    }
+}
+
+/// Decode `{RetCode, Message?, ...}`; `RetCode` may be a number or a numeric string.
+pub fn decode_envelope(
+    action: &str,
+    body: &[u8],
+    request_id: Option<String>,
+) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::Decode {
+        action: action.to_owned(),
+        detail: format!("{e}: {}", snippet(body)),
+        request_id: request_id.clone(),
+    })?;
+    let code = value
+        .get("RetCode")
+        .and_then(lenient::value_to_i64)
+        .ok_or_else(|| ApiError::Decode {
+            action: action.to_owned(),
+            detail: format!("no RetCode in {}", snippet(body)),
+            request_id: request_id.clone(),
+        })?;
+    if code != 0 {
+        let message = value
+            .get("Message")
+            .and_then(Value::as_str)
+            .unwrap_or("(no message)")
+            .to_owned();
+        return Err(ApiError::RetCode {
+            action: action.to_owned(),
+            code,
+            message,
+            request_id,
+        });
+    }
+    Ok(value)
+}
+
+/// A short, single-line excerpt of a body for error messages (HTML tags stripped).
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                out.push(' ');
+            }
+            c if !in_tag => out.push(if c.is_whitespace() { ' ' } else { c }),
+            _ => {}
+        }
+    }
+    let collapsed = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    if collapsed.chars().count() > 120 {
+        format!("{}…", collapsed.chars().take(120).collect::<String>())
+    } else {
+        collapsed
+    }
+}
+
+fn transport_kind(e: &reqwest::Error) -> TransportKind {
+    if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_timeout() {
+        TransportKind::Timeout
+    } else if e.is_request() || e.is_body() || e.is_decode() {
+        TransportKind::Closed
+    } else {
+        TransportKind::Other
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); include the chain,
+/// minus the URL (it is ours, not news).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut top = e.to_string();
+    if let Some(url) = e.url() {
+        top = top.replace(&format!(" for url ({url})"), "");
+    }
+    let mut parts = vec![top];
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.dedup();
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_accepts_string_retcode_and_missing_message() {
+        assert!(decode_envelope("X", br#"{"RetCode":"0"}"#, None).is_ok());
+        let e = decode_envelope("X", br#"{"RetCode":"153"}"#, Some("rid".into())).unwrap_err();
+        assert_eq!(e.code(), Some(153));
+        assert_eq!(e.request_id(), Some("rid"));
+        assert!(matches!(
+            decode_envelope("X", b"<html>bad gateway</html>", None),
+            Err(ApiError::Decode { .. })
+        ));
+        assert!(matches!(
+            decode_envelope("X", br#"{"Action":"X"}"#, None),
+            Err(ApiError::Decode { .. })
+        ));
+    }
+
+    #[test]
+    fn snippet_strips_html() {
+        assert_eq!(
+            snippet(b"<html><body><h1>502 Bad Gateway</h1>\n<hr>nginx</body></html>"),
+            "502 Bad Gateway nginx"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! The CompShare API: signing, wire model, errors and the HTTP client, plus the [`Cloud`]
+//! trait the workflow is written against (implemented by the HTTP [`Client`] and, for
+//! paused-time tests, by the simulator's in-memory world).
+
+pub mod client;
+pub mod error;
+pub mod model;
+pub mod sign;
+
+use std::future::Future;
+
+pub use client::{Client, ClientConfig};
+pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
+pub use model::{DESCRIBE_MAX, DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
+
+/// The calls a teardown needs.
+pub trait Cloud: Send + Sync {
+    /// One `DescribeCompShareInstance` call (one page, at most 100 IDs).
+    fn describe(
+        &self,
+        query: &DescribeQuery,
+    ) -> impl Future<Output = Result<DescribePage, ApiError>> + Send;
+    /// `StopCompShareInstance`; `force` sends `Force=true` (needed for spot instances).
+    fn stop(
+        &self,
+        target: &Target,
+        force: bool,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// `StartCompShareInstance`.
+    fn start(&self, target: &Target) -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// `TerminateCompShareInstance` with `ReleaseUDisk` sent explicitly.
+    fn terminate(
+        &self,
+        target: &Target,
+        release_udisk: bool,
+    ) -> impl Future<Output = Result<TerminateAck, ApiError>> + Send;
+}
+
+/// Every instance in scope (optionally one region/zone), fetched page by page with the largest
+/// page the API allows. Stops at `TotalCount` or at the first short page.
+pub async fn describe_all(
+    cloud: &impl Cloud,
+    region: Option<&str>,
+    zone: Option<&str>,
+) -> Result<Vec<Instance>, ApiError> {
+    let mut out: Vec<Instance> = Vec::new();
+    loop {
+        let query = DescribeQuery {
+            region: region.map(str::to_owned),
+            zone: zone.map(str::to_owned),
+            ids: Vec::new(),
+            limit: u32::try_from(DESCRIBE_MAX).unwrap_or(100),
+            offset: u32::try_from(out.len()).unwrap_or(u32::MAX),
+        };
+        let page = cloud.describe(&query).await?;
+        let got = page.uhost_set.len();
+        out.extend(page.uhost_set);
+        let total = usize::try_from(page.total_count).unwrap_or(0);
+        if got < DESCRIBE_MAX || out.len() >= total {
+            return Ok(out);
+        }
+    }
+}
+
+/// The rows for a list of IDs, in chunks of at most 100 per call. IDs the API does not return
+/// are simply absent from the result (an unknown ID is not an error on this API).
+pub async fn describe_ids(cloud: &impl Cloud, ids: &[String]) -> Result<Vec<Instance>, ApiError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(DESCRIBE_MAX) {
+        let query = DescribeQuery {
+            ids: chunk.to_vec(),
+            limit: u32::try_from(DESCRIBE_MAX).unwrap_or(100),
+            ..DescribeQuery::default()
+        };
+        let page = cloud.describe(&query).await?;
+        out.extend(page.uhost_set);
+    }
+    Ok(out)
+}

@@ -1,0 +1,364 @@
+//! The wire model: instance rows, states and typed responses.
+//!
+//! Parsing is lenient on purpose, matching what the real gateway has been seen to send:
+//! numbers may arrive as numeric strings, lists may be `null`, fields may be missing, unknown
+//! fields are ignored, and `State` may hold values no document lists (`Install Fail` has a
+//! space; the web docs also mention `Install`). Rows serialize back with the real field names,
+//! which is how the simulator answers.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An instance state as reported by `DescribeCompShareInstance`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum State {
+    Initializing,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    /// `Install Fail` on the wire.
+    InstallFail,
+    Rebooting,
+    Resizing,
+    /// Anything else, including `""` ("unknown: fetching the state timed out or failed").
+    Unknown(String),
+}
+
+impl State {
+    /// The exact wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            State::Initializing => "Initializing",
+            State::Starting => "Starting",
+            State::Running => "Running",
+            State::Stopping => "Stopping",
+            State::Stopped => "Stopped",
+            State::InstallFail => "Install Fail",
+            State::Rebooting => "Rebooting",
+            State::Resizing => "Resizing",
+            State::Unknown(s) => s,
+        }
+    }
+
+    /// Parse the wire spelling; never fails.
+    pub fn parse(s: &str) -> State {
+        match s {
+            "Initializing" => State::Initializing,
+            "Starting" => State::Starting,
+            "Running" => State::Running,
+            "Stopping" => State::Stopping,
+            "Stopped" => State::Stopped,
+            "Install Fail" => State::InstallFail,
+            "Rebooting" => State::Rebooting,
+            "Resizing" => State::Resizing,
+            other => State::Unknown(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            State::Unknown(s) if s.is_empty() => f.write_str("(unknown)"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+impl Serialize for State {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Option::<String>::deserialize(d)?.unwrap_or_default();
+        Ok(State::parse(&s))
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::Unknown(String::new())
+    }
+}
+
+/// Lenient deserializers for fields the gateway sends with shifting types.
+pub mod lenient {
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+
+    /// An integer sent as a number, a numeric string, a float with no fraction, or `null`.
+    pub fn i64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        Ok(value_to_i64(&Value::deserialize(d)?).unwrap_or_default())
+    }
+
+    /// A float sent as a number, a numeric string, or `null`.
+    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::Number(n) => n.as_f64().unwrap_or_default(),
+            Value::String(s) => s.trim().parse().unwrap_or_default(),
+            _ => 0.0,
+        })
+    }
+
+    /// A string that may be `null` or (rarely) a number or bool.
+    pub fn string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(match Value::deserialize(d)? {
+            Value::String(s) => s,
+            Value::Null => String::new(),
+            other => other.to_string(),
+        })
+    }
+
+    /// A list that may be `null`.
+    pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+    }
+
+    /// Integer value of a JSON number or numeric string.
+    pub fn value_to_i64(v: &Value) -> Option<i64> {
+        match v {
+            Value::Number(n) => n.as_i64().or_else(|| {
+                #[allow(clippy::cast_possible_truncation)]
+                n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)
+            }),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}
+
+/// One disk of an instance (`UHostDiskSet`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Disk {
+    #[serde(deserialize_with = "lenient::string")]
+    pub disk_id: String,
+    #[serde(deserialize_with = "lenient::string")]
+    pub disk_type: String,
+    /// `"True"`/`"False"` as a string on the wire.
+    #[serde(deserialize_with = "lenient::string")]
+    pub is_boot: String,
+    #[serde(deserialize_with = "lenient::string")]
+    pub name: String,
+    #[serde(deserialize_with = "lenient::i64")]
+    pub size: i64,
+    #[serde(deserialize_with = "lenient::string")]
+    pub r#type: String,
+}
+
+impl Disk {
+    /// Data disks are the ones `ReleaseUDisk` decides about; the boot disk always goes.
+    pub fn is_data(&self) -> bool {
+        !self.is_boot.eq_ignore_ascii_case("true")
+    }
+}
+
+/// One address of an instance (`UHostIPSet`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Ip {
+    #[serde(rename = "IP", deserialize_with = "lenient::string")]
+    pub ip: String,
+    #[serde(rename = "IPMode", deserialize_with = "lenient::string")]
+    pub ip_mode: String,
+    #[serde(deserialize_with = "lenient::string")]
+    pub r#type: String,
+    #[serde(deserialize_with = "lenient::i64")]
+    pub bandwidth: i64,
+}
+
+/// One row of `UHostSet` (`CompShareInstanceSet`), limited to the fields the tool uses.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Instance {
+    #[serde(rename = "UHostId", deserialize_with = "lenient::string")]
+    pub uhost_id: String,
+    #[serde(rename = "Name", deserialize_with = "lenient::string")]
+    pub name: String,
+    #[serde(rename = "State")]
+    pub state: State,
+    #[serde(rename = "Region", deserialize_with = "lenient::string")]
+    pub region: String,
+    #[serde(rename = "Zone", deserialize_with = "lenient::string")]
+    pub zone: String,
+    #[serde(rename = "Tag", deserialize_with = "lenient::string")]
+    pub tag: String,
+    #[serde(rename = "Remark", deserialize_with = "lenient::string")]
+    pub remark: String,
+    /// Unix seconds.
+    #[serde(rename = "CreateTime", deserialize_with = "lenient::i64")]
+    pub create_time: i64,
+    /// `Year`, `Month`, `Day`, `Dynamic`, `Postpay` or `Spot`.
+    #[serde(rename = "ChargeType", deserialize_with = "lenient::string")]
+    pub charge_type: String,
+    #[serde(rename = "GPU", deserialize_with = "lenient::i64")]
+    pub gpu: i64,
+    #[serde(rename = "GpuType", deserialize_with = "lenient::string")]
+    pub gpu_type: String,
+    #[serde(rename = "CPU", deserialize_with = "lenient::i64")]
+    pub cpu: i64,
+    /// MB.
+    #[serde(rename = "Memory", deserialize_with = "lenient::i64")]
+    pub memory: i64,
+    /// `UHost` (VM) or `Container`.
+    #[serde(rename = "InstanceType", deserialize_with = "lenient::string")]
+    pub instance_type: String,
+    /// Price per hour of the host, where the API reports it.
+    #[serde(rename = "InstancePrice", deserialize_with = "lenient::f64")]
+    pub instance_price: f64,
+    #[serde(rename = "DiskSet", deserialize_with = "lenient::list")]
+    pub disk_set: Vec<Disk>,
+    #[serde(rename = "IPSet", deserialize_with = "lenient::list")]
+    pub ip_set: Vec<Ip>,
+    #[serde(rename = "UpdateTime", deserialize_with = "lenient::i64")]
+    pub update_time: i64,
+}
+
+impl Instance {
+    /// Spot (preemptible) instances cannot be stopped without `Force=true`.
+    pub fn is_spot(&self) -> bool {
+        self.charge_type.eq_ignore_ascii_case("spot")
+    }
+
+    /// The data disks `ReleaseUDisk` governs.
+    pub fn data_disks(&self) -> impl Iterator<Item = &Disk> {
+        self.disk_set.iter().filter(|d| d.is_data())
+    }
+}
+
+/// Where an instance lives: every mutating call needs its `Region` and `Zone`, which are
+/// always taken from Describe, never from a configured default.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Target {
+    pub uhost_id: String,
+    pub region: String,
+    pub zone: String,
+}
+
+impl Target {
+    pub fn of(instance: &Instance) -> Target {
+        Target {
+            uhost_id: instance.uhost_id.clone(),
+            region: instance.region.clone(),
+            zone: instance.zone.clone(),
+        }
+    }
+}
+
+/// One page of `DescribeCompShareInstance`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct DescribePage {
+    #[serde(rename = "TotalCount", deserialize_with = "lenient::i64")]
+    pub total_count: i64,
+    #[serde(rename = "UHostSet", deserialize_with = "lenient::list")]
+    pub uhost_set: Vec<Instance>,
+}
+
+/// The answer to `TerminateCompShareInstance`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TerminateAck {
+    #[serde(rename = "UHostId", deserialize_with = "lenient::string")]
+    pub uhost_id: String,
+    /// `"Yes"` when the instance went to the recycle bin.
+    #[serde(rename = "InRecycle", deserialize_with = "lenient::string")]
+    pub in_recycle: String,
+}
+
+/// What to describe: an optional region/zone scope plus an optional ID list (at most 100 per
+/// call) and a page window (`Limit` at most 100).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DescribeQuery {
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub ids: Vec<String>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// The documented per-call maximum for both `Limit` and `UHostIds.N`.
+pub const DESCRIBE_MAX: usize = 100;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_including_odd_spellings() {
+        for s in [
+            "Initializing",
+            "Starting",
+            "Running",
+            "Stopping",
+            "Stopped",
+            "Install Fail",
+            "Rebooting",
+            "Resizing",
+            "",
+            "Install",
+            "Reinstalling",
+        ] {
+            assert_eq!(State::parse(s).as_str(), s);
+        }
+        assert_eq!(State::parse("Install Fail"), State::InstallFail);
+        assert_eq!(State::parse(""), State::Unknown(String::new()));
+    }
+
+    #[test]
+    fn lenient_row_parsing() {
+        let row: Instance = serde_json::from_str(
+            r#"{"UHostId":"cpod-1tq6i2ltk5mj","State":"Install Fail","CreateTime":"1700000000","GPU":"2",
+                "Memory":32768.0,"InstancePrice":"1.5","DiskSet":null,"IPSet":[{"IP":"10.0.0.1","Bandwidth":"5"}],
+                "Name":null,"SomethingNew":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(row.state, State::InstallFail);
+        assert_eq!(row.create_time, 1_700_000_000);
+        assert_eq!(row.gpu, 2);
+        assert_eq!(row.memory, 32768);
+        assert!((row.instance_price - 1.5).abs() < 1e-9);
+        assert!(row.disk_set.is_empty());
+        assert_eq!(row.ip_set[0].ip, "10.0.0.1");
+        assert_eq!(row.ip_set[0].bandwidth, 5);
+        assert_eq!(row.name, "");
+    }
+
+    #[test]
+    fn page_with_null_set_and_string_total() {
+        let page: DescribePage =
+            serde_json::from_str(r#"{"TotalCount":"0","UHostSet":null}"#).unwrap();
+        assert_eq!(page.total_count, 0);
+        assert!(page.uhost_set.is_empty());
+    }
+
+    #[test]
+    fn data_disks_exclude_boot() {
+        let i = Instance {
+            disk_set: vec![
+                Disk {
+                    disk_id: "b".into(),
+                    is_boot: "True".into(),
+                    ..Disk::default()
+                },
+                Disk {
+                    disk_id: "d".into(),
+                    is_boot: "False".into(),
+                    ..Disk::default()
+                },
+            ],
+            ..Instance::default()
+        };
+        assert_eq!(
+            i.data_disks()
+                .map(|d| d.disk_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["d"]
+        );
+    }
+}

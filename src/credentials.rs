@@ -1,0 +1,436 @@
+//! Credentials and endpoint: where the keys come from, and the type that keeps the private key
+//! out of every log, error, report and `Debug` output.
+//!
+//! Precedence, per field: flag > environment > file. Files, in order:
+//! 1. CompShare CLI: `$COMPSHARE_CONFIG_FILE`, else `${XDG_CONFIG_HOME:-~/.config}/compshare/config.json`
+//!    (`{"current_profile": "...", "profiles": {"name": {"public_key", "private_key"}}}`);
+//! 2. UCloud CLI: `~/.ucloud/credential.json` (array of `{public_key, private_key, profile}`),
+//!    with the profile marked `"active": true` in `~/.ucloud/config.json` when none is named.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+/// The default and only production endpoint. (The UCloud SDKs default to `api.ucloud.cn`,
+/// which rejects CompShare keys with RetCode 171.)
+pub const DEFAULT_BASE_URL: &str = "https://api.compshare.cn";
+
+/// A private key. `Debug` and `Display` print `***`; the only way to the text is
+/// [`PrivateKey::expose`], which the signer alone calls.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey(String);
+
+impl PrivateKey {
+    pub fn new(key: impl Into<String>) -> PrivateKey {
+        PrivateKey(key.into())
+    }
+
+    /// The key text, for signing only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PrivateKey(***)")
+    }
+}
+
+impl fmt::Display for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A key pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub public_key: String,
+    pub private_key: PrivateKey,
+    /// Where each half came from, for `-v` diagnostics (never the values).
+    pub source: String,
+}
+
+/// What went wrong finding credentials or the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error(
+        "no CompShare {missing} found; looked in: {looked}. Set COMPSHARE_PUBLIC_KEY and COMPSHARE_PRIVATE_KEY, or pass --public-key/--private-key"
+    )]
+    Missing {
+        missing: &'static str,
+        looked: String,
+    },
+    #[error("profile {profile:?} not found in {file}")]
+    UnknownProfile { profile: String, file: String },
+    #[error("cannot read {file}: {detail}")]
+    Unreadable { file: String, detail: String },
+    #[error("invalid base URL {url:?}: {detail}")]
+    BadUrl { url: String, detail: String },
+}
+
+/// Inputs to credential resolution; the environment is passed in so tests need not mutate it.
+pub struct Sources<'a> {
+    pub flag_public: Option<String>,
+    pub flag_private: Option<String>,
+    pub profile: Option<String>,
+    pub env: &'a dyn Fn(&str) -> Option<String>,
+    pub home: Option<PathBuf>,
+}
+
+impl Sources<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.trim().is_empty())
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct CompshareFile {
+    #[serde(default)]
+    current_profile: Option<String>,
+    #[serde(default)]
+    profiles: std::collections::BTreeMap<String, KeyPair>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+struct KeyPair {
+    #[serde(default)]
+    public_key: Option<String>,
+    #[serde(default)]
+    private_key: Option<String>,
+    #[serde(default)]
+    profile: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct UcloudConfigEntry {
+    #[serde(default)]
+    profile: Option<String>,
+    #[serde(default)]
+    active: bool,
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CredentialError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| CredentialError::Unreadable {
+                    file: path.display().to_string(),
+                    detail: e.to_string(),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CredentialError::Unreadable {
+            file: path.display().to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Resolve credentials: flag > env > CompShare CLI file > UCloud CLI files, per field.
+pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
+    let mut looked = vec![
+        "--public-key/--private-key".to_owned(),
+        "COMPSHARE_PUBLIC_KEY/COMPSHARE_PRIVATE_KEY".to_owned(),
+        "UCLOUD_PUBLIC_KEY/UCLOUD_PRIVATE_KEY".to_owned(),
+    ];
+    let mut public = src
+        .flag_public
+        .clone()
+        .filter(|s| !s.is_empty())
+        .map(|v| (v, "--public-key"));
+    let mut private = src
+        .flag_private
+        .clone()
+        .filter(|s| !s.is_empty())
+        .map(|v| (v, "--private-key"));
+    for (pub_var, priv_var) in [
+        ("COMPSHARE_PUBLIC_KEY", "COMPSHARE_PRIVATE_KEY"),
+        ("UCLOUD_PUBLIC_KEY", "UCLOUD_PRIVATE_KEY"),
+    ] {
+        if public.is_none() {
+            public = src.var(pub_var).map(|v| (v, pub_var));
+        }
+        if private.is_none() {
+            private = src.var(priv_var).map(|v| (v, priv_var));
+        }
+    }
+    let profile = src
+        .profile
+        .clone()
+        .or_else(|| src.var("COMPSHARE_PROFILE"))
+        .or_else(|| src.var("UCLOUD_PROFILE"));
+
+    if public.is_none() || private.is_none() {
+        // CompShare CLI file.
+        let xdg = src
+            .var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .or_else(|| src.home.as_ref().map(|h| h.join(".config")));
+        let file = src
+            .var("COMPSHARE_CONFIG_FILE")
+            .map(PathBuf::from)
+            .or_else(|| xdg.map(|x| x.join("compshare/config.json")));
+        if let Some(file) = file {
+            looked.push(file.display().to_string());
+            if let Some(cfg) = read_json::<CompshareFile>(&file)? {
+                let name = profile
+                    .clone()
+                    .or(cfg.current_profile.clone())
+                    .unwrap_or_else(|| "default".to_owned());
+                match cfg.profiles.get(&name) {
+                    Some(pair) => fill(&mut public, &mut private, pair, "compshare config file"),
+                    None if profile.is_some() => {
+                        return Err(CredentialError::UnknownProfile {
+                            profile: name,
+                            file: file.display().to_string(),
+                        });
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    if public.is_none() || private.is_none() {
+        if let Some(home) = &src.home {
+            let cred_file = src
+                .var("UCLOUD_SHARED_CREDENTIAL_FILE")
+                .map_or_else(|| home.join(".ucloud/credential.json"), PathBuf::from);
+            let conf_file = src
+                .var("UCLOUD_SHARED_CONFIG_FILE")
+                .map_or_else(|| home.join(".ucloud/config.json"), PathBuf::from);
+            looked.push(cred_file.display().to_string());
+            if let Some(creds) = read_json::<Vec<KeyPair>>(&cred_file)? {
+                let active = read_json::<Vec<UcloudConfigEntry>>(&conf_file)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|e| e.active)
+                    .and_then(|e| e.profile);
+                let name = profile
+                    .clone()
+                    .or(active)
+                    .unwrap_or_else(|| "default".to_owned());
+                if let Some(pair) = creds
+                    .iter()
+                    .find(|p| p.profile.as_deref() == Some(name.as_str()))
+                {
+                    fill(&mut public, &mut private, pair, "ucloud credential file");
+                }
+            }
+        }
+    }
+    match (public, private) {
+        (Some((public_key, ps)), Some((private_key, qs))) => Ok(Credentials {
+            public_key,
+            private_key: PrivateKey::new(private_key),
+            source: if ps == qs {
+                ps.to_owned()
+            } else {
+                format!("{ps} + {qs}")
+            },
+        }),
+        (None, _) => Err(CredentialError::Missing {
+            missing: "public key",
+            looked: looked.join(", "),
+        }),
+        (_, None) => Err(CredentialError::Missing {
+            missing: "private key",
+            looked: looked.join(", "),
+        }),
+    }
+}
+
+fn fill(
+    public: &mut Option<(String, &'static str)>,
+    private: &mut Option<(String, &'static str)>,
+    pair: &KeyPair,
+    source: &'static str,
+) {
+    if public.is_none() {
+        *public = pair
+            .public_key
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(|v| (v, source));
+    }
+    if private.is_none() {
+        *private = pair
+            .private_key
+            .clone()
+            .filter(|s| !s.is_empty())
+            .map(|v| (v, source));
+    }
+}
+
+/// Validate a base URL: `https://` anywhere, plain `http://` only to a loopback host (the
+/// simulator), because the signature does not cover a timestamp: a captured request can be
+/// replayed, so it must not cross a network in clear text.
+pub fn parse_base_url(text: &str) -> Result<Url, CredentialError> {
+    let bad = |detail: &str| CredentialError::BadUrl {
+        url: text.to_owned(),
+        detail: detail.to_owned(),
+    };
+    let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
+    match url.scheme() {
+        "https" => {}
+        "http" => {
+            let loopback = match url.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+                None => false,
+            };
+            if !loopback {
+                return Err(bad(
+                    "plain http is allowed only to a loopback host; use https",
+                ));
+            }
+        }
+        other => return Err(bad(&format!("unsupported scheme {other:?}"))),
+    }
+    if url.host().is_none() {
+        return Err(bad("no host"));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn resolve_with(
+        flags: (Option<&str>, Option<&str>),
+        profile: Option<&str>,
+        vars: &HashMap<String, String>,
+        home: Option<&Path>,
+    ) -> Result<Credentials, CredentialError> {
+        let lookup = |k: &str| vars.get(k).cloned();
+        resolve(&Sources {
+            flag_public: flags.0.map(str::to_owned),
+            flag_private: flags.1.map(str::to_owned),
+            profile: profile.map(str::to_owned),
+            env: &lookup,
+            home: home.map(Path::to_path_buf),
+        })
+    }
+
+    #[test]
+    fn private_key_never_prints() {
+        let k = PrivateKey::new("s3cr3t-value");
+        let c = Credentials {
+            public_key: "pub".into(),
+            private_key: k.clone(),
+            source: "x".into(),
+        };
+        assert!(!format!("{k:?} {k} {c:?} {c:#?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn flag_beats_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join(".config/compshare");
+        std::fs::create_dir_all(&cfg).unwrap();
+        std::fs::write(cfg.join("config.json"), r#"{"current_profile":"default","profiles":{"default":{"public_key":"filepub","private_key":"filepriv"}}}"#).unwrap();
+        let vars = env(&[("COMPSHARE_PUBLIC_KEY", "envpub")]);
+        let c = resolve_with((None, None), None, &vars, Some(dir.path())).unwrap();
+        assert_eq!(
+            (c.public_key.as_str(), c.private_key.expose()),
+            ("envpub", "filepriv")
+        );
+        let c = resolve_with((Some("flagpub"), None), None, &vars, Some(dir.path())).unwrap();
+        assert_eq!(c.public_key, "flagpub");
+        let vars = env(&[
+            ("UCLOUD_PUBLIC_KEY", "upub"),
+            ("UCLOUD_PRIVATE_KEY", "upriv"),
+        ]);
+        let c = resolve_with((None, None), None, &vars, Some(dir.path())).unwrap();
+        assert_eq!(
+            (c.public_key.as_str(), c.private_key.expose()),
+            ("upub", "upriv")
+        );
+    }
+
+    #[test]
+    fn compshare_profiles_and_unknown_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cs.json");
+        std::fs::write(&file, r#"{"current_profile":"a","profiles":{"a":{"public_key":"pa","private_key":"ka"},"b":{"public_key":"pb","private_key":"kb"}}}"#).unwrap();
+        let vars = env(&[("COMPSHARE_CONFIG_FILE", file.to_str().unwrap())]);
+        assert_eq!(
+            resolve_with((None, None), None, &vars, None)
+                .unwrap()
+                .public_key,
+            "pa"
+        );
+        assert_eq!(
+            resolve_with((None, None), Some("b"), &vars, None)
+                .unwrap()
+                .public_key,
+            "pb"
+        );
+        let err = resolve_with((None, None), Some("zzz"), &vars, None).unwrap_err();
+        assert!(
+            err.to_string().contains("profile \"zzz\" not found"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ucloud_files_use_active_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = dir.path().join(".ucloud");
+        std::fs::create_dir_all(&u).unwrap();
+        std::fs::write(
+            u.join("config.json"),
+            r#"[{"profile":"ucloud","active":false},{"profile":"work","active":true}]"#,
+        )
+        .unwrap();
+        std::fs::write(u.join("credential.json"), r#"[{"public_key":"p1","private_key":"k1","profile":"ucloud"},{"public_key":"p2","private_key":"k2","profile":"work"}]"#).unwrap();
+        let c = resolve_with((None, None), None, &env(&[]), Some(dir.path())).unwrap();
+        assert_eq!(c.public_key, "p2");
+        let c = resolve_with((None, None), Some("ucloud"), &env(&[]), Some(dir.path())).unwrap();
+        assert_eq!(c.public_key, "p1");
+    }
+
+    #[test]
+    fn missing_key_names_every_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_with((None, None), None, &env(&[]), Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        for place in [
+            "--public-key",
+            "COMPSHARE_PUBLIC_KEY",
+            "UCLOUD_PUBLIC_KEY",
+            "compshare/config.json",
+            ".ucloud/credential.json",
+        ] {
+            assert!(err.contains(place), "{err} lacks {place}");
+        }
+    }
+
+    #[test]
+    fn base_url_rules() {
+        assert!(parse_base_url("https://api.compshare.cn").is_ok());
+        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
+        assert!(parse_base_url("http://localhost:1").is_ok());
+        assert!(parse_base_url("http://[::1]:9").is_ok());
+        assert!(parse_base_url("http://api.compshare.cn").is_err());
+        assert!(parse_base_url("http://10.0.0.1").is_err());
+        assert!(parse_base_url("ftp://x").is_err());
+        assert!(parse_base_url("not a url").is_err());
+    }
+}
