@@ -61,10 +61,7 @@ pub enum CredentialError {
     #[error(
         "no CompShare {missing} found; looked in: {looked}. Set COMPSHARE_PUBLIC_KEY and COMPSHARE_PRIVATE_KEY, or pass --public-key/--private-key"
     )]
-    Missing {
-        missing: &'static str,
-        looked: String,
-    },
+    Missing { missing: &'static str, looked: String },
     #[error("profile {profile:?} not found in {file}")]
     UnknownProfile { profile: String, file: String },
     #[error("cannot read {file}: {detail}")]
@@ -116,14 +113,12 @@ struct UcloudConfigEntry {
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CredentialError> {
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| CredentialError::Unreadable {
-                    file: path.display().to_string(),
-                    detail: e.to_string(),
-                })
-        }
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| CredentialError::Unreadable {
+                file: path.display().to_string(),
+                detail: e.to_string(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(CredentialError::Unreadable {
             file: path.display().to_string(),
@@ -211,14 +206,8 @@ pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
                     .into_iter()
                     .find(|e| e.active)
                     .and_then(|e| e.profile);
-                let name = profile
-                    .clone()
-                    .or(active)
-                    .unwrap_or_else(|| "default".to_owned());
-                if let Some(pair) = creds
-                    .iter()
-                    .find(|p| p.profile.as_deref() == Some(name.as_str()))
-                {
+                let name = profile.clone().or(active).unwrap_or_else(|| "default".to_owned());
+                if let Some(pair) = creds.iter().find(|p| p.profile.as_deref() == Some(name.as_str())) {
                     fill(&mut public, &mut private, pair, "ucloud credential file");
                 }
             }
@@ -252,18 +241,10 @@ fn fill(
     source: &'static str,
 ) {
     if public.is_none() {
-        *public = pair
-            .public_key
-            .clone()
-            .filter(|s| !s.is_empty())
-            .map(|v| (v, source));
+        *public = pair.public_key.clone().filter(|s| !s.is_empty()).map(|v| (v, source));
     }
     if private.is_none() {
-        *private = pair
-            .private_key
-            .clone()
-            .filter(|s| !s.is_empty())
-            .map(|v| (v, source));
+        *private = pair.private_key.clone().filter(|s| !s.is_empty()).map(|v| (v, source));
     }
 }
 
@@ -286,9 +267,7 @@ pub fn parse_base_url(text: &str) -> Result<Url, CredentialError> {
                 None => false,
             };
             if !loopback {
-                return Err(bad(
-                    "plain http is allowed only to a loopback host; use https",
-                ));
+                return Err(bad("plain http is allowed only to a loopback host; use https"));
             }
         }
         other => return Err(bad(&format!("unsupported scheme {other:?}"))),
@@ -305,10 +284,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     fn resolve_with(
@@ -343,24 +319,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join(".config/compshare");
         std::fs::create_dir_all(&cfg).unwrap();
-        std::fs::write(cfg.join("config.json"), r#"{"current_profile":"default","profiles":{"default":{"public_key":"filepub","private_key":"filepriv"}}}"#).unwrap();
+        std::fs::write(
+            cfg.join("config.json"),
+            r#"{"current_profile":"default","profiles":{"default":{"public_key":"filepub","private_key":"filepriv"}}}"#,
+        )
+        .unwrap();
         let vars = env(&[("COMPSHARE_PUBLIC_KEY", "envpub")]);
         let c = resolve_with((None, None), None, &vars, Some(dir.path())).unwrap();
-        assert_eq!(
-            (c.public_key.as_str(), c.private_key.expose()),
-            ("envpub", "filepriv")
-        );
+        assert_eq!((c.public_key.as_str(), c.private_key.expose()), ("envpub", "filepriv"));
         let c = resolve_with((Some("flagpub"), None), None, &vars, Some(dir.path())).unwrap();
         assert_eq!(c.public_key, "flagpub");
-        let vars = env(&[
-            ("UCLOUD_PUBLIC_KEY", "upub"),
-            ("UCLOUD_PRIVATE_KEY", "upriv"),
-        ]);
+        let vars = env(&[("UCLOUD_PUBLIC_KEY", "upub"), ("UCLOUD_PRIVATE_KEY", "upriv")]);
         let c = resolve_with((None, None), None, &vars, Some(dir.path())).unwrap();
-        assert_eq!(
-            (c.public_key.as_str(), c.private_key.expose()),
-            ("upub", "upriv")
-        );
+        assert_eq!((c.public_key.as_str(), c.private_key.expose()), ("upub", "upriv"));
     }
 
     #[test]
@@ -369,23 +340,13 @@ mod tests {
         let file = dir.path().join("cs.json");
         std::fs::write(&file, r#"{"current_profile":"a","profiles":{"a":{"public_key":"pa","private_key":"ka"},"b":{"public_key":"pb","private_key":"kb"}}}"#).unwrap();
         let vars = env(&[("COMPSHARE_CONFIG_FILE", file.to_str().unwrap())]);
+        assert_eq!(resolve_with((None, None), None, &vars, None).unwrap().public_key, "pa");
         assert_eq!(
-            resolve_with((None, None), None, &vars, None)
-                .unwrap()
-                .public_key,
-            "pa"
-        );
-        assert_eq!(
-            resolve_with((None, None), Some("b"), &vars, None)
-                .unwrap()
-                .public_key,
+            resolve_with((None, None), Some("b"), &vars, None).unwrap().public_key,
             "pb"
         );
         let err = resolve_with((None, None), Some("zzz"), &vars, None).unwrap_err();
-        assert!(
-            err.to_string().contains("profile \"zzz\" not found"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("profile \"zzz\" not found"), "{err}");
     }
 
     #[test]

@@ -65,9 +65,7 @@ impl Client {
     pub async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
         params.insert("Action".to_owned(), action.to_owned());
         if let Some(project) = &self.config.project_id {
-            params
-                .entry("ProjectId".to_owned())
-                .or_insert_with(|| project.clone());
+            params.entry("ProjectId".to_owned()).or_insert_with(|| project.clone());
         }
         sign_in_place(
             &mut params,
@@ -83,13 +81,7 @@ impl Client {
             detail: error_chain(&e),
         };
         // The very map that was signed is the one sent.
-        let response = self
-            .http
-            .post(url)
-            .form(&params)
-            .send()
-            .await
-            .map_err(transport)?;
+        let response = self.http.post(url).form(&params).send().await.map_err(transport)?;
         let status = response.status();
         let request_id = response
             .headers()
@@ -131,12 +123,7 @@ impl Client {
         })
     }
 
-    async fn lifecycle(
-        &self,
-        action: &str,
-        target: &Target,
-        extra: &[(&str, String)],
-    ) -> Result<Value, ApiError> {
+    async fn lifecycle(&self, action: &str, target: &Target, extra: &[(&str, String)]) -> Result<Value, ApiError> {
         let mut p = Params::new();
         p.insert("Region".into(), target.region.clone());
         p.insert("Zone".into(), target.zone.clone());
@@ -156,27 +143,15 @@ impl Cloud for Client {
     async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
         // `Force` is sent only when set: spot instances need it, and an unknown parameter is
         // silently ignored by the gateway, so sending `false` would add nothing.
-        let extra: Vec<(&str, String)> = if force {
-            vec![("Force", "true".into())]
-        } else {
-            vec![]
-        };
-        self.lifecycle("StopCompShareInstance", target, &extra)
-            .await
-            .map(drop)
+        let extra: Vec<(&str, String)> = if force { vec![("Force", "true".into())] } else { vec![] };
+        self.lifecycle("StopCompShareInstance", target, &extra).await.map(drop)
     }
 
     async fn start(&self, target: &Target) -> Result<(), ApiError> {
-        self.lifecycle("StartCompShareInstance", target, &[])
-            .await
-            .map(drop)
+        self.lifecycle("StartCompShareInstance", target, &[]).await.map(drop)
     }
 
-    async fn terminate(
-        &self,
-        target: &Target,
-        release_udisk: bool,
-    ) -> Result<TerminateAck, ApiError> {
+    async fn terminate(&self, target: &Target, release_udisk: bool) -> Result<TerminateAck, ApiError> {
         // `ReleaseUDisk` is always sent, explicitly, so the server's default never decides
         // what happens to the user's data disks.
         let body = self
@@ -191,11 +166,7 @@ impl Cloud for Client {
 }
 
 /// Decode `{RetCode, Message?, ...}`; `RetCode` may be a number or a numeric string.
-pub fn decode_envelope(
-    action: &str,
-    body: &[u8],
-    request_id: Option<String>,
-) -> Result<Value, ApiError> {
+pub fn decode_envelope(action: &str, body: &[u8], request_id: Option<String>) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::Decode {
         action: action.to_owned(),
         detail: format!("{e}: {}", snippet(body)),

@@ -66,8 +66,7 @@ pub enum ApiError {
 }
 
 fn request_suffix(id: Option<&str>) -> String {
-    id.map(|id| format!(" (request id {id})"))
-        .unwrap_or_default()
+    id.map(|id| format!(" (request id {id})")).unwrap_or_default()
 }
 
 impl ApiError {
@@ -145,11 +144,7 @@ pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
     let mutating = error.is_mutating();
     match error {
         ApiError::RetCode { code, message, .. } => {
-            if message
-                .to_ascii_lowercase()
-                .contains(&LOCK_MARKER.to_ascii_lowercase())
-                || lock_codes.0.contains(code)
-            {
+            if message.to_ascii_lowercase().contains(&LOCK_MARKER.to_ascii_lowercase()) || lock_codes.0.contains(code) {
                 return RetryClass::Locked;
             }
             match code {
@@ -168,9 +163,7 @@ pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
         },
         ApiError::Transport { kind, .. } => match kind {
             TransportKind::Connect => RetryClass::Transient,
-            TransportKind::Timeout | TransportKind::Closed | TransportKind::Other if mutating => {
-                RetryClass::Ambiguous
-            }
+            TransportKind::Timeout | TransportKind::Closed | TransportKind::Other if mutating => RetryClass::Ambiguous,
             TransportKind::Timeout | TransportKind::Closed => RetryClass::Transient,
             TransportKind::Other => RetryClass::Fatal,
         },
@@ -220,10 +213,7 @@ mod tests {
         let table: Vec<(ApiError, RetryClass)> = vec![
             (rc(S, 8903, "busy"), Locked),
             (rc(T, 230, "InstanceOperationInProgress"), Locked),
-            (
-                rc(T, 8000, "instanceoperationinprogress: try later"),
-                Locked,
-            ),
+            (rc(T, 8000, "instanceoperationinprogress: try later"), Locked),
             (rc(D, 153, "throttled"), Throttled),
             (rc(T, 153, "throttled"), Throttled),
             (rc(D, 150, "unavailable"), Transient),
@@ -280,10 +270,7 @@ mod tests {
     fn configured_lock_codes_extend_the_default() {
         let e = rc(S, 8433, "service error");
         assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Fatal);
-        assert_eq!(
-            classify(&e, &LockCodes(vec![8903, 8433])),
-            RetryClass::Locked
-        );
+        assert_eq!(classify(&e, &LockCodes(vec![8903, 8433])), RetryClass::Locked);
     }
 
     #[test]

@@ -16,16 +16,9 @@ pub use model::{DESCRIBE_MAX, DescribePage, DescribeQuery, Instance, State, Targ
 /// The calls a teardown needs.
 pub trait Cloud: Send + Sync {
     /// One `DescribeCompShareInstance` call (one page, at most 100 IDs).
-    fn describe(
-        &self,
-        query: &DescribeQuery,
-    ) -> impl Future<Output = Result<DescribePage, ApiError>> + Send;
+    fn describe(&self, query: &DescribeQuery) -> impl Future<Output = Result<DescribePage, ApiError>> + Send;
     /// `StopCompShareInstance`; `force` sends `Force=true` (needed for spot instances).
-    fn stop(
-        &self,
-        target: &Target,
-        force: bool,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    fn stop(&self, target: &Target, force: bool) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// `StartCompShareInstance`.
     fn start(&self, target: &Target) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// `TerminateCompShareInstance` with `ReleaseUDisk` sent explicitly.

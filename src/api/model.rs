@@ -331,8 +331,7 @@ mod tests {
 
     #[test]
     fn page_with_null_set_and_string_total() {
-        let page: DescribePage =
-            serde_json::from_str(r#"{"TotalCount":"0","UHostSet":null}"#).unwrap();
+        let page: DescribePage = serde_json::from_str(r#"{"TotalCount":"0","UHostSet":null}"#).unwrap();
         assert_eq!(page.total_count, 0);
         assert!(page.uhost_set.is_empty());
     }
@@ -355,9 +354,7 @@ mod tests {
             ..Instance::default()
         };
         assert_eq!(
-            i.data_disks()
-                .map(|d| d.disk_id.as_str())
-                .collect::<Vec<_>>(),
+            i.data_disks().map(|d| d.disk_id.as_str()).collect::<Vec<_>>(),
             vec!["d"]
         );
     }
