@@ -191,25 +191,25 @@ pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
             }
         }
     }
-    if public.is_none() || private.is_none() {
-        if let Some(home) = &src.home {
-            let cred_file = src
-                .var("UCLOUD_SHARED_CREDENTIAL_FILE")
-                .map_or_else(|| home.join(".ucloud/credential.json"), PathBuf::from);
-            let conf_file = src
-                .var("UCLOUD_SHARED_CONFIG_FILE")
-                .map_or_else(|| home.join(".ucloud/config.json"), PathBuf::from);
-            looked.push(cred_file.display().to_string());
-            if let Some(creds) = read_json::<Vec<KeyPair>>(&cred_file)? {
-                let active = read_json::<Vec<UcloudConfigEntry>>(&conf_file)?
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|e| e.active)
-                    .and_then(|e| e.profile);
-                let name = profile.clone().or(active).unwrap_or_else(|| "default".to_owned());
-                if let Some(pair) = creds.iter().find(|p| p.profile.as_deref() == Some(name.as_str())) {
-                    fill(&mut public, &mut private, pair, "ucloud credential file");
-                }
+    if (public.is_none() || private.is_none())
+        && let Some(home) = &src.home
+    {
+        let cred_file = src
+            .var("UCLOUD_SHARED_CREDENTIAL_FILE")
+            .map_or_else(|| home.join(".ucloud/credential.json"), PathBuf::from);
+        let conf_file = src
+            .var("UCLOUD_SHARED_CONFIG_FILE")
+            .map_or_else(|| home.join(".ucloud/config.json"), PathBuf::from);
+        looked.push(cred_file.display().to_string());
+        if let Some(creds) = read_json::<Vec<KeyPair>>(&cred_file)? {
+            let active = read_json::<Vec<UcloudConfigEntry>>(&conf_file)?
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e.active)
+                .and_then(|e| e.profile);
+            let name = profile.clone().or(active).unwrap_or_else(|| "default".to_owned());
+            if let Some(pair) = creds.iter().find(|p| p.profile.as_deref() == Some(name.as_str())) {
+                fill(&mut public, &mut private, pair, "ucloud credential file");
             }
         }
     }

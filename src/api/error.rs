@@ -228,7 +228,7 @@ mod tests {
             (rc(T, 161, "no such action"), Fatal),
             (rc(T, 230, "Params [UHostId] not available"), Fatal),
             (rc(T, 8900, "state Running does not allow this"), Fatal),
-            (rc(T, 226601, "arrears"), Fatal),
+            (rc(T, 226_601, "arrears"), Fatal),
             (rc(T, 999_999, "who knows"), Fatal),
             (http(D, 429), Transient),
             (http(T, 502), Transient),

@@ -90,7 +90,7 @@ pub fn signature(params: &Params, private_key: &PrivateKey) -> String {
     let digest = Sha1::digest(string_to_sign(params, private_key).as_bytes());
     // sha1 0.11's output no longer implements `LowerHex`, so hex-encode the 20 bytes here.
     let mut hex = String::with_capacity(40);
-    for byte in digest.iter() {
+    for byte in &digest {
         use std::fmt::Write as _;
         let _ = write!(hex, "{byte:02x}");
     }

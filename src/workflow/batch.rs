@@ -1,0 +1,825 @@
+//! The batch driver: brings every selected instance to "gone" at once.
+//!
+//! One task owns all per-instance state and is the only code that awaits; API calls run as
+//! spawned tasks whose answers come back to it. Cost model, for N instances:
+//! - Describe: one call per poll tick for up to 100 waiting instances (never one per
+//!   instance); an instance is looked at again after a gap that grows with the time it has
+//!   spent in its phase (a sixth of it, between `min_poll` and `poll_interval`), so a change
+//!   is noticed within about 17% of the time it took, and a tick that is due anyway fills
+//!   its last chunk with instances that are nearly due.
+//! - Stop and Terminate: one each per instance when nothing goes wrong, bounded by
+//!   `--concurrency` in flight and by the global request pace.
+//!
+//! Safety: a decision is only taken on an observation from a Describe *sent after* the
+//! instance's last call was answered, so Terminate always follows a fresh `Stopped`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Settings;
+use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
+use super::machine::{Call, Decision, Effect, Memory, Observation, Phase, after_call, decide};
+use super::outcome::{InstanceReport, Outcome, Report};
+use super::pace::Pace;
+use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, Target, TerminateAck, classify};
+
+/// What an instance is doing, for progress displays.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Activity {
+    /// Waiting for a settled state; `state` is the last one seen.
+    Waiting { state: String, what: &'static str },
+    /// A call is in flight.
+    Calling(Call),
+    /// The operation lock is held; next attempt after `retry_in`.
+    Locked { retry_in: Duration },
+    /// Throttled or a transient error; next attempt after `retry_in`.
+    Backoff { reason: String, retry_in: Duration },
+}
+
+/// Receives progress; the CLI draws bars from it.
+pub trait Observer: Send {
+    fn activity(&mut self, id: &str, activity: &Activity);
+    fn finished(&mut self, id: &str, outcome: &Outcome);
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn activity(&mut self, _: &str, _: &Activity) {}
+    fn finished(&mut self, _: &str, _: &Outcome) {}
+}
+
+/// A last check on each instance, run on the observation that leads to its first call: a
+/// reason returned here skips the instance (protected, drifted from the saved plan, ...).
+pub type Guard = Box<dyn Fn(&Instance) -> Option<String> + Send + Sync>;
+
+/// Run-time companions of a batch.
+pub struct Controls {
+    pub journal: Option<Journal>,
+    pub resume: Option<Resume>,
+    pub guard: Option<Guard>,
+    pub observer: Box<dyn Observer>,
+    /// Cancelled on the first Ctrl-C / SIGTERM: start nothing new, let calls finish.
+    pub cancel: CancellationToken,
+    /// Rows from the selection step, used only to name instances in the report.
+    pub known: Vec<Instance>,
+}
+
+impl Default for Controls {
+    fn default() -> Self {
+        Controls {
+            journal: None,
+            resume: None,
+            guard: None,
+            observer: Box::new(NoObserver),
+            cancel: CancellationToken::new(),
+            known: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Status {
+    /// Needs a look at or after `due`; only a Describe sent at or after `fresh_after` counts.
+    Observe {
+        due: Instant,
+        fresh_after: Instant,
+        describing: bool,
+    },
+    Calling,
+    Done,
+}
+
+struct Tracker {
+    id: String,
+    row: Option<Instance>,
+    mem: Memory,
+    status: Status,
+    /// When our last call on it was answered (run start before any).
+    last_answer: Instant,
+    /// When it entered its current phase, for the adaptive poll gap.
+    phase_since: Instant,
+    calls: u32,
+    lock_backoff: Option<ExponentialBackoff>,
+    retry_backoff: Option<ExponentialBackoff>,
+    in_recycle: Option<String>,
+    outcome: Option<(Outcome, Instant)>,
+}
+
+enum Event {
+    Described {
+        idxs: Vec<usize>,
+        sent_at: Instant,
+        result: Result<Vec<Instance>, ApiError>,
+    },
+    Called {
+        idx: usize,
+        call: Call,
+        result: Result<Option<TerminateAck>, ApiError>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Halt {
+    Interrupted,
+    Deadline,
+    JournalFailed,
+}
+
+struct Runner<C> {
+    cloud: Arc<C>,
+    settings: Settings,
+    rules: super::machine::Rules,
+    trackers: Vec<Tracker>,
+    tasks: JoinSet<Event>,
+    slots: Arc<Semaphore>,
+    pace: Arc<Pace>,
+    ctl: Controls,
+    rng: StdRng,
+    started: Instant,
+    api_calls: BTreeMap<String, u32>,
+    throttled: u32,
+    describe_backoff: Option<ExponentialBackoff>,
+    halt: Option<Halt>,
+    journal_error: Option<String>,
+}
+
+/// Locks: 5 s doubling to 30 s, plus up to 100% jitter (so 5–60 s apart), for `lock_wait` in
+/// total. Keeping each gap under a minute guarantees an attempt in the last minute of an
+/// 11-minute budget, i.e. after a 10-minute lock taken at our first attempt has expired.
+fn lock_backoff(s: &Settings, seed: u64) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(5).min(s.lock_wait))
+        .with_max_delay(Duration::from_secs(30))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_jitter_seed(seed)
+        .without_max_times()
+        .with_total_delay(Some(s.lock_wait))
+        .build()
+}
+
+/// Throttling and transient errors: from a poll-sized step (at most 1 s) doubling to 30 s,
+/// jittered, at most 10 attempts (a few minutes) before the instance is failed.
+fn retry_backoff(s: &Settings, seed: u64) -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(s.min_poll().max(Duration::from_millis(50)).min(Duration::from_secs(1)) * 4)
+        .with_max_delay(Duration::from_secs(30))
+        .with_factor(2.0)
+        .with_jitter()
+        .with_jitter_seed(seed)
+        .with_max_times(10)
+        .build()
+}
+
+/// Tear down `ids` (already validated and de-duplicated by the caller). Every id ends in the
+/// report with an outcome.
+pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: Settings, ctl: Controls) -> Report {
+    let now = Instant::now();
+    let known: HashMap<&str, &Instance> = ctl.known.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
+    let resume = ctl.resume.clone().unwrap_or_default();
+    let trackers = ids
+        .iter()
+        .map(|id| Tracker {
+            id: id.clone(),
+            row: known.get(id.as_str()).map(|i| (*i).clone()),
+            mem: resume.memory.get(id).copied().unwrap_or_default(),
+            status: Status::Observe {
+                due: now,
+                fresh_after: now,
+                describing: false,
+            },
+            last_answer: now,
+            phase_since: now,
+            calls: resume.calls.get(id).copied().unwrap_or_default(),
+            lock_backoff: None,
+            retry_backoff: None,
+            in_recycle: None,
+            outcome: None,
+        })
+        .collect();
+    let seed = settings.jitter_seed.unwrap_or_else(rand::random);
+    let mut runner = Runner {
+        cloud,
+        rules: settings.rules(),
+        slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+        pace: Arc::new(Pace::new(settings.rate)),
+        settings,
+        trackers,
+        tasks: JoinSet::new(),
+        ctl,
+        rng: StdRng::seed_from_u64(seed),
+        started: now,
+        api_calls: BTreeMap::new(),
+        throttled: 0,
+        describe_backoff: None,
+        halt: None,
+        journal_error: None,
+    };
+    runner.journal(&Entry::Start {
+        version: JOURNAL_VERSION,
+        ids,
+        release_udisk: runner.settings.release_udisk,
+        force_stop: runner.settings.force_stop,
+        resumed: runner.ctl.resume.is_some(),
+    });
+    runner.main_loop().await;
+    runner.report()
+}
+
+impl<C: Cloud + 'static> Runner<C> {
+    async fn main_loop(&mut self) {
+        let cancel = self.ctl.cancel.clone();
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            if self.halt.is_some() {
+                if self.tasks.is_empty() {
+                    return;
+                }
+            } else if self.trackers.iter().all(|t| t.status == Status::Done) {
+                return;
+            } else {
+                self.start_polls(now);
+            }
+            let wake = self.next_wake(now);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled(), if self.halt.is_none() => {
+                    tracing::warn!("interrupted: starting nothing new; waiting for calls in flight");
+                    self.halt = Some(Halt::Interrupted);
+                }
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match joined {
+                        Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
+                        Ok(Event::Called { idx, call, result }) => self.on_called(idx, call, result),
+                        Err(e) => tracing::error!("an API task failed: {e}"),
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn journal(&mut self, entry: &Entry) {
+        let Some(j) = self.ctl.journal.as_mut() else { return };
+        if let Err(e) = j.write(entry) {
+            // Without a journal, a resume could repeat a call: stop starting new ones.
+            tracing::error!("{e}; stopping the run");
+            self.journal_error = Some(e.to_string());
+            self.halt.get_or_insert(Halt::JournalFailed);
+        }
+    }
+
+    fn count(&mut self, action: &str) {
+        *self.api_calls.entry(action.to_owned()).or_default() += 1;
+    }
+
+    /// Deadlines, per-instance timeouts and halts.
+    fn expire(&mut self, now: Instant) {
+        if self.halt.is_none() && self.settings.deadline.is_some_and(|d| now >= self.started + d) {
+            tracing::warn!("deadline reached: starting nothing new");
+            self.halt = Some(Halt::Deadline);
+        }
+        let timed_out = now >= self.started + self.settings.instance_timeout;
+        for i in 0..self.trackers.len() {
+            let t = &self.trackers[i];
+            if !matches!(t.status, Status::Observe { .. }) {
+                continue;
+            }
+            let phase = t.mem.phase;
+            match self.halt {
+                Some(Halt::Interrupted) => self.finish(i, Outcome::Interrupted { phase }),
+                Some(Halt::Deadline) => self.finish(i, Outcome::TimedOut { phase }),
+                Some(Halt::JournalFailed) => {
+                    let error = format!(
+                        "journal write failed: {}",
+                        self.journal_error.clone().unwrap_or_default()
+                    );
+                    self.finish(
+                        i,
+                        Outcome::Failed {
+                            phase,
+                            error,
+                            request_id: None,
+                        },
+                    );
+                }
+                None if timed_out => self.finish(i, Outcome::TimedOut { phase }),
+                None => {}
+            }
+        }
+    }
+
+    fn next_wake(&self, now: Instant) -> Instant {
+        let mut wake = now + Duration::from_secs(3600);
+        for t in &self.trackers {
+            if let Status::Observe {
+                due, describing: false, ..
+            } = t.status
+            {
+                wake = wake.min(due);
+            }
+        }
+        if let Some(d) = self.settings.deadline {
+            wake = wake.min(self.started + d);
+        }
+        wake.min(self.started + self.settings.instance_timeout).max(now)
+    }
+
+    /// Start Describe calls for every instance that is due, in chunks of 100.
+    fn start_polls(&mut self, now: Instant) {
+        let horizon = now + self.settings.min_poll() / 2;
+        let mut due: Vec<(Instant, usize)> = Vec::new();
+        let mut later: Vec<(Instant, usize)> = Vec::new();
+        for (i, t) in self.trackers.iter().enumerate() {
+            if let Status::Observe {
+                due: d,
+                describing: false,
+                ..
+            } = t.status
+            {
+                if d <= horizon {
+                    due.push((d, i));
+                } else {
+                    later.push((d, i));
+                }
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        due.sort_unstable();
+        later.sort_unstable();
+        // Fill the last chunk with the instances due soonest: a free look.
+        let room = (DESCRIBE_MAX - due.len() % DESCRIBE_MAX) % DESCRIBE_MAX;
+        due.extend(later.into_iter().take(room));
+        let idxs: Vec<usize> = due.into_iter().map(|(_, i)| i).collect();
+        for chunk in idxs.chunks(DESCRIBE_MAX) {
+            let ids: Vec<String> = chunk.iter().map(|&i| self.trackers[i].id.clone()).collect();
+            for &i in chunk {
+                if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
+                    *describing = true;
+                }
+            }
+            self.count("DescribeCompShareInstance");
+            let cloud = Arc::clone(&self.cloud);
+            let pace = Arc::clone(&self.pace);
+            let idxs = chunk.to_vec();
+            self.tasks.spawn(async move {
+                pace.ready().await;
+                let sent_at = Instant::now();
+                let limit = u32::try_from(ids.len()).unwrap_or(100);
+                let query = DescribeQuery {
+                    ids,
+                    limit,
+                    ..DescribeQuery::default()
+                };
+                let result = cloud.describe(&query).await.map(|p| p.uhost_set);
+                Event::Described { idxs, sent_at, result }
+            });
+        }
+    }
+
+    fn on_described(&mut self, idxs: &[usize], sent_at: Instant, result: Result<Vec<Instance>, ApiError>) {
+        let now = Instant::now();
+        for &i in idxs {
+            if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
+                *describing = false;
+            }
+        }
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => return self.on_describe_error(idxs, &e, now),
+        };
+        self.pace.succeeded();
+        self.describe_backoff = None;
+        let mut by_id: HashMap<String, Instance> = rows.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
+        for &i in idxs {
+            let Status::Observe { fresh_after, .. } = self.trackers[i].status else {
+                continue;
+            };
+            if sent_at < fresh_after {
+                continue; // older than the instance's last change: does not count
+            }
+            let row = by_id.remove(&self.trackers[i].id);
+            self.observe(i, row, now);
+        }
+    }
+
+    fn on_describe_error(&mut self, idxs: &[usize], e: &ApiError, now: Instant) {
+        let class = classify(e, &self.settings.lock_codes);
+        if class == RetryClass::Throttled {
+            self.pace.throttled();
+            self.throttled += 1;
+        }
+        let delay = if class == RetryClass::Fatal {
+            None
+        } else {
+            let seed = self.rng.random();
+            let settings = &self.settings;
+            self.describe_backoff
+                .get_or_insert_with(|| retry_backoff(settings, seed))
+                .next()
+        };
+        match delay {
+            Some(d) => {
+                tracing::warn!("{e}; looking again in {}", humantime::format_duration(round(d)));
+                for &i in idxs {
+                    if let Status::Observe { due, .. } = &mut self.trackers[i].status {
+                        *due = now + d;
+                    }
+                }
+            }
+            None => {
+                tracing::error!("{e}");
+                for &i in idxs {
+                    if matches!(self.trackers[i].status, Status::Observe { .. }) {
+                        let phase = self.trackers[i].mem.phase;
+                        let failed = Outcome::Failed {
+                            phase,
+                            error: e.to_string(),
+                            request_id: e.request_id().map(str::to_owned),
+                        };
+                        self.finish(i, failed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn observe(&mut self, i: usize, row: Option<Instance>, now: Instant) {
+        let obs = match &row {
+            None => Observation::Absent,
+            Some(r) => Observation::Present {
+                state: r.state.clone(),
+                spot: r.is_spot(),
+            },
+        };
+        let t = &mut self.trackers[i];
+        let first_call = t.calls == 0 && t.mem.phase == Phase::Fresh;
+        if let Some(r) = row {
+            t.row = Some(r);
+        }
+        let since = now.duration_since(t.last_answer);
+        let before = t.mem.phase;
+        let (mem, decision) = decide(t.mem, &obs, since, &self.rules);
+        t.mem = mem;
+        let state = match &obs {
+            Observation::Absent => None,
+            Observation::Present { state, .. } => Some(state.as_str().to_owned()),
+        };
+        tracing::debug!(id = %t.id, state = state.as_deref().unwrap_or("absent"), ?decision, "observed");
+        let entry = Entry::Decision {
+            id: t.id.clone(),
+            state: state.clone(),
+            phase: before,
+            decision: format!("{decision:?}"),
+        };
+        self.journal(&entry);
+        match decision {
+            Decision::Stop { .. } | Decision::Terminate if self.halt.is_some() => {
+                let phase = self.trackers[i].mem.phase;
+                self.finish(i, Outcome::Interrupted { phase });
+            }
+            Decision::Stop { force } => {
+                if first_call && let Some(reason) = self.guard_refuses(i) {
+                    return self.finish(i, Outcome::Skipped { reason });
+                }
+                self.send(i, Call::Stop, force);
+            }
+            Decision::Terminate => {
+                if first_call && let Some(reason) = self.guard_refuses(i) {
+                    return self.finish(i, Outcome::Skipped { reason });
+                }
+                self.send(i, Call::Terminate, false);
+            }
+            Decision::Wait(what) => {
+                let age = now.duration_since(self.trackers[i].phase_since);
+                let gap = self.poll_gap(age);
+                self.schedule(i, now + gap);
+                let activity = Activity::Waiting {
+                    state: state.unwrap_or_default(),
+                    what,
+                };
+                let id = self.trackers[i].id.clone();
+                self.ctl.observer.activity(&id, &activity);
+            }
+            Decision::Done(gone) => {
+                let mut outcome = Outcome::from(gone);
+                if let Outcome::Terminated { in_recycle, .. } = &mut outcome {
+                    in_recycle.clone_from(&self.trackers[i].in_recycle);
+                }
+                self.finish(i, outcome);
+            }
+            Decision::Fail(refusal) => {
+                let phase = self.trackers[i].mem.phase;
+                self.finish(
+                    i,
+                    Outcome::Failed {
+                        phase,
+                        error: refusal.to_string(),
+                        request_id: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn guard_refuses(&self, i: usize) -> Option<String> {
+        let guard = self.ctl.guard.as_ref()?;
+        self.trackers[i].row.as_ref().and_then(guard)
+    }
+
+    /// A sixth of the time spent in the phase, between `min_poll` and `poll_interval`, ±10%.
+    fn poll_gap(&mut self, age: Duration) -> Duration {
+        let base = (age / 6).clamp(self.settings.min_poll(), self.settings.poll_interval);
+        base.mul_f64(self.rng.random_range(0.9..1.1))
+    }
+
+    fn schedule(&mut self, i: usize, due: Instant) {
+        self.trackers[i].status = Status::Observe {
+            due,
+            fresh_after: Instant::now(),
+            describing: false,
+        };
+    }
+
+    fn send(&mut self, i: usize, call: Call, force: bool) {
+        let Some(row) = self.trackers[i].row.as_ref() else {
+            // Unreachable: a call is only decided on a present row.
+            let phase = self.trackers[i].mem.phase;
+            let error = "internal: no row to act on".to_owned();
+            return self.finish(
+                i,
+                Outcome::Failed {
+                    phase,
+                    error,
+                    request_id: None,
+                },
+            );
+        };
+        // Belt and braces for the first safety rule: never Terminate unless the row we just
+        // looked at says Stopped (or Install Fail, which the platform may refuse).
+        if call == Call::Terminate && !matches!(row.state, crate::api::State::Stopped | crate::api::State::InstallFail)
+        {
+            let phase = self.trackers[i].mem.phase;
+            let error = format!("internal: refused to terminate from state {}", row.state);
+            return self.finish(
+                i,
+                Outcome::Failed {
+                    phase,
+                    error,
+                    request_id: None,
+                },
+            );
+        }
+        let target = Target::of(row);
+        let id = self.trackers[i].id.clone();
+        self.journal(&Entry::Call {
+            id: id.clone(),
+            call,
+            region: target.region.clone(),
+            zone: target.zone.clone(),
+        });
+        if self.halt == Some(Halt::JournalFailed) {
+            let phase = self.trackers[i].mem.phase;
+            let error = format!(
+                "journal write failed: {}",
+                self.journal_error.clone().unwrap_or_default()
+            );
+            return self.finish(
+                i,
+                Outcome::Failed {
+                    phase,
+                    error,
+                    request_id: None,
+                },
+            );
+        }
+        self.trackers[i].status = Status::Calling;
+        self.trackers[i].calls += 1;
+        self.count(call.action());
+        tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
+        self.ctl.observer.activity(&id, &Activity::Calling(call));
+        let cloud = Arc::clone(&self.cloud);
+        let pace = Arc::clone(&self.pace);
+        let slots = Arc::clone(&self.slots);
+        let release = self.settings.release_udisk;
+        self.tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            pace.ready().await;
+            let result = match call {
+                Call::Stop => cloud.stop(&target, force).await.map(|()| None),
+                Call::Terminate => cloud.terminate(&target, release).await.map(Some),
+            };
+            Event::Called { idx: i, call, result }
+        });
+    }
+
+    fn on_called(&mut self, i: usize, call: Call, result: Result<Option<TerminateAck>, ApiError>) {
+        let now = Instant::now();
+        let class = result.as_ref().err().map(|e| classify(e, &self.settings.lock_codes));
+        let effect = match class {
+            None => Effect::Accepted,
+            Some(RetryClass::Ambiguous) => Effect::Unsure,
+            Some(_) => Effect::NotApplied,
+        };
+        let id = self.trackers[i].id.clone();
+        let error = result.as_ref().err().map(ToString::to_string);
+        self.journal(&Entry::Result {
+            id: id.clone(),
+            call,
+            effect,
+            error,
+        });
+        let t = &mut self.trackers[i];
+        t.last_answer = now;
+        t.mem = after_call(t.mem, call, effect);
+        let phase = t.mem.phase;
+        let e = match result {
+            Ok(ack) => {
+                tracing::info!(id = %id, "{} accepted", call.action());
+                if let Some(ack) = ack {
+                    t.in_recycle = Some(ack.in_recycle).filter(|s| !s.is_empty());
+                }
+                t.lock_backoff = None;
+                t.retry_backoff = None;
+                t.phase_since = now;
+                self.pace.succeeded();
+                let gap = self.settings.min_poll();
+                return self.after_answer(i, now + gap);
+            }
+            Err(e) => e,
+        };
+        let seed: u64 = self.rng.random();
+        let settings = &self.settings;
+        let t = &mut self.trackers[i];
+        match class.unwrap_or(RetryClass::Fatal) {
+            RetryClass::Locked => match t
+                .lock_backoff
+                .get_or_insert_with(|| lock_backoff(settings, seed))
+                .next()
+            {
+                Some(d) => {
+                    tracing::info!(id = %id, "operation lock held; looking again in {}", humantime::format_duration(round(d)));
+                    self.ctl.observer.activity(&id, &Activity::Locked { retry_in: d });
+                    self.after_answer(i, now + d);
+                }
+                None => {
+                    let error = format!(
+                        "operation lock still held after {}: {e}",
+                        humantime::format_duration(settings.lock_wait)
+                    );
+                    let request_id = e.request_id().map(str::to_owned);
+                    self.finish(
+                        i,
+                        Outcome::Failed {
+                            phase,
+                            error,
+                            request_id,
+                        },
+                    );
+                }
+            },
+            class @ (RetryClass::Throttled | RetryClass::Transient) => {
+                if class == RetryClass::Throttled {
+                    self.pace.throttled();
+                    self.throttled += 1;
+                }
+                let t = &mut self.trackers[i];
+                match t
+                    .retry_backoff
+                    .get_or_insert_with(|| retry_backoff(settings, seed))
+                    .next()
+                {
+                    Some(d) => {
+                        tracing::warn!(id = %id, "{e}; retrying in {}", humantime::format_duration(round(d)));
+                        let activity = Activity::Backoff {
+                            reason: e.to_string(),
+                            retry_in: d,
+                        };
+                        self.ctl.observer.activity(&id, &activity);
+                        self.after_answer(i, now + d);
+                    }
+                    None => {
+                        let request_id = e.request_id().map(str::to_owned);
+                        self.finish(
+                            i,
+                            Outcome::Failed {
+                                phase,
+                                error: format!("gave up after retries: {e}"),
+                                request_id,
+                            },
+                        );
+                    }
+                }
+            }
+            RetryClass::Ambiguous => {
+                // Maybe it happened, maybe not: look before doing anything else.
+                tracing::warn!(id = %id, "{e}; checking what happened before going on");
+                let gap = self.settings.min_poll();
+                self.after_answer(i, now + gap);
+            }
+            RetryClass::Fatal => {
+                tracing::error!(id = %id, "{e}");
+                let request_id = e.request_id().map(str::to_owned);
+                self.finish(
+                    i,
+                    Outcome::Failed {
+                        phase,
+                        error: e.to_string(),
+                        request_id,
+                    },
+                );
+            }
+        }
+    }
+
+    /// After an answer: observe again at `due`, unless the run is halting.
+    fn after_answer(&mut self, i: usize, due: Instant) {
+        let phase = self.trackers[i].mem.phase;
+        match self.halt {
+            None => self.schedule(i, due),
+            Some(Halt::Interrupted) => self.finish(i, Outcome::Interrupted { phase }),
+            Some(Halt::Deadline) => self.finish(i, Outcome::TimedOut { phase }),
+            Some(Halt::JournalFailed) => {
+                let error = format!(
+                    "journal write failed: {}",
+                    self.journal_error.clone().unwrap_or_default()
+                );
+                self.finish(
+                    i,
+                    Outcome::Failed {
+                        phase,
+                        error,
+                        request_id: None,
+                    },
+                );
+            }
+        }
+    }
+
+    fn finish(&mut self, i: usize, outcome: Outcome) {
+        let now = Instant::now();
+        let id = self.trackers[i].id.clone();
+        match &outcome {
+            o if o.is_ok() => tracing::info!(id = %id, "{}", o.word()),
+            o => tracing::warn!(id = %id, "{}: {}", o.word(), o.detail()),
+        }
+        self.journal(&Entry::Outcome {
+            id: id.clone(),
+            outcome: outcome.clone(),
+        });
+        self.ctl.observer.finished(&id, &outcome);
+        let t = &mut self.trackers[i];
+        t.status = Status::Done;
+        t.outcome = Some((outcome, now));
+    }
+
+    fn report(self) -> Report {
+        let release_udisk = self.settings.release_udisk;
+        let started = self.started;
+        let end = Instant::now();
+        let instances = self
+            .trackers
+            .into_iter()
+            .map(|t| {
+                let (outcome, at) = t.outcome.unwrap_or((Outcome::Interrupted { phase: t.mem.phase }, end));
+                let row = t.row.unwrap_or_default();
+                InstanceReport {
+                    uhost_id: t.id,
+                    name: row.name,
+                    region: row.region,
+                    zone: row.zone,
+                    last_state: row.state.as_str().to_owned(),
+                    outcome,
+                    seconds: at.duration_since(started).as_secs_f64(),
+                    calls: t.calls,
+                    release_udisk,
+                }
+            })
+            .collect();
+        Report::new(
+            instances,
+            end.duration_since(started).as_secs_f64(),
+            self.api_calls,
+            self.throttled,
+        )
+    }
+}
+
+/// Round a duration to milliseconds for display.
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

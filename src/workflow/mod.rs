@@ -1,0 +1,92 @@
+//! The teardown workflow: stop → wait for `Stopped` → terminate → confirm gone, for whole
+//! batches at once.
+//!
+//! - [`machine`]: the pure per-instance state machine (`decide`, `after_call`).
+//! - [`batch`]: the async driver: batched polling, calls under a concurrency bound and a
+//!   request pace, lock and retry backoff, deadlines, interruption, the journal.
+//! - [`pace`]: the global request rate, lowered on throttling.
+//! - [`journal`]: append-only JSON lines and resume.
+//! - [`outcome`]: outcomes and the report, as data.
+
+pub mod batch;
+pub mod journal;
+pub mod machine;
+pub mod outcome;
+pub mod pace;
+
+use std::time::Duration;
+
+use crate::api::LockCodes;
+
+pub use batch::{Activity, Controls, Guard, NoObserver, Observer, run};
+pub use outcome::{InstanceReport, Outcome, Report, Summary};
+
+/// Everything that shapes a run, validated (the CLI builds it from flags and config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Send `ReleaseUDisk=true`: delete data disks with the instances.
+    pub release_udisk: bool,
+    /// Allow `Force=true` on spot instances.
+    pub force_stop: bool,
+    /// Mutating calls in flight at once.
+    pub concurrency: usize,
+    /// Requests per second across the run (0 = unlimited).
+    pub rate: u32,
+    /// The longest gap between two looks at a waiting instance (polls come sooner right after
+    /// a change, see [`Settings::min_poll`]).
+    pub poll_interval: Duration,
+    /// How long to keep retrying through `InstanceOperationInProgress`. The documented lock TTL
+    /// is 10 minutes; 11 leaves a margin for a lock taken just before our first attempt.
+    pub lock_wait: Duration,
+    /// Per-instance time limit.
+    pub instance_timeout: Duration,
+    /// Whole-run time limit.
+    pub deadline: Option<Duration>,
+    /// How long to wait for a terminated instance to leave Describe.
+    pub confirm_timeout: Duration,
+    /// Re-stops allowed for an instance someone keeps starting.
+    pub max_restarts: u32,
+    /// RetCodes that mean the operation lock is held.
+    pub lock_codes: LockCodes,
+    /// Fixed seed for poll and backoff jitter (tests); `None` = random.
+    pub jitter_seed: Option<u64>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            release_udisk: false,
+            force_stop: false,
+            concurrency: 16,
+            rate: 10,
+            poll_interval: Duration::from_secs(3),
+            lock_wait: Duration::from_secs(11 * 60),
+            instance_timeout: Duration::from_secs(30 * 60),
+            deadline: None,
+            confirm_timeout: Duration::from_secs(3 * 60),
+            max_restarts: 3,
+            lock_codes: LockCodes::default(),
+            jitter_seed: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The shortest gap between looks at an instance: a twelfth of the poll interval (250 ms
+    /// at the default 3 s), so a state change right after a call is seen quickly.
+    pub fn min_poll(&self) -> Duration {
+        (self.poll_interval / 12).max(Duration::from_millis(5))
+    }
+
+    /// The machine's rules derived from these settings. Grace and settle periods scale with
+    /// the poll interval: they are "a few looks", not absolute times.
+    pub fn rules(&self) -> machine::Rules {
+        machine::Rules {
+            force_stop: self.force_stop,
+            max_restarts: self.max_restarts,
+            stop_grace: self.poll_interval * 3,
+            terminate_settle: self.poll_interval * 10,
+            confirm_timeout: self.confirm_timeout,
+        }
+    }
+}
