@@ -7,4 +7,9 @@
 
 pub mod api;
 pub mod credentials;
+pub mod logging;
+pub mod plan;
+pub mod progress;
+pub mod runlock;
+pub mod selection;
 pub mod workflow;

@@ -1,0 +1,94 @@
+//! Logs: `tracing` to stderr, as text (printed above the progress bars without tearing them)
+//! or as JSON lines for journald and log collectors. The filter comes from
+//! `COMPSHARE_TEARDOWN_LOG` or `RUST_LOG` (`EnvFilter` syntax) when set, else from `-q`/`-v`.
+
+use std::io::{self, Write};
+
+use indicatif::MultiProgress;
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Writes log lines to stderr with the bars suspended, so lines land above them.
+#[derive(Clone)]
+pub struct BarWriter {
+    multi: MultiProgress,
+}
+
+impl Write for BarWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.multi.suspend(|| io::stderr().write_all(buf))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for BarWriter {
+    type Writer = BarWriter;
+    fn make_writer(&'a self) -> BarWriter {
+        self.clone()
+    }
+}
+
+/// The default filter: `verbosity` -1 (`-q`) errors only, 0 info (warn while bars are
+/// drawn, since the bars carry the progress), 1 debug, 2+ trace; other crates stay at warn.
+pub fn default_filter(verbosity: i8, bars_visible: bool) -> String {
+    let level = match verbosity {
+        i8::MIN..=-1 => "error",
+        0 if bars_visible => "warn",
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    format!("warn,compshare_teardown={level}")
+}
+
+/// Install the global subscriber. Safe to call once per process.
+pub fn init(format: LogFormat, verbosity: i8, multi: &MultiProgress, color: bool) {
+    let env = std::env::var("COMPSHARE_TEARDOWN_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .ok();
+    let filter = env
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default_filter(verbosity, !multi.is_hidden())));
+    let writer = BarWriter { multi: multi.clone() };
+    let result = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_ansi(color)
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .try_init(),
+    };
+    // A second init (tests calling the app twice in one process) keeps the first subscriber.
+    drop(result);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_by_verbosity() {
+        assert_eq!(default_filter(-1, false), "warn,compshare_teardown=error");
+        assert_eq!(default_filter(0, false), "warn,compshare_teardown=info");
+        assert_eq!(default_filter(0, true), "warn,compshare_teardown=warn");
+        assert_eq!(default_filter(2, true), "warn,compshare_teardown=trace");
+    }
+}

@@ -1,0 +1,439 @@
+//! Choosing what to tear down: ID lists and their checks, filters, exclusions, protections and
+//! self-protection. Pure functions over Describe rows; nothing here calls the API.
+//!
+//! How they combine: IDs (arguments and `--from-file`) name the candidates; without IDs, every
+//! instance in the region/zone scope is a candidate, and at least one filter (or `--all`) is
+//! required. Filters narrow the candidates (different filters AND, repeated values of one
+//! filter OR). Named IDs a filter rejects are shown as skipped (filtered). Exclusions and
+//! protections always win over everything else.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{Instance, State};
+
+/// What went wrong with the user's selection input.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SelectionError {
+    #[error("empty instance ID{0}")]
+    EmptyId(String),
+    #[error(
+        "malformed instance ID {id:?}{at}: expected letters and digits around a dash, like uhost-1paxrg4g1vfw or cpod-1tq6i2ltk5mj"
+    )]
+    Malformed { id: String, at: String },
+    #[error("instance ID {id} is given twice{at}")]
+    Duplicate { id: String, at: String },
+    #[error("invalid glob {glob:?}: {detail}")]
+    BadGlob { glob: String, detail: String },
+    #[error("cannot read ID file {path}: {detail}")]
+    File { path: String, detail: String },
+    #[error(
+        "no instances named and no filter given: name IDs, use a filter (--name, --tag, ...), or pass --all to select everything in scope"
+    )]
+    Unbounded,
+}
+
+/// Where an ID came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct IdSource {
+    pub id: String,
+    /// e.g. ` (ids.txt line 3)`; empty for arguments.
+    pub at: String,
+}
+
+/// Read IDs from a file (`-` = stdin): one per line, `#` starts a comment, blank lines skipped.
+pub fn read_id_file(path: &str) -> Result<Vec<IdSource>, SelectionError> {
+    let mut text = String::new();
+    let result = if path == "-" {
+        std::io::stdin().read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    result.map_err(|e| SelectionError::File {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let name = if path == "-" { "stdin" } else { path };
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter_map(|(n, line)| {
+            let id = line.split('#').next().unwrap_or("").trim();
+            (!id.is_empty()).then(|| IdSource {
+                id: id.to_owned(),
+                at: format!(" ({name} line {})", n + 1),
+            })
+        })
+        .collect())
+}
+
+/// Check IDs: none empty, each well-formed, none twice. The prefix is not assumed (`uhost-`,
+/// `cpod-` and others exist).
+pub fn check_ids(ids: &[IdSource]) -> Result<Vec<String>, SelectionError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(ids.len());
+    for src in ids {
+        let id = src.id.trim();
+        if id.is_empty() {
+            return Err(SelectionError::EmptyId(src.at.clone()));
+        }
+        let well_formed = id.len() <= 64
+            && id.contains('-')
+            && !id.starts_with('-')
+            && !id.ends_with('-')
+            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !well_formed {
+            return Err(SelectionError::Malformed {
+                id: id.to_owned(),
+                at: src.at.clone(),
+            });
+        }
+        if !seen.insert(id.to_owned()) {
+            return Err(SelectionError::Duplicate {
+                id: id.to_owned(),
+                at: src.at.clone(),
+            });
+        }
+        out.push(id.to_owned());
+    }
+    Ok(out)
+}
+
+/// Compile glob patterns (case-sensitive, `*` `?` `[..]`).
+pub fn globs(patterns: &[String]) -> Result<Vec<GlobMatcher>, SelectionError> {
+    patterns
+        .iter()
+        .map(|p| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| SelectionError::BadGlob {
+                    glob: p.clone(),
+                    detail: e.kind().to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Filters that narrow the candidates.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    pub names: Vec<GlobMatcher>,
+    pub tags: Vec<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub states: Vec<State>,
+    pub older_than: Option<Duration>,
+    pub charge_types: Vec<String>,
+    pub gpu_types: Vec<String>,
+}
+
+impl Filters {
+    /// Any filter beyond the region/zone scope.
+    pub fn narrows(&self) -> bool {
+        !(self.names.is_empty()
+            && self.tags.is_empty()
+            && self.states.is_empty()
+            && self.older_than.is_none()
+            && self.charge_types.is_empty()
+            && self.gpu_types.is_empty())
+    }
+
+    /// Why a row does not match, or `None` when it matches every filter.
+    pub fn reject(&self, row: &Instance, now_unix: i64) -> Option<String> {
+        if !self.names.is_empty() && !self.names.iter().any(|g| g.is_match(&row.name)) {
+            return Some(format!("name {:?} matches no --name", row.name));
+        }
+        if !self.tags.is_empty() && !self.tags.contains(&row.tag) {
+            return Some(format!("tag {:?} is not selected", row.tag));
+        }
+        if self.region.as_ref().is_some_and(|r| r != &row.region) {
+            return Some(format!("region {} is not selected", row.region));
+        }
+        if self.zone.as_ref().is_some_and(|z| z != &row.zone) {
+            return Some(format!("zone {} is not selected", row.zone));
+        }
+        if !self.states.is_empty() && !self.states.contains(&row.state) {
+            return Some(format!("state {} is not selected", row.state));
+        }
+        if let Some(min_age) = self.older_than {
+            let age = now_unix.saturating_sub(row.create_time);
+            if row.create_time <= 0 || u64::try_from(age).unwrap_or(0) < min_age.as_secs() {
+                return Some(format!("younger than {}", humantime::format_duration(min_age)));
+            }
+        }
+        if !self.charge_types.is_empty()
+            && !self
+                .charge_types
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case(&row.charge_type))
+        {
+            return Some(format!("charge type {} is not selected", row.charge_type));
+        }
+        if !self.gpu_types.is_empty() && !self.gpu_types.iter().any(|g| g.eq_ignore_ascii_case(&row.gpu_type)) {
+            return Some(format!("GPU type {} is not selected", row.gpu_type));
+        }
+        None
+    }
+}
+
+/// What must never be torn down.
+#[derive(Debug, Clone, Default)]
+pub struct Protections {
+    pub exclude: HashSet<String>,
+    pub protect_tags: Vec<String>,
+    pub protect_names: Vec<GlobMatcher>,
+    /// This machine's addresses; an instance holding one is this machine.
+    pub own_addresses: Vec<IpAddr>,
+    /// `--allow-self`: the user really means to tear down the machine running the tool.
+    pub allow_self: bool,
+}
+
+impl Protections {
+    /// Why a row must be left alone, or `None`.
+    pub fn refuse(&self, row: &Instance) -> Option<String> {
+        if self.exclude.contains(&row.uhost_id) {
+            return Some("excluded (--exclude)".into());
+        }
+        if let Some(t) = self.protect_tags.iter().find(|t| **t == row.tag) {
+            return Some(format!("protected: tag {t:?}"));
+        }
+        if let Some(g) = self.protect_names.iter().find(|g| g.is_match(&row.name)) {
+            return Some(format!("protected: name matches {:?}", g.glob().glob()));
+        }
+        if !self.allow_self {
+            for ip in &row.ip_set {
+                if let Ok(addr) = ip.ip.parse::<IpAddr>()
+                    && self.own_addresses.contains(&addr)
+                {
+                    return Some(format!("this machine (it holds {addr}); pass --allow-self to override"));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// This machine's non-loopback addresses.
+pub fn own_addresses() -> Vec<IpAddr> {
+    if_addrs::get_if_addrs()
+        .map(|ifs| ifs.into_iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback()).collect())
+        .unwrap_or_default()
+}
+
+/// The verdict on one candidate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// To be torn down.
+    Act,
+    /// Named but not returned by Describe.
+    NotFound,
+    /// Left alone, with the reason.
+    Skip { reason: String },
+}
+
+/// One candidate with its row (if found) and verdict.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub row: Option<Instance>,
+    pub verdict: Verdict,
+}
+
+/// Decide every candidate. `ids`: the named IDs, or `None` to consider every row given.
+pub fn select(
+    rows: &[Instance],
+    ids: Option<&[String]>,
+    filters: &Filters,
+    protections: &Protections,
+    now_unix: i64,
+) -> Vec<Candidate> {
+    let judge = |row: &Instance, named: bool| -> Option<Verdict> {
+        if let Some(reason) = protections.refuse(row) {
+            return Some(Verdict::Skip { reason });
+        }
+        match filters.reject(row, now_unix) {
+            None => Some(Verdict::Act),
+            Some(reason) if named => Some(Verdict::Skip {
+                reason: format!("filtered: {reason}"),
+            }),
+            Some(_) => None,
+        }
+    };
+    match ids {
+        Some(ids) => ids
+            .iter()
+            .map(|id| {
+                let row = rows.iter().find(|r| &r.uhost_id == id).cloned();
+                let verdict = if protections.exclude.contains(id) {
+                    Verdict::Skip {
+                        reason: "excluded (--exclude)".into(),
+                    }
+                } else {
+                    match &row {
+                        None => Verdict::NotFound,
+                        Some(r) => judge(r, true).unwrap_or(Verdict::Act),
+                    }
+                };
+                Candidate {
+                    id: id.clone(),
+                    row,
+                    verdict,
+                }
+            })
+            .collect(),
+        None => rows
+            .iter()
+            .filter_map(|r| {
+                judge(r, false).map(|verdict| Candidate {
+                    id: r.uhost_id.clone(),
+                    row: Some(r.clone()),
+                    verdict,
+                })
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::model::Ip;
+
+    fn src(ids: &[&str]) -> Vec<IdSource> {
+        ids.iter()
+            .map(|i| IdSource {
+                id: (*i).into(),
+                at: String::new(),
+            })
+            .collect()
+    }
+
+    fn row(id: &str, name: &str, tag: &str, state: State) -> Instance {
+        Instance {
+            uhost_id: id.into(),
+            name: name.into(),
+            tag: tag.into(),
+            state,
+            create_time: 1000,
+            ..Instance::default()
+        }
+    }
+
+    #[test]
+    fn id_checks() {
+        assert_eq!(check_ids(&src(&["uhost-abc", "cpod-1tq6i2ltk5mj"])).unwrap().len(), 2);
+        assert!(matches!(check_ids(&src(&[""])), Err(SelectionError::EmptyId(_))));
+        for bad in ["uhost", "-abc", "abc-", "uhost abc", "uhost-ab;c", "ühost-1"] {
+            assert!(
+                matches!(check_ids(&src(&[bad])), Err(SelectionError::Malformed { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            check_ids(&src(&["a-1", "a-1"])),
+            Err(SelectionError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn id_file_comments_and_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ids");
+        std::fs::write(&p, "# nightly\nuhost-a1\n\n  cpod-b2  # gpu box\n").unwrap();
+        let ids = read_id_file(p.to_str().unwrap()).unwrap();
+        assert_eq!(
+            ids.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            vec!["uhost-a1", "cpod-b2"]
+        );
+        assert!(ids[1].at.contains("line 4"));
+        assert!(matches!(
+            read_id_file("/nonexistent/x"),
+            Err(SelectionError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn filters_and_ids_combine() {
+        let rows = vec![
+            row("uhost-a", "ci-1", "ci", State::Running),
+            row("uhost-b", "prod-1", "prod", State::Running),
+            row("uhost-c", "ci-2", "ci", State::Stopped),
+        ];
+        let filters = Filters {
+            names: globs(&["ci-*".into()]).unwrap(),
+            ..Filters::default()
+        };
+        let none = Protections::default();
+        let all = select(&rows, None, &filters, &none, 10_000);
+        assert_eq!(
+            all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+            vec!["uhost-a", "uhost-c"]
+        );
+        let ids = vec!["uhost-b".to_owned(), "uhost-c".to_owned(), "uhost-zz".to_owned()];
+        let named = select(&rows, Some(&ids), &filters, &none, 10_000);
+        assert!(matches!(&named[0].verdict, Verdict::Skip { reason } if reason.starts_with("filtered")));
+        assert_eq!(named[1].verdict, Verdict::Act);
+        assert_eq!(named[2].verdict, Verdict::NotFound);
+        let states = Filters {
+            states: vec![State::Stopped],
+            ..Filters::default()
+        };
+        assert_eq!(select(&rows, None, &states, &none, 10_000).len(), 1);
+    }
+
+    #[test]
+    fn older_than_uses_create_time() {
+        let rows = vec![row("uhost-a", "x", "", State::Running)];
+        let f = Filters {
+            older_than: Some(Duration::from_secs(3600)),
+            ..Filters::default()
+        };
+        assert!(select(&rows, None, &f, &Protections::default(), 1000 + 3599).is_empty());
+        assert_eq!(select(&rows, None, &f, &Protections::default(), 1000 + 3600).len(), 1);
+    }
+
+    #[test]
+    fn protections_win() {
+        let mut me = row("uhost-me", "box", "", State::Running);
+        me.ip_set = vec![Ip {
+            ip: "10.9.8.7".into(),
+            ..Ip::default()
+        }];
+        let rows = vec![
+            row("uhost-a", "prod-db", "", State::Running),
+            row("uhost-b", "x", "keep", State::Running),
+            me,
+        ];
+        let p = Protections {
+            protect_tags: vec!["keep".into()],
+            protect_names: globs(&["prod-*".into()]).unwrap(),
+            own_addresses: vec!["10.9.8.7".parse().unwrap()],
+            exclude: ["uhost-q".to_owned()].into(),
+            allow_self: false,
+        };
+        let ids: Vec<String> = vec!["uhost-a".into(), "uhost-b".into(), "uhost-me".into(), "uhost-q".into()];
+        let got = select(&rows, Some(&ids), &Filters::default(), &p, 0);
+        let reasons: Vec<String> = got
+            .iter()
+            .map(|c| match &c.verdict {
+                Verdict::Skip { reason } => reason.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert!(reasons[0].contains("prod-*"));
+        assert!(reasons[1].contains("keep"));
+        assert!(reasons[2].contains("this machine"));
+        assert!(reasons[3].contains("excluded"));
+        let allowed = Protections { allow_self: true, ..p };
+        assert_eq!(
+            select(&rows, Some(&ids[2..3]), &Filters::default(), &allowed, 0)[0].verdict,
+            Verdict::Act
+        );
+    }
+}
