@@ -1,0 +1,498 @@
+//! The commands: turn parsed arguments (and the config file) into validated settings, then
+//! list, plan, run, demo or serve the simulator. Exit codes are a contract (see `--help`):
+//! 0 all gone, 1 some failed, 2 nothing changed because of a usage/config/credential/selection
+//! error, 3 run lock held, 130 interrupted.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Client, ClientConfig, Instance, LockCodes, State};
+use crate::cli::{Cli, Command, EffectArgs, GlobalArgs, OutputFormat, RunArgs, SelectArgs, parse_duration};
+use crate::config::{self, ConfigFile};
+use crate::credentials::{self, Sources};
+use crate::logging::{self, LogFormat};
+use crate::plan::Plan;
+use crate::selection::{self, Candidate, Filters, IdSource, Protections, Verdict};
+use crate::workflow::{self, Controls, Outcome, Report, Settings};
+use crate::{output, progress, runlock};
+
+/// The exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Failed = 1,
+    Usage = 2,
+    Locked = 3,
+    Interrupted = 130,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// An error that ends the command before anything changed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Exit 2.
+    Usage(anyhow::Error),
+    /// Exit 3.
+    Locked(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure::Usage(e.into())
+    }
+}
+
+type Outcome2<T> = Result<T, Failure>;
+
+/// Run the parsed command line; the binary's whole life.
+pub fn main(cli: Cli) -> ExitCode {
+    let config = match cli.global.config.as_deref().map(config::load).transpose() {
+        Ok(c) => c.unwrap_or_default(),
+        Err(e) => return fail(&Failure::Usage(e.into())),
+    };
+    let quiet = cli.global.quiet;
+    let log_format = cli.global.log_format.or(config.log_format).unwrap_or(LogFormat::Text);
+    let stderr_tty = std::io::stderr().is_terminal();
+    let bars_visible = stderr_tty && !quiet && log_format == LogFormat::Text && matches!(cli.command, Command::Run(_) | Command::Demo(_));
+    let multi = progress::area(bars_visible);
+    let color = stderr_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let verbosity = if quiet { -1 } else { i8::try_from(cli.global.verbose).unwrap_or(i8::MAX) };
+    logging::init(log_format, verbosity, &multi, color);
+
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&Failure::Usage(e.into())),
+    };
+    let ctx = Ctx { global: cli.global, config, multi };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::List(a) => ctx.list(&a.select).await,
+            Command::Plan(a) => ctx.plan(&a.select, &a.effect, a.save.as_deref()).await,
+            Command::Run(a) => ctx.run(a).await,
+            Command::Demo(a) => ctx.demo(a.instances, a.seed).await,
+            Command::Sim(a) => ctx.sim(a).await,
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "compshare-teardown", &mut std::io::stdout());
+                Ok(Exit::Ok)
+            }
+        }
+    });
+    match result {
+        Ok(exit) => exit.into(),
+        Err(f) => fail(&f),
+    }
+}
+
+fn fail(f: &Failure) -> ExitCode {
+    let (e, code) = match f {
+        Failure::Usage(e) => (e, Exit::Usage),
+        Failure::Locked(e) => (e, Exit::Locked),
+    };
+    // One line: the chain joined, as users paste it into tickets.
+    let _ = writeln!(std::io::stderr(), "error: {}", format!("{e:#}").replace('\n', " "));
+    code.into()
+}
+
+/// Write to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    let mut s = serde_json::to_string_pretty(value).expect("serializable");
+    s.push('\n');
+    s
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+}
+
+struct Ctx {
+    global: GlobalArgs,
+    config: ConfigFile,
+    multi: indicatif::MultiProgress,
+}
+
+/// A validated selection request.
+struct Request {
+    ids: Option<Vec<String>>,
+    filters: Filters,
+    protections: Protections,
+}
+
+fn pick<T: Clone>(flag: &[T], config: &[T]) -> Vec<T> {
+    if flag.is_empty() { config.to_vec() } else { flag.to_vec() }
+}
+
+impl Ctx {
+    fn output(&self) -> OutputFormat {
+        self.global.output.or(self.config.output).unwrap_or(OutputFormat::Table)
+    }
+
+    fn base_url(&self) -> Outcome2<url::Url> {
+        let text = self
+            .global
+            .base_url
+            .clone()
+            .or_else(|| std::env::var("COMPSHARE_BASE_URL").ok().filter(|s| !s.is_empty()))
+            .or_else(|| self.config.base_url.clone())
+            .unwrap_or_else(|| credentials::DEFAULT_BASE_URL.to_owned());
+        Ok(credentials::parse_base_url(&text)?)
+    }
+
+    fn client(&self) -> Outcome2<Client> {
+        let base_url = self.base_url()?;
+        let env = |k: &str| std::env::var(k).ok();
+        let creds = credentials::resolve(&Sources {
+            flag_public: self.global.public_key.clone(),
+            flag_private: self.global.private_key.clone(),
+            profile: self.global.profile.clone().or_else(|| self.config.profile.clone()),
+            env: &env,
+            home: std::env::var_os("HOME").map(PathBuf::from),
+        })?;
+        tracing::debug!(source = %creds.source, url = %base_url, "credentials");
+        let mut cfg = ClientConfig::new(base_url, creds);
+        cfg.project_id = self.global.project_id.clone().or_else(|| self.config.project_id.clone());
+        Ok(Client::new(cfg).context("cannot build the HTTP client")?)
+    }
+
+    /// Validate the selection flags (merged with the config file) without calling the API.
+    fn request(&self, a: &SelectArgs) -> Outcome2<Request> {
+        let c = &self.config.selection;
+        let mut sources: Vec<IdSource> =
+            pick(&a.ids, &c.ids).into_iter().map(|id| IdSource { id, at: String::new() }).collect();
+        if let Some(f) = a.from_file.as_ref().or(c.from_file.as_ref()) {
+            sources.extend(selection::read_id_file(f)?);
+        }
+        let ids = selection::check_ids(&sources)?;
+        let older_than = match (a.older_than, &c.older_than) {
+            (Some(d), _) => Some(d),
+            (None, Some(text)) => Some(parse_duration(text).map_err(|e| anyhow!("config: older_than: {e}"))?),
+            (None, None) => None,
+        };
+        let states = pick(&a.states, &c.state)
+            .iter()
+            .map(|s| match State::parse(s) {
+                State::Unknown(u) if !u.is_empty() && !["Install", "Pending", "Reinstalling"].contains(&u.as_str()) => {
+                    Err(anyhow!("unknown state {u:?}: use Running, Stopped, Stopping, Starting, Initializing, Rebooting, Resizing or \"Install Fail\""))
+                }
+                st => Ok(st),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let filters = Filters {
+            names: selection::globs(&pick(&a.names, &c.name))?,
+            tags: pick(&a.tags, &c.tag),
+            region: a.region.clone().or_else(|| c.region.clone()),
+            zone: a.zone.clone().or_else(|| c.zone.clone()),
+            states,
+            older_than,
+            charge_types: pick(&a.charge_types, &c.charge_type),
+            gpu_types: pick(&a.gpu_types, &c.gpu_type),
+        };
+        let excludes = selection::check_ids(
+            &pick(&a.excludes, &c.exclude).into_iter().map(|id| IdSource { id, at: " (--exclude)".into() }).collect::<Vec<_>>(),
+        )?;
+        let protections = Protections {
+            exclude: excludes.into_iter().collect(),
+            protect_tags: pick(&a.protect_tags, &c.protect_tag),
+            protect_names: selection::globs(&pick(&a.protect_names, &c.protect_name))?,
+            own_addresses: selection::own_addresses(),
+            allow_self: a.allow_self || c.allow_self,
+        };
+        if ids.is_empty() && !filters.narrows() && !(a.all || c.all) {
+            return Err(selection::SelectionError::Unbounded.into());
+        }
+        Ok(Request { ids: (!ids.is_empty()).then_some(ids), filters, protections })
+    }
+
+    /// Describe the candidates and judge them.
+    async fn candidates(&self, client: &Client, req: &Request) -> Outcome2<Vec<Candidate>> {
+        let rows: Vec<Instance> = match &req.ids {
+            Some(ids) => api::describe_ids(client, ids).await,
+            None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
+        }
+        .map_err(|e| anyhow!("cannot describe instances: {e}"))?;
+        Ok(selection::select(&rows, req.ids.as_deref(), &req.filters, &req.protections, now_unix()))
+    }
+
+    async fn list(&self, a: &SelectArgs) -> Outcome2<Exit> {
+        let req = self.request(&SelectArgs { all: true, ..a.clone() })?;
+        let client = self.client()?;
+        let cands = self.candidates(&client, &req).await?;
+        let rows: Vec<Instance> = cands.into_iter().filter(|c| c.verdict == Verdict::Act).filter_map(|c| c.row).collect();
+        match self.output() {
+            OutputFormat::Json => print(&json(&rows)),
+            OutputFormat::Table => print(&output::list_table(&rows, now_unix())),
+        }
+        Ok(Exit::Ok)
+    }
+
+    fn effect(&self, e: &EffectArgs) -> (bool, bool) {
+        let r = &self.config.run;
+        (e.release_udisk || r.release_udisk.unwrap_or(false), e.force_stop || r.force_stop.unwrap_or(false))
+    }
+
+    async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> Outcome2<Exit> {
+        let req = self.request(a)?;
+        let client = self.client()?;
+        let cands = self.candidates(&client, &req).await?;
+        let (release, force) = self.effect(e);
+        let plan = Plan::build(&cands, client.base_url().as_str(), release, force);
+        if let Some(path) = save {
+            std::fs::write(path, json(&plan)).with_context(|| format!("cannot write plan {}", path.display()))?;
+            tracing::info!("plan saved to {}", path.display());
+        }
+        match self.output() {
+            OutputFormat::Json => print(&json(&plan)),
+            OutputFormat::Table => print(&output::plan_table(&plan)),
+        }
+        Ok(Exit::Ok)
+    }
+
+    fn settings(&self, a: &RunArgs, release_udisk: bool, force_stop: bool) -> Outcome2<Settings> {
+        let r = &self.config.run;
+        let dur = |flag: Option<Duration>, conf: &Option<String>, key: &str| -> Outcome2<Option<Duration>> {
+            match (flag, conf) {
+                (Some(d), _) => Ok(Some(d)),
+                (None, Some(t)) => Ok(Some(parse_duration(t).map_err(|e| anyhow!("config: run.{key}: {e}"))?)),
+                (None, None) => Ok(None),
+            }
+        };
+        let d = Settings::default();
+        let mut lock_codes = LockCodes::default();
+        lock_codes.0.extend(a.lock_codes.iter().chain(&r.lock_codes));
+        let s = Settings {
+            release_udisk,
+            force_stop,
+            concurrency: a.concurrency.or(r.concurrency).unwrap_or(d.concurrency),
+            rate: a.rate.or(r.rate).unwrap_or(d.rate),
+            poll_interval: dur(a.poll_interval, &r.poll_interval, "poll_interval")?.unwrap_or(d.poll_interval),
+            lock_wait: dur(a.lock_wait, &r.lock_wait, "lock_wait")?.unwrap_or(d.lock_wait),
+            instance_timeout: dur(a.instance_timeout, &r.instance_timeout, "instance_timeout")?.unwrap_or(d.instance_timeout),
+            deadline: dur(a.deadline, &r.deadline, "deadline")?,
+            confirm_timeout: dur(a.confirm_timeout, &r.confirm_timeout, "confirm_timeout")?.unwrap_or(d.confirm_timeout),
+            max_restarts: d.max_restarts,
+            lock_codes,
+            jitter_seed: None,
+        };
+        if s.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if s.poll_interval < Duration::from_millis(10) {
+            bail!("--poll-interval must be at least 10ms");
+        }
+        Ok(s)
+    }
+
+    async fn run(&self, a: RunArgs) -> Outcome2<Exit> {
+        let r = &self.config.run;
+        // Everything that can be checked offline is checked before the lock and the API.
+        let (mut release, mut force) = self.effect(&a.effect);
+        let resume = a.resume.as_deref().map(workflow::journal::replay).transpose()?;
+        let req = if resume.is_some() || a.plan.is_some() { None } else { Some(self.request(&a.select)?) };
+        let client = self.client()?;
+        let plan_file = a.plan.as_deref().map(|p| Plan::load(p, client.base_url().as_str())).transpose()?;
+        for (what, (r2, f2)) in [
+            ("journal", resume.as_ref().map(|r| (r.release_udisk, r.force_stop))),
+            ("plan", plan_file.as_ref().map(|p| (p.release_udisk, p.force_stop))),
+        ]
+        .into_iter()
+        .filter_map(|(w, v)| v.map(|v| (w, v)))
+        {
+            if (a.effect.release_udisk && !r2) || (a.effect.force_stop && !f2) {
+                bail!("the {what} was made with release_udisk={r2}, force_stop={f2}; it cannot be changed on resume");
+            }
+            (release, force) = (r2, f2);
+        }
+        let settings = self.settings(&a, release, force)?;
+        let max_count = a.max_count.or(r.max_count).unwrap_or(20);
+        let lock_path = a.lock_file.clone().or_else(|| r.lock_file.clone()).unwrap_or_else(runlock::default_path);
+        let _lock = runlock::acquire(&lock_path).map_err(|e| match e {
+            runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
+            runlock::RunLockError::Io { .. } => Failure::Usage(e.into()),
+        })?;
+
+        // What to act on, and what is skipped on purpose.
+        let (plan, guard): (Plan, Option<workflow::Guard>) = if let Some(res) = &resume {
+            let cands: Vec<Candidate> =
+                res.ids.iter().map(|id| Candidate { id: id.clone(), row: None, verdict: Verdict::Act }).collect();
+            (Plan::build(&cands, client.base_url().as_str(), release, force), None)
+        } else if let Some(p) = plan_file {
+            let drift = p.clone();
+            let protections = self.request(&SelectArgs { all: true, ..a.select.clone() })?.protections;
+            let guard: workflow::Guard = Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row)));
+            (p, Some(guard))
+        } else {
+            let req = req.expect("request built above");
+            let cands = self.candidates(&client, &req).await?;
+            let protections = req.protections.clone();
+            let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
+            (Plan::build(&cands, client.base_url().as_str(), release, force), Some(guard))
+        };
+        let ids: Vec<String> = if let Some(res) = &resume {
+            res.ids.clone()
+        } else {
+            plan.entries.iter().filter(|e| e.action != crate::plan::Action::Skip).map(|e| e.uhost_id.clone()).collect()
+        };
+        let acting = plan.acting_ids().len();
+        if resume.is_none() && acting > max_count {
+            bail!("{acting} instances selected, more than --max-count {max_count}; raise --max-count to proceed");
+        }
+        if ids.is_empty() {
+            tracing::info!("nothing to tear down");
+        } else if !a.yes {
+            confirm(&plan, ids.len())?;
+        }
+
+        let journal_path = a.resume.clone().or_else(|| a.journal.clone()).or_else(|| r.journal.clone());
+        let journal = journal_path.as_deref().map(workflow::journal::Journal::open).transpose()?;
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone());
+        let mut bars = progress::Bars::new(&self.multi, ids.len());
+        let known: Vec<Instance> = plan
+            .entries
+            .iter()
+            .map(|e| Instance {
+                uhost_id: e.uhost_id.clone(),
+                name: e.name.clone(),
+                region: e.region.clone(),
+                zone: e.zone.clone(),
+                ..Instance::default()
+            })
+            .collect();
+        // Skipped entries never reach the runner; the bars count them as done.
+        let skipped: Vec<&crate::plan::Entry> =
+            plan.entries.iter().filter(|e| e.action == crate::plan::Action::Skip && !ids.contains(&e.uhost_id)).collect();
+        for e in &skipped {
+            workflow::Observer::finished(&mut bars, &e.uhost_id, &Outcome::Skipped { reason: String::new() });
+        }
+        let bars = BarsHandle(Arc::new(std::sync::Mutex::new(bars)));
+        let ctl = Controls { journal, resume, guard, observer: Box::new(bars.clone()), cancel, known };
+        let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
+        bars.0.lock().expect("bars").finish();
+        add_skipped(&mut report, &skipped, release);
+        self.finish_report(&report, a.report.as_deref().or(r.report.as_deref()))
+    }
+
+    fn finish_report(&self, report: &Report, file: Option<&Path>) -> Outcome2<Exit> {
+        if let Some(path) = file {
+            // The run already happened: a report that cannot be written is logged, not fatal.
+            if let Err(e) = std::fs::write(path, json(report)) {
+                tracing::error!("cannot write report {}: {e}", path.display());
+            }
+        }
+        match self.output() {
+            OutputFormat::Json => print(&json(report)),
+            OutputFormat::Table => print(&output::report_table(report)),
+        }
+        Ok(if report.interrupted() {
+            Exit::Interrupted
+        } else if report.all_ok() {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        })
+    }
+
+    async fn demo(&self, instances: usize, seed: u64) -> Outcome2<Exit> {
+        crate::demo::run(self, instances, seed).await
+    }
+
+    async fn sim(&self, a: crate::cli::SimArgs) -> Outcome2<Exit> {
+        crate::demo::serve(&self.global, a).await
+    }
+}
+
+/// Shared bars: the runner's observer and the command both hold them.
+#[derive(Clone)]
+struct BarsHandle(Arc<std::sync::Mutex<progress::Bars>>);
+
+impl workflow::Observer for BarsHandle {
+    fn activity(&mut self, id: &str, activity: &workflow::Activity) {
+        self.0.lock().expect("bars").activity(id, activity);
+    }
+    fn finished(&mut self, id: &str, outcome: &Outcome) {
+        self.0.lock().expect("bars").finished(id, outcome);
+    }
+}
+
+fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udisk: bool) {
+    if skipped.is_empty() {
+        return;
+    }
+    let mut instances = std::mem::take(&mut report.instances);
+    instances.extend(skipped.iter().map(|e| workflow::InstanceReport {
+        uhost_id: e.uhost_id.clone(),
+        name: e.name.clone(),
+        region: e.region.clone(),
+        zone: e.zone.clone(),
+        last_state: e.state.clone(),
+        outcome: Outcome::Skipped { reason: e.reason.clone().unwrap_or_default() },
+        seconds: 0.0,
+        calls: 0,
+        release_udisk,
+    }));
+    let s = &report.summary;
+    *report = Report::new(instances, s.seconds, s.api_calls.clone(), s.throttled);
+}
+
+/// Ask on the terminal; refuse without one.
+fn confirm(plan: &Plan, count: usize) -> Outcome2<()> {
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        bail!("refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)");
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{}\n{}\nType {count} to tear down {count} instance(s): ", output::plan_table(plan), "");
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("cannot read the confirmation")?;
+    if line.trim() != count.to_string() {
+        bail!("not confirmed (expected {count}, got {:?}): nothing was changed", line.trim());
+    }
+    Ok(())
+}
+
+/// First Ctrl-C or SIGTERM: cancel (finish calls in flight, report). Second: exit at once.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut count = 0;
+        loop {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                if tokio::signal::ctrl_c().await.is_err() {
+                    return;
+                }
+            }
+            count += 1;
+            if count >= 2 {
+                let _ = writeln!(std::io::stderr(), "second interrupt: exiting now");
+                std::process::exit(Exit::Interrupted as i32);
+            }
+            let _ = writeln!(std::io::stderr(), "interrupt: finishing calls in flight (press Ctrl-C again to exit now)");
+            cancel.cancel();
+        }
+    });
+}

@@ -1,0 +1,271 @@
+//! Command-line arguments: plain clap data, nothing fallible beyond parsing. `app` validates
+//! them (with the config file) into settings before anything touches the API.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+
+const AFTER_HELP: &str = "\
+Environment:
+  COMPSHARE_PUBLIC_KEY, COMPSHARE_PRIVATE_KEY   API keys (also UCLOUD_PUBLIC_KEY / UCLOUD_PRIVATE_KEY)
+  COMPSHARE_PROFILE                              profile in the key files (also UCLOUD_PROFILE)
+  COMPSHARE_CONFIG_FILE                          CompShare CLI key file (default ~/.config/compshare/config.json)
+  COMPSHARE_BASE_URL                             API endpoint (default https://api.compshare.cn)
+  COMPSHARE_TEARDOWN_LOG, RUST_LOG               log filter, e.g. compshare_teardown=debug
+  NO_COLOR                                       no colours in logs
+Credentials: flag > environment > ~/.config/compshare/config.json > ~/.ucloud/credential.json.
+
+Exit codes:
+  0    every selected instance is gone (or was skipped on purpose)
+  1    some instances failed, timed out, or were terminated without confirmation
+  2    usage, config, credential or selection error: nothing was changed
+  3    another run holds the run lock
+  130  interrupted (Ctrl-C / SIGTERM); the report still lists every instance
+
+Examples:
+  compshare-teardown demo
+  compshare-teardown list --tag ci --older-than 12h
+  compshare-teardown plan --name 'train-*' --older-than 1d --save plan.json
+  compshare-teardown run --plan plan.json
+  compshare-teardown run --config nightly.toml --yes --output json
+  compshare-teardown run --from-file ids.txt --release-udisk --journal td.journal
+  compshare-teardown run --resume td.journal --yes";
+
+/// Safely tear down UCloud CompShare GPU instances: stop, wait for Stopped, terminate.
+#[derive(Debug, Parser)]
+#[command(name = "compshare-teardown", version, about, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// API public key [env: COMPSHARE_PUBLIC_KEY, UCLOUD_PUBLIC_KEY]
+    #[arg(long, global = true, value_name = "KEY")]
+    pub public_key: Option<String>,
+    /// API private key; prefer the environment (flags show in `ps`) [env: COMPSHARE_PRIVATE_KEY, UCLOUD_PRIVATE_KEY]
+    #[arg(long, global = true, value_name = "KEY", hide_env_values = true)]
+    pub private_key: Option<String>,
+    /// Profile in the key files [env: COMPSHARE_PROFILE, UCLOUD_PROFILE]
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// API endpoint; plain http only to loopback (the simulator) [env: COMPSHARE_BASE_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// Project ID (sub-accounts must set it)
+    #[arg(long, global = true, value_name = "ID")]
+    pub project_id: Option<String>,
+    /// TOML config file with settings and a selection; flags override it
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More logs (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Errors only, no progress bars
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Log format on stderr
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Result format on stdout
+    #[arg(long, global = true, value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a complete teardown against a built-in simulator (no account needed)
+    Demo(DemoArgs),
+    /// List instances matching the filters
+    List(ListArgs),
+    /// Show what `run` would do; changes nothing
+    Plan(PlanArgs),
+    /// Tear down the selected instances: stop, wait for Stopped, terminate
+    Run(RunArgs),
+    /// Serve a CompShare simulator, to rehearse a teardown
+    Sim(SimArgs),
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Filters and exclusions shared by list, plan and run.
+#[derive(Debug, Args, Default, Clone)]
+pub struct SelectArgs {
+    /// Instance IDs (uhost-…, cpod-…)
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Read IDs from a file, one per line, `#` comments; `-` for stdin
+    #[arg(long, value_name = "FILE")]
+    pub from_file: Option<String>,
+    /// Name glob, e.g. 'train-*' (repeatable: any matches)
+    #[arg(long = "name", value_name = "GLOB")]
+    pub names: Vec<String>,
+    /// Tag (business group) (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only this region
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Only this zone
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Only instances in this state, e.g. Running, Stopped, "Install Fail" (repeatable)
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<String>,
+    /// Only instances created longer ago than this (from CreateTime), e.g. 12h, 7d
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub older_than: Option<Duration>,
+    /// Charge type, e.g. Postpay, Dynamic, Spot (repeatable)
+    #[arg(long = "charge-type", value_name = "TYPE")]
+    pub charge_types: Vec<String>,
+    /// GPU type, e.g. 4090 (repeatable)
+    #[arg(long = "gpu-type", value_name = "TYPE")]
+    pub gpu_types: Vec<String>,
+    /// Select every instance in scope when no ID or filter is given
+    #[arg(long)]
+    pub all: bool,
+    /// Never touch this ID (repeatable)
+    #[arg(long = "exclude", value_name = "ID")]
+    pub excludes: Vec<String>,
+    /// Never touch instances with this tag (repeatable)
+    #[arg(long = "protect-tag", value_name = "TAG")]
+    pub protect_tags: Vec<String>,
+    /// Never touch instances whose name matches (repeatable)
+    #[arg(long = "protect-name", value_name = "GLOB")]
+    pub protect_names: Vec<String>,
+    /// Allow tearing down the machine this tool runs on
+    #[arg(long)]
+    pub allow_self: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+}
+
+/// Options that change what happens to the instances.
+#[derive(Debug, Args, Default, Clone)]
+pub struct EffectArgs {
+    /// Delete data disks with the instances (ReleaseUDisk=true); default keeps them
+    #[arg(long)]
+    pub release_udisk: bool,
+    /// Allow Force=true to stop spot instances
+    #[arg(long)]
+    pub force_stop: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub effect: EffectArgs,
+    /// Save the plan as JSON for `run --plan`
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub effect: EffectArgs,
+    /// Run exactly this saved plan (re-checking each instance before acting)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ids", "from_file", "resume"])]
+    pub plan: Option<String>,
+    /// Continue the run recorded in this journal (same selection; appends to it)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ids", "from_file"])]
+    pub resume: Option<PathBuf>,
+    /// Do not ask for confirmation (required without a terminal)
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Mutating calls in flight at once [default: 16]
+    #[arg(long, value_name = "N")]
+    pub concurrency: Option<usize>,
+    /// Requests per second, 0 = unlimited [default: 10]
+    #[arg(long, value_name = "R")]
+    pub rate: Option<u32>,
+    /// Longest gap between looks at a waiting instance [default: 3s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// How long to retry through the operation lock (its TTL is 10m) [default: 11m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_wait: Option<Duration>,
+    /// Time limit per instance [default: 30m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub instance_timeout: Option<Duration>,
+    /// Time limit for the whole run
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+    /// How long to wait for a terminated instance to leave Describe [default: 3m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub confirm_timeout: Option<Duration>,
+    /// Refuse selections larger than this [default: 20]
+    #[arg(long, value_name = "N")]
+    pub max_count: Option<usize>,
+    /// Append every decision and call result to this JSON-lines file
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
+    /// Also write the JSON report to this file
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Run lock file [default: $XDG_RUNTIME_DIR or /tmp, compshare-teardown.lock]
+    #[arg(long, value_name = "FILE")]
+    pub lock_file: Option<PathBuf>,
+    /// Extra RetCode meaning "operation lock held" (repeatable; 8903 is built in)
+    #[arg(long = "lock-code", value_name = "CODE")]
+    pub lock_codes: Vec<i64>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Instances in the demo batch
+    #[arg(long, default_value_t = 40)]
+    pub instances: usize,
+    /// Seed of the demo world
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on (loopback by default)
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    pub listen: std::net::SocketAddr,
+    /// Instances to generate (ignored with --scenario)
+    #[arg(long, default_value_t = 20)]
+    pub instances: usize,
+    /// Seed for the generated world and its faults
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Time factor: 0.01 makes the 10-minute lock TTL 6 s and every latency 100× shorter
+    #[arg(long, default_value_t = 1.0)]
+    pub time_scale: f64,
+    /// JSON scenario file (see docs/simulator.md)
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    // The keys the simulator accepts are the global --public-key/--private-key.
+}
+
+/// Durations like `90s`, `11m`, `1h30m`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (use e.g. 90s, 11m, 2h, 7d)"))
+}

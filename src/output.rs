@@ -1,0 +1,144 @@
+//! Rendering results for stdout: tables for people, JSON for programs. Pure functions from
+//! data to text, so snapshot tests pin the output.
+
+use comfy_table::{ContentArrangement, Table, presets};
+
+use crate::api::Instance;
+use crate::plan::Plan;
+use crate::workflow::Report;
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled).set_header(header);
+    t
+}
+
+/// Age as a short human string ("3d 4h").
+pub fn age(now_unix: i64, create_time: i64) -> String {
+    if create_time <= 0 {
+        return "?".into();
+    }
+    let secs = u64::try_from(now_unix.saturating_sub(create_time)).unwrap_or(0);
+    let (d, h, m) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60);
+    if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else {
+        format!("{m}m")
+    }
+}
+
+fn price(p: f64) -> String {
+    if p > 0.0 { format!("{p:.2}") } else { "-".into() }
+}
+
+/// `list` as a table.
+pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
+    let mut t = table(&["ID", "NAME", "STATE", "ZONE", "GPU", "CHARGE", "TAG", "AGE", "PRICE/H"]);
+    for r in rows {
+        t.add_row(vec![
+            r.uhost_id.clone(),
+            r.name.clone(),
+            r.state.to_string(),
+            r.zone.clone(),
+            if r.gpu > 0 { format!("{}x{}", r.gpu, r.gpu_type) } else { "-".into() },
+            r.charge_type.clone(),
+            r.tag.clone(),
+            age(now_unix, r.create_time),
+            price(r.instance_price),
+        ]);
+    }
+    format!("{t}\n{} instance(s)\n", rows.len())
+}
+
+/// `plan` as a table plus a summary.
+pub fn plan_table(plan: &Plan) -> String {
+    let mut t = table(&["ID", "NAME", "STATE", "ZONE", "ACTION", "DATA DISKS", "PRICE/H", "NOTE"]);
+    for e in &plan.entries {
+        let disks = if e.data_disks.is_empty() { "-".to_owned() } else { format!("{} {}", e.data_disks.len(), e.disks) };
+        t.add_row(vec![
+            e.uhost_id.clone(),
+            e.name.clone(),
+            if e.state.is_empty() { "-".into() } else { e.state.clone() },
+            e.zone.clone(),
+            e.action.text().to_owned(),
+            disks,
+            price(e.price),
+            e.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    format!("{t}\n{}\n", plan_summary(plan))
+}
+
+/// One line: what the plan does in total.
+pub fn plan_summary(plan: &Plan) -> String {
+    let acting = plan.acting_ids().len();
+    let count = |a: crate::plan::Action| plan.entries.iter().filter(|e| e.action == a).count();
+    let mut s = format!(
+        "{acting} to tear down ({} stop+terminate, {} terminate, {} wait+terminate); {} skipped, {} not found",
+        count(crate::plan::Action::StopThenTerminate),
+        count(crate::plan::Action::TerminateOnly),
+        count(crate::plan::Action::WaitThenTerminate),
+        count(crate::plan::Action::Skip),
+        count(crate::plan::Action::AlreadyGone),
+    );
+    let spot = count(crate::plan::Action::NeedsForceStop);
+    if spot > 0 {
+        s.push_str(&format!("; {spot} spot instance(s) need --force-stop"));
+    }
+    let disks: usize = plan.entries.iter().filter(|e| e.action.acts()).map(|e| e.data_disks.len()).sum();
+    if disks > 0 {
+        let fate = if plan.release_udisk { "released (--release-udisk)" } else { "kept (pass --release-udisk to delete them)" };
+        s.push_str(&format!("; {disks} data disk(s) {fate}"));
+    }
+    let p = plan.hourly_price();
+    if p > 0.0 {
+        s.push_str(&format!("; frees {p:.2}/hour"));
+    }
+    s
+}
+
+/// The final report as a table plus a summary.
+pub fn report_table(report: &Report) -> String {
+    let mut t = table(&["ID", "NAME", "OUTCOME", "TIME", "CALLS", "DETAIL"]);
+    for i in &report.instances {
+        t.add_row(vec![
+            i.uhost_id.clone(),
+            i.name.clone(),
+            i.outcome.word().to_owned(),
+            format!("{:.1}s", i.seconds),
+            i.calls.to_string(),
+            i.outcome.detail(),
+        ]);
+    }
+    let s = &report.summary;
+    let calls: Vec<String> = s.api_calls.iter().map(|(a, n)| format!("{n} {}", a.replace("CompShareInstance", ""))).collect();
+    format!(
+        "{t}\n{} selected: {} terminated, {} unconfirmed, {} already gone, {} deleted by others, {} skipped, {} failed, {} timed out, {} interrupted in {:.1}s ({})\n",
+        s.selected,
+        s.terminated,
+        s.unconfirmed,
+        s.already_gone,
+        s.deleted_by_other,
+        s.skipped,
+        s.failed,
+        s.timed_out,
+        s.interrupted,
+        s.seconds,
+        if calls.is_empty() { "no API calls".to_owned() } else { format!("API calls: {}", calls.join(", ")) },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(100, 0), "?");
+        assert_eq!(age(200, 80), "2m");
+        assert_eq!(age(10_000, 0 + 1), "2h 46m");
+        assert_eq!(age(200_000, 1), "2d 7h");
+    }
+}
