@@ -95,7 +95,7 @@ fn hex_sha1(text: &str) -> String {
     let digest = Sha1::digest(text.as_bytes());
     // sha1 0.11's output no longer implements `LowerHex`, so hex-encode the 20 bytes here.
     let mut hex = String::with_capacity(40);
-    for byte in digest.iter() {
+    for byte in &digest {
         use std::fmt::Write as _;
         let _ = write!(hex, "{byte:02x}");
     }

@@ -62,6 +62,8 @@ impl SimHandle {
     }
 
     /// Add or replace a row.
+    // By value by contract: callers build a row and hand it over.
+    #[allow(clippy::needless_pass_by_value)]
     pub fn insert(&self, instance: Instance) {
         self.lock().insert(&instance, Instant::now());
     }
@@ -116,7 +118,13 @@ impl SimHandle {
     /// An in-memory call, answered as the HTTP client would have decoded it.
     async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
         params.insert("Action".into(), action.into());
-        match self.handle(Request { params, auth: Auth::Trusted }).await {
+        match self
+            .handle(Request {
+                params,
+                auth: Auth::Trusted,
+            })
+            .await
+        {
             Reply::Json { body, request_id } => {
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
                 decode_envelope(action, &bytes, Some(request_id))

@@ -89,7 +89,9 @@ impl Scenario {
         }
         for (name, rate) in self.faults.rates() {
             if !(0.0..=1.0).contains(&rate) {
-                return Err(ScenarioError::Invalid(format!("faults.{name} must be in 0..=1, got {rate}")));
+                return Err(ScenarioError::Invalid(format!(
+                    "faults.{name} must be in 0..=1, got {rate}"
+                )));
             }
         }
         if let Some(g) = &self.generate {
@@ -99,7 +101,9 @@ impl Scenario {
                 ("protected_fraction", g.protected_fraction),
             ] {
                 if !(0.0..=1.0).contains(&f) {
-                    return Err(ScenarioError::Invalid(format!("generate.{name} must be in 0..=1, got {f}")));
+                    return Err(ScenarioError::Invalid(format!(
+                        "generate.{name} must be in 0..=1, got {f}"
+                    )));
                 }
             }
         }
@@ -229,12 +233,20 @@ impl Faults {
 
     /// Nominal restart delay when unset: about one poll interval after the stop completes.
     pub(crate) fn restart_nominal(&self) -> f64 {
-        if self.restart_after_secs > 0.0 { self.restart_after_secs } else { 2.0 }
+        if self.restart_after_secs > 0.0 {
+            self.restart_after_secs
+        } else {
+            2.0
+        }
     }
 
     /// Nominal vanish window when unset: around the length of a stop.
     pub(crate) fn vanish_nominal(&self) -> f64 {
-        if self.vanish_within_secs > 0.0 { self.vanish_within_secs } else { 5.0 }
+        if self.vanish_within_secs > 0.0 {
+            self.vanish_within_secs
+        } else {
+            5.0
+        }
     }
 }
 
@@ -307,8 +319,7 @@ impl ScenarioInstance {
     /// The typed part of the row. `UHostId`, `Region` and `Zone` are required: without them
     /// nobody could address the instance.
     pub fn instance(&self) -> Result<Instance, String> {
-        let instance: Instance =
-            serde_json::from_value(Value::Object(self.row.clone())).map_err(|e| e.to_string())?;
+        let instance: Instance = serde_json::from_value(Value::Object(self.row.clone())).map_err(|e| e.to_string())?;
         for (key, value) in [
             ("UHostId", &instance.uhost_id),
             ("Region", &instance.region),
@@ -366,7 +377,10 @@ const EPOCH_NOW: i64 = 1_785_542_400;
 /// Generate rows per `g`, deterministically from `rng`.
 pub(crate) fn generate_rows(g: &Generate, ttl_secs: f64, rng: &mut StdRng) -> Vec<ScenarioInstance> {
     let zones: Vec<(String, String)> = if g.zones.is_empty() {
-        DEFAULT_ZONES.iter().map(|(r, z)| ((*r).to_owned(), (*z).to_owned())).collect()
+        DEFAULT_ZONES
+            .iter()
+            .map(|(r, z)| ((*r).to_owned(), (*z).to_owned()))
+            .collect()
     } else {
         g.zones.clone()
     };
@@ -429,7 +443,9 @@ pub(crate) fn generate_rows(g: &Generate, ttl_secs: f64, rng: &mut StdRng) -> Ve
             }],
             "TotalDiskSpace": 0,
         });
-        let Value::Object(row) = row else { unreachable!("json! object") };
+        let Value::Object(row) = row else {
+            unreachable!("json! object")
+        };
         let locked_for_secs = rng
             .random_bool(g.locked_fraction)
             .then(|| ttl_secs * rng.random_range(0.1..=1.0));
@@ -460,7 +476,9 @@ fn pick_state(mix: &[(State, f64)], total: f64, rng: &mut StdRng) -> State {
 /// Twelve lowercase base-36 characters, the shape of real resource IDs (`uhost-1paxrg4g1vfw`).
 pub(crate) fn random_id(rng: &mut StdRng) -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    (0..12).map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())])).collect()
+    (0..12)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 /// The seeded generator for a world (kept here so generation and the world agree).
@@ -485,20 +503,32 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, c);
         let rows: Vec<Instance> = a.iter().map(|r| r.instance().unwrap()).collect();
-        assert!(rows.iter().any(|i| i.uhost_id.starts_with("cpod-") && i.instance_type == "Container"));
-        assert!(rows.iter().all(|i| i.uhost_id.len() == "uhost-".len() + 12 || i.uhost_id.len() == 17));
-        assert!(rows.iter().any(|i| i.is_spot()));
+        assert!(
+            rows.iter()
+                .any(|i| i.uhost_id.starts_with("cpod-") && i.instance_type == "Container")
+        );
+        assert!(
+            rows.iter()
+                .all(|i| i.uhost_id.len() == "uhost-".len() + 12 || i.uhost_id.len() == 17)
+        );
+        assert!(rows.iter().any(Instance::is_spot));
         let running = rows.iter().filter(|i| i.state == State::Running).count();
         let stopped = rows.iter().filter(|i| i.state == State::Stopped).count();
         assert!(running > stopped && stopped > 0, "{running} {stopped}");
-        assert!(rows.iter().all(|i| i.disk_set.iter().filter(|d| !d.is_data()).count() == 1));
+        assert!(
+            rows.iter()
+                .all(|i| i.disk_set.iter().filter(|d| !d.is_data()).count() == 1)
+        );
         assert!(rows.iter().all(|i| i.create_time < EPOCH_NOW && !i.ip_set.is_empty()));
         assert!(a[0].row.contains_key("GraphicsMemory"));
     }
 
     #[test]
     fn rejects_unknown_keys_and_bad_rates() {
-        assert!(matches!(Scenario::from_json(r#"{"sed": 1}"#), Err(ScenarioError::Json(_))));
+        assert!(matches!(
+            Scenario::from_json(r#"{"sed": 1}"#),
+            Err(ScenarioError::Json(_))
+        ));
         assert!(matches!(
             Scenario::from_json(r#"{"faults": {"drop": 1.5}}"#),
             Err(ScenarioError::Invalid(_))

@@ -44,7 +44,11 @@ fn target(id: &str) -> Target {
 }
 
 async fn state_of(sim: &SimHandle, id: &str) -> Option<State> {
-    describe_ids(sim, &[id.to_owned()]).await.unwrap().first().map(|i| i.state.clone())
+    describe_ids(sim, &[id.to_owned()])
+        .await
+        .unwrap()
+        .first()
+        .map(|i| i.state.clone())
 }
 
 fn code_of(r: Result<impl std::fmt::Debug, ApiError>) -> i64 {
@@ -92,7 +96,11 @@ async fn start_goes_starting_then_running() {
 
 #[tokio::test(start_paused = true)]
 async fn state_rules_have_distinct_fatal_codes() {
-    let sim = world(&[("uhost-r", "Running"), ("uhost-s", "Stopped"), ("uhost-f", "Install Fail")]);
+    let sim = world(&[
+        ("uhost-r", "Running"),
+        ("uhost-s", "Stopped"),
+        ("uhost-f", "Install Fail"),
+    ]);
     assert_eq!(code_of(sim.stop(&target("uhost-s"), false).await), code::BAD_STATE);
     assert_eq!(code_of(sim.start(&target("uhost-r")).await), code::BAD_STATE);
     let e = sim.terminate(&target("uhost-r"), true).await.unwrap_err();
@@ -118,7 +126,10 @@ async fn spot_needs_force() {
         charge_type: "Spot".into(),
         ..Instance::default()
     });
-    assert_eq!(code_of(sim.stop(&target("uhost-spot"), false).await), code::SPOT_NEEDS_FORCE);
+    assert_eq!(
+        code_of(sim.stop(&target("uhost-spot"), false).await),
+        code::SPOT_NEEDS_FORCE
+    );
     sim.stop(&target("uhost-spot"), true).await.unwrap();
     assert_eq!(state_of(&sim, "uhost-spot").await, Some(State::Stopping));
 }
@@ -162,8 +173,10 @@ async fn lock_full_ttl_outlives_the_transition() {
     scenario.latency.jitter = 0.0;
     scenario.time_scale = 0.01; // TTL 6 s, stop 30 ms
     scenario.instances = vec![
-        serde_json::from_value(json!({"UHostId": "uhost-a", "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01"}))
-            .unwrap(),
+        serde_json::from_value(
+            json!({"UHostId": "uhost-a", "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01"}),
+        )
+        .unwrap(),
     ];
     let sim = SimHandle::new(scenario);
     sim.stop(&target("uhost-a"), false).await.unwrap();
@@ -171,7 +184,11 @@ async fn lock_full_ttl_outlives_the_transition() {
     assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Stopped));
     let e = sim.terminate(&target("uhost-a"), true).await.unwrap_err();
     assert_eq!(e.code(), Some(8999));
-    assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Locked, "matched by message");
+    assert_eq!(
+        classify(&e, &LockCodes::default()),
+        RetryClass::Locked,
+        "matched by message"
+    );
     advance(Duration::from_millis(5_800)).await;
     assert_eq!(code_of(sim.terminate(&target("uhost-a"), true).await), 8999);
     advance(Duration::from_millis(200)).await;
@@ -180,15 +197,19 @@ async fn lock_full_ttl_outlives_the_transition() {
 
 #[tokio::test(start_paused = true)]
 async fn locks_held_by_another_operation() {
-    let mut scenario = Scenario::default();
-    scenario.time_scale = 0.1;
-    scenario.instances = vec![
-        serde_json::from_value(json!({"UHostId": "uhost-a", "State": "Running", "Region": "cn-wlcb",
+    let scenario = Scenario {
+        time_scale: 0.1,
+        instances: vec![
+            serde_json::from_value(json!({"UHostId": "uhost-a", "State": "Running", "Region": "cn-wlcb",
             "Zone": "cn-wlcb-01", "locked_for_secs": 100.0}))
-        .unwrap(),
-        serde_json::from_value(json!({"UHostId": "uhost-b", "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01"}))
             .unwrap(),
-    ];
+            serde_json::from_value(
+                json!({"UHostId": "uhost-b", "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01"}),
+            )
+            .unwrap(),
+        ],
+        ..Scenario::default()
+    };
     let sim = SimHandle::new(scenario);
     // Scenario lock: 100 s nominal = 10 s scaled.
     assert_eq!(code_of(sim.stop(&target("uhost-a"), false).await), 8903);
@@ -197,7 +218,12 @@ async fn locks_held_by_another_operation() {
     // hold_lock is not scaled.
     sim.hold_lock("uhost-b", Duration::from_secs(2));
     assert_eq!(code_of(sim.stop(&target("uhost-b"), false).await), 8903);
-    assert!(sim.snapshot().locks.iter().any(|l| l.uhost_id == "uhost-b" && l.by_other));
+    assert!(
+        sim.snapshot()
+            .locks
+            .iter()
+            .any(|l| l.uhost_id == "uhost-b" && l.by_other)
+    );
     advance(Duration::from_millis(2_100)).await;
     sim.stop(&target("uhost-b"), false).await.unwrap();
 }
@@ -216,7 +242,12 @@ async fn calls_after_terminate_or_delete_and_on_protected_are_violations() {
     sim.stop(&target("uhost-p"), false).await.unwrap();
     assert_eq!(
         rules(&sim),
-        vec![rule::AFTER_TERMINATE, rule::AFTER_TERMINATE, rule::AFTER_DELETE, rule::PROTECTED]
+        vec![
+            rule::AFTER_TERMINATE,
+            rule::AFTER_TERMINATE,
+            rule::AFTER_DELETE,
+            rule::PROTECTED
+        ]
     );
     // Describe never counts as a violation.
     describe_all(&sim, None, None).await.unwrap();
@@ -246,7 +277,11 @@ async fn describe_paging_filters_and_limits() {
     assert_eq!(code_of(sim.describe(&q(10, 251, 0)).await), code::BAD_PARAM);
     assert!(sim.describe(&q(10, 250, 0)).await.unwrap().uhost_set.is_empty());
     let page = sim.describe(&q(0, 0, 0)).await.unwrap();
-    assert_eq!((page.total_count, page.uhost_set.len()), (250, 20), "Limit defaults to 20");
+    assert_eq!(
+        (page.total_count, page.uhost_set.len()),
+        (250, 20),
+        "Limit defaults to 20"
+    );
     let region = DescribeQuery {
         region: Some("xx-nowhere".into()),
         limit: 10,
@@ -281,22 +316,45 @@ async fn faults_map_to_what_a_client_sees() {
         faults
     };
     sim.set_faults(one("http_502"));
-    assert!(matches!(sim.stop(&target("uhost-a"), false).await, Err(ApiError::Http { status: 502, .. })));
+    assert!(matches!(
+        sim.stop(&target("uhost-a"), false).await,
+        Err(ApiError::Http { status: 502, .. })
+    ));
     sim.set_faults(one("http_503"));
-    assert!(matches!(sim.stop(&target("uhost-a"), false).await, Err(ApiError::Http { status: 503, .. })));
+    assert!(matches!(
+        sim.stop(&target("uhost-a"), false).await,
+        Err(ApiError::Http { status: 503, .. })
+    ));
     sim.set_faults(one("throttle"));
     assert_eq!(code_of(sim.stop(&target("uhost-a"), false).await), 153);
     sim.set_faults(one("unavailable"));
     assert_eq!(code_of(sim.stop(&target("uhost-a"), false).await), 150);
     sim.set_faults(one("drop"));
     let e = sim.stop(&target("uhost-a"), false).await.unwrap_err();
-    assert!(matches!(e, ApiError::Transport { kind: TransportKind::Closed, .. }));
+    assert!(matches!(
+        e,
+        ApiError::Transport {
+            kind: TransportKind::Closed,
+            ..
+        }
+    ));
     sim.set_faults(Faults::default());
-    assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Running), "drop applies nothing");
+    assert_eq!(
+        state_of(&sim, "uhost-a").await,
+        Some(State::Running),
+        "drop applies nothing"
+    );
     sim.set_faults(one("lost_response"));
-    assert!(matches!(sim.stop(&target("uhost-b"), false).await, Err(ApiError::Transport { .. })));
+    assert!(matches!(
+        sim.stop(&target("uhost-b"), false).await,
+        Err(ApiError::Transport { .. })
+    ));
     sim.set_faults(Faults::default());
-    assert_eq!(state_of(&sim, "uhost-b").await, Some(State::Stopping), "lost response was applied");
+    assert_eq!(
+        state_of(&sim, "uhost-b").await,
+        Some(State::Stopping),
+        "lost response was applied"
+    );
     let faults: Vec<Option<String>> = sim.snapshot().calls.into_iter().map(|c| c.fault).collect();
     assert_eq!(faults[0].as_deref(), Some("http_502"));
     assert!(faults.contains(&Some("lost_response".into())));
@@ -364,7 +422,7 @@ async fn restart_interference_starts_a_stopped_instance_again() {
     sim.stop(&target("uhost-a"), false).await.unwrap();
     advance(Duration::from_millis(3_500)).await;
     assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Stopped));
-    advance(Duration::from_millis(2_000)).await;
+    advance(Duration::from_secs(2)).await;
     assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Starting));
     // The other party holds the lock while it starts the instance.
     assert_eq!(code_of(sim.stop(&target("uhost-a"), false).await), 8903);
@@ -395,7 +453,12 @@ async fn vanish_and_manual_interference() {
     sim.stop(&target("uhost-a"), false).await.unwrap();
     advance(Duration::from_millis(1_100)).await;
     assert_eq!(state_of(&sim, "uhost-a").await, None);
-    assert!(sim.snapshot().terminated.iter().any(|t| t.uhost_id == "uhost-a" && t.by_other));
+    assert!(
+        sim.snapshot()
+            .terminated
+            .iter()
+            .any(|t| t.uhost_id == "uhost-a" && t.by_other)
+    );
     sim.start_by_other("uhost-b");
     assert_eq!(state_of(&sim, "uhost-b").await, Some(State::Starting));
     sim.start_by_other("uhost-c"); // not Stopped: nothing happens
@@ -426,7 +489,16 @@ async fn describe_rows_carry_extra_real_fields() {
     let sim = SimHandle::new(Scenario::generated(3, 5));
     let snap = sim.snapshot();
     for row in &snap.instances {
-        for key in ["UHostId", "GraphicsMemory", "OsName", "CpuArch", "AutoRenew", "DiskSet", "IPSet", "Region"] {
+        for key in [
+            "UHostId",
+            "GraphicsMemory",
+            "OsName",
+            "CpuArch",
+            "AutoRenew",
+            "DiskSet",
+            "IPSet",
+            "Region",
+        ] {
             assert!(row.get(key).is_some(), "{key} missing in {row}");
         }
     }

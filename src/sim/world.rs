@@ -308,7 +308,11 @@ impl World {
     /// Nominal seconds, jittered by `latency.jitter`, to world time.
     fn jittered(&mut self, nominal_secs: f64) -> Duration {
         let j = self.scenario.latency.jitter.clamp(0.0, 1.0);
-        let factor = if j > 0.0 { 1.0 + self.rng.random_range(-j..=j) } else { 1.0 };
+        let factor = if j > 0.0 {
+            1.0 + self.rng.random_range(-j..=j)
+        } else {
+            1.0
+        };
         self.scaled(nominal_secs * factor)
     }
 
@@ -327,8 +331,7 @@ impl World {
             .map(|(id, _)| id.clone())
             .collect();
         for id in ids {
-            loop {
-                let Some(row) = self.rows.get_mut(&id) else { break };
+            while let Some(row) = self.rows.get_mut(&id) {
                 let Some(next) = (0..row.events.len())
                     .filter(|&i| row.events[i].due <= now)
                     .min_by_key(|&i| row.events[i].due)
@@ -401,9 +404,23 @@ impl World {
         let answer = if plan.drop {
             Some((Reply::Close, 0, "drop"))
         } else if plan.http_502 {
-            Some((Reply::Html { status: 502, body: HTML_502 }, 502, "http_502"))
+            Some((
+                Reply::Html {
+                    status: 502,
+                    body: HTML_502,
+                },
+                502,
+                "http_502",
+            ))
         } else if plan.http_503 {
-            Some((Reply::Html { status: 503, body: HTML_503 }, 503, "http_503"))
+            Some((
+                Reply::Html {
+                    status: 503,
+                    body: HTML_503,
+                },
+                503,
+                "http_503",
+            ))
         } else {
             None
         };
@@ -438,7 +455,11 @@ impl World {
         };
         body.insert(
             "RetCode".into(),
-            if plan.retcode_as_string { json!(ret_code.to_string()) } else { json!(ret_code) },
+            if plan.retcode_as_string {
+                json!(ret_code.to_string())
+            } else {
+                json!(ret_code)
+            },
         );
         if plan.lost_response {
             self.record(req, now, Some(ret_code), 0, Some("lost_response"));
@@ -458,14 +479,24 @@ impl World {
         }
     }
 
-    fn gateway(&mut self, req: &Request, plan: &Plan, now: Instant, fault: &mut Option<&'static str>) -> Result<(), Refusal> {
+    fn gateway(
+        &mut self,
+        req: &Request,
+        plan: &Plan,
+        now: Instant,
+        fault: &mut Option<&'static str>,
+    ) -> Result<(), Refusal> {
         if req.action_name().is_empty() {
             return Err((code::MISSING_ACTION, "Missing Action".into()));
         }
         if !matches!(req.auth, Auth::Trusted) {
             self.verify(req)?;
         }
-        let key = req.params.get("PublicKey").cloned().unwrap_or_else(|| self.scenario.public_key.clone());
+        let key = req
+            .params
+            .get("PublicKey")
+            .cloned()
+            .unwrap_or_else(|| self.scenario.public_key.clone());
         if let Some(rate) = NonZeroU32::new(self.scenario.rate_limit_per_sec) {
             let limiter = self
                 .limiters
@@ -507,7 +538,13 @@ impl World {
         }
     }
 
-    fn dispatch(&mut self, action: Action, req: &Request, plan: &Plan, now: Instant) -> Result<Map<String, Value>, Refusal> {
+    fn dispatch(
+        &mut self,
+        action: Action,
+        req: &Request,
+        plan: &Plan,
+        now: Instant,
+    ) -> Result<Map<String, Value>, Refusal> {
         match action {
             Action::Describe => self.describe(&req.params, plan.null_lists),
             _ => self.lifecycle(action, &req.params, now),
@@ -560,7 +597,11 @@ impl World {
         out.insert("TotalCount".into(), json!(matches.len()));
         out.insert(
             "UHostSet".into(),
-            if page.is_empty() && null_lists { Value::Null } else { Value::Array(page) },
+            if page.is_empty() && null_lists {
+                Value::Null
+            } else {
+                Value::Array(page)
+            },
         );
         Ok(out)
     }
@@ -592,12 +633,30 @@ impl World {
         let (protected, terminating) = (row.protected, row.terminating);
         let misplaced = row.instance.region != *region || row.instance.zone != *zone;
         if protected {
-            self.violate(now, &id, &name, rule::PROTECTED, "the scenario protects this instance".into());
+            self.violate(
+                now,
+                &id,
+                &name,
+                rule::PROTECTED,
+                "the scenario protects this instance".into(),
+            );
         }
         if terminating {
-            self.violate(now, &id, &name, rule::AFTER_TERMINATE, "a Terminate was already accepted".into());
+            self.violate(
+                now,
+                &id,
+                &name,
+                rule::AFTER_TERMINATE,
+                "a Terminate was already accepted".into(),
+            );
         } else if action == Action::Terminate && !matches!(state, State::Stopped | State::InstallFail) {
-            self.violate(now, &id, &name, rule::TERMINATE_NOT_STOPPED, format!("state was {}", state.as_str()));
+            self.violate(
+                now,
+                &id,
+                &name,
+                rule::TERMINATE_NOT_STOPPED,
+                format!("state was {}", state.as_str()),
+            );
         }
         if misplaced {
             return Err(not_found());
@@ -656,7 +715,11 @@ impl World {
 
     fn accept_transition(&mut self, id: &str, now: Instant, during: State, after: State) {
         let Some(row) = self.rows.get(id) else { return };
-        let nominal = if after == State::Stopped { row.latency.stop } else { row.latency.start };
+        let nominal = if after == State::Stopped {
+            row.latency.stop
+        } else {
+            row.latency.start
+        };
         let settle = now + self.jittered(nominal);
         let faults: Faults = self.scenario.faults.clone();
         let restart_at = (after == State::Stopped && self.rng.random::<f64>() < faults.restart)
@@ -748,7 +811,14 @@ impl World {
     fn request_id(&mut self) -> String {
         let a: u128 = self.id_rng.random();
         let h = format!("{a:032x}");
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 
     // ---- steering and inspection ----------------------------------------------------------------
@@ -758,7 +828,12 @@ impl World {
         SimState {
             now_secs: self.secs(now),
             instances: self.rows.values().map(|r| row_json(r, false)).collect(),
-            protected: self.rows.iter().filter(|(_, r)| r.protected).map(|(id, _)| id.clone()).collect(),
+            protected: self
+                .rows
+                .iter()
+                .filter(|(_, r)| r.protected)
+                .map(|(id, _)| id.clone())
+                .collect(),
             locks: self
                 .rows
                 .iter()

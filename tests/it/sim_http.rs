@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use compshare_teardown::api::sign::{Params, json_signature, sign_in_place};
 use compshare_teardown::api::{
-    ApiError, Client, ClientConfig, Cloud, LockCodes, RetryClass, State, Target, TransportKind, classify,
-    describe_all, describe_ids,
+    ApiError, Client, ClientConfig, Cloud, LockCodes, RetryClass, State, Target, TransportKind, classify, describe_all,
+    describe_ids,
 };
 use compshare_teardown::credentials::{Credentials, PrivateKey};
 use compshare_teardown::sim::{Faults, Scenario, Server, SimHandle, SimState, rule};
@@ -47,7 +47,11 @@ fn client(server: &Server) -> Client {
 
 fn target_in(server: &Server, state: &State) -> Target {
     let snap = server.handle.snapshot();
-    let row = snap.instances.iter().find(|r| r["State"] == state.as_str()).expect("a row in that state");
+    let row = snap
+        .instances
+        .iter()
+        .find(|r| r["State"] == state.as_str())
+        .expect("a row in that state");
     Target {
         uhost_id: row["UHostId"].as_str().unwrap().into(),
         region: row["Region"].as_str().unwrap().into(),
@@ -57,7 +61,11 @@ fn target_in(server: &Server, state: &State) -> Target {
 
 async fn wait_for(client: &Client, id: &str, want: Option<State>) {
     for _ in 0..200 {
-        let got = describe_ids(client, &[id.to_owned()]).await.unwrap().first().map(|i| i.state.clone());
+        let got = describe_ids(client, &[id.to_owned()])
+            .await
+            .unwrap()
+            .first()
+            .map(|i| i.state.clone());
         if got == want {
             return;
         }
@@ -98,7 +106,11 @@ async fn stop_then_terminate_and_early_terminate_is_refused() {
     assert_eq!(ack.in_recycle, "Yes");
     wait_for(&c, &t.uhost_id, None).await;
     let snap = server.handle.snapshot();
-    assert!(snap.terminated.iter().any(|x| x.uhost_id == t.uhost_id && x.release_udisk));
+    assert!(
+        snap.terminated
+            .iter()
+            .any(|x| x.uhost_id == t.uhost_id && x.release_udisk)
+    );
     assert_eq!(snap.violations.len(), 1);
 }
 
@@ -135,7 +147,10 @@ async fn rate_limit_answers_153() {
 async fn proxy_errors_and_quirky_answers() {
     let server = server(scenario(5));
     let c = client(&server);
-    server.handle.set_faults(Faults { http_502: 1.0, ..Faults::default() });
+    server.handle.set_faults(Faults {
+        http_502: 1.0,
+        ..Faults::default()
+    });
     match describe_all(&c, None, None).await.unwrap_err() {
         ApiError::Http { status, snippet, .. } => {
             assert_eq!(status, 502);
@@ -143,13 +158,27 @@ async fn proxy_errors_and_quirky_answers() {
         }
         other => panic!("{other}"),
     }
-    server.handle.set_faults(Faults { http_503: 1.0, ..Faults::default() });
-    assert!(matches!(describe_all(&c, None, None).await, Err(ApiError::Http { status: 503, .. })));
-    server.handle.set_faults(Faults { retcode_as_string: 1.0, null_lists: 1.0, ..Faults::default() });
+    server.handle.set_faults(Faults {
+        http_503: 1.0,
+        ..Faults::default()
+    });
+    assert!(matches!(
+        describe_all(&c, None, None).await,
+        Err(ApiError::Http { status: 503, .. })
+    ));
+    server.handle.set_faults(Faults {
+        retcode_as_string: 1.0,
+        null_lists: 1.0,
+        ..Faults::default()
+    });
     assert_eq!(describe_all(&c, None, None).await.unwrap().len(), 5);
     assert!(describe_ids(&c, &["uhost-none".into()]).await.unwrap().is_empty());
     // The raw body really carries the quirks.
-    let body = raw_form(&server, &[("Action", "DescribeCompShareInstance"), ("UHostIds.0", "uhost-none")]).await;
+    let body = raw_form(
+        &server,
+        &[("Action", "DescribeCompShareInstance"), ("UHostIds.0", "uhost-none")],
+    )
+    .await;
     assert_eq!(body["RetCode"], json!("0"));
     assert_eq!(body["UHostSet"], Value::Null);
 }
@@ -159,24 +188,44 @@ async fn dropped_and_lost_answers_close_the_connection() {
     let server = server(scenario(20));
     let c = client(&server);
     let t = target_in(&server, &State::Running);
-    server.handle.set_faults(Faults { drop: 1.0, ..Faults::default() });
+    server.handle.set_faults(Faults {
+        drop: 1.0,
+        ..Faults::default()
+    });
     let e = c.stop(&t, false).await.unwrap_err();
     assert!(matches!(e, ApiError::Transport { .. }), "{e}");
     assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Ambiguous);
     server.handle.set_faults(Faults::default());
     wait_for(&c, &t.uhost_id, Some(State::Running)).await;
-    server.handle.set_faults(Faults { lost_response: 1.0, ..Faults::default() });
+    server.handle.set_faults(Faults {
+        lost_response: 1.0,
+        ..Faults::default()
+    });
     let e = c.stop(&t, false).await.unwrap_err();
-    assert!(matches!(e, ApiError::Transport { kind: TransportKind::Closed, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            ApiError::Transport {
+                kind: TransportKind::Closed,
+                ..
+            }
+        ),
+        "{e}"
+    );
     server.handle.set_faults(Faults::default());
-    let row = &describe_ids(&c, &[t.uhost_id.clone()]).await.unwrap()[0];
-    assert!(matches!(row.state, State::Stopping | State::Stopped), "the lost call was applied");
+    let row = &describe_ids(&c, std::slice::from_ref(&t.uhost_id)).await.unwrap()[0];
+    assert!(
+        matches!(row.state, State::Stopping | State::Stopped),
+        "the lost call was applied"
+    );
 }
 
 #[tokio::test]
 async fn wrong_private_key_is_171() {
     let server = server(scenario(3));
-    let e = describe_all(&client_with(&server, "not-the-key"), None, None).await.unwrap_err();
+    let e = describe_all(&client_with(&server, "not-the-key"), None, None)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(171));
     assert!(e.to_string().contains("Signature VerifyAC Error"));
 }
@@ -196,7 +245,15 @@ fn with_query(server: &Server, p: &Params) -> url::Url {
 async fn raw_form(server: &Server, pairs: &[(&str, &str)]) -> Value {
     let mut p: Params = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     sign_in_place(&mut p, &server.handle.public_key(), &server.handle.private_key());
-    reqwest::Client::new().post(server.url.clone()).form(&p).send().await.unwrap().json().await.unwrap()
+    reqwest::Client::new()
+        .post(server.url.clone())
+        .form(&p)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -225,24 +282,69 @@ async fn get_query_and_json_post_are_accepted_and_unsigned_ones_refused() {
     object.insert("PublicKey".into(), json!(server.handle.public_key()));
     let sig = json_signature(&object, &server.handle.private_key());
     object.insert("Signature".into(), json!(sig));
-    let body: Value = http.post(server.url.clone()).json(&object).send().await.unwrap().json().await.unwrap();
+    let body: Value = http
+        .post(server.url.clone())
+        .json(&object)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(body["RetCode"], 0, "{body}");
     assert_eq!(body["TotalCount"], 2);
 
     let codes = |b: &Value| (b["RetCode"].as_i64(), b["Message"].as_str().map(str::to_owned));
-    let b: Value = http.get(with_query(&server, &pairs(&[("Action", "DescribeCompShareInstance")]))).send().await.unwrap().json().await.unwrap();
+    let b: Value = http
+        .get(with_query(&server, &pairs(&[("Action", "DescribeCompShareInstance")])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(codes(&b), (Some(170), Some("Missing signature".into())));
     let b: Value = http
-        .get(with_query(&server, &pairs(&[("Action", "DescribeCompShareInstance"), ("PublicKey", "who"), ("Signature", "x")])))
-        .send().await.unwrap().json().await.unwrap();
+        .get(with_query(
+            &server,
+            &pairs(&[
+                ("Action", "DescribeCompShareInstance"),
+                ("PublicKey", "who"),
+                ("Signature", "x"),
+            ]),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(codes(&b), (Some(172), Some("User Not Exists".into())));
     assert_eq!(raw_form(&server, &[("Limit", "1")]).await["RetCode"], 160);
-    assert_eq!(raw_form(&server, &[("Action", "PoweronCompShareInstance")]).await["RetCode"], 161);
-    let missing = raw_form(&server, &[("Action", "StartCompShareInstance"), ("Region", "cn-wlcb"), ("Zone", "cn-wlcb-01")]).await;
+    assert_eq!(
+        raw_form(&server, &[("Action", "PoweronCompShareInstance")]).await["RetCode"],
+        161
+    );
+    let missing = raw_form(
+        &server,
+        &[
+            ("Action", "StartCompShareInstance"),
+            ("Region", "cn-wlcb"),
+            ("Zone", "cn-wlcb-01"),
+        ],
+    )
+    .await;
     assert_eq!(missing["RetCode"], 210);
     assert!(missing["Message"].as_str().unwrap().contains("[UHostId]"));
 
-    let state: SimState = http.get(server.url.join("_sim/state").unwrap()).send().await.unwrap().json().await.unwrap();
+    let state: SimState = http
+        .get(server.url.join("_sim/state").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(state.instances.len(), 7);
     let actions: BTreeMap<String, usize> = state.calls.iter().fold(BTreeMap::new(), |mut m, c| {
         *m.entry(c.action.clone()).or_default() += 1;
