@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Client, ClientConfig, Instance, LockCodes, State};
@@ -64,17 +64,28 @@ pub fn main(cli: Cli) -> ExitCode {
     let quiet = cli.global.quiet;
     let log_format = cli.global.log_format.or(config.log_format).unwrap_or(LogFormat::Text);
     let stderr_tty = std::io::stderr().is_terminal();
-    let bars_visible = stderr_tty && !quiet && log_format == LogFormat::Text && matches!(cli.command, Command::Run(_) | Command::Demo(_));
+    let bars_visible = stderr_tty
+        && !quiet
+        && log_format == LogFormat::Text
+        && matches!(cli.command, Command::Run(_) | Command::Demo(_));
     let multi = progress::area(bars_visible);
     let color = stderr_tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let verbosity = if quiet { -1 } else { i8::try_from(cli.global.verbose).unwrap_or(i8::MAX) };
+    let verbosity = if quiet {
+        -1
+    } else {
+        i8::try_from(cli.global.verbose).unwrap_or(i8::MAX)
+    };
     logging::init(log_format, verbosity, &multi, color);
 
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&Failure::Usage(e.into())),
     };
-    let ctx = Ctx { global: cli.global, config, multi };
+    let ctx = Ctx {
+        global: cli.global,
+        config,
+        multi,
+    };
     let result = runtime.block_on(async {
         match cli.command {
             Command::List(a) => ctx.list(&a.select).await,
@@ -106,19 +117,21 @@ fn fail(f: &Failure) -> ExitCode {
 }
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.
-fn print(text: &str) {
+pub(crate) fn print(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     let mut s = serde_json::to_string_pretty(value).expect("serializable");
     s.push('\n');
     s
 }
 
 fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
 struct Ctx {
@@ -135,7 +148,11 @@ struct Request {
 }
 
 fn pick<T: Clone>(flag: &[T], config: &[T]) -> Vec<T> {
-    if flag.is_empty() { config.to_vec() } else { flag.to_vec() }
+    if flag.is_empty() {
+        config.to_vec()
+    } else {
+        flag.to_vec()
+    }
 }
 
 impl Ctx {
@@ -166,15 +183,21 @@ impl Ctx {
         })?;
         tracing::debug!(source = %creds.source, url = %base_url, "credentials");
         let mut cfg = ClientConfig::new(base_url, creds);
-        cfg.project_id = self.global.project_id.clone().or_else(|| self.config.project_id.clone());
+        cfg.project_id = self
+            .global
+            .project_id
+            .clone()
+            .or_else(|| self.config.project_id.clone());
         Ok(Client::new(cfg).context("cannot build the HTTP client")?)
     }
 
     /// Validate the selection flags (merged with the config file) without calling the API.
     fn request(&self, a: &SelectArgs) -> Outcome2<Request> {
         let c = &self.config.selection;
-        let mut sources: Vec<IdSource> =
-            pick(&a.ids, &c.ids).into_iter().map(|id| IdSource { id, at: String::new() }).collect();
+        let mut sources: Vec<IdSource> = pick(&a.ids, &c.ids)
+            .into_iter()
+            .map(|id| IdSource { id, at: String::new() })
+            .collect();
         if let Some(f) = a.from_file.as_ref().or(c.from_file.as_ref()) {
             sources.extend(selection::read_id_file(f)?);
         }
@@ -204,7 +227,13 @@ impl Ctx {
             gpu_types: pick(&a.gpu_types, &c.gpu_type),
         };
         let excludes = selection::check_ids(
-            &pick(&a.excludes, &c.exclude).into_iter().map(|id| IdSource { id, at: " (--exclude)".into() }).collect::<Vec<_>>(),
+            &pick(&a.excludes, &c.exclude)
+                .into_iter()
+                .map(|id| IdSource {
+                    id,
+                    at: " (--exclude)".into(),
+                })
+                .collect::<Vec<_>>(),
         )?;
         let protections = Protections {
             exclude: excludes.into_iter().collect(),
@@ -216,7 +245,11 @@ impl Ctx {
         if ids.is_empty() && !filters.narrows() && !(a.all || c.all) {
             return Err(selection::SelectionError::Unbounded.into());
         }
-        Ok(Request { ids: (!ids.is_empty()).then_some(ids), filters, protections })
+        Ok(Request {
+            ids: (!ids.is_empty()).then_some(ids),
+            filters,
+            protections,
+        })
     }
 
     /// Describe the candidates and judge them.
@@ -226,14 +259,24 @@ impl Ctx {
             None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
         }
         .map_err(|e| anyhow!("cannot describe instances: {e}"))?;
-        Ok(selection::select(&rows, req.ids.as_deref(), &req.filters, &req.protections, now_unix()))
+        Ok(selection::select(
+            &rows,
+            req.ids.as_deref(),
+            &req.filters,
+            &req.protections,
+            now_unix(),
+        ))
     }
 
     async fn list(&self, a: &SelectArgs) -> Outcome2<Exit> {
         let req = self.request(&SelectArgs { all: true, ..a.clone() })?;
         let client = self.client()?;
         let cands = self.candidates(&client, &req).await?;
-        let rows: Vec<Instance> = cands.into_iter().filter(|c| c.verdict == Verdict::Act).filter_map(|c| c.row).collect();
+        let rows: Vec<Instance> = cands
+            .into_iter()
+            .filter(|c| c.verdict == Verdict::Act)
+            .filter_map(|c| c.row)
+            .collect();
         match self.output() {
             OutputFormat::Json => print(&json(&rows)),
             OutputFormat::Table => print(&output::list_table(&rows, now_unix())),
@@ -243,7 +286,10 @@ impl Ctx {
 
     fn effect(&self, e: &EffectArgs) -> (bool, bool) {
         let r = &self.config.run;
-        (e.release_udisk || r.release_udisk.unwrap_or(false), e.force_stop || r.force_stop.unwrap_or(false))
+        (
+            e.release_udisk || r.release_udisk.unwrap_or(false),
+            e.force_stop || r.force_stop.unwrap_or(false),
+        )
     }
 
     async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> Outcome2<Exit> {
@@ -282,18 +328,20 @@ impl Ctx {
             rate: a.rate.or(r.rate).unwrap_or(d.rate),
             poll_interval: dur(a.poll_interval, &r.poll_interval, "poll_interval")?.unwrap_or(d.poll_interval),
             lock_wait: dur(a.lock_wait, &r.lock_wait, "lock_wait")?.unwrap_or(d.lock_wait),
-            instance_timeout: dur(a.instance_timeout, &r.instance_timeout, "instance_timeout")?.unwrap_or(d.instance_timeout),
+            instance_timeout: dur(a.instance_timeout, &r.instance_timeout, "instance_timeout")?
+                .unwrap_or(d.instance_timeout),
             deadline: dur(a.deadline, &r.deadline, "deadline")?,
-            confirm_timeout: dur(a.confirm_timeout, &r.confirm_timeout, "confirm_timeout")?.unwrap_or(d.confirm_timeout),
+            confirm_timeout: dur(a.confirm_timeout, &r.confirm_timeout, "confirm_timeout")?
+                .unwrap_or(d.confirm_timeout),
             max_restarts: d.max_restarts,
             lock_codes,
             jitter_seed: None,
         };
         if s.concurrency == 0 {
-            bail!("--concurrency must be at least 1");
+            return Err(Failure::Usage(anyhow!("--concurrency must be at least 1")));
         }
         if s.poll_interval < Duration::from_millis(10) {
-            bail!("--poll-interval must be at least 10ms");
+            return Err(Failure::Usage(anyhow!("--poll-interval must be at least 10ms")));
         }
         Ok(s)
     }
@@ -303,9 +351,17 @@ impl Ctx {
         // Everything that can be checked offline is checked before the lock and the API.
         let (mut release, mut force) = self.effect(&a.effect);
         let resume = a.resume.as_deref().map(workflow::journal::replay).transpose()?;
-        let req = if resume.is_some() || a.plan.is_some() { None } else { Some(self.request(&a.select)?) };
+        let req = if resume.is_some() || a.plan.is_some() {
+            None
+        } else {
+            Some(self.request(&a.select)?)
+        };
         let client = self.client()?;
-        let plan_file = a.plan.as_deref().map(|p| Plan::load(p, client.base_url().as_str())).transpose()?;
+        let plan_file = a
+            .plan
+            .as_deref()
+            .map(|p| Plan::load(p, client.base_url().as_str()))
+            .transpose()?;
         for (what, (r2, f2)) in [
             ("journal", resume.as_ref().map(|r| (r.release_udisk, r.force_stop))),
             ("plan", plan_file.as_ref().map(|p| (p.release_udisk, p.force_stop))),
@@ -314,13 +370,19 @@ impl Ctx {
         .filter_map(|(w, v)| v.map(|v| (w, v)))
         {
             if (a.effect.release_udisk && !r2) || (a.effect.force_stop && !f2) {
-                bail!("the {what} was made with release_udisk={r2}, force_stop={f2}; it cannot be changed on resume");
+                return Err(Failure::Usage(anyhow!(
+                    "the {what} was made with release_udisk={r2}, force_stop={f2}; it cannot be changed on resume"
+                )));
             }
             (release, force) = (r2, f2);
         }
         let settings = self.settings(&a, release, force)?;
         let max_count = a.max_count.or(r.max_count).unwrap_or(20);
-        let lock_path = a.lock_file.clone().or_else(|| r.lock_file.clone()).unwrap_or_else(runlock::default_path);
+        let lock_path = a
+            .lock_file
+            .clone()
+            .or_else(|| r.lock_file.clone())
+            .unwrap_or_else(runlock::default_path);
         let _lock = runlock::acquire(&lock_path).map_err(|e| match e {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             runlock::RunLockError::Io { .. } => Failure::Usage(e.into()),
@@ -328,12 +390,24 @@ impl Ctx {
 
         // What to act on, and what is skipped on purpose.
         let (plan, guard): (Plan, Option<workflow::Guard>) = if let Some(res) = &resume {
-            let cands: Vec<Candidate> =
-                res.ids.iter().map(|id| Candidate { id: id.clone(), row: None, verdict: Verdict::Act }).collect();
+            let cands: Vec<Candidate> = res
+                .ids
+                .iter()
+                .map(|id| Candidate {
+                    id: id.clone(),
+                    row: None,
+                    verdict: Verdict::Act,
+                })
+                .collect();
             (Plan::build(&cands, client.base_url().as_str(), release, force), None)
         } else if let Some(p) = plan_file {
             let drift = p.clone();
-            let protections = self.request(&SelectArgs { all: true, ..a.select.clone() })?.protections;
+            let protections = self
+                .request(&SelectArgs {
+                    all: true,
+                    ..a.select.clone()
+                })?
+                .protections;
             let guard: workflow::Guard = Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row)));
             (p, Some(guard))
         } else {
@@ -341,16 +415,25 @@ impl Ctx {
             let cands = self.candidates(&client, &req).await?;
             let protections = req.protections.clone();
             let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
-            (Plan::build(&cands, client.base_url().as_str(), release, force), Some(guard))
+            (
+                Plan::build(&cands, client.base_url().as_str(), release, force),
+                Some(guard),
+            )
         };
         let ids: Vec<String> = if let Some(res) = &resume {
             res.ids.clone()
         } else {
-            plan.entries.iter().filter(|e| e.action != crate::plan::Action::Skip).map(|e| e.uhost_id.clone()).collect()
+            plan.entries
+                .iter()
+                .filter(|e| e.action != crate::plan::Action::Skip)
+                .map(|e| e.uhost_id.clone())
+                .collect()
         };
         let acting = plan.acting_ids().len();
         if resume.is_none() && acting > max_count {
-            bail!("{acting} instances selected, more than --max-count {max_count}; raise --max-count to proceed");
+            return Err(Failure::Usage(anyhow!(
+                "{acting} instances selected, more than --max-count {max_count}; raise --max-count to proceed"
+            )));
         }
         if ids.is_empty() {
             tracing::info!("nothing to tear down");
@@ -358,11 +441,18 @@ impl Ctx {
             confirm(&plan, ids.len())?;
         }
 
-        let journal_path = a.resume.clone().or_else(|| a.journal.clone()).or_else(|| r.journal.clone());
-        let journal = journal_path.as_deref().map(workflow::journal::Journal::open).transpose()?;
+        let journal_path = a
+            .resume
+            .clone()
+            .or_else(|| a.journal.clone())
+            .or_else(|| r.journal.clone());
+        let journal = journal_path
+            .as_deref()
+            .map(workflow::journal::Journal::open)
+            .transpose()?;
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone());
-        let mut bars = progress::Bars::new(&self.multi, ids.len());
+        let bars = BarsHandle::new(&self.multi, ids.len());
         let known: Vec<Instance> = plan
             .entries
             .iter()
@@ -375,15 +465,24 @@ impl Ctx {
             })
             .collect();
         // Skipped entries never reach the runner; the bars count them as done.
-        let skipped: Vec<&crate::plan::Entry> =
-            plan.entries.iter().filter(|e| e.action == crate::plan::Action::Skip && !ids.contains(&e.uhost_id)).collect();
+        let skipped: Vec<&crate::plan::Entry> = plan
+            .entries
+            .iter()
+            .filter(|e| e.action == crate::plan::Action::Skip && !ids.contains(&e.uhost_id))
+            .collect();
         for e in &skipped {
-            workflow::Observer::finished(&mut bars, &e.uhost_id, &Outcome::Skipped { reason: String::new() });
+            bars.finished_elsewhere(&e.uhost_id, &Outcome::Skipped { reason: String::new() });
         }
-        let bars = BarsHandle(Arc::new(std::sync::Mutex::new(bars)));
-        let ctl = Controls { journal, resume, guard, observer: Box::new(bars.clone()), cancel, known };
+        let ctl = Controls {
+            journal,
+            resume,
+            guard,
+            observer: Box::new(bars.clone()),
+            cancel,
+            known,
+        };
         let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
-        bars.0.lock().expect("bars").finish();
+        bars.finish();
         add_skipped(&mut report, &skipped, release);
         self.finish_report(&report, a.report.as_deref().or(r.report.as_deref()))
     }
@@ -399,17 +498,11 @@ impl Ctx {
             OutputFormat::Json => print(&json(report)),
             OutputFormat::Table => print(&output::report_table(report)),
         }
-        Ok(if report.interrupted() {
-            Exit::Interrupted
-        } else if report.all_ok() {
-            Exit::Ok
-        } else {
-            Exit::Failed
-        })
+        Ok(exit_for(report))
     }
 
     async fn demo(&self, instances: usize, seed: u64) -> Outcome2<Exit> {
-        crate::demo::run(self, instances, seed).await
+        crate::demo::run(self.output(), &self.multi, instances, seed).await
     }
 
     async fn sim(&self, a: crate::cli::SimArgs) -> Outcome2<Exit> {
@@ -417,9 +510,34 @@ impl Ctx {
     }
 }
 
+/// The exit code a report earns.
+pub(crate) fn exit_for(report: &Report) -> Exit {
+    if report.interrupted() {
+        Exit::Interrupted
+    } else if report.all_ok() {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    }
+}
+
 /// Shared bars: the runner's observer and the command both hold them.
 #[derive(Clone)]
-struct BarsHandle(Arc<std::sync::Mutex<progress::Bars>>);
+pub(crate) struct BarsHandle(Arc<std::sync::Mutex<progress::Bars>>);
+
+impl BarsHandle {
+    pub(crate) fn new(multi: &indicatif::MultiProgress, total: usize) -> BarsHandle {
+        BarsHandle(Arc::new(std::sync::Mutex::new(progress::Bars::new(multi, total))))
+    }
+
+    pub(crate) fn finish(&self) {
+        self.0.lock().expect("bars").finish();
+    }
+
+    fn finished_elsewhere(&self, id: &str, outcome: &Outcome) {
+        workflow::Observer::finished(&mut *self.0.lock().expect("bars"), id, outcome);
+    }
+}
 
 impl workflow::Observer for BarsHandle {
     fn activity(&mut self, id: &str, activity: &workflow::Activity) {
@@ -441,7 +559,9 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udi
         region: e.region.clone(),
         zone: e.zone.clone(),
         last_state: e.state.clone(),
-        outcome: Outcome::Skipped { reason: e.reason.clone().unwrap_or_default() },
+        outcome: Outcome::Skipped {
+            reason: e.reason.clone().unwrap_or_default(),
+        },
         seconds: 0.0,
         calls: 0,
         release_udisk,
@@ -453,28 +573,42 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udi
 /// Ask on the terminal; refuse without one.
 fn confirm(plan: &Plan, count: usize) -> Outcome2<()> {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
-        bail!("refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)");
+        return Err(Failure::Usage(anyhow!(
+            "refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)"
+        )));
     }
     let mut err = std::io::stderr();
-    let _ = write!(err, "{}\n{}\nType {count} to tear down {count} instance(s): ", output::plan_table(plan), "");
+    let _ = write!(
+        err,
+        "{}\n{}\nType {count} to tear down {count} instance(s): ",
+        output::plan_table(plan),
+        ""
+    );
     let _ = err.flush();
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).context("cannot read the confirmation")?;
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the confirmation")?;
     if line.trim() != count.to_string() {
-        bail!("not confirmed (expected {count}, got {:?}): nothing was changed", line.trim());
+        return Err(Failure::Usage(anyhow!(
+            "not confirmed (expected {count}, got {:?}): nothing was changed",
+            line.trim()
+        )));
     }
     Ok(())
 }
 
 /// First Ctrl-C or SIGTERM: cancel (finish calls in flight, report). Second: exit at once.
-fn spawn_signal_handler(cancel: CancellationToken) {
+pub(crate) fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
         let mut count = 0;
         loop {
             #[cfg(unix)]
             {
                 use tokio::signal::unix::{SignalKind, signal};
-                let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+                let Ok(mut term) = signal(SignalKind::terminate()) else {
+                    return;
+                };
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
@@ -491,7 +625,10 @@ fn spawn_signal_handler(cancel: CancellationToken) {
                 let _ = writeln!(std::io::stderr(), "second interrupt: exiting now");
                 std::process::exit(Exit::Interrupted as i32);
             }
-            let _ = writeln!(std::io::stderr(), "interrupt: finishing calls in flight (press Ctrl-C again to exit now)");
+            let _ = writeln!(
+                std::io::stderr(),
+                "interrupt: finishing calls in flight (press Ctrl-C again to exit now)"
+            );
             cancel.cancel();
         }
     });

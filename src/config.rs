@@ -86,8 +86,14 @@ pub enum ConfigError {
 /// Read and parse a config file.
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: p.clone(), detail: e.to_string() })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: p, detail: e.message().to_owned() })
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: p.clone(),
+        detail: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        path: p,
+        detail: e.message().to_owned(),
+    })
 }
 
 #[cfg(test)]

@@ -128,6 +128,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Cre
 }
 
 /// Resolve credentials: flag > env > CompShare CLI file > UCloud CLI files, per field.
+// One linear walk down the precedence list reads best as one function.
+#[allow(clippy::too_many_lines, clippy::collapsible_if)]
 pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
     let mut looked = vec![
         "--public-key/--private-key".to_owned(),

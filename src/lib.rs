@@ -1,15 +1,27 @@
 //! compshare-teardown: safely tear down batches of UCloud CompShare GPU instances.
 //!
-//! Module map:
+//! Module map (data flows top to bottom):
+//! - [`cli`]: command-line arguments (clap data only); [`config`]: the TOML job file.
+//! - [`app`]: validates arguments into settings and runs the commands; exit codes.
+//! - [`selection`]: ID checks, filters, exclusions, protections; [`plan`]: what `run` will do.
+//! - [`workflow`]: the teardown state machine and the batch driver (pace, journal, outcomes).
 //! - [`api`]: signing, wire model, errors and their retry classes, the HTTP client.
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
+//! - [`demo`]: the `demo` and `sim` commands over the simulator.
+//! - [`output`], [`progress`], [`logging`], [`runlock`]: what people and cron see.
 
 pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod logging;
+pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod runlock;
 pub mod selection;
+pub mod sim;
 pub mod workflow;

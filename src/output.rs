@@ -9,7 +9,9 @@ use crate::workflow::Report;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_HORIZONTAL_ONLY).set_content_arrangement(ContentArrangement::Disabled).set_header(header);
+    t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header);
     t
 }
 
@@ -42,7 +44,11 @@ pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
             r.name.clone(),
             r.state.to_string(),
             r.zone.clone(),
-            if r.gpu > 0 { format!("{}x{}", r.gpu, r.gpu_type) } else { "-".into() },
+            if r.gpu > 0 {
+                format!("{}x{}", r.gpu, r.gpu_type)
+            } else {
+                "-".into()
+            },
             r.charge_type.clone(),
             r.tag.clone(),
             age(now_unix, r.create_time),
@@ -56,11 +62,19 @@ pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
 pub fn plan_table(plan: &Plan) -> String {
     let mut t = table(&["ID", "NAME", "STATE", "ZONE", "ACTION", "DATA DISKS", "PRICE/H", "NOTE"]);
     for e in &plan.entries {
-        let disks = if e.data_disks.is_empty() { "-".to_owned() } else { format!("{} {}", e.data_disks.len(), e.disks) };
+        let disks = if e.data_disks.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{} {}", e.data_disks.len(), e.disks)
+        };
         t.add_row(vec![
             e.uhost_id.clone(),
             e.name.clone(),
-            if e.state.is_empty() { "-".into() } else { e.state.clone() },
+            if e.state.is_empty() {
+                "-".into()
+            } else {
+                e.state.clone()
+            },
             e.zone.clone(),
             e.action.text().to_owned(),
             disks,
@@ -87,9 +101,18 @@ pub fn plan_summary(plan: &Plan) -> String {
     if spot > 0 {
         s.push_str(&format!("; {spot} spot instance(s) need --force-stop"));
     }
-    let disks: usize = plan.entries.iter().filter(|e| e.action.acts()).map(|e| e.data_disks.len()).sum();
+    let disks: usize = plan
+        .entries
+        .iter()
+        .filter(|e| e.action.acts())
+        .map(|e| e.data_disks.len())
+        .sum();
     if disks > 0 {
-        let fate = if plan.release_udisk { "released (--release-udisk)" } else { "kept (pass --release-udisk to delete them)" };
+        let fate = if plan.release_udisk {
+            "released (--release-udisk)"
+        } else {
+            "kept (pass --release-udisk to delete them)"
+        };
         s.push_str(&format!("; {disks} data disk(s) {fate}"));
     }
     let p = plan.hourly_price();
@@ -113,7 +136,11 @@ pub fn report_table(report: &Report) -> String {
         ]);
     }
     let s = &report.summary;
-    let calls: Vec<String> = s.api_calls.iter().map(|(a, n)| format!("{n} {}", a.replace("CompShareInstance", ""))).collect();
+    let calls: Vec<String> = s
+        .api_calls
+        .iter()
+        .map(|(a, n)| format!("{n} {}", a.replace("CompShareInstance", "")))
+        .collect();
     format!(
         "{t}\n{} selected: {} terminated, {} unconfirmed, {} already gone, {} deleted by others, {} skipped, {} failed, {} timed out, {} interrupted in {:.1}s ({})\n",
         s.selected,
@@ -126,7 +153,11 @@ pub fn report_table(report: &Report) -> String {
         s.timed_out,
         s.interrupted,
         s.seconds,
-        if calls.is_empty() { "no API calls".to_owned() } else { format!("API calls: {}", calls.join(", ")) },
+        if calls.is_empty() {
+            "no API calls".to_owned()
+        } else {
+            format!("API calls: {}", calls.join(", "))
+        },
     )
 }
 

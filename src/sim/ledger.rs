@@ -1,0 +1,95 @@
+//! The ledger: what the world records about its clients (every call, every rule broken,
+//! every termination and orphaned disk) and the [`SimState`] snapshot served at `/_sim/state`.
+
+use serde::{Deserialize, Serialize};
+
+/// Rule names used in [`Violation::rule`].
+pub mod rule {
+    /// Terminate sent while the instance was neither `Stopped` nor `Install Fail`. (The docs say
+    /// only Stopped may be terminated; `Install Fail` is allowed because such an instance can
+    /// never reach Stopped, and terraform's UHost teardown terminates it directly.)
+    pub const TERMINATE_NOT_STOPPED: &str = "terminate-not-stopped";
+    /// A mutating call for an instance whose Terminate was already accepted (also while it is
+    /// still listed, disappearing).
+    pub const AFTER_TERMINATE: &str = "after-terminate";
+    /// A mutating call for an instance someone else deleted.
+    pub const AFTER_DELETE: &str = "after-delete";
+    /// A mutating call on an instance the scenario marks protected.
+    pub const PROTECTED: &str = "protected";
+}
+
+/// Everything the world knows, as served by `GET /_sim/state`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimState {
+    /// Seconds since the world was created.
+    pub now_secs: f64,
+    /// Current rows exactly as Describe returns them (real field names), in ID order.
+    pub instances: Vec<serde_json::Value>,
+    /// IDs of rows the scenario marks protected.
+    #[serde(default)]
+    pub protected: Vec<String>,
+    /// Locks currently held.
+    #[serde(default)]
+    pub locks: Vec<LockView>,
+    pub terminated: Vec<Terminated>,
+    pub orphan_disks: Vec<OrphanDisk>,
+    pub calls: Vec<CallRecord>,
+    pub violations: Vec<Violation>,
+}
+
+/// An instance removed from the world.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Terminated {
+    pub uhost_id: String,
+    /// When the Terminate was accepted (or the other party deleted it).
+    pub at_secs: f64,
+    pub release_udisk: bool,
+    /// Deleted by someone else (interference), not by a client call.
+    #[serde(default)]
+    pub by_other: bool,
+}
+
+/// A data disk that survived its instance because `ReleaseUDisk` was false.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrphanDisk {
+    pub disk_id: String,
+    pub from_uhost_id: String,
+    /// GB.
+    pub size: i64,
+}
+
+/// One call as the world saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    pub at_secs: f64,
+    /// `""` when the request named none.
+    pub action: String,
+    /// `UHostId`, or the `UHostIds.N` of a Describe.
+    pub ids: Vec<String>,
+    /// `None` when no JSON answer was sent (HTML error or closed connection).
+    pub ret_code: Option<i64>,
+    /// 0 when the connection was closed with no answer.
+    pub http_status: u16,
+    /// The injected fault, if any (`http_502`, `drop`, `lost_response`, `slow`, `throttle`, ...).
+    pub fault: Option<String>,
+    pub public_key: String,
+}
+
+/// A rule the client broke (see [`rule`]). Recorded even when the call was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    pub at_secs: f64,
+    pub uhost_id: String,
+    pub action: String,
+    pub rule: String,
+    pub detail: String,
+}
+
+/// A held lock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LockView {
+    pub uhost_id: String,
+    /// Held by "another operation" rather than a client call.
+    pub by_other: bool,
+    pub remaining_secs: f64,
+}

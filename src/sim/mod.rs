@@ -1,0 +1,203 @@
+//! The CompShare simulator: a seeded, fault-injecting world that answers the four teardown
+//! actions like the real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the
+//! [`crate::api::Cloud`] impl on [`SimHandle`], for paused-time tests). The scenario format is
+//! documented in `docs/simulator.md`.
+
+mod faults;
+mod ledger;
+mod scenario;
+mod server;
+mod world;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
+pub use scenario::{
+    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioError, ScenarioInstance,
+};
+pub use server::{Server, serve};
+pub use world::code;
+
+use crate::api::client::decode_envelope;
+use crate::api::sign::Params;
+use crate::api::{ApiError, Cloud, DescribePage, DescribeQuery, Instance, State, Target, TerminateAck, TransportKind};
+use crate::credentials::PrivateKey;
+use world::{Arrival, Auth, Reply, Request, World};
+
+/// Cheap-to-clone handle to one shared world.
+#[derive(Clone)]
+pub struct SimHandle {
+    world: Arc<Mutex<World>>,
+}
+
+impl SimHandle {
+    /// Build the world; its time zero is `tokio::time::Instant::now()` now.
+    pub fn new(scenario: Scenario) -> SimHandle {
+        SimHandle {
+            world: Arc::new(Mutex::new(World::new(scenario))),
+        }
+    }
+
+    /// The world is only ever locked for short synchronous sections; a panic while holding it
+    /// leaves consistent-enough state for a simulator, so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, World> {
+        self.world.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn public_key(&self) -> String {
+        self.lock().public_key().to_owned()
+    }
+
+    pub fn private_key(&self) -> PrivateKey {
+        self.lock().private_key()
+    }
+
+    /// The same data as `GET /_sim/state`.
+    pub fn snapshot(&self) -> SimState {
+        self.lock().snapshot(Instant::now())
+    }
+
+    /// Add or replace a row.
+    // By value by contract: callers build a row and hand it over.
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn insert(&self, instance: Instance) {
+        self.lock().insert(&instance, Instant::now());
+    }
+
+    /// Set a state directly, cancelling any pending transition.
+    pub fn set_state(&self, id: &str, state: State) {
+        self.lock().set_state(id, state, Instant::now());
+    }
+
+    /// "Another operation" holds the lock for `d` (not time-scaled).
+    pub fn hold_lock(&self, id: &str, d: Duration) {
+        self.lock().hold_lock(id, d, Instant::now());
+    }
+
+    /// Someone else deletes the instance now.
+    pub fn delete_by_other(&self, id: &str) {
+        self.lock().delete_by_other(id, Instant::now());
+    }
+
+    /// Someone else starts the instance now (only if it is Stopped and not terminating).
+    pub fn start_by_other(&self, id: &str) {
+        self.lock().start_by_other(id, Instant::now());
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().set_faults(faults);
+    }
+
+    pub fn set_protected(&self, id: &str, protected: bool) {
+        self.lock().set_protected(id, protected);
+    }
+
+    /// IDs currently listed by Describe, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().ids(Instant::now())
+    }
+
+    /// One call end to end: arrival faults, an optional slow delay, then processing.
+    pub(crate) async fn handle(&self, req: Request) -> Reply {
+        let arrival = self.lock().arrive(&req, Instant::now());
+        match arrival {
+            Arrival::Now(reply) => reply,
+            Arrival::Proceed { plan, delay } => {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
+                self.lock().process(&req, plan, Instant::now())
+            }
+        }
+    }
+
+    /// An in-memory call, answered as the HTTP client would have decoded it.
+    async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
+        params.insert("Action".into(), action.into());
+        match self
+            .handle(Request {
+                params,
+                auth: Auth::Trusted,
+            })
+            .await
+        {
+            Reply::Json { body, request_id } => {
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                decode_envelope(action, &bytes, Some(request_id))
+            }
+            Reply::Html { status, body } => Err(ApiError::Http {
+                action: action.into(),
+                status,
+                snippet: body.chars().filter(|c| !c.is_control()).take(120).collect(),
+                request_id: None,
+            }),
+            Reply::Close => Err(ApiError::Transport {
+                action: action.into(),
+                kind: TransportKind::Closed,
+                detail: "connection closed before the answer (simulated)".into(),
+            }),
+        }
+    }
+
+    async fn lifecycle(&self, action: &str, target: &Target, extra: &[(&str, &str)]) -> Result<Value, ApiError> {
+        let mut p = Params::new();
+        p.insert("Region".into(), target.region.clone());
+        p.insert("Zone".into(), target.zone.clone());
+        p.insert("UHostId".into(), target.uhost_id.clone());
+        for (k, v) in extra {
+            p.insert((*k).into(), (*v).into());
+        }
+        self.call(action, p).await
+    }
+}
+
+fn decode_error(action: &str, e: &serde_json::Error) -> ApiError {
+    ApiError::Decode {
+        action: action.into(),
+        detail: e.to_string(),
+        request_id: None,
+    }
+}
+
+impl Cloud for SimHandle {
+    async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+        let action = "DescribeCompShareInstance";
+        let mut p = Params::new();
+        if let Some(r) = &q.region {
+            p.insert("Region".into(), r.clone());
+        }
+        if let Some(z) = &q.zone {
+            p.insert("Zone".into(), z.clone());
+        }
+        for (i, id) in q.ids.iter().enumerate() {
+            p.insert(format!("UHostIds.{i}"), id.clone());
+        }
+        p.insert("Limit".into(), q.limit.to_string());
+        p.insert("Offset".into(), q.offset.to_string());
+        let body = self.call(action, p).await?;
+        serde_json::from_value(body).map_err(|e| decode_error(action, &e))
+    }
+
+    async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
+        let extra: &[(&str, &str)] = if force { &[("Force", "true")] } else { &[] };
+        self.lifecycle("StopCompShareInstance", target, extra).await.map(drop)
+    }
+
+    async fn start(&self, target: &Target) -> Result<(), ApiError> {
+        self.lifecycle("StartCompShareInstance", target, &[]).await.map(drop)
+    }
+
+    async fn terminate(&self, target: &Target, release_udisk: bool) -> Result<TerminateAck, ApiError> {
+        let action = "TerminateCompShareInstance";
+        let flag = if release_udisk { "true" } else { "false" };
+        let body = self.lifecycle(action, target, &[("ReleaseUDisk", flag)]).await?;
+        serde_json::from_value(body).map_err(|e| decode_error(action, &e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,354 @@
+//! The simulator over real HTTP, driven by the crate's own signed client (and raw reqwest for
+//! GET, JSON and the state endpoint). Real time with a tiny time scale keeps it fast.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use compshare_teardown::api::sign::{Params, json_signature, sign_in_place};
+use compshare_teardown::api::{
+    ApiError, Client, ClientConfig, Cloud, LockCodes, RetryClass, State, Target, TransportKind, classify, describe_all,
+    describe_ids,
+};
+use compshare_teardown::credentials::{Credentials, PrivateKey};
+use compshare_teardown::sim::{Faults, Scenario, Server, SimHandle, SimState, rule};
+use serde_json::{Value, json};
+
+/// Time scale for HTTP tests: a 3 s stop takes 3 ms, the 10-minute lock 0.6 s.
+const SCALE: f64 = 0.001;
+
+fn server(scenario: Scenario) -> Server {
+    Server::start(SimHandle::new(scenario), "127.0.0.1:0".parse().unwrap()).unwrap()
+}
+
+fn scenario(count: usize) -> Scenario {
+    Scenario {
+        time_scale: SCALE,
+        ..Scenario::generated(count, 42)
+    }
+}
+
+fn client_with(server: &Server, private: &str) -> Client {
+    let mut config = ClientConfig::new(
+        server.url.clone(),
+        Credentials {
+            public_key: server.handle.public_key(),
+            private_key: PrivateKey::new(private),
+            source: "test".into(),
+        },
+    );
+    // Short, so that a dropped connection can never hang a test.
+    config.timeout = Duration::from_secs(5);
+    Client::new(config).unwrap()
+}
+
+fn client(server: &Server) -> Client {
+    client_with(server, server.handle.private_key().expose())
+}
+
+fn target_in(server: &Server, state: &State) -> Target {
+    let snap = server.handle.snapshot();
+    let row = snap
+        .instances
+        .iter()
+        .find(|r| r["State"] == state.as_str())
+        .expect("a row in that state");
+    Target {
+        uhost_id: row["UHostId"].as_str().unwrap().into(),
+        region: row["Region"].as_str().unwrap().into(),
+        zone: row["Zone"].as_str().unwrap().into(),
+    }
+}
+
+async fn wait_for(client: &Client, id: &str, want: Option<State>) {
+    for _ in 0..200 {
+        let got = describe_ids(client, &[id.to_owned()])
+            .await
+            .unwrap()
+            .first()
+            .map(|i| i.state.clone());
+        if got == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{id} never reached {want:?}");
+}
+
+#[tokio::test]
+async fn paging_and_chunking() {
+    let server = server(scenario(250));
+    let c = client(&server);
+    let all = describe_all(&c, None, None).await.unwrap();
+    assert_eq!(all.len(), 250);
+    let ids: Vec<String> = all.iter().map(|i| i.uhost_id.clone()).collect();
+    let mut wanted: Vec<String> = ids.iter().take(229).cloned().collect();
+    wanted.push("uhost-000000000000".into());
+    assert_eq!(describe_ids(&c, &wanted).await.unwrap().len(), 229);
+    let calls = server.handle.snapshot().calls;
+    assert_eq!(calls.len(), 3 + 3, "3 pages of 100 + 3 chunks of at most 100 IDs");
+    assert!(calls.iter().all(|c| c.ret_code == Some(0) && c.http_status == 200));
+}
+
+#[tokio::test]
+async fn stop_then_terminate_and_early_terminate_is_refused() {
+    let server = server(scenario(20));
+    let c = client(&server);
+    let t = target_in(&server, &State::Running);
+    c.stop(&t, false).await.unwrap();
+    let e = c.terminate(&t, true).await.unwrap_err();
+    assert!(matches!(e, ApiError::RetCode { .. }), "{e}");
+    let violations = server.handle.snapshot().violations;
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].rule, rule::TERMINATE_NOT_STOPPED);
+    assert_eq!(violations[0].uhost_id, t.uhost_id);
+    wait_for(&c, &t.uhost_id, Some(State::Stopped)).await;
+    let ack = c.terminate(&t, true).await.unwrap();
+    assert_eq!(ack.in_recycle, "Yes");
+    wait_for(&c, &t.uhost_id, None).await;
+    let snap = server.handle.snapshot();
+    assert!(
+        snap.terminated
+            .iter()
+            .any(|x| x.uhost_id == t.uhost_id && x.release_udisk)
+    );
+    assert_eq!(snap.violations.len(), 1);
+}
+
+#[tokio::test]
+async fn lock_error_is_classified_locked() {
+    let server = server(scenario(20));
+    let c = client(&server);
+    let t = target_in(&server, &State::Running);
+    server.handle.hold_lock(&t.uhost_id, Duration::from_secs(30));
+    let e = c.stop(&t, false).await.unwrap_err();
+    assert_eq!(e.code(), Some(8903));
+    assert!(e.to_string().contains("InstanceOperationInProgress"), "{e}");
+    assert!(e.request_id().is_some_and(|id| id.len() == 36));
+    assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Locked);
+}
+
+#[tokio::test]
+async fn rate_limit_answers_153() {
+    let mut s = scenario(5);
+    s.rate_limit_per_sec = 2;
+    let server = server(s);
+    let c = client(&server);
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(describe_all(&c, None, None).await.err().and_then(|e| e.code()));
+    }
+    assert!(codes.contains(&Some(153)), "{codes:?}");
+    let e = describe_all(&c, None, None).await.unwrap_err();
+    assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Throttled);
+    assert!(e.to_string().contains("API request throttled"));
+}
+
+#[tokio::test]
+async fn proxy_errors_and_quirky_answers() {
+    let server = server(scenario(5));
+    let c = client(&server);
+    server.handle.set_faults(Faults {
+        http_502: 1.0,
+        ..Faults::default()
+    });
+    match describe_all(&c, None, None).await.unwrap_err() {
+        ApiError::Http { status, snippet, .. } => {
+            assert_eq!(status, 502);
+            assert!(snippet.contains("Bad Gateway"), "{snippet}");
+        }
+        other => panic!("{other}"),
+    }
+    server.handle.set_faults(Faults {
+        http_503: 1.0,
+        ..Faults::default()
+    });
+    assert!(matches!(
+        describe_all(&c, None, None).await,
+        Err(ApiError::Http { status: 503, .. })
+    ));
+    server.handle.set_faults(Faults {
+        retcode_as_string: 1.0,
+        null_lists: 1.0,
+        ..Faults::default()
+    });
+    assert_eq!(describe_all(&c, None, None).await.unwrap().len(), 5);
+    assert!(describe_ids(&c, &["uhost-none".into()]).await.unwrap().is_empty());
+    // The raw body really carries the quirks.
+    let body = raw_form(
+        &server,
+        &[("Action", "DescribeCompShareInstance"), ("UHostIds.0", "uhost-none")],
+    )
+    .await;
+    assert_eq!(body["RetCode"], json!("0"));
+    assert_eq!(body["UHostSet"], Value::Null);
+}
+
+#[tokio::test]
+async fn dropped_and_lost_answers_close_the_connection() {
+    let server = server(scenario(20));
+    let c = client(&server);
+    let t = target_in(&server, &State::Running);
+    server.handle.set_faults(Faults {
+        drop: 1.0,
+        ..Faults::default()
+    });
+    let e = c.stop(&t, false).await.unwrap_err();
+    assert!(matches!(e, ApiError::Transport { .. }), "{e}");
+    assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Ambiguous);
+    server.handle.set_faults(Faults::default());
+    wait_for(&c, &t.uhost_id, Some(State::Running)).await;
+    server.handle.set_faults(Faults {
+        lost_response: 1.0,
+        ..Faults::default()
+    });
+    let e = c.stop(&t, false).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Transport {
+                kind: TransportKind::Closed,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    server.handle.set_faults(Faults::default());
+    let row = &describe_ids(&c, std::slice::from_ref(&t.uhost_id)).await.unwrap()[0];
+    assert!(
+        matches!(row.state, State::Stopping | State::Stopped),
+        "the lost call was applied"
+    );
+}
+
+#[tokio::test]
+async fn wrong_private_key_is_171() {
+    let server = server(scenario(3));
+    let e = describe_all(&client_with(&server, "not-the-key"), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(171));
+    assert!(e.to_string().contains("Signature VerifyAC Error"));
+}
+
+fn pairs(p: &[(&str, &str)]) -> Params {
+    p.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// The server URL with `p` as its query string (reqwest's `query` needs a feature we lack).
+fn with_query(server: &Server, p: &Params) -> url::Url {
+    let mut url = server.url.clone();
+    url.query_pairs_mut().extend_pairs(p.iter());
+    url
+}
+
+/// POST a signed form with reqwest, returning the JSON body.
+async fn raw_form(server: &Server, pairs: &[(&str, &str)]) -> Value {
+    let mut p: Params = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    sign_in_place(&mut p, &server.handle.public_key(), &server.handle.private_key());
+    reqwest::Client::new()
+        .post(server.url.clone())
+        .form(&p)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn get_query_and_json_post_are_accepted_and_unsigned_ones_refused() {
+    let server = server(scenario(7));
+    let http = reqwest::Client::new();
+    let mut p = Params::new();
+    p.insert("Action".into(), "DescribeCompShareInstance".into());
+    p.insert("Limit".into(), "5".into());
+    p.insert("SomethingUnknown".into(), "ignored".into());
+    sign_in_place(&mut p, &server.handle.public_key(), &server.handle.private_key());
+    let resp = http.get(with_query(&server, &p)).send().await.unwrap();
+    assert!(resp.headers().contains_key("x-ucloud-request-uuid"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["Action"], "DescribeCompShareInstanceResponse");
+    assert_eq!(body["RetCode"], 0);
+    assert_eq!(body["UHostSet"].as_array().unwrap().len(), 5);
+    assert_eq!(body["TotalCount"], 7);
+
+    // JSON mode: an array signed without indices.
+    let ids: Vec<String> = server.handle.ids().into_iter().take(2).collect();
+    let mut object = serde_json::Map::new();
+    object.insert("Action".into(), json!("DescribeCompShareInstance"));
+    object.insert("UHostIds".into(), json!(ids));
+    object.insert("Limit".into(), json!(10.0));
+    object.insert("PublicKey".into(), json!(server.handle.public_key()));
+    let sig = json_signature(&object, &server.handle.private_key());
+    object.insert("Signature".into(), json!(sig));
+    let body: Value = http
+        .post(server.url.clone())
+        .json(&object)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["RetCode"], 0, "{body}");
+    assert_eq!(body["TotalCount"], 2);
+
+    let codes = |b: &Value| (b["RetCode"].as_i64(), b["Message"].as_str().map(str::to_owned));
+    let b: Value = http
+        .get(with_query(&server, &pairs(&[("Action", "DescribeCompShareInstance")])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(codes(&b), (Some(170), Some("Missing signature".into())));
+    let b: Value = http
+        .get(with_query(
+            &server,
+            &pairs(&[
+                ("Action", "DescribeCompShareInstance"),
+                ("PublicKey", "who"),
+                ("Signature", "x"),
+            ]),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(codes(&b), (Some(172), Some("User Not Exists".into())));
+    assert_eq!(raw_form(&server, &[("Limit", "1")]).await["RetCode"], 160);
+    assert_eq!(
+        raw_form(&server, &[("Action", "PoweronCompShareInstance")]).await["RetCode"],
+        161
+    );
+    let missing = raw_form(
+        &server,
+        &[
+            ("Action", "StartCompShareInstance"),
+            ("Region", "cn-wlcb"),
+            ("Zone", "cn-wlcb-01"),
+        ],
+    )
+    .await;
+    assert_eq!(missing["RetCode"], 210);
+    assert!(missing["Message"].as_str().unwrap().contains("[UHostId]"));
+
+    let state: SimState = http
+        .get(server.url.join("_sim/state").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state.instances.len(), 7);
+    let actions: BTreeMap<String, usize> = state.calls.iter().fold(BTreeMap::new(), |mut m, c| {
+        *m.entry(c.action.clone()).or_default() += 1;
+        m
+    });
+    assert_eq!(actions["DescribeCompShareInstance"], 4);
+}
