@@ -91,10 +91,14 @@ impl Default for Controls {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Status {
     /// Needs a look at or after `due`; only a Describe sent at or after `fresh_after` counts.
+    /// A `parked` instance (backing off from a lock, throttling or an error) is never looked
+    /// at early by filling a Describe chunk: a look leads to a call, and its retry time is
+    /// what keeps the lock budget honest.
     Observe {
         due: Instant,
         fresh_after: Instant,
         describing: bool,
+        parked: bool,
     },
     Calling,
     Done,
@@ -198,6 +202,7 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
                 due: now,
                 fresh_after: now,
                 describing: false,
+                parked: false,
             },
             last_answer: now,
             phase_since: now,
@@ -346,9 +351,13 @@ impl<C: Cloud + 'static> Runner<C> {
             if let Status::Observe {
                 due: d,
                 describing: false,
+                parked,
                 ..
             } = t.status
             {
+                if parked && d > now {
+                    continue;
+                }
                 if d <= horizon {
                     due.push((d, i));
                 } else {
@@ -552,6 +561,17 @@ impl<C: Cloud + 'static> Runner<C> {
             due,
             fresh_after: Instant::now(),
             describing: false,
+            parked: false,
+        };
+    }
+
+    /// Like `schedule`, for a retry time that must be respected (see [`Status::Observe`]).
+    fn park(&mut self, i: usize, due: Instant) {
+        self.trackers[i].status = Status::Observe {
+            due,
+            fresh_after: Instant::now(),
+            describing: false,
+            parked: true,
         };
     }
 
@@ -658,7 +678,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 t.phase_since = now;
                 self.pace.succeeded();
                 let gap = self.settings.min_poll();
-                return self.after_answer(i, now + gap);
+                return self.after_answer(i, now + gap, false);
             }
             Err(e) => e,
         };
@@ -674,7 +694,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 Some(d) => {
                     tracing::info!(id = %id, "operation lock held; looking again in {}", humantime::format_duration(round(d)));
                     self.ctl.observer.activity(&id, &Activity::Locked { retry_in: d });
-                    self.after_answer(i, now + d);
+                    self.after_answer(i, now + d, true);
                 }
                 None => {
                     let error = format!(
@@ -710,7 +730,7 @@ impl<C: Cloud + 'static> Runner<C> {
                             retry_in: d,
                         };
                         self.ctl.observer.activity(&id, &activity);
-                        self.after_answer(i, now + d);
+                        self.after_answer(i, now + d, true);
                     }
                     None => {
                         let request_id = e.request_id().map(str::to_owned);
@@ -729,7 +749,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 // Maybe it happened, maybe not: look before doing anything else.
                 tracing::warn!(id = %id, "{e}; checking what happened before going on");
                 let gap = self.settings.min_poll();
-                self.after_answer(i, now + gap);
+                self.after_answer(i, now + gap, false);
             }
             RetryClass::Fatal => {
                 tracing::error!(id = %id, "{e}");
@@ -746,10 +766,11 @@ impl<C: Cloud + 'static> Runner<C> {
         }
     }
 
-    /// After an answer: observe again at `due`, unless the run is halting.
-    fn after_answer(&mut self, i: usize, due: Instant) {
+    /// After an answer: observe again at `due` (`parked`: not earlier), unless the run is halting.
+    fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
         let phase = self.trackers[i].mem.phase;
         match self.halt {
+            None if parked => self.park(i, due),
             None => self.schedule(i, due),
             Some(Halt::Interrupted) => self.finish(i, Outcome::Interrupted { phase }),
             Some(Halt::Deadline) => self.finish(i, Outcome::TimedOut { phase }),

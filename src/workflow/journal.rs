@@ -72,6 +72,8 @@ pub enum JournalError {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Lines left before writes fail, for crash tests (`None` = unlimited).
+    budget: Option<usize>,
 }
 
 impl Journal {
@@ -88,11 +90,30 @@ impl Journal {
         Ok(Journal {
             path: path.to_path_buf(),
             file,
+            budget: None,
         })
+    }
+
+    /// Make every write after the first `lines` fail, as if the process had died there: the
+    /// crash-and-resume tests cut a run's journal at every line this way.
+    #[must_use]
+    pub fn fail_after(mut self, lines: usize) -> Journal {
+        self.budget = Some(lines);
+        self
     }
 
     /// Append one entry and flush it to the OS (it survives a kill of this process).
     pub fn write(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        if let Some(left) = self.budget.as_mut() {
+            if *left == 0 {
+                let source = std::io::Error::other("simulated crash");
+                return Err(JournalError::Io {
+                    path: self.path.display().to_string(),
+                    source,
+                });
+            }
+            *left -= 1;
+        }
         let mut line = serde_json::to_vec(entry).expect("journal entries serialize");
         line.push(b'\n');
         self.file

@@ -1,0 +1,416 @@
+//! The teardown engine under paused tokio time, against the simulator's in-memory world:
+//! locks outlasted, throttling, lost responses, interference, deadlines, interruption, and
+//! resume from a journal cut at every line. Virtual hours pass in milliseconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use compshare_teardown::api::{Instance, State};
+use compshare_teardown::sim::{Faults, LockHold, Scenario, SimHandle, SimState};
+use compshare_teardown::workflow::journal::{self, Journal};
+use compshare_teardown::workflow::{self, Controls, Outcome, Report, Settings};
+use tokio_util::sync::CancellationToken;
+
+const MUTATING: [&str; 3] = [
+    "StopCompShareInstance",
+    "StartCompShareInstance",
+    "TerminateCompShareInstance",
+];
+
+fn world(count: usize, seed: u64, faults: Faults) -> SimHandle {
+    let mut s = Scenario::generated(count, seed);
+    s.faults = faults;
+    SimHandle::new(s)
+}
+
+fn settings() -> Settings {
+    Settings {
+        jitter_seed: Some(7),
+        rate: 0,
+        concurrency: 16,
+        ..Settings::default()
+    }
+}
+
+async fn teardown(sim: &SimHandle, ids: Vec<String>, settings: Settings, ctl: Controls) -> Report {
+    workflow::run(Arc::new(sim.clone()), ids, settings, ctl).await
+}
+
+/// The invariants every run must keep, whatever the faults.
+fn assert_safe(state: &SimState, selected: &[String]) {
+    assert!(state.violations.is_empty(), "violations: {:#?}", state.violations);
+    for call in state.calls.iter().filter(|c| MUTATING.contains(&c.action.as_str())) {
+        for id in &call.ids {
+            assert!(selected.contains(id), "{} on unselected {id}", call.action);
+        }
+        assert_ne!(call.action, "StartCompShareInstance", "the tool never starts instances");
+    }
+    // At most one accepted Terminate per instance.
+    let mut accepted: HashMap<&str, usize> = HashMap::new();
+    for call in &state.calls {
+        if call.action == "TerminateCompShareInstance" && call.ret_code == Some(0) {
+            *accepted.entry(call.ids[0].as_str()).or_default() += 1;
+        }
+    }
+    assert!(accepted.values().all(|&n| n == 1), "{accepted:?}");
+}
+
+/// Every mutating call on an instance is preceded, for that instance, by a Describe: the
+/// decision was taken on a fresh look.
+fn assert_describe_before_every_call(state: &SimState) {
+    let mut last: HashMap<&str, &str> = HashMap::new();
+    for call in &state.calls {
+        for id in &call.ids {
+            if MUTATING.contains(&call.action.as_str()) {
+                assert_eq!(
+                    last.get(id.as_str()),
+                    Some(&"DescribeCompShareInstance"),
+                    "{} on {id} without a fresh look",
+                    call.action
+                );
+            }
+            last.insert(id.as_str(), call.action.as_str());
+        }
+    }
+}
+
+fn all_gone(report: &Report, sim: &SimHandle) {
+    for i in &report.instances {
+        assert!(i.outcome.is_gone(), "{}: {:?}", i.uhost_id, i.outcome);
+    }
+    let left: Vec<String> = sim.ids();
+    for i in &report.instances {
+        assert!(!left.contains(&i.uhost_id), "{} still there", i.uhost_id);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn clean_batch_costs_two_calls_per_instance_and_batches_describes() {
+    let sim = world(250, 1, Faults::default());
+    let ids = sim.ids();
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    assert_eq!(report.instances.len(), 250);
+    all_gone(&report, &sim);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    assert_describe_before_every_call(&state);
+    let count = |a: &str| state.calls.iter().filter(|c| c.action == a).count();
+    let describes = count("DescribeCompShareInstance");
+    // One Describe per tick for up to 100 waiting instances, never one per instance.
+    assert!(
+        state
+            .calls
+            .iter()
+            .filter(|c| c.action == "DescribeCompShareInstance")
+            .all(|c| c.ids.len() <= 100)
+    );
+    assert!(
+        describes * 4 < ids.len(),
+        "{describes} describes for {} instances",
+        ids.len()
+    );
+    assert!(count("StopCompShareInstance") <= ids.len());
+    assert_eq!(count("TerminateCompShareInstance"), ids.len());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_held_ten_minutes_is_outlasted() {
+    let mut s = Scenario::generated(3, 2);
+    s.lock.hold = LockHold::FullTtl;
+    let sim = SimHandle::new(s);
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Running);
+        sim.hold_lock(id, Duration::from_secs(600));
+    }
+    let start = tokio::time::Instant::now();
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    all_gone(&report, &sim);
+    assert!(start.elapsed() > Duration::from_secs(600), "{:?}", start.elapsed());
+    // Our own Stop takes the lock for its whole 10-minute TTL too (FullTtl), so Terminate
+    // waits through a second lock; the 11-minute budget is per lock episode.
+    assert!(start.elapsed() < Duration::from_secs(25 * 60), "{:?}", start.elapsed());
+    assert_safe(&sim.snapshot(), &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lock_outliving_the_budget_fails_plainly() {
+    let sim = world(1, 3, Faults::default());
+    let ids = sim.ids();
+    sim.set_state(&ids[0], State::Running);
+    sim.hold_lock(&ids[0], Duration::from_secs(3600));
+    let s = Settings {
+        lock_wait: Duration::from_secs(120),
+        ..settings()
+    };
+    let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+    match &report.instances[0].outcome {
+        Outcome::Failed { error, .. } => assert!(error.contains("operation lock still held after 2m"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!report.all_ok());
+    assert_eq!(sim.ids(), ids, "nothing was deleted");
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_lowers_the_rate_and_everything_still_goes() {
+    let mut s = Scenario::generated(120, 4);
+    s.rate_limit_per_sec = 5;
+    let sim = SimHandle::new(s);
+    let ids = sim.ids();
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    all_gone(&report, &sim);
+    assert!(report.summary.throttled > 0, "the gateway throttled us");
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    let throttled = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
+    // Backing off and slowing down keeps 153s a small share of all calls.
+    assert!(
+        throttled * 3 < state.calls.len(),
+        "{throttled} of {}",
+        state.calls.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_responses_and_transport_faults_never_cause_unsafe_calls() {
+    for seed in 0..6 {
+        let faults = Faults {
+            lost_response: 0.25,
+            drop: 0.1,
+            http_502: 0.1,
+            http_503: 0.05,
+            unavailable: 0.05,
+            ..Faults::default()
+        };
+        let sim = world(40, 10 + seed, faults);
+        let ids = sim.ids();
+        let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+        all_gone(&report, &sim);
+        let state = sim.snapshot();
+        assert_safe(&state, &ids);
+        assert_describe_before_every_call(&state);
+        let mutating = state
+            .calls
+            .iter()
+            .filter(|c| MUTATING.contains(&c.action.as_str()))
+            .count();
+        assert!(
+            mutating < ids.len() * 4,
+            "seed {seed}: {mutating} mutating calls for {}",
+            ids.len()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarted_instances_are_stopped_again_within_bounds() {
+    let sim = world(
+        30,
+        5,
+        Faults {
+            restart: 0.5,
+            ..Faults::default()
+        },
+    );
+    let ids = sim.ids();
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    all_gone(&report, &sim);
+    assert_safe(&sim.snapshot(), &ids);
+    // Always restarted: given up on after max_restarts re-stops, never terminated.
+    let sim = world(
+        2,
+        6,
+        Faults {
+            restart: 1.0,
+            restart_after_secs: 0.001,
+            ..Faults::default()
+        },
+    );
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Running);
+    }
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    for i in &report.instances {
+        assert!(
+            matches!(&i.outcome, Outcome::Failed { error, .. } if error.contains("restarted by someone else")),
+            "{:?}",
+            i.outcome
+        );
+    }
+    assert_eq!(sim.ids().len(), 2);
+    assert_safe(&sim.snapshot(), &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_deleted_by_someone_else_counts_as_gone_and_says_so() {
+    let sim = world(3, 7, Faults::default());
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Running);
+    }
+    let victim = ids[1].clone();
+    let sim2 = sim.clone();
+    let deleter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        sim2.delete_by_other(&victim);
+    });
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    deleter.await.unwrap();
+    let by_id: HashMap<&str, &Outcome> = report
+        .instances
+        .iter()
+        .map(|i| (i.uhost_id.as_str(), &i.outcome))
+        .collect();
+    assert_eq!(by_id[ids[1].as_str()], &Outcome::DeletedByOther);
+    assert!(report.all_ok());
+    assert_safe(&sim.snapshot(), &ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_ids_and_already_deleted_instances_are_already_gone() {
+    let sim = world(2, 8, Faults::default());
+    let mut ids = sim.ids();
+    ids.push("uhost-doesnotexist".into());
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    assert_eq!(report.instances[2].outcome, Outcome::AlreadyGone);
+    assert!(report.all_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn spot_instances_need_force_stop() {
+    let sim = world(1, 9, Faults::default());
+    let id = sim.ids()[0].clone();
+    let row = Instance {
+        uhost_id: id.clone(),
+        state: State::Running,
+        charge_type: "Spot".into(),
+        ..spot_template(&sim)
+    };
+    sim.insert(row);
+    let report = teardown(&sim, vec![id.clone()], settings(), Controls::default()).await;
+    assert!(matches!(&report.instances[0].outcome, Outcome::Failed { error, .. } if error.contains("--force-stop")));
+    assert_eq!(sim.ids(), vec![id.clone()]);
+    let forced = Settings {
+        force_stop: true,
+        ..settings()
+    };
+    let report = teardown(&sim, vec![id.clone()], forced, Controls::default()).await;
+    assert!(report.all_ok(), "{:?}", report.instances[0].outcome);
+}
+
+fn spot_template(sim: &SimHandle) -> Instance {
+    let row = sim.snapshot().instances[0].clone();
+    serde_json::from_value(row).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_ends_the_run_with_every_instance_accounted_for() {
+    let sim = world(5, 11, Faults::default());
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Running);
+        sim.hold_lock(id, Duration::from_secs(600));
+    }
+    let s = Settings {
+        deadline: Some(Duration::from_secs(60)),
+        ..settings()
+    };
+    let start = tokio::time::Instant::now();
+    let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+    assert!(start.elapsed() <= Duration::from_secs(61 + 30), "{:?}", start.elapsed());
+    assert_eq!(report.instances.len(), 5);
+    assert!(
+        report
+            .instances
+            .iter()
+            .all(|i| matches!(i.outcome, Outcome::TimedOut { .. }))
+    );
+    assert!(!report.all_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn interruption_starts_nothing_new_and_reports_every_instance() {
+    let sim = world(30, 12, Faults::default());
+    let ids = sim.ids();
+    for id in &ids[..10] {
+        sim.hold_lock(id, Duration::from_secs(600));
+    }
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        c2.cancel();
+    });
+    let ctl = Controls {
+        cancel,
+        ..Controls::default()
+    };
+    let report = teardown(&sim, ids.clone(), settings(), ctl).await;
+    assert_eq!(report.instances.len(), 30);
+    assert!(report.interrupted());
+    let state = sim.snapshot();
+    let late = state
+        .calls
+        .iter()
+        .filter(|c| c.at_secs > 31.0 && MUTATING.contains(&c.action.as_str()))
+        .count();
+    assert_eq!(late, 0, "no call starts after the interrupt");
+    assert_safe(&state, &ids);
+}
+
+/// Crash the run after every possible journal line, resume from what was written, and check
+/// the batch converges: all gone, no violation, no accepted Terminate repeated.
+#[tokio::test(start_paused = true)]
+async fn resume_from_a_journal_cut_at_every_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = || {
+        let mut s = Scenario::generated(6, 21);
+        s.faults = Faults {
+            lost_response: 0.2,
+            ..Faults::default()
+        };
+        s
+    };
+    // How long is a full journal?
+    let full = dir.path().join("full");
+    let sim = SimHandle::new(scenario());
+    let ids = sim.ids();
+    let ctl = Controls {
+        journal: Some(Journal::open(&full).unwrap()),
+        ..Controls::default()
+    };
+    assert!(teardown(&sim, ids.clone(), settings(), ctl).await.all_ok());
+    let lines = std::fs::read_to_string(&full).unwrap().lines().count();
+    assert!(lines > 20, "{lines}");
+    for cut in 1..=lines {
+        let path = dir.path().join(format!("cut{cut}"));
+        let sim = SimHandle::new(scenario());
+        let ctl = Controls {
+            journal: Some(Journal::open(&path).unwrap().fail_after(cut)),
+            ..Controls::default()
+        };
+        let first = teardown(&sim, ids.clone(), settings(), ctl).await;
+        assert_eq!(first.instances.len(), ids.len());
+        let resume = journal::replay(&path).unwrap();
+        assert_eq!(resume.ids, ids);
+        let ctl = Controls {
+            journal: Some(Journal::open(&path).unwrap()),
+            resume: Some(resume),
+            ..Controls::default()
+        };
+        let second = teardown(&sim, ids.clone(), settings(), ctl).await;
+        for i in &second.instances {
+            assert!(
+                i.outcome.is_gone(),
+                "cut at line {cut}: {}: {:?}",
+                i.uhost_id,
+                i.outcome
+            );
+        }
+        assert!(sim.ids().is_empty(), "cut at line {cut}");
+        assert_safe(&sim.snapshot(), &ids);
+    }
+}
