@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, Client, ClientConfig, Instance, LockCodes, State};
+use crate::api::{self, Client, ClientConfig, Instance, LockCodes, RetryClass, State};
 use crate::cli::{Cli, Command, EffectArgs, GlobalArgs, OutputFormat, RunArgs, SelectArgs, parse_duration};
 use crate::config::{self, ConfigFile};
 use crate::credentials::{self, Sources};
@@ -254,11 +254,32 @@ impl Ctx {
 
     /// Describe the candidates and judge them.
     async fn candidates(&self, client: &Client, req: &Request) -> Outcome2<Vec<Candidate>> {
-        let rows: Vec<Instance> = match &req.ids {
-            Some(ids) => api::describe_ids(client, ids).await,
-            None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
-        }
-        .map_err(|e| anyhow!("cannot describe instances: {e}"))?;
+        use backon::Retryable;
+        let fetch = || async {
+            match &req.ids {
+                Some(ids) => api::describe_ids(client, ids).await,
+                None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
+            }
+        };
+        // A read-only call: retry a few quick times through a 5xx, a dropped connection or
+        // throttling, but fail fast (about 2-4 s) on an endpoint that is simply wrong.
+        let policy = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(300))
+            .with_max_times(3)
+            .with_jitter();
+        let rows: Vec<Instance> = fetch
+            .retry(policy)
+            .sleep(tokio::time::sleep)
+            .when(|e| {
+                matches!(
+                    api::classify(e, &LockCodes::default()),
+                    RetryClass::Transient | RetryClass::Throttled
+                )
+            })
+            // Quiet by default: if the retries fail too, the one-line error says it all.
+            .notify(|e, d| tracing::debug!("{e}; retrying in {} ms", d.as_millis()))
+            .await
+            .map_err(|e| anyhow!("cannot describe instances: {e}"))?;
         Ok(selection::select(
             &rows,
             req.ids.as_deref(),
@@ -452,7 +473,12 @@ impl Ctx {
             .transpose()?;
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone());
-        let bars = BarsHandle::new(&self.multi, ids.len());
+        let skipped_count = plan
+            .entries
+            .iter()
+            .filter(|e| e.action == crate::plan::Action::Skip)
+            .count();
+        let bars = BarsHandle::new(&self.multi, ids.len() + skipped_count);
         let known: Vec<Instance> = plan
             .entries
             .iter()
@@ -484,10 +510,10 @@ impl Ctx {
         let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
         bars.finish();
         add_skipped(&mut report, &skipped, release);
-        self.finish_report(&report, a.report.as_deref().or(r.report.as_deref()))
+        Ok(self.finish_report(&report, a.report.as_deref().or(r.report.as_deref())))
     }
 
-    fn finish_report(&self, report: &Report, file: Option<&Path>) -> Outcome2<Exit> {
+    fn finish_report(&self, report: &Report, file: Option<&Path>) -> Exit {
         if let Some(path) = file {
             // The run already happened: a report that cannot be written is logged, not fatal.
             if let Err(e) = std::fs::write(path, json(report)) {
@@ -498,7 +524,7 @@ impl Ctx {
             OutputFormat::Json => print(&json(report)),
             OutputFormat::Table => print(&output::report_table(report)),
         }
-        Ok(exit_for(report))
+        exit_for(report)
     }
 
     async fn demo(&self, instances: usize, seed: u64) -> Outcome2<Exit> {
@@ -580,9 +606,8 @@ fn confirm(plan: &Plan, count: usize) -> Outcome2<()> {
     let mut err = std::io::stderr();
     let _ = write!(
         err,
-        "{}\n{}\nType {count} to tear down {count} instance(s): ",
-        output::plan_table(plan),
-        ""
+        "{}\nType {count} to tear down {count} instance(s): ",
+        output::plan_table(plan)
     );
     let _ = err.flush();
     let mut line = String::new();

@@ -1,5 +1,8 @@
 //! Command-line arguments: plain clap data, nothing fallible beyond parsing. `app` validates
 //! them (with the config file) into settings before anything touches the API.
+//!
+//! Doc comments here are `--help` text, so names like `CreateTime` stay bare.
+#![allow(clippy::doc_markdown)]
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,7 +47,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Doc comments are help text: env var names read better without backticks there.
+#[allow(clippy::doc_markdown)]
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// API public key [env: COMPSHARE_PUBLIC_KEY, UCLOUD_PUBLIC_KEY]
     #[arg(long, global = true, value_name = "KEY")]
@@ -85,6 +91,8 @@ pub enum OutputFormat {
     Json,
 }
 
+// Parsed once per process; boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a complete teardown against a built-in simulator (no account needed)

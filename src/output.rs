@@ -1,6 +1,8 @@
 //! Rendering results for stdout: tables for people, JSON for programs. Pure functions from
 //! data to text, so snapshot tests pin the output.
 
+use std::fmt::Write as _;
+
 use comfy_table::{ContentArrangement, Table, presets};
 
 use crate::api::Instance;
@@ -99,7 +101,7 @@ pub fn plan_summary(plan: &Plan) -> String {
     );
     let spot = count(crate::plan::Action::NeedsForceStop);
     if spot > 0 {
-        s.push_str(&format!("; {spot} spot instance(s) need --force-stop"));
+        let _ = write!(s, "; {spot} spot instance(s) need --force-stop");
     }
     let disks: usize = plan
         .entries
@@ -113,11 +115,11 @@ pub fn plan_summary(plan: &Plan) -> String {
         } else {
             "kept (pass --release-udisk to delete them)"
         };
-        s.push_str(&format!("; {disks} data disk(s) {fate}"));
+        let _ = write!(s, "; {disks} data disk(s) {fate}");
     }
     let p = plan.hourly_price();
     if p > 0.0 {
-        s.push_str(&format!("; frees {p:.2}/hour"));
+        let _ = write!(s, "; frees {p:.2}/hour");
     }
     s
 }
@@ -169,7 +171,7 @@ mod tests {
     fn ages() {
         assert_eq!(age(100, 0), "?");
         assert_eq!(age(200, 80), "2m");
-        assert_eq!(age(10_000, 0 + 1), "2h 46m");
+        assert_eq!(age(10_000, 1), "2h 46m");
         assert_eq!(age(200_000, 1), "2d 7h");
     }
 }

@@ -274,16 +274,15 @@ mod tests {
         ];
         let p = Plan::build(&cands, "u", false, false);
         let actions: Vec<Action> = p.entries.iter().map(|e| e.action).collect();
-        use Action::*;
         assert_eq!(
             actions,
             vec![
-                StopThenTerminate,
-                TerminateOnly,
-                WaitThenTerminate,
-                NeedsForceStop,
-                Skip,
-                AlreadyGone
+                Action::StopThenTerminate,
+                Action::TerminateOnly,
+                Action::WaitThenTerminate,
+                Action::NeedsForceStop,
+                Action::Skip,
+                Action::AlreadyGone
             ]
         );
         assert_eq!(p.acting_ids(), vec!["a-1", "a-2", "a-3"]);
@@ -291,7 +290,7 @@ mod tests {
         assert_eq!(p.entries[0].disks, "kept");
         assert_eq!(p.entries[0].data_disks, vec!["bsi-data"]);
         let forced = Plan::build(&cands, "u", true, true);
-        assert_eq!(forced.entries[3].action, StopThenTerminate);
+        assert_eq!(forced.entries[3].action, Action::StopThenTerminate);
         assert_eq!(forced.entries[0].disks, "released");
     }
 

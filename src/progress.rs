@@ -60,7 +60,7 @@ impl Bars {
     }
 
     fn refresh(&self) {
-        let remaining = self.total - self.gone - self.failed;
+        let remaining = self.total.saturating_sub(self.gone + self.failed);
         self.overall
             .set_message(format!("{} failed · {remaining} remaining", self.failed));
     }

@@ -254,16 +254,21 @@ pub fn select(
     now_unix: i64,
 ) -> Vec<Candidate> {
     let judge = |row: &Instance, named: bool| -> Option<Verdict> {
+        // Unnamed rows the filters reject are simply not candidates (a protected instance
+        // outside the filters is not "skipped": it was never selected).
+        let rejected = filters.reject(row, now_unix);
+        if !named && rejected.is_some() {
+            return None;
+        }
         if let Some(reason) = protections.refuse(row) {
             return Some(Verdict::Skip { reason });
         }
-        match filters.reject(row, now_unix) {
-            None => Some(Verdict::Act),
-            Some(reason) if named => Some(Verdict::Skip {
+        Some(match rejected {
+            None => Verdict::Act,
+            Some(reason) => Verdict::Skip {
                 reason: format!("filtered: {reason}"),
-            }),
-            Some(_) => None,
-        }
+            },
+        })
     };
     match ids {
         Some(ids) => ids
