@@ -177,7 +177,14 @@ impl Ctx {
         let creds = credentials::resolve(&Sources {
             flag_public: self.global.public_key.clone(),
             flag_private: self.global.private_key.clone(),
-            profile: self.global.profile.clone().or_else(|| self.config.profile.clone()),
+            // flag > environment > config file, as for every other setting.
+            profile: self
+                .global
+                .profile
+                .clone()
+                .or_else(|| std::env::var("COMPSHARE_PROFILE").ok().filter(|p| !p.is_empty()))
+                .or_else(|| std::env::var("UCLOUD_PROFILE").ok().filter(|p| !p.is_empty()))
+                .or_else(|| self.config.profile.clone()),
             env: &env,
             home: std::env::var_os("HOME").map(PathBuf::from),
         })?;
@@ -305,6 +312,18 @@ impl Ctx {
         Ok(Exit::Ok)
     }
 
+    /// Protections for a run whose selection is fixed (by a plan or a journal): filters and
+    /// IDs would be ignored there, so they are refused rather than silently dropped.
+    fn fixed_selection_protections(&self, a: &SelectArgs, what: &str) -> Outcome2<Protections> {
+        let req = self.request(&SelectArgs { all: true, ..a.clone() })?;
+        if req.filters.narrows() || req.filters.region.is_some() || req.filters.zone.is_some() || req.ids.is_some() {
+            return Err(Failure::Usage(anyhow!(
+                "{what} fixes the selection; IDs and filters cannot be combined with it (exclusions and protections can)"
+            )));
+        }
+        Ok(req.protections)
+    }
+
     fn effect(&self, e: &EffectArgs) -> (bool, bool) {
         let r = &self.config.run;
         (
@@ -420,15 +439,16 @@ impl Ctx {
                     verdict: Verdict::Act,
                 })
                 .collect();
-            (Plan::build(&cands, client.base_url().as_str(), release, force), None)
+            // The journal fixes the selection; protections still apply right before acting.
+            let protections = self.fixed_selection_protections(&a.select, "--resume")?;
+            let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
+            (
+                Plan::build(&cands, client.base_url().as_str(), release, force),
+                Some(guard),
+            )
         } else if let Some(p) = plan_file {
             let drift = p.clone();
-            let protections = self
-                .request(&SelectArgs {
-                    all: true,
-                    ..a.select.clone()
-                })?
-                .protections;
+            let protections = self.fixed_selection_protections(&a.select, "--plan")?;
             let guard: workflow::Guard = Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row)));
             (p, Some(guard))
         } else {
@@ -450,10 +470,11 @@ impl Ctx {
                 .map(|e| e.uhost_id.clone())
                 .collect()
         };
-        let acting = plan.acting_ids().len();
-        if resume.is_none() && acting > max_count {
+        // The blast radius is what the run will work on: the count the prompt asks for.
+        if resume.is_none() && ids.len() > max_count {
             return Err(Failure::Usage(anyhow!(
-                "{acting} instances selected, more than --max-count {max_count}; raise --max-count to proceed"
+                "{} instances selected, more than --max-count {max_count}; raise --max-count to proceed",
+                ids.len()
             )));
         }
         if ids.is_empty() {
@@ -467,6 +488,16 @@ impl Ctx {
             .clone()
             .or_else(|| a.journal.clone())
             .or_else(|| r.journal.clone());
+        if a.resume.is_none()
+            && let Some(path) = &journal_path
+            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+        {
+            // One journal per run: appending a second run would make `--resume` ambiguous.
+            return Err(Failure::Usage(anyhow!(
+                "journal {} already holds a run; resume it with --resume, or choose a new file",
+                path.display()
+            )));
+        }
         let journal = journal_path
             .as_deref()
             .map(workflow::journal::Journal::open)

@@ -217,7 +217,7 @@ pub struct RunArgs {
     /// How long to retry through the operation lock (its TTL is 10m) [default: 11m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_wait: Option<Duration>,
-    /// Time limit per instance [default: 30m]
+    /// Time limit for each instance, counted from the start of the run (all start together) [default: 30m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub instance_timeout: Option<Duration>,
     /// Time limit for the whole run
@@ -235,7 +235,7 @@ pub struct RunArgs {
     /// Also write the JSON report to this file
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Run lock file [default: $XDG_RUNTIME_DIR or /tmp, compshare-teardown.lock]
+    /// Run lock file [default: compshare-teardown.lock in $XDG_RUNTIME_DIR, else the temp dir]
     #[arg(long, value_name = "FILE")]
     pub lock_file: Option<PathBuf>,
     /// Extra RetCode meaning "operation lock held" (repeatable; 8903 is built in)
@@ -261,10 +261,10 @@ pub struct SimArgs {
     /// Instances to generate (ignored with --scenario)
     #[arg(long, default_value_t = 20)]
     pub instances: usize,
-    /// Seed for the generated world and its faults
+    /// Seed for the generated world and its faults (ignored with --scenario)
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Time factor: 0.01 makes the 10-minute lock TTL 6 s and every latency 100× shorter
+    /// Time factor: 0.01 makes the 10-minute lock TTL 6 s and every latency 100× shorter (ignored with --scenario)
     #[arg(long, default_value_t = 1.0)]
     pub time_scale: f64,
     /// JSON scenario file (see docs/simulator.md)

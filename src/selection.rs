@@ -218,11 +218,16 @@ impl Protections {
     }
 }
 
-/// This machine's non-loopback addresses.
+/// This machine's non-loopback addresses. If they cannot be read (e.g. a sandbox without
+/// netlink), self-protection cannot work: say so loudly rather than pretend.
 pub fn own_addresses() -> Vec<IpAddr> {
-    if_addrs::get_if_addrs()
-        .map(|ifs| ifs.into_iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback()).collect())
-        .unwrap_or_default()
+    match if_addrs::get_if_addrs() {
+        Ok(ifs) => ifs.into_iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback()).collect(),
+        Err(e) => {
+            tracing::warn!("cannot read this machine's addresses ({e}): self-protection is off");
+            Vec::new()
+        }
+    }
 }
 
 /// The verdict on one candidate.

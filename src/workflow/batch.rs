@@ -30,7 +30,9 @@ use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
 use super::machine::{Call, Decision, Effect, Memory, Observation, Phase, after_call, decide};
 use super::outcome::{InstanceReport, Outcome, Report};
 use super::pace::Pace;
-use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, Target, TerminateAck, classify};
+use crate::api::{
+    ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, Target, TerminateAck, TransportKind, classify,
+};
 
 /// What an instance is doing, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +157,8 @@ struct Runner<C> {
     throttled: u32,
     describe_backoff: Option<ExponentialBackoff>,
     halt: Option<Halt>,
+    /// Cancelled when the run halts: calls still queued for a slot are then not sent.
+    stop_sending: CancellationToken,
     journal_error: Option<String>,
 }
 
@@ -173,11 +177,12 @@ fn lock_backoff(s: &Settings, seed: u64) -> ExponentialBackoff {
         .build()
 }
 
-/// Throttling and transient errors: from a poll-sized step (at most 1 s) doubling to 30 s,
-/// jittered, at most 10 attempts (a few minutes) before the instance is failed.
+/// Throttling and transient errors: first retry after a third of the poll interval (1 s at
+/// the default 3 s; at least 200 ms, at most 4 s), doubling to 30 s, jittered, at most 10
+/// attempts (a few minutes) before the instance is failed.
 fn retry_backoff(s: &Settings, seed: u64) -> ExponentialBackoff {
     ExponentialBuilder::default()
-        .with_min_delay(s.min_poll().max(Duration::from_millis(50)).min(Duration::from_secs(1)) * 4)
+        .with_min_delay((s.poll_interval / 3).clamp(Duration::from_millis(200), Duration::from_secs(4)))
         .with_max_delay(Duration::from_secs(30))
         .with_factor(2.0)
         .with_jitter()
@@ -229,6 +234,7 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         throttled: 0,
         describe_backoff: None,
         halt: None,
+        stop_sending: CancellationToken::new(),
         journal_error: None,
     };
     runner.journal(&Entry::Start {
@@ -256,6 +262,9 @@ impl<C: Cloud + 'static> Runner<C> {
                 return;
             } else {
                 self.start_polls(now);
+            }
+            if self.halt.is_some() {
+                self.stop_sending.cancel();
             }
             let wake = self.next_wake(now);
             tokio::select! {
@@ -636,9 +645,21 @@ impl<C: Cloud + 'static> Runner<C> {
         let pace = Arc::clone(&self.pace);
         let slots = Arc::clone(&self.slots);
         let release = self.settings.release_udisk;
+        let stop_sending = self.stop_sending.clone();
         self.tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
             pace.ready().await;
+            if stop_sending.is_cancelled() {
+                // Halted while this call waited for a slot: it never leaves, which is what
+                // "start nothing new" means. `Connect` classifies as certainly not sent.
+                let detail = "not sent: the run is stopping".to_owned();
+                let result = Err(ApiError::Transport {
+                    action: call.action().to_owned(),
+                    kind: TransportKind::Connect,
+                    detail,
+                });
+                return Event::Called { idx: i, call, result };
+            }
             let result = match call {
                 Call::Stop => cloud.stop(&target, force).await.map(|()| None),
                 Call::Terminate => cloud.terminate(&target, release).await.map(Some),
@@ -682,6 +703,10 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             Err(e) => e,
         };
+        if self.halt.is_some() && effect == Effect::NotApplied {
+            // Halting: no retry; the instance ends interrupted (or timed out) where it stands.
+            return self.after_answer(i, now, false);
+        }
         let seed: u64 = self.rng.random();
         let settings = &self.settings;
         let t = &mut self.trackers[i];
