@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use comfy_table::{ContentArrangement, Table, presets};
+use comfy_table::{ContentArrangement, Table, TableComponent, presets};
 
 use crate::api::Instance;
 use crate::plan::Plan;
@@ -11,7 +11,13 @@ use crate::workflow::Report;
 
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
+    // Lines above and below the header and at the end, none between rows: compact for 1000
+    // rows, and still plain to read in a log.
     t.load_preset(presets::UTF8_HORIZONTAL_ONLY)
+        .remove_style(TableComponent::HorizontalLines)
+        .remove_style(TableComponent::MiddleIntersections)
+        .remove_style(TableComponent::LeftBorderIntersections)
+        .remove_style(TableComponent::RightBorderIntersections)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header);
     t
@@ -138,22 +144,33 @@ pub fn report_table(report: &Report) -> String {
         ]);
     }
     let s = &report.summary;
+    let counts: Vec<String> = [
+        (s.terminated, "terminated"),
+        (s.unconfirmed, "terminated but unconfirmed"),
+        (s.already_gone, "already gone"),
+        (s.deleted_by_other, "deleted by others"),
+        (s.skipped, "skipped"),
+        (s.failed, "failed"),
+        (s.timed_out, "timed out"),
+        (s.interrupted, "interrupted"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     let calls: Vec<String> = s
         .api_calls
         .iter()
         .map(|(a, n)| format!("{n} {}", a.replace("CompShareInstance", "")))
         .collect();
     format!(
-        "{t}\n{} selected: {} terminated, {} unconfirmed, {} already gone, {} deleted by others, {} skipped, {} failed, {} timed out, {} interrupted in {:.1}s ({})\n",
+        "{t}\n{} selected: {} in {:.1}s ({})\n",
         s.selected,
-        s.terminated,
-        s.unconfirmed,
-        s.already_gone,
-        s.deleted_by_other,
-        s.skipped,
-        s.failed,
-        s.timed_out,
-        s.interrupted,
+        if counts.is_empty() {
+            "nothing to do".to_owned()
+        } else {
+            counts.join(", ")
+        },
         s.seconds,
         if calls.is_empty() {
             "no API calls".to_owned()

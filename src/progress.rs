@@ -102,9 +102,17 @@ pub fn describe(activity: &Activity) -> String {
 impl Observer for Bars {
     fn activity(&mut self, id: &str, activity: &Activity) {
         let text = describe(activity);
+        // "stopping 12s" counts time in the phase; "locked, retry in 40s" already says when.
+        let counts_time = matches!(activity, Activity::Waiting { .. } | Activity::Calling(_));
         if let Some(pb) = self.line(id) {
-            // Reset the clock only when the text changes: "stopping 12s" counts time in phase.
+            // Reset the clock only when the text changes.
             if pb.message() != text {
+                let template = if counts_time {
+                    "  {prefix:<22} {msg} {elapsed}"
+                } else {
+                    "  {prefix:<22} {msg}"
+                };
+                pb.set_style(ProgressStyle::with_template(template).expect("valid template"));
                 pb.set_message(text);
                 pb.reset_elapsed();
             }

@@ -232,21 +232,19 @@ fn transport_kind(e: &reqwest::Error) -> TransportKind {
     }
 }
 
-/// reqwest's top-level message hides the cause ("error sending request"); include the chain,
-/// minus the URL (it is ours, not news).
+/// reqwest's top-level message hides the cause ("error sending request"), and the middle of
+/// the chain repeats it; the innermost cause is what a person needs ("Connection refused",
+/// "connection closed before message completed").
 fn error_chain(e: &reqwest::Error) -> String {
-    let mut top = e.to_string();
-    if let Some(url) = e.url() {
-        top = top.replace(&format!(" for url ({url})"), "");
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
     }
-    let mut parts = vec![top];
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
+    let text = root.to_string();
+    match e.url() {
+        Some(url) => text.replace(&format!(" for url ({url})"), ""),
+        None => text,
     }
-    parts.dedup();
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -1087,3 +1087,110 @@ fn snapshot_report_table() {
         insta::assert_snapshot!("report_table", out.stdout);
     });
 }
+
+// Interrupt and resume ------------------------------------------------------------------------
+
+/// Ctrl-C (SIGINT) mid-run: calls in flight finish, every instance is reported, exit 130.
+/// `run --resume` on the journal then finishes the job without repeating a Stop or Terminate
+/// that was accepted. A new run refuses to reuse the journal.
+#[test]
+// The binary runs in real time in its own process: waiting for it needs the real clock.
+#[allow(clippy::disallowed_methods)]
+fn interrupted_run_reports_everything_and_resumes() {
+    let mut scenario = Scenario::generated(6, 31);
+    if let Some(g) = scenario.generate.as_mut() {
+        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    }
+    // Real-time seconds: long enough to interrupt while instances are stopping.
+    scenario.latency.stop_secs = 3.0;
+    scenario.latency.terminate_secs = 0.2;
+    scenario.latency.jitter = 0.0;
+    let w = World::new(scenario);
+    let ids = w.handle().ids();
+    let journal = w.path("run.journal");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_compshare-teardown"));
+    cmd.args([
+        "run",
+        "--yes",
+        "--output",
+        "json",
+        "--journal",
+        journal.to_str().unwrap(),
+    ])
+    .args(w.fast())
+    .args(&ids)
+    .env("HOME", w.dir.path())
+    .env("XDG_RUNTIME_DIR", w.dir.path())
+    .env("COMPSHARE_BASE_URL", w.server.url.as_str())
+    .env("COMPSHARE_PUBLIC_KEY", w.handle().public_key())
+    .env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose())
+    .env_remove("RUST_LOG")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Wait until every Stop was accepted, then interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.mutating_calls().iter().filter(|c| c.ret_code == Some(0)).count() < ids.len() {
+        assert!(std::time::Instant::now() < deadline, "stops never all went out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupt"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = outcomes(&report);
+    assert_eq!(
+        got.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&ids.iter().map(String::as_str).collect::<Vec<_>>())
+    );
+    assert!(got.values().all(|o| kind(o) == "interrupted"), "{got:?}");
+    assert_eq!(
+        w.handle().ids().len(),
+        ids.len(),
+        "nothing terminated before the interrupt"
+    );
+
+    // A new run must not append to that journal.
+    let again = run(w
+        .cmd()
+        .args(["run", "--yes", "--journal", journal.to_str().unwrap()])
+        .args(w.fast())
+        .args(&ids));
+    assert_eq!(again.code, Some(2), "{}", again.stderr);
+    assert!(again.stderr.contains("--resume"), "{}", again.stderr);
+
+    let resumed = run(w
+        .cmd()
+        .args([
+            "run",
+            "--yes",
+            "--output",
+            "json",
+            "--resume",
+            journal.to_str().unwrap(),
+        ])
+        .args(w.fast()));
+    assert_eq!(resumed.code, Some(0), "{}", resumed.stderr);
+    let report: Value = serde_json::from_str(&resumed.stdout).unwrap();
+    assert!(outcomes(&report).values().all(|o| kind(o) == "terminated"), "{report}");
+    assert!(w.handle().ids().is_empty());
+    let state = w.snapshot();
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    for id in &ids {
+        let accepted = |action: &str| {
+            state
+                .calls
+                .iter()
+                .filter(|c| c.action == action && c.ids.contains(id) && c.ret_code == Some(0))
+                .count()
+        };
+        assert_eq!(accepted("StopCompShareInstance"), 1, "{id}: Stop repeated after resume");
+        assert_eq!(accepted("TerminateCompShareInstance"), 1, "{id}");
+    }
+}
