@@ -1194,3 +1194,53 @@ fn interrupted_run_reports_everything_and_resumes() {
         assert_eq!(accepted("TerminateCompShareInstance"), 1, "{id}");
     }
 }
+
+// The confirmation prompt ---------------------------------------------------------------------
+
+/// Run `args` on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt.
+fn on_terminal(w: &World, args: &[String], answer: &str) -> (Option<i32>, String) {
+    use std::io::Write as _;
+    let bin = env!("CARGO_BIN_EXE_compshare-teardown");
+    let line = std::iter::once(bin.to_owned())
+        .chain(args.iter().cloned())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("HOME", w.dir.path())
+        .env("XDG_RUNTIME_DIR", w.dir.path())
+        .env("COMPSHARE_BASE_URL", w.server.url.as_str())
+        .env("COMPSHARE_PUBLIC_KEY", w.handle().public_key())
+        .env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the binary on a terminal");
+    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// On a terminal, `run` shows the plan and needs the number of instances typed back.
+#[test]
+fn the_prompt_needs_the_count_typed_back() {
+    let w = World::new(Scenario {
+        time_scale: SCALE,
+        ..Scenario::generated(3, 41)
+    });
+    let mut args: Vec<String> = ["run", "--all"].map(str::to_owned).to_vec();
+    args.extend(w.fast());
+    let (code, screen) = on_terminal(&w, &args, "2\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(screen.contains("Type 3 to tear down 3 instance(s)"), "{screen}");
+    assert!(screen.contains("not confirmed"), "{screen}");
+    assert!(w.mutating_calls().is_empty());
+    assert_eq!(w.handle().ids().len(), 3);
+
+    let (code, screen) = on_terminal(&w, &args, "3\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("3 selected: 3 terminated"), "{screen}");
+    assert!(w.handle().ids().is_empty());
+}
