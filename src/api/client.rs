@@ -7,9 +7,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::error::{ApiError, TransportKind};
-use super::model::{DescribePage, DescribeQuery, Target, TerminateAck};
 use super::sign::{Params, sign_in_place};
-use super::{Cloud, model::lenient};
+use super::{Transport, model::lenient};
 use crate::credentials::Credentials;
 
 /// Header carrying the gateway's request id; quoted in every error for support tickets.
@@ -99,69 +98,11 @@ impl Client {
         }
         decode_envelope(action, &body, request_id)
     }
-
-    /// `DescribeCompShareInstance`, one page.
-    pub async fn describe_page(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
-        let mut p = Params::new();
-        if let Some(r) = &q.region {
-            p.insert("Region".into(), r.clone());
-        }
-        if let Some(z) = &q.zone {
-            p.insert("Zone".into(), z.clone());
-        }
-        for (i, id) in q.ids.iter().enumerate() {
-            p.insert(format!("UHostIds.{i}"), id.clone());
-        }
-        p.insert("Limit".into(), q.limit.to_string());
-        p.insert("Offset".into(), q.offset.to_string());
-        let action = "DescribeCompShareInstance";
-        let body = self.call(action, p).await?;
-        serde_json::from_value(body).map_err(|e| ApiError::Decode {
-            action: action.into(),
-            detail: e.to_string(),
-            request_id: None,
-        })
-    }
-
-    async fn lifecycle(&self, action: &str, target: &Target, extra: &[(&str, String)]) -> Result<Value, ApiError> {
-        let mut p = Params::new();
-        p.insert("Region".into(), target.region.clone());
-        p.insert("Zone".into(), target.zone.clone());
-        p.insert("UHostId".into(), target.uhost_id.clone());
-        for (k, v) in extra {
-            p.insert((*k).to_owned(), v.clone());
-        }
-        self.call(action, p).await
-    }
 }
 
-impl Cloud for Client {
-    async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
-        self.describe_page(q).await
-    }
-
-    async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
-        // `Force` is sent only when set: spot instances need it, and an unknown parameter is
-        // silently ignored by the gateway, so sending `false` would add nothing.
-        let extra: Vec<(&str, String)> = if force { vec![("Force", "true".into())] } else { vec![] };
-        self.lifecycle("StopCompShareInstance", target, &extra).await.map(drop)
-    }
-
-    async fn start(&self, target: &Target) -> Result<(), ApiError> {
-        self.lifecycle("StartCompShareInstance", target, &[]).await.map(drop)
-    }
-
-    async fn terminate(&self, target: &Target, release_udisk: bool) -> Result<TerminateAck, ApiError> {
-        // `ReleaseUDisk` is always sent, explicitly, so the server's default never decides
-        // what happens to the user's data disks.
-        let body = self
-            .lifecycle(
-                "TerminateCompShareInstance",
-                target,
-                &[("ReleaseUDisk", release_udisk.to_string())],
-            )
-            .await?;
-        Ok(serde_json::from_value(body).unwrap_or_default())
+impl Transport for Client {
+    async fn call(&self, action: &str, params: Params) -> Result<Value, ApiError> {
+        Client::call(self, action, params).await
     }
 }
 

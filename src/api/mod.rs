@@ -29,6 +29,54 @@ pub trait Cloud: Send + Sync {
     ) -> impl Future<Output = Result<TerminateAck, ApiError>> + Send;
 }
 
+/// One signed action, however it travels: the HTTP [`Client`], or the simulator's in-memory
+/// world. The four [`Cloud`] calls are built on it once, so both speak the same parameters.
+pub trait Transport: Send + Sync {
+    /// Send `action` with `params` (without `Action`, `PublicKey` or `Signature`); the decoded
+    /// body of a `RetCode: 0` answer.
+    fn call(
+        &self,
+        action: &str,
+        params: sign::Params,
+    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+}
+
+impl<T: Transport> Cloud for T {
+    async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+        let action = "DescribeCompShareInstance";
+        let body = self.call(action, q.params()).await?;
+        serde_json::from_value(body).map_err(|e| ApiError::Decode {
+            action: action.into(),
+            detail: e.to_string(),
+            request_id: None,
+        })
+    }
+
+    async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
+        let mut p = target.params();
+        // `Force` is sent only when set: spot instances need it, and the gateway ignores
+        // unknown parameters, so `false` would add nothing.
+        if force {
+            p.insert("Force".into(), "true".into());
+        }
+        self.call("StopCompShareInstance", p).await.map(drop)
+    }
+
+    async fn start(&self, target: &Target) -> Result<(), ApiError> {
+        self.call("StartCompShareInstance", target.params()).await.map(drop)
+    }
+
+    async fn terminate(&self, target: &Target, release_udisk: bool) -> Result<TerminateAck, ApiError> {
+        let mut p = target.params();
+        // Always sent, explicitly, so the server's default never decides the fate of the
+        // user's data disks.
+        p.insert("ReleaseUDisk".into(), release_udisk.to_string());
+        let body = self.call("TerminateCompShareInstance", p).await?;
+        // Accepted is accepted: an odd body does not turn it into a failure.
+        Ok(serde_json::from_value(body).unwrap_or_default())
+    }
+}
+
 /// Every instance in scope (optionally one region/zone), fetched page by page with the largest
 /// page the API allows. Stops at `TotalCount` or at the first short page.
 pub async fn describe_all(

@@ -241,6 +241,18 @@ pub struct Target {
 }
 
 impl Target {
+    /// `Region`, `Zone` and `UHostId`: the parameters of every lifecycle call.
+    pub fn params(&self) -> super::sign::Params {
+        [
+            ("Region", &self.region),
+            ("Zone", &self.zone),
+            ("UHostId", &self.uhost_id),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect()
+    }
+
     pub fn of(instance: &Instance) -> Target {
         Target {
             uhost_id: instance.uhost_id.clone(),
@@ -280,6 +292,25 @@ pub struct DescribeQuery {
     pub ids: Vec<String>,
     pub limit: u32,
     pub offset: u32,
+}
+
+impl DescribeQuery {
+    /// The flat parameters: optional `Region`/`Zone`, `UHostIds.N`, `Limit`, `Offset`.
+    pub fn params(&self) -> super::sign::Params {
+        let mut p = super::sign::Params::new();
+        if let Some(r) = &self.region {
+            p.insert("Region".into(), r.clone());
+        }
+        if let Some(z) = &self.zone {
+            p.insert("Zone".into(), z.clone());
+        }
+        for (i, id) in self.ids.iter().enumerate() {
+            p.insert(format!("UHostIds.{i}"), id.clone());
+        }
+        p.insert("Limit".into(), self.limit.to_string());
+        p.insert("Offset".into(), self.offset.to_string());
+        p
+    }
 }
 
 /// The documented per-call maximum for both `Limit` and `UHostIds.N`.

@@ -24,7 +24,7 @@ pub use world::code;
 
 use crate::api::client::decode_envelope;
 use crate::api::sign::Params;
-use crate::api::{ApiError, Cloud, DescribePage, DescribeQuery, Instance, State, Target, TerminateAck, TransportKind};
+use crate::api::{ApiError, Instance, State, Transport, TransportKind};
 use crate::credentials::PrivateKey;
 use world::{Arrival, Auth, Reply, Request, World};
 
@@ -116,7 +116,7 @@ impl SimHandle {
     }
 
     /// An in-memory call, answered as the HTTP client would have decoded it.
-    async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
+    async fn call_in_memory(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
         params.insert("Action".into(), action.into());
         match self
             .handle(Request {
@@ -142,60 +142,12 @@ impl SimHandle {
             }),
         }
     }
-
-    async fn lifecycle(&self, action: &str, target: &Target, extra: &[(&str, &str)]) -> Result<Value, ApiError> {
-        let mut p = Params::new();
-        p.insert("Region".into(), target.region.clone());
-        p.insert("Zone".into(), target.zone.clone());
-        p.insert("UHostId".into(), target.uhost_id.clone());
-        for (k, v) in extra {
-            p.insert((*k).into(), (*v).into());
-        }
-        self.call(action, p).await
-    }
 }
 
-fn decode_error(action: &str, e: &serde_json::Error) -> ApiError {
-    ApiError::Decode {
-        action: action.into(),
-        detail: e.to_string(),
-        request_id: None,
-    }
-}
-
-impl Cloud for SimHandle {
-    async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
-        let action = "DescribeCompShareInstance";
-        let mut p = Params::new();
-        if let Some(r) = &q.region {
-            p.insert("Region".into(), r.clone());
-        }
-        if let Some(z) = &q.zone {
-            p.insert("Zone".into(), z.clone());
-        }
-        for (i, id) in q.ids.iter().enumerate() {
-            p.insert(format!("UHostIds.{i}"), id.clone());
-        }
-        p.insert("Limit".into(), q.limit.to_string());
-        p.insert("Offset".into(), q.offset.to_string());
-        let body = self.call(action, p).await?;
-        serde_json::from_value(body).map_err(|e| decode_error(action, &e))
-    }
-
-    async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
-        let extra: &[(&str, &str)] = if force { &[("Force", "true")] } else { &[] };
-        self.lifecycle("StopCompShareInstance", target, extra).await.map(drop)
-    }
-
-    async fn start(&self, target: &Target) -> Result<(), ApiError> {
-        self.lifecycle("StartCompShareInstance", target, &[]).await.map(drop)
-    }
-
-    async fn terminate(&self, target: &Target, release_udisk: bool) -> Result<TerminateAck, ApiError> {
-        let action = "TerminateCompShareInstance";
-        let flag = if release_udisk { "true" } else { "false" };
-        let body = self.lifecycle(action, target, &[("ReleaseUDisk", flag)]).await?;
-        serde_json::from_value(body).map_err(|e| decode_error(action, &e))
+/// The in-memory transport: the engine's paused-time tests run against this.
+impl Transport for SimHandle {
+    async fn call(&self, action: &str, params: Params) -> Result<Value, ApiError> {
+        self.call_in_memory(action, params).await
     }
 }
 

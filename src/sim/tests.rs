@@ -7,7 +7,7 @@ use tokio::time::advance;
 
 use super::*;
 use crate::api::error::LOCK_MARKER;
-use crate::api::{LockCodes, RetryClass, classify, describe_all, describe_ids};
+use crate::api::{Cloud, DescribeQuery, LockCodes, RetryClass, Target, classify, describe_all, describe_ids};
 
 /// One instance per requested state, unjittered, at real timings (stop 3 s, start 3 s,
 /// terminate 1 s, lock TTL 600 s).

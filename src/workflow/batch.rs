@@ -312,23 +312,8 @@ impl<C: Cloud + 'static> Runner<C> {
                 continue;
             }
             let phase = t.mem.phase;
-            match self.halt {
-                Some(Halt::Interrupted) => self.finish(i, Outcome::Interrupted { phase }),
-                Some(Halt::Deadline) => self.finish(i, Outcome::TimedOut { phase }),
-                Some(Halt::JournalFailed) => {
-                    let error = format!(
-                        "journal write failed: {}",
-                        self.journal_error.clone().unwrap_or_default()
-                    );
-                    self.finish(
-                        i,
-                        Outcome::Failed {
-                            phase,
-                            error,
-                            request_id: None,
-                        },
-                    );
-                }
+            match self.halted(phase) {
+                Some(outcome) => self.finish(i, outcome),
                 None if timed_out => self.finish(i, Outcome::TimedOut { phase }),
                 None => {}
             }
@@ -622,19 +607,11 @@ impl<C: Cloud + 'static> Runner<C> {
             zone: target.zone.clone(),
         });
         if self.halt == Some(Halt::JournalFailed) {
+            // The intent could not be recorded: do not send what a resume would not know of.
             let phase = self.trackers[i].mem.phase;
-            let error = format!(
-                "journal write failed: {}",
-                self.journal_error.clone().unwrap_or_default()
-            );
-            return self.finish(
-                i,
-                Outcome::Failed {
-                    phase,
-                    error,
-                    request_id: None,
-                },
-            );
+            if let Some(outcome) = self.halted(phase) {
+                return self.finish(i, outcome);
+            }
         }
         self.trackers[i].status = Status::Calling;
         self.trackers[i].calls += 1;
@@ -794,26 +771,27 @@ impl<C: Cloud + 'static> Runner<C> {
     /// After an answer: observe again at `due` (`parked`: not earlier), unless the run is halting.
     fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
         let phase = self.trackers[i].mem.phase;
-        match self.halt {
+        match self.halted(phase) {
+            Some(outcome) => self.finish(i, outcome),
             None if parked => self.park(i, due),
             None => self.schedule(i, due),
-            Some(Halt::Interrupted) => self.finish(i, Outcome::Interrupted { phase }),
-            Some(Halt::Deadline) => self.finish(i, Outcome::TimedOut { phase }),
-            Some(Halt::JournalFailed) => {
-                let error = format!(
+        }
+    }
+
+    /// The outcome of an unfinished instance in `phase` when the run is halting.
+    fn halted(&self, phase: Phase) -> Option<Outcome> {
+        Some(match self.halt? {
+            Halt::Interrupted => Outcome::Interrupted { phase },
+            Halt::Deadline => Outcome::TimedOut { phase },
+            Halt::JournalFailed => Outcome::Failed {
+                phase,
+                error: format!(
                     "journal write failed: {}",
                     self.journal_error.clone().unwrap_or_default()
-                );
-                self.finish(
-                    i,
-                    Outcome::Failed {
-                        phase,
-                        error,
-                        request_id: None,
-                    },
-                );
-            }
-        }
+                ),
+                request_id: None,
+            },
+        })
     }
 
     fn finish(&mut self, i: usize, outcome: Outcome) {
