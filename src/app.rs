@@ -176,7 +176,7 @@ impl Ctx {
         let env = |k: &str| std::env::var(k).ok();
         let creds = credentials::resolve(&Sources {
             flag_public: self.global.public_key.clone(),
-            flag_private: self.global.private_key.clone(),
+            flag_private: self.global.private_key.as_ref().map(|k| k.expose().to_owned()),
             // flag > environment > config file, as for every other setting.
             profile: self
                 .global

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::credentials::PrivateKey;
 use crate::logging::LogFormat;
 
 const AFTER_HELP: &str = "\
@@ -56,8 +57,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "KEY")]
     pub public_key: Option<String>,
     /// API private key; prefer the environment (flags show in `ps`) [env: COMPSHARE_PRIVATE_KEY, UCLOUD_PRIVATE_KEY]
-    #[arg(long, global = true, value_name = "KEY", hide_env_values = true)]
-    pub private_key: Option<String>,
+    // Parsed straight into the redacting type, so not even a `Debug` print of the arguments
+    // can show it.
+    #[arg(long, global = true, value_name = "KEY")]
+    pub private_key: Option<PrivateKey>,
     /// Profile in the key files [env: COMPSHARE_PROFILE, UCLOUD_PROFILE]
     #[arg(long, global = true)]
     pub profile: Option<String>,
@@ -276,4 +279,29 @@ pub struct SimArgs {
 /// Durations like `90s`, `11m`, `1h30m`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (use e.g. 90s, 11m, 2h, 7d)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn debug_of_parsed_arguments_hides_the_private_key() {
+        let cli = Cli::try_parse_from(["compshare-teardown", "--private-key", "S3CRET-xyz", "list", "--all"]).unwrap();
+        assert_eq!(
+            cli.global.private_key.as_ref().map(PrivateKey::expose),
+            Some("S3CRET-xyz")
+        );
+        assert!(!format!("{cli:?}").contains("S3CRET"), "{cli:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("11m"), Ok(Duration::from_secs(660)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("3x").unwrap_err().contains("e.g. 90s"));
+    }
 }

@@ -34,6 +34,13 @@ impl PrivateKey {
     }
 }
 
+impl std::str::FromStr for PrivateKey {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(PrivateKey::new(s))
+    }
+}
+
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PrivateKey(***)")

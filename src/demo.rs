@@ -122,7 +122,7 @@ pub(crate) async fn serve(global: &GlobalArgs, a: SimArgs) -> Result<Exit, Failu
         scenario.public_key.clone_from(k);
     }
     if let Some(k) = &global.private_key {
-        scenario.private_key.clone_from(k);
+        scenario.private_key = k.expose().to_owned();
     }
     scenario.validate().context("invalid simulator settings")?;
     let listener = tokio::net::TcpListener::bind(a.listen)
