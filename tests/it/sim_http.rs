@@ -2,6 +2,7 @@
 //! GET, JSON and the state endpoint). Real time with a tiny time scale keeps it fast.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use compshare_teardown::api::sign::{Params, json_signature, sign_in_place};
@@ -91,7 +92,11 @@ async fn paging_and_chunking() {
 
 #[tokio::test]
 async fn stop_then_terminate_and_early_terminate_is_refused() {
-    let server = server(scenario(20));
+    // A stop long enough (0.5 s here) that the early Terminate surely lands while Stopping,
+    // even on a loaded machine.
+    let mut s = scenario(20);
+    s.latency.stop_secs = 500.0;
+    let server = server(s);
     let c = client(&server);
     let t = target_in(&server, &State::Running);
     c.stop(&t, false).await.unwrap();
@@ -351,4 +356,133 @@ async fn get_query_and_json_post_are_accepted_and_unsigned_ones_refused() {
         m
     });
     assert_eq!(actions["DescribeCompShareInstance"], 4);
+}
+
+/// What the official Python SDK (`ucloud-sdk-python3`) puts on the wire: a form POST whose fields
+/// come in its dict order (config `Region` and `ProjectId` first, then the call's own, then
+/// `PublicKey`, `Signature`), with an unset-but-empty `ProjectId` kept and signed as
+/// `ProjectId` + "". The signature is computed here the way its `verify_ac` does (keys sorted by
+/// Python's `str` order, which for UTF-8 is byte order), independently of the crate's signer.
+async fn python_sdk_call(server: &Server, private: &str, call: &[(&str, &str)]) -> Value {
+    let public = server.handle.public_key();
+    let mut fields: Vec<(String, String)> = [("Region", "cn-wlcb"), ("ProjectId", "")]
+        .iter()
+        .chain(call)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        // The call's own Region overrides the config's, in place, as a Python dict update does.
+        .fold(Vec::new(), |mut out, (k, v)| {
+            match out.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1 = v,
+                None => out.push((k, v)),
+            }
+            out
+        });
+    fields.push(("PublicKey".into(), public));
+    let signature = python_verify_ac(&fields, private);
+    fields.push(("Signature".into(), signature));
+    reqwest::Client::new()
+        .post(server.url.clone())
+        .header("U-Timestamp-Ms", "1700000000000")
+        .form(&fields)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The Python SDK's `verify_ac`: SHA-1 over every key + value sorted by key, then the private key.
+fn python_verify_ac(fields: &[(String, String)], private: &str) -> String {
+    let mut sorted = fields.to_vec();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut text: String = sorted.iter().flat_map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+    text.push_str(private);
+    let digest = <sha1::Sha1 as sha1::Digest>::digest(text.as_bytes());
+    digest.iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+#[test]
+fn python_verify_ac_matches_a_body_the_sdk_built() {
+    // Captured from ucloud-sdk-python3 0.11.150 (`Client._build_http_request`) with the
+    // simulator's default keys and `project_id: ""`.
+    let body: Vec<(String, String)> = [
+        ("Region", "cn-wlcb"),
+        ("ProjectId", ""),
+        ("Action", "DescribeCompShareInstance"),
+        ("Limit", "100"),
+        ("UHostIds.0", "uhost-g2vx8qgxadqa"),
+        ("PublicKey", "sim-public-key"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .collect();
+    assert_eq!(
+        python_verify_ac(&body, "sim-private-key"),
+        "739ca9137e236aa363c09c6897c6228af9192750"
+    );
+}
+
+#[tokio::test]
+async fn python_sdk_request_shape_is_accepted() {
+    let server = server(scenario(20));
+    let private = server.handle.private_key().expose().to_owned();
+    let t = target_in(&server, &State::Running);
+    let (region, zone, id) = (t.region.as_str(), t.zone.as_str(), t.uhost_id.as_str());
+
+    let all = python_sdk_call(
+        &server,
+        &private,
+        &[("Action", "DescribeCompShareInstance"), ("Limit", "100")],
+    )
+    .await;
+    assert_eq!(all["RetCode"], 0, "{all}");
+    let one = python_sdk_call(
+        &server,
+        &private,
+        &[
+            ("Action", "DescribeCompShareInstance"),
+            ("Region", region),
+            ("Limit", "100"),
+            ("UHostIds.0", id),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (one["RetCode"].as_i64(), one["TotalCount"].as_i64()),
+        (Some(0), Some(1)),
+        "{one}"
+    );
+
+    let lifecycle = |action: &'static str, release: Option<&'static str>| {
+        let mut call = vec![("Action", action), ("Region", region), ("Zone", zone), ("UHostId", id)];
+        call.extend(release.map(|r| ("ReleaseUDisk", r)));
+        let private = private.clone();
+        let server = &server;
+        async move { python_sdk_call(server, &private, &call).await }
+    };
+    let stop = lifecycle("StopCompShareInstance", None).await;
+    assert_eq!(
+        (stop["RetCode"].as_i64(), stop["UHostId"].as_str()),
+        (Some(0), Some(id)),
+        "{stop}"
+    );
+    wait_for(&client(&server), id, Some(State::Stopped)).await;
+    let term = lifecycle("TerminateCompShareInstance", Some("true")).await;
+    assert_eq!(
+        (term["RetCode"].as_i64(), term["UHostId"].as_str()),
+        (Some(0), Some(id)),
+        "{term}"
+    );
+    wait_for(&client(&server), id, None).await;
+    let snap = server.handle.snapshot();
+    assert!(snap.terminated.iter().any(|x| x.uhost_id == id && x.release_udisk));
+    assert!(snap.orphan_disks.iter().all(|d| d.from_uhost_id != id));
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+
+    let wrong = python_sdk_call(&server, "not-the-key", &[("Action", "DescribeCompShareInstance")]).await;
+    assert_eq!(wrong["RetCode"], 171, "{wrong}");
 }
