@@ -31,7 +31,7 @@ use super::machine::{Call, Decision, Effect, Memory, Observation, Phase, after_c
 use super::outcome::{InstanceReport, Outcome, Report};
 use super::pace::Pace;
 use crate::api::{
-    ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, Target, TerminateAck, TransportKind, classify,
+    ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, State, Target, TerminateAck, classify,
 };
 
 /// What an instance is doing, for progress displays.
@@ -120,6 +120,23 @@ struct Tracker {
     retry_backoff: Option<ExponentialBackoff>,
     in_recycle: Option<String>,
     outcome: Option<(Outcome, Instant)>,
+    /// The state the call in flight (or last sent) was decided on.
+    decided_on: Option<State>,
+    /// A refusal waiting for one more look before it fails the instance.
+    refused: Option<ApiError>,
+    /// Whether that one more look was already spent since the last accepted call.
+    rechecked: bool,
+}
+
+/// What became of a queued call.
+enum Sent {
+    /// It went out; this is the answer.
+    Answer(Result<Option<TerminateAck>, ApiError>),
+    /// The run halted while it waited for a slot: it never left.
+    Halted,
+    /// A Terminate waited so long for its slot that the look it was decided on went stale,
+    /// and a fresh look no longer says `Stopped` (or the look failed): it never left.
+    Stale(String),
 }
 
 enum Event {
@@ -128,10 +145,12 @@ enum Event {
         sent_at: Instant,
         result: Result<Vec<Instance>, ApiError>,
     },
+    /// `looked_again`: a single-instance Describe was made right before sending.
     Called {
         idx: usize,
         call: Call,
-        result: Result<Option<TerminateAck>, ApiError>,
+        sent: Sent,
+        looked_again: bool,
     },
 }
 
@@ -216,6 +235,9 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
             retry_backoff: None,
             in_recycle: None,
             outcome: None,
+            decided_on: None,
+            refused: None,
+            rechecked: false,
         })
         .collect();
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
@@ -276,7 +298,12 @@ impl<C: Cloud + 'static> Runner<C> {
                 Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match joined {
                         Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
-                        Ok(Event::Called { idx, call, result }) => self.on_called(idx, call, result),
+                        Ok(Event::Called { idx, call, sent, looked_again }) => {
+                            if looked_again {
+                                self.count("DescribeCompShareInstance");
+                            }
+                            self.on_called(idx, call, sent);
+                        }
                         Err(e) => tracing::error!("an API task failed: {e}"),
                     }
                 }
@@ -470,6 +497,25 @@ impl<C: Cloud + 'static> Runner<C> {
             },
         };
         let t = &mut self.trackers[i];
+        if let Some(refusal) = t.refused.take() {
+            let unchanged = match (&obs, &t.decided_on) {
+                (Observation::Present { state, .. }, Some(before)) => state == before,
+                _ => false,
+            };
+            if unchanged {
+                tracing::error!(id = %t.id, "{refusal}");
+                let phase = t.mem.phase;
+                let request_id = refusal.request_id().map(str::to_owned);
+                return self.finish(
+                    i,
+                    Outcome::Failed {
+                        phase,
+                        error: refusal.to_string(),
+                        request_id,
+                    },
+                );
+            }
+        }
         let first_call = t.calls == 0 && t.mem.phase == Phase::Fresh;
         if let Some(r) = row {
             t.row = Some(r);
@@ -585,8 +631,7 @@ impl<C: Cloud + 'static> Runner<C> {
         };
         // Belt and braces for the first safety rule: never Terminate unless the row we just
         // looked at says Stopped (or Install Fail, which the platform may refuse).
-        if call == Call::Terminate && !matches!(row.state, crate::api::State::Stopped | crate::api::State::InstallFail)
-        {
+        if call == Call::Terminate && !matches!(row.state, State::Stopped | State::InstallFail) {
             let phase = self.trackers[i].mem.phase;
             let error = format!("internal: refused to terminate from state {}", row.state);
             return self.finish(
@@ -599,6 +644,7 @@ impl<C: Cloud + 'static> Runner<C> {
             );
         }
         let target = Target::of(row);
+        let decided_on = row.state.clone();
         let id = self.trackers[i].id.clone();
         self.journal(&Entry::Call {
             id: id.clone(),
@@ -614,8 +660,7 @@ impl<C: Cloud + 'static> Runner<C> {
             }
         }
         self.trackers[i].status = Status::Calling;
-        self.trackers[i].calls += 1;
-        self.count(call.action());
+        self.trackers[i].decided_on = Some(decided_on);
         tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
         self.ctl.observer.activity(&id, &Activity::Calling(call));
         let cloud = Arc::clone(&self.cloud);
@@ -623,30 +668,64 @@ impl<C: Cloud + 'static> Runner<C> {
         let slots = Arc::clone(&self.slots);
         let release = self.settings.release_udisk;
         let stop_sending = self.stop_sending.clone();
+        let decided_at = Instant::now();
+        let stale_after = self
+            .settings
+            .min_poll()
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         self.tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            pace.ready().await;
-            if stop_sending.is_cancelled() {
-                // Halted while this call waited for a slot: it never leaves, which is what
-                // "start nothing new" means. `Connect` classifies as certainly not sent.
-                let detail = "not sent: the run is stopping".to_owned();
-                let result = Err(ApiError::Transport {
-                    action: call.action().to_owned(),
-                    kind: TransportKind::Connect,
-                    detail,
-                });
-                return Event::Called { idx: i, call, result };
+            // Wait for a slot and the pace, unless the run halts meanwhile: then the call
+            // never leaves, which is what "start nothing new" means.
+            let ready = async {
+                let slot = slots.acquire_owned().await;
+                pace.ready().await;
+                slot
+            };
+            let _slot = tokio::select! {
+                slot = ready => slot,
+                () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted, looked_again: false },
+            };
+            let looked_again = call == Call::Terminate && decided_at.elapsed() > stale_after;
+            if looked_again {
+                // Queued long enough for the world to move: look again right before sending,
+                // so Terminate still follows a fresh `Stopped`.
+                if let Err(why) = still_stopped(cloud.as_ref(), &target.uhost_id).await {
+                    return Event::Called { idx: i, call, sent: Sent::Stale(why), looked_again };
+                }
             }
             let result = match call {
                 Call::Stop => cloud.stop(&target, force).await.map(|()| None),
                 Call::Terminate => cloud.terminate(&target, release).await.map(Some),
             };
-            Event::Called { idx: i, call, result }
+            Event::Called { idx: i, call, sent: Sent::Answer(result), looked_again }
         });
     }
 
-    fn on_called(&mut self, i: usize, call: Call, result: Result<Option<TerminateAck>, ApiError>) {
+    fn on_called(&mut self, i: usize, call: Call, sent: Sent) {
         let now = Instant::now();
+        let result = match sent {
+            Sent::Answer(result) => {
+                self.trackers[i].calls += 1;
+                self.count(call.action());
+                result
+            }
+            Sent::Halted | Sent::Stale(_) => {
+                let error = match sent {
+                    Sent::Stale(why) => format!("not sent: {why}"),
+                    _ => "not sent: the run is stopping".to_owned(),
+                };
+                let id = self.trackers[i].id.clone();
+                tracing::info!(id = %id, "{} {error}", call.action());
+                self.journal(&Entry::Result {
+                    id,
+                    call,
+                    effect: Effect::NotApplied,
+                    error: Some(error),
+                });
+                // Look again now (the halt, if any, turns this into the instance's outcome).
+                return self.after_answer(i, now, false);
+            }
+        };
         let class = result.as_ref().err().map(|e| classify(e, &self.settings.lock_codes));
         let effect = match class {
             None => Effect::Accepted,
@@ -673,6 +752,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
                 t.lock_backoff = None;
                 t.retry_backoff = None;
+                t.rechecked = false;
                 t.phase_since = now;
                 self.pace.succeeded();
                 let gap = self.settings.min_poll();
@@ -752,6 +832,15 @@ impl<C: Cloud + 'static> Runner<C> {
                 tracing::warn!(id = %id, "{e}; checking what happened before going on");
                 let gap = self.settings.min_poll();
                 self.after_answer(i, now + gap, false);
+            }
+            RetryClass::Fatal if !t.rechecked => {
+                // A refusal (e.g. "state Running does not allow Terminate") may only mean the
+                // instance moved between our look and the call, say someone restarted it:
+                // look once more, and fail only if nothing changed.
+                tracing::warn!(id = %id, "{e}; looking again before giving up");
+                t.rechecked = true;
+                t.refused = Some(e);
+                self.after_answer(i, now, false);
             }
             RetryClass::Fatal => {
                 tracing::error!(id = %id, "{e}");
@@ -840,6 +929,24 @@ impl<C: Cloud + 'static> Runner<C> {
             self.api_calls,
             self.throttled,
         )
+    }
+}
+
+/// A fresh single-instance look right before a delayed Terminate: `Ok` if it is still
+/// `Stopped` (or `Install Fail`), else why not.
+async fn still_stopped<C: Cloud>(cloud: &C, id: &str) -> Result<(), String> {
+    let query = DescribeQuery {
+        ids: vec![id.to_owned()],
+        limit: 1,
+        ..DescribeQuery::default()
+    };
+    match cloud.describe(&query).await {
+        Ok(page) => match page.uhost_set.iter().find(|r| r.uhost_id == id) {
+            Some(row) if matches!(row.state, State::Stopped | State::InstallFail) => Ok(()),
+            Some(row) => Err(format!("it is {} now", row.state)),
+            None => Err("it is gone now".to_owned()),
+        },
+        Err(e) => Err(format!("the look right before sending failed: {e}")),
     }
 }
 

@@ -414,3 +414,105 @@ async fn resume_from_a_journal_cut_at_every_line() {
         assert_safe(&sim.snapshot(), &ids);
     }
 }
+
+/// A Terminate that waited in the queue long enough for its look to go stale looks again
+/// right before sending; an instance restarted meanwhile is stopped again, not terminated
+/// while running.
+#[tokio::test(start_paused = true)]
+async fn a_terminate_that_waited_in_the_queue_looks_again_first() {
+    let sim = world(5, 51, Faults::default());
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Stopped);
+    }
+    let sim2 = sim.clone();
+    let late = ids.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        for id in &late {
+            sim2.start_by_other(id); // whichever is still Stopped starts again
+        }
+    });
+    // One call at a time, two per second: the last Terminates wait seconds for their turn.
+    let s = Settings { concurrency: 1, rate: 2, ..settings() };
+    let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+    all_gone(&report, &sim);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    let stops = state.calls.iter().filter(|c| c.action == "StopCompShareInstance" && c.ret_code == Some(0)).count();
+    assert!(stops > 0, "restarted instances were stopped again");
+}
+
+/// The refused-call recheck: a Terminate refused because the instance moved under us is not
+/// the end of it; one more look finds it running, and it is stopped and terminated.
+#[tokio::test(start_paused = true)]
+async fn a_refusal_caused_by_a_race_is_looked_at_again() {
+    use compshare_teardown::api::{ApiError, Cloud, DescribePage, DescribeQuery, Target, TerminateAck};
+
+    /// Someone starts the instance just before our first Terminate reaches the API.
+    struct Racy {
+        sim: SimHandle,
+        raced: std::sync::atomic::AtomicBool,
+    }
+    impl Cloud for Racy {
+        async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+            self.sim.describe(q).await
+        }
+        async fn stop(&self, t: &Target, force: bool) -> Result<(), ApiError> {
+            self.sim.stop(t, force).await
+        }
+        async fn start(&self, t: &Target) -> Result<(), ApiError> {
+            self.sim.start(t).await
+        }
+        async fn terminate(&self, t: &Target, release: bool) -> Result<TerminateAck, ApiError> {
+            if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.sim.start_by_other(&t.uhost_id);
+            }
+            self.sim.terminate(t, release).await
+        }
+    }
+    let sim = world(1, 52, Faults::default());
+    let ids = sim.ids();
+    sim.set_state(&ids[0], State::Stopped);
+    let racy = Racy { sim: sim.clone(), raced: false.into() };
+    let report = workflow::run(Arc::new(racy), ids.clone(), settings(), Controls::default()).await;
+    assert!(report.all_ok(), "{:?}", report.instances[0].outcome);
+    assert!(sim.ids().is_empty());
+    // The one injected race is the only violation: the refused Terminate itself.
+    assert_eq!(sim.snapshot().violations.len(), 1);
+
+    // A refusal with nothing changed still fails, plainly, after one more look.
+    let sim = world(1, 53, Faults::default());
+    let ids = sim.ids();
+    let spot = Instance { state: State::Running, charge_type: "Spot".into(), ..spot_template(&sim) };
+    sim.insert(spot);
+    let forced_without_force = Settings { force_stop: false, ..settings() };
+    let report = teardown(&sim, ids.clone(), forced_without_force, Controls::default()).await;
+    assert!(matches!(report.instances[0].outcome, Outcome::Failed { .. }));
+}
+
+/// Halting does not wait for queued calls to get their turn: they are dropped at once.
+#[tokio::test(start_paused = true)]
+async fn halting_drops_queued_calls_at_once() {
+    let sim = world(20, 54, Faults::default());
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Running);
+    }
+    let cancel = CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        c2.cancel();
+    });
+    let s = Settings { concurrency: 1, rate: 1, ..settings() };
+    let start = tokio::time::Instant::now();
+    let report = teardown(&sim, ids.clone(), s, Controls { cancel, ..Controls::default() }).await;
+    assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
+    assert!(report.interrupted());
+    let state = sim.snapshot();
+    let sent = state.calls.iter().filter(|c| MUTATING.contains(&c.action.as_str())).count();
+    let reported: u32 = report.instances.iter().map(|i| i.calls).sum();
+    assert_eq!(usize::try_from(reported).unwrap(), sent, "the report counts only calls that were sent");
+    assert!(sent < 5, "{sent}");
+}
