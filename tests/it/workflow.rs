@@ -428,18 +428,26 @@ async fn a_terminate_that_waited_in_the_queue_looks_again_first() {
     let sim2 = sim.clone();
     let late = ids.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         for id in &late {
             sim2.start_by_other(id); // whichever is still Stopped starts again
         }
     });
     // One call at a time, two per second: the last Terminates wait seconds for their turn.
-    let s = Settings { concurrency: 1, rate: 2, ..settings() };
+    let s = Settings {
+        concurrency: 1,
+        rate: 2,
+        ..settings()
+    };
     let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
     all_gone(&report, &sim);
     let state = sim.snapshot();
     assert_safe(&state, &ids);
-    let stops = state.calls.iter().filter(|c| c.action == "StopCompShareInstance" && c.ret_code == Some(0)).count();
+    let stops = state
+        .calls
+        .iter()
+        .filter(|c| c.action == "StopCompShareInstance" && c.ret_code == Some(0))
+        .count();
     assert!(stops > 0, "restarted instances were stopped again");
 }
 
@@ -449,7 +457,8 @@ async fn a_terminate_that_waited_in_the_queue_looks_again_first() {
 async fn a_refusal_caused_by_a_race_is_looked_at_again() {
     use compshare_teardown::api::{ApiError, Cloud, DescribePage, DescribeQuery, Target, TerminateAck};
 
-    /// Someone starts the instance just before our first Terminate reaches the API.
+    /// Someone brings the instance back up just before our first Terminate reaches the API
+    /// (no lock in the way, so the API refuses with a state error).
     struct Racy {
         sim: SimHandle,
         raced: std::sync::atomic::AtomicBool,
@@ -466,7 +475,7 @@ async fn a_refusal_caused_by_a_race_is_looked_at_again() {
         }
         async fn terminate(&self, t: &Target, release: bool) -> Result<TerminateAck, ApiError> {
             if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                self.sim.start_by_other(&t.uhost_id);
+                self.sim.set_state(&t.uhost_id, State::Running);
             }
             self.sim.terminate(t, release).await
         }
@@ -474,7 +483,10 @@ async fn a_refusal_caused_by_a_race_is_looked_at_again() {
     let sim = world(1, 52, Faults::default());
     let ids = sim.ids();
     sim.set_state(&ids[0], State::Stopped);
-    let racy = Racy { sim: sim.clone(), raced: false.into() };
+    let racy = Racy {
+        sim: sim.clone(),
+        raced: false.into(),
+    };
     let report = workflow::run(Arc::new(racy), ids.clone(), settings(), Controls::default()).await;
     assert!(report.all_ok(), "{:?}", report.instances[0].outcome);
     assert!(sim.ids().is_empty());
@@ -484,9 +496,16 @@ async fn a_refusal_caused_by_a_race_is_looked_at_again() {
     // A refusal with nothing changed still fails, plainly, after one more look.
     let sim = world(1, 53, Faults::default());
     let ids = sim.ids();
-    let spot = Instance { state: State::Running, charge_type: "Spot".into(), ..spot_template(&sim) };
+    let spot = Instance {
+        state: State::Running,
+        charge_type: "Spot".into(),
+        ..spot_template(&sim)
+    };
     sim.insert(spot);
-    let forced_without_force = Settings { force_stop: false, ..settings() };
+    let forced_without_force = Settings {
+        force_stop: false,
+        ..settings()
+    };
     let report = teardown(&sim, ids.clone(), forced_without_force, Controls::default()).await;
     assert!(matches!(report.instances[0].outcome, Outcome::Failed { .. }));
 }
@@ -505,14 +524,35 @@ async fn halting_drops_queued_calls_at_once() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         c2.cancel();
     });
-    let s = Settings { concurrency: 1, rate: 1, ..settings() };
+    let s = Settings {
+        concurrency: 1,
+        rate: 1,
+        ..settings()
+    };
     let start = tokio::time::Instant::now();
-    let report = teardown(&sim, ids.clone(), s, Controls { cancel, ..Controls::default() }).await;
+    let report = teardown(
+        &sim,
+        ids.clone(),
+        s,
+        Controls {
+            cancel,
+            ..Controls::default()
+        },
+    )
+    .await;
     assert!(start.elapsed() < Duration::from_secs(4), "{:?}", start.elapsed());
     assert!(report.interrupted());
     let state = sim.snapshot();
-    let sent = state.calls.iter().filter(|c| MUTATING.contains(&c.action.as_str())).count();
+    let sent = state
+        .calls
+        .iter()
+        .filter(|c| MUTATING.contains(&c.action.as_str()))
+        .count();
     let reported: u32 = report.instances.iter().map(|i| i.calls).sum();
-    assert_eq!(usize::try_from(reported).unwrap(), sent, "the report counts only calls that were sent");
+    assert_eq!(
+        usize::try_from(reported).unwrap(),
+        sent,
+        "the report counts only calls that were sent"
+    );
     assert!(sent < 5, "{sent}");
 }
