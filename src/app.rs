@@ -315,13 +315,26 @@ impl Ctx {
     /// Protections for a run whose selection is fixed (by a plan or a journal): filters and
     /// IDs would be ignored there, so they are refused rather than silently dropped.
     fn fixed_selection_protections(&self, a: &SelectArgs, what: &str) -> Outcome2<Protections> {
-        let req = self.request(&SelectArgs { all: true, ..a.clone() })?;
-        if req.filters.narrows() || req.filters.region.is_some() || req.filters.zone.is_some() || req.ids.is_some() {
+        // Only flags are refused: a job file's own `[selection]` is what the plan or journal
+        // was made from, so `--config job.toml --resume j` keeps working (and keeps the
+        // job's protections).
+        let narrowed = !(a.ids.is_empty()
+            && a.from_file.is_none()
+            && a.names.is_empty()
+            && a.tags.is_empty()
+            && a.region.is_none()
+            && a.zone.is_none()
+            && a.states.is_empty()
+            && a.older_than.is_none()
+            && a.charge_types.is_empty()
+            && a.gpu_types.is_empty()
+            && !a.all);
+        if narrowed {
             return Err(Failure::Usage(anyhow!(
                 "{what} fixes the selection; IDs and filters cannot be combined with it (exclusions and protections can)"
             )));
         }
-        Ok(req.protections)
+        Ok(self.request(&SelectArgs { all: true, ..a.clone() })?.protections)
     }
 
     fn effect(&self, e: &EffectArgs) -> (bool, bool) {
@@ -417,6 +430,26 @@ impl Ctx {
             (release, force) = (r2, f2);
         }
         let settings = self.settings(&a, release, force)?;
+        let journal_path = a
+            .resume
+            .clone()
+            .or_else(|| a.journal.clone())
+            .or_else(|| r.journal.clone());
+        if a.resume.is_none()
+            && let Some(path) = &journal_path
+            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+        {
+            // One journal per run: appending a second run would make `--resume` ambiguous.
+            return Err(Failure::Usage(anyhow!(
+                "journal {} already holds a run; resume it with --resume, or choose a new file",
+                path.display()
+            )));
+        }
+        let fixed_protections = match (&resume, &a.plan) {
+            (Some(_), _) => Some(self.fixed_selection_protections(&a.select, "--resume")?),
+            (None, Some(_)) => Some(self.fixed_selection_protections(&a.select, "--plan")?),
+            (None, None) => None,
+        };
         let max_count = a.max_count.or(r.max_count).unwrap_or(20);
         let lock_path = a
             .lock_file
@@ -440,7 +473,7 @@ impl Ctx {
                 })
                 .collect();
             // The journal fixes the selection; protections still apply right before acting.
-            let protections = self.fixed_selection_protections(&a.select, "--resume")?;
+            let protections = fixed_protections.clone().unwrap_or_default();
             let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
             (
                 Plan::build(&cands, client.base_url().as_str(), release, force),
@@ -448,7 +481,7 @@ impl Ctx {
             )
         } else if let Some(p) = plan_file {
             let drift = p.clone();
-            let protections = self.fixed_selection_protections(&a.select, "--plan")?;
+            let protections = fixed_protections.clone().unwrap_or_default();
             let guard: workflow::Guard = Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row)));
             (p, Some(guard))
         } else {
@@ -483,21 +516,6 @@ impl Ctx {
             confirm(&plan, ids.len())?;
         }
 
-        let journal_path = a
-            .resume
-            .clone()
-            .or_else(|| a.journal.clone())
-            .or_else(|| r.journal.clone());
-        if a.resume.is_none()
-            && let Some(path) = &journal_path
-            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
-        {
-            // One journal per run: appending a second run would make `--resume` ambiguous.
-            return Err(Failure::Usage(anyhow!(
-                "journal {} already holds a run; resume it with --resume, or choose a new file",
-                path.display()
-            )));
-        }
         let journal = journal_path
             .as_deref()
             .map(workflow::journal::Journal::open)

@@ -33,6 +33,9 @@ pub fn demo_scenario(instances: usize, seed: u64) -> Scenario {
         lost_response: 0.03,
         throttle: 0.02,
         restart: 0.05,
+        // Someone else restarts a stopped instance 3 s later (300 s nominal), as a person or
+        // a scheduler would: not within milliseconds.
+        restart_after_secs: 300.0,
         ..Faults::default()
     };
     s
