@@ -247,6 +247,11 @@ fn with_query(server: &Server, p: &Params) -> url::Url {
 }
 
 /// POST a signed form with reqwest, returning the JSON body.
+/// Send a request and decode its JSON body.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 async fn raw_form(server: &Server, pairs: &[(&str, &str)]) -> Value {
     let mut p: Params = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     sign_in_place(&mut p, &server.handle.public_key(), &server.handle.private_key());
@@ -287,43 +292,22 @@ async fn get_query_and_json_post_are_accepted_and_unsigned_ones_refused() {
     object.insert("PublicKey".into(), json!(server.handle.public_key()));
     let sig = json_signature(&object, &server.handle.private_key());
     object.insert("Signature".into(), json!(sig));
-    let body: Value = http
-        .post(server.url.clone())
-        .json(&object)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = json_of(http.post(server.url.clone()).json(&object)).await;
     assert_eq!(body["RetCode"], 0, "{body}");
     assert_eq!(body["TotalCount"], 2);
 
     let codes = |b: &Value| (b["RetCode"].as_i64(), b["Message"].as_str().map(str::to_owned));
-    let b: Value = http
-        .get(with_query(&server, &pairs(&[("Action", "DescribeCompShareInstance")])))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = json_of(http.get(with_query(&server, &pairs(&[("Action", "DescribeCompShareInstance")])))).await;
     assert_eq!(codes(&b), (Some(170), Some("Missing signature".into())));
-    let b: Value = http
-        .get(with_query(
-            &server,
-            &pairs(&[
-                ("Action", "DescribeCompShareInstance"),
-                ("PublicKey", "who"),
-                ("Signature", "x"),
-            ]),
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b: Value = json_of(http.get(with_query(
+        &server,
+        &pairs(&[
+            ("Action", "DescribeCompShareInstance"),
+            ("PublicKey", "who"),
+            ("Signature", "x"),
+        ]),
+    )))
+    .await;
     assert_eq!(codes(&b), (Some(172), Some("User Not Exists".into())));
     assert_eq!(raw_form(&server, &[("Limit", "1")]).await["RetCode"], 160);
     assert_eq!(
