@@ -254,9 +254,21 @@ impl Target {
     }
 
     pub fn of(instance: &Instance) -> Target {
+        // `Region` is not in the SDKs' row model (the docs list it, and the gateway has been
+        // seen to send it). Without it, the zone names it: UCloud zones are `<region>-<nn>`
+        // (`cn-wlcb-01` is in `cn-wlcb`).
+        let region = if instance.region.is_empty() {
+            instance
+                .zone
+                .rsplit_once('-')
+                .map(|(r, _)| r.to_owned())
+                .unwrap_or_default()
+        } else {
+            instance.region.clone()
+        };
         Target {
             uhost_id: instance.uhost_id.clone(),
-            region: instance.region.clone(),
+            region,
             zone: instance.zone.clone(),
         }
     }
@@ -365,6 +377,28 @@ mod tests {
         let page: DescribePage = serde_json::from_str(r#"{"TotalCount":"0","UHostSet":null}"#).unwrap();
         assert_eq!(page.total_count, 0);
         assert!(page.uhost_set.is_empty());
+    }
+
+    #[test]
+    fn target_takes_region_from_the_row_or_else_from_the_zone() {
+        let row = Instance {
+            uhost_id: "u-1".into(),
+            zone: "cn-wlcb-01".into(),
+            ..Instance::default()
+        };
+        assert_eq!(Target::of(&row).region, "cn-wlcb");
+        let row = Instance {
+            region: "cn-sh2".into(),
+            zone: "cn-sh2-02".into(),
+            ..row
+        };
+        assert_eq!(Target::of(&row).region, "cn-sh2");
+        let row = Instance {
+            region: String::new(),
+            zone: String::new(),
+            ..row
+        };
+        assert_eq!(Target::of(&row).region, "");
     }
 
     #[test]

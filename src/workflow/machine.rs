@@ -151,6 +151,9 @@ pub fn decide(mut mem: Memory, obs: &Observation, since_call: Duration, rules: &
         Phase::TerminateSent if since_call >= rules.confirm_timeout => {
             return (mem, Decision::Done(Gone::TerminatedUnconfirmed));
         }
+        // Some gateways list a deleted instance for a while in a state of its own; after our
+        // accepted Terminate, such a state is the deletion we asked for.
+        Phase::TerminateSent if is_deletion_state(state) => return (mem, Decision::Done(Gone::Terminated)),
         Phase::TerminateSent => return (mem, Decision::Wait("waiting for the instance to leave Describe")),
         Phase::TerminateUnsure if since_call < rules.terminate_settle => {
             return (
@@ -209,6 +212,16 @@ pub fn decide(mut mem: Memory, obs: &Observation, since_call: Duration, rules: &
         // operation is under way; never act on a state we do not understand.
         _ => (mem, Decision::Wait("waiting for a settled state")),
     }
+}
+
+/// A state no document lists but that names a deletion (`Deleted`, `Terminating`, `Recycled`,
+/// ...). Only ever read after our own Terminate was accepted.
+fn is_deletion_state(state: &State) -> bool {
+    let State::Unknown(s) = state else { return false };
+    let s = s.to_ascii_lowercase();
+    ["delet", "terminat", "recycl", "destroy", "releas"]
+        .iter()
+        .any(|w| s.contains(w))
 }
 
 /// The two calls the machine makes.
@@ -461,6 +474,28 @@ mod tests {
             decide(accepted, &present(State::Stopped), 180 * S, &r).1,
             Decision::Done(Gone::TerminatedUnconfirmed)
         );
+    }
+
+    #[test]
+    fn a_deletion_state_after_our_terminate_counts_as_terminated() {
+        let r = rules();
+        let m = mem(Phase::TerminateSent);
+        for s in ["Deleted", "Terminating", "Recycled", "InRecycle"] {
+            assert_eq!(
+                decide(m, &present(State::Unknown(s.into())), S, &r).1,
+                Decision::Done(Gone::Terminated),
+                "{s}"
+            );
+        }
+        assert!(matches!(
+            decide(m, &present(State::Stopped), S, &r).1,
+            Decision::Wait(_)
+        ));
+        // Before our Terminate, such a state is someone else's business: wait.
+        assert!(matches!(
+            decide(mem(Phase::StopSent), &present(State::Unknown("Deleted".into())), S, &r).1,
+            Decision::Wait(_)
+        ));
     }
 
     #[test]
