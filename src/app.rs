@@ -264,7 +264,7 @@ impl Ctx {
         use backon::Retryable;
         let fetch = || async {
             match &req.ids {
-                Some(ids) => api::describe_ids(client, ids).await,
+                Some(ids) => api::describe_ids_in(client, ids, req.filters.region.as_deref()).await,
                 None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
             }
         };
@@ -389,6 +389,8 @@ impl Ctx {
             max_restarts: d.max_restarts,
             lock_codes,
             jitter_seed: None,
+            // Filled in by `run` from the selection's `--region`.
+            describe_region: None,
         };
         if s.concurrency == 0 {
             return Err(Failure::Usage(anyhow!("--concurrency must be at least 1")));
@@ -429,7 +431,9 @@ impl Ctx {
             }
             (release, force) = (r2, f2);
         }
-        let settings = self.settings(&a, release, force)?;
+        let mut settings = self.settings(&a, release, force)?;
+        // A run scoped with `--region` keeps that scope in every Describe.
+        settings.describe_region = req.as_ref().and_then(|q| q.filters.region.clone());
         let journal_path = a
             .resume
             .clone()

@@ -106,10 +106,21 @@ pub async fn describe_all(
 /// The rows for a list of IDs, in chunks of at most 100 per call. IDs the API does not return
 /// are simply absent from the result (an unknown ID is not an error on this API).
 pub async fn describe_ids(cloud: &impl Cloud, ids: &[String]) -> Result<Vec<Instance>, ApiError> {
+    describe_ids_in(cloud, ids, None).await
+}
+
+/// [`describe_ids`] scoped to one region (`--region`): Region is optional in the SDKs, but
+/// the newer web docs mark it required, and a gateway that insists can be given one.
+pub async fn describe_ids_in(
+    cloud: &impl Cloud,
+    ids: &[String],
+    region: Option<&str>,
+) -> Result<Vec<Instance>, ApiError> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(DESCRIBE_MAX) {
         let query = DescribeQuery {
             ids: chunk.to_vec(),
+            region: region.map(str::to_owned),
             limit: u32::try_from(DESCRIBE_MAX).unwrap_or(100),
             ..DescribeQuery::default()
         };

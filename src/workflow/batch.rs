@@ -406,11 +406,13 @@ impl<C: Cloud + 'static> Runner<C> {
             let cloud = Arc::clone(&self.cloud);
             let pace = Arc::clone(&self.pace);
             let idxs = chunk.to_vec();
+            let region = self.settings.describe_region.clone();
             self.tasks.spawn(async move {
                 pace.ready().await;
                 let sent_at = Instant::now();
                 let limit = u32::try_from(ids.len()).unwrap_or(100);
                 let query = DescribeQuery {
+                    region,
                     ids,
                     limit,
                     ..DescribeQuery::default()
@@ -669,6 +671,7 @@ impl<C: Cloud + 'static> Runner<C> {
         let release = self.settings.release_udisk;
         let stop_sending = self.stop_sending.clone();
         let decided_at = Instant::now();
+        let describe_region = self.settings.describe_region.clone();
         let stale_after = self
             .settings
             .min_poll()
@@ -689,7 +692,7 @@ impl<C: Cloud + 'static> Runner<C> {
             if looked_again {
                 // Queued long enough for the world to move: look again right before sending,
                 // so Terminate still follows a fresh `Stopped`.
-                if let Err(why) = still_stopped(cloud.as_ref(), &target.uhost_id).await {
+                if let Err(why) = still_stopped(cloud.as_ref(), &target.uhost_id, describe_region).await {
                     return Event::Called { idx: i, call, sent: Sent::Stale(why), looked_again };
                 }
             }
@@ -934,10 +937,11 @@ impl<C: Cloud + 'static> Runner<C> {
 
 /// A fresh single-instance look right before a delayed Terminate: `Ok` if it is still
 /// `Stopped` (or `Install Fail`), else why not.
-async fn still_stopped<C: Cloud>(cloud: &C, id: &str) -> Result<(), String> {
+async fn still_stopped<C: Cloud>(cloud: &C, id: &str, region: Option<String>) -> Result<(), String> {
     let query = DescribeQuery {
         ids: vec![id.to_owned()],
         limit: 1,
+        region,
         ..DescribeQuery::default()
     };
     match cloud.describe(&query).await {

@@ -50,6 +50,8 @@ pub struct Settings {
     pub lock_codes: LockCodes,
     /// Fixed seed for poll and backoff jitter (tests); `None` = random.
     pub jitter_seed: Option<u64>,
+    /// Send this `Region` with every Describe (the user's `--region`); `None`: all regions.
+    pub describe_region: Option<String>,
 }
 
 impl Default for Settings {
@@ -67,6 +69,7 @@ impl Default for Settings {
             max_restarts: 3,
             lock_codes: LockCodes::default(),
             jitter_seed: None,
+            describe_region: None,
         }
     }
 }
