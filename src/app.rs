@@ -53,7 +53,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
-type Outcome2<T> = Result<T, Failure>;
+type CmdResult<T> = Result<T, Failure>;
 
 /// Run the parsed command line; the binary's whole life.
 pub fn main(cli: Cli) -> ExitCode {
@@ -160,7 +160,7 @@ impl Ctx {
         self.global.output.or(self.config.output).unwrap_or(OutputFormat::Table)
     }
 
-    fn base_url(&self) -> Outcome2<url::Url> {
+    fn base_url(&self) -> CmdResult<url::Url> {
         let text = self
             .global
             .base_url
@@ -171,7 +171,7 @@ impl Ctx {
         Ok(credentials::parse_base_url(&text)?)
     }
 
-    fn client(&self) -> Outcome2<Client> {
+    fn client(&self) -> CmdResult<Client> {
         let base_url = self.base_url()?;
         let env = |k: &str| std::env::var(k).ok();
         let creds = credentials::resolve(&Sources {
@@ -199,7 +199,7 @@ impl Ctx {
     }
 
     /// Validate the selection flags (merged with the config file) without calling the API.
-    fn request(&self, a: &SelectArgs) -> Outcome2<Request> {
+    fn request(&self, a: &SelectArgs) -> CmdResult<Request> {
         let c = &self.config.selection;
         let mut sources: Vec<IdSource> = pick(&a.ids, &c.ids)
             .into_iter()
@@ -260,7 +260,7 @@ impl Ctx {
     }
 
     /// Describe the candidates and judge them.
-    async fn candidates(&self, client: &Client, req: &Request) -> Outcome2<Vec<Candidate>> {
+    async fn candidates(&self, client: &Client, req: &Request) -> CmdResult<Vec<Candidate>> {
         use backon::Retryable;
         let fetch = || async {
             match &req.ids {
@@ -296,7 +296,7 @@ impl Ctx {
         ))
     }
 
-    async fn list(&self, a: &SelectArgs) -> Outcome2<Exit> {
+    async fn list(&self, a: &SelectArgs) -> CmdResult<Exit> {
         let req = self.request(&SelectArgs { all: true, ..a.clone() })?;
         let client = self.client()?;
         let cands = self.candidates(&client, &req).await?;
@@ -314,7 +314,7 @@ impl Ctx {
 
     /// Protections for a run whose selection is fixed (by a plan or a journal): filters and
     /// IDs would be ignored there, so they are refused rather than silently dropped.
-    fn fixed_selection_protections(&self, a: &SelectArgs, what: &str) -> Outcome2<Protections> {
+    fn fixed_selection_protections(&self, a: &SelectArgs, what: &str) -> CmdResult<Protections> {
         // Only flags are refused: a job file's own `[selection]` is what the plan or journal
         // was made from, so `--config job.toml --resume j` keeps working (and keeps the
         // job's protections).
@@ -345,7 +345,7 @@ impl Ctx {
         )
     }
 
-    async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> Outcome2<Exit> {
+    async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> CmdResult<Exit> {
         let req = self.request(a)?;
         let client = self.client()?;
         let cands = self.candidates(&client, &req).await?;
@@ -362,9 +362,9 @@ impl Ctx {
         Ok(Exit::Ok)
     }
 
-    fn settings(&self, a: &RunArgs, release_udisk: bool, force_stop: bool) -> Outcome2<Settings> {
+    fn settings(&self, a: &RunArgs, release_udisk: bool, force_stop: bool) -> CmdResult<Settings> {
         let r = &self.config.run;
-        let dur = |flag: Option<Duration>, conf: &Option<String>, key: &str| -> Outcome2<Option<Duration>> {
+        let dur = |flag: Option<Duration>, conf: &Option<String>, key: &str| -> CmdResult<Option<Duration>> {
             match (flag, conf) {
                 (Some(d), _) => Ok(Some(d)),
                 (None, Some(t)) => Ok(Some(parse_duration(t).map_err(|e| anyhow!("config: run.{key}: {e}"))?)),
@@ -401,7 +401,7 @@ impl Ctx {
         Ok(s)
     }
 
-    async fn run(&self, a: RunArgs) -> Outcome2<Exit> {
+    async fn run(&self, a: RunArgs) -> CmdResult<Exit> {
         let r = &self.config.run;
         // Everything that can be checked offline is checked before the lock and the API.
         let (mut release, mut force) = self.effect(&a.effect);
@@ -580,11 +580,11 @@ impl Ctx {
         exit_for(report)
     }
 
-    async fn demo(&self, instances: usize, seed: u64) -> Outcome2<Exit> {
+    async fn demo(&self, instances: usize, seed: u64) -> CmdResult<Exit> {
         crate::demo::run(self.output(), &self.multi, instances, seed).await
     }
 
-    async fn sim(&self, a: crate::cli::SimArgs) -> Outcome2<Exit> {
+    async fn sim(&self, a: crate::cli::SimArgs) -> CmdResult<Exit> {
         crate::demo::serve(&self.global, a).await
     }
 }
@@ -650,7 +650,7 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udi
 }
 
 /// Ask on the terminal; refuse without one.
-fn confirm(plan: &Plan, count: usize) -> Outcome2<()> {
+fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         return Err(Failure::Usage(anyhow!(
             "refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)"
