@@ -386,6 +386,7 @@ impl Ctx {
             deadline: dur(a.deadline, &r.deadline, "deadline")?,
             confirm_timeout: dur(a.confirm_timeout, &r.confirm_timeout, "confirm_timeout")?
                 .unwrap_or(d.confirm_timeout),
+            terminate_settle: dur(a.settle, &r.settle, "settle")?.unwrap_or(d.terminate_settle),
             max_restarts: d.max_restarts,
             lock_codes,
             jitter_seed: None,

@@ -229,6 +229,10 @@ pub struct RunArgs {
     /// How long to wait for a terminated instance to leave Describe [default: 3m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub confirm_timeout: Option<Duration>,
+    /// After a Terminate whose answer was lost, how long the instance must stay listed
+    /// before Terminate is sent again [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub settle: Option<Duration>,
     /// Refuse selections larger than this [default: 20]
     #[arg(long, value_name = "N")]
     pub max_count: Option<usize>,

@@ -67,6 +67,7 @@ pub struct RunConfig {
     pub instance_timeout: Option<String>,
     pub deadline: Option<String>,
     pub confirm_timeout: Option<String>,
+    pub settle: Option<String>,
     pub max_count: Option<usize>,
     pub journal: Option<PathBuf>,
     pub report: Option<PathBuf>,

@@ -42,11 +42,13 @@ pub fn demo_scenario(instances: usize, seed: u64) -> Scenario {
 }
 
 /// Settings for the demo: the real defaults, with a shorter poll interval to match the
-/// scaled world.
+/// scaled world, which also deletes an instance in half a second: a lost Terminate answer
+/// need not wait the production minute before Terminate is tried again.
 pub fn demo_settings() -> Settings {
     Settings {
         poll_interval: Duration::from_secs(1),
         rate: 50,
+        terminate_settle: Duration::from_secs(5),
         ..Settings::default()
     }
 }

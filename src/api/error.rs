@@ -160,7 +160,9 @@ pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
             }
         }
         ApiError::Http { status, .. } => match status {
-            429 | 502 | 503 | 504 => RetryClass::Transient,
+            // A 500, or a gateway timeout, may come after the backend acted.
+            500 | 504 if mutating => RetryClass::Ambiguous,
+            429 | 500 | 502 | 503 | 504 => RetryClass::Transient,
             _ => RetryClass::Fatal,
         },
         ApiError::Transport { kind, .. } => match kind {
@@ -235,8 +237,12 @@ mod tests {
             (http(D, 429), Transient),
             (http(T, 502), Transient),
             (http(T, 503), Transient),
-            (http(S, 504), Transient),
-            (http(T, 500), Fatal),
+            (http(D, 504), Transient),
+            (http(S, 504), Ambiguous),
+            (http(T, 504), Ambiguous),
+            (http(T, 500), Ambiguous),
+            (http(D, 500), Transient),
+            (http(T, 501), Fatal),
             (http(T, 404), Fatal),
             (tr(T, Connect), Transient),
             (tr(D, Connect), Transient),

@@ -118,6 +118,10 @@ struct Tracker {
     calls: u32,
     lock_backoff: Option<ExponentialBackoff>,
     retry_backoff: Option<ExponentialBackoff>,
+    /// When the Describe behind the latest observation was sent.
+    seen_at: Instant,
+    /// Failed Describes of this instance in a row (see `on_describe_error`).
+    look_backoff: Option<ExponentialBackoff>,
     in_recycle: Option<String>,
     outcome: Option<(Outcome, Instant)>,
     /// The state the call in flight (or last sent) was decided on.
@@ -174,7 +178,6 @@ struct Runner<C> {
     started: Instant,
     api_calls: BTreeMap<String, u32>,
     throttled: u32,
-    describe_backoff: Option<ExponentialBackoff>,
     halt: Option<Halt>,
     /// Cancelled when the run halts: calls still queued for a slot are then not sent.
     stop_sending: CancellationToken,
@@ -233,6 +236,8 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
             calls: resume.calls.get(id).copied().unwrap_or_default(),
             lock_backoff: None,
             retry_backoff: None,
+            look_backoff: None,
+            seen_at: now,
             in_recycle: None,
             outcome: None,
             decided_on: None,
@@ -254,7 +259,6 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         started: now,
         api_calls: BTreeMap::new(),
         throttled: 0,
-        describe_backoff: None,
         halt: None,
         stop_sending: CancellationToken::new(),
         journal_error: None,
@@ -435,7 +439,6 @@ impl<C: Cloud + 'static> Runner<C> {
             Err(e) => return self.on_describe_error(idxs, &e, now),
         };
         self.pace.succeeded();
-        self.describe_backoff = None;
         let mut by_id: HashMap<String, Instance> = rows.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
         for &i in idxs {
             let Status::Observe { fresh_after, .. } = self.trackers[i].status else {
@@ -445,6 +448,9 @@ impl<C: Cloud + 'static> Runner<C> {
                 continue; // older than the instance's last change: does not count
             }
             let row = by_id.remove(&self.trackers[i].id);
+            self.trackers[i].look_backoff = None;
+            // The look is as old as the Describe's sending, not its processing.
+            self.trackers[i].seen_at = sent_at;
             self.observe(i, row, now);
         }
     }
@@ -455,36 +461,45 @@ impl<C: Cloud + 'static> Runner<C> {
             self.pace.throttled();
             self.throttled += 1;
         }
-        let delay = if class == RetryClass::Fatal {
-            None
-        } else {
-            let seed = self.rng.random();
-            let settings = &self.settings;
-            self.describe_backoff
-                .get_or_insert_with(|| retry_backoff(settings, seed))
-                .next()
-        };
-        match delay {
-            Some(d) => {
-                tracing::warn!("{e}; looking again in {}", humantime::format_duration(round(d)));
-                for &i in idxs {
+        // Each instance has its own budget of failed looks (reset by a good one): a burst of
+        // failures across many small Describes must not use up everyone's retries at once.
+        let mut logged = false;
+        for &i in idxs {
+            if !matches!(self.trackers[i].status, Status::Observe { .. }) {
+                continue;
+            }
+            let delay = if class == RetryClass::Fatal {
+                None
+            } else {
+                let seed = self.rng.random();
+                let settings = &self.settings;
+                self.trackers[i]
+                    .look_backoff
+                    .get_or_insert_with(|| retry_backoff(settings, seed))
+                    .next()
+            };
+            match delay {
+                Some(d) => {
+                    if !logged {
+                        tracing::warn!("{e}; looking again in {}", humantime::format_duration(round(d)));
+                        logged = true;
+                    }
                     if let Status::Observe { due, .. } = &mut self.trackers[i].status {
                         *due = now + d;
                     }
                 }
-            }
-            None => {
-                tracing::error!("{e}");
-                for &i in idxs {
-                    if matches!(self.trackers[i].status, Status::Observe { .. }) {
-                        let phase = self.trackers[i].mem.phase;
-                        let failed = Outcome::Failed {
+                None => {
+                    tracing::error!(id = %self.trackers[i].id, "{e}");
+                    let phase = self.trackers[i].mem.phase;
+                    let request_id = e.request_id().map(str::to_owned);
+                    self.finish(
+                        i,
+                        Outcome::Failed {
                             phase,
                             error: e.to_string(),
-                            request_id: e.request_id().map(str::to_owned),
-                        };
-                        self.finish(i, failed);
-                    }
+                            request_id,
+                        },
+                    );
                 }
             }
         }
@@ -670,7 +685,7 @@ impl<C: Cloud + 'static> Runner<C> {
         let slots = Arc::clone(&self.slots);
         let release = self.settings.release_udisk;
         let stop_sending = self.stop_sending.clone();
-        let decided_at = Instant::now();
+        let decided_at = self.trackers[i].seen_at;
         let describe_region = self.settings.describe_region.clone();
         let stale_after = self
             .settings

@@ -198,13 +198,20 @@ pub fn decide(mut mem: Memory, obs: &Observation, since_call: Duration, rules: &
             Phase::StopSent if !mem.stop_took_effect && since_call < rules.stop_grace => {
                 (mem, Decision::Wait("stop accepted; waiting for it to take effect"))
             }
-            // Back up after we stopped it (or our Stop never took hold; or, after an unsure
-            // Terminate, someone started it): stop it again, a bounded number of times.
+            // Running again after our Stop: stop it again. It counts as a restart by someone
+            // else only if we saw our Stop take effect (or a Terminate may have gone out, which
+            // needs Stopped): a Stop that was refused, locked or lost is merely retried, within
+            // the lock budget, the retry limits and the instance timeout.
             Phase::StopSent | Phase::TerminateUnsure | Phase::TerminateSent => {
-                if mem.restarts >= rules.max_restarts {
-                    return (mem, Decision::Fail(Refusal::KeepsRestarting { restarts: mem.restarts }));
+                if mem.stop_took_effect || mem.phase == Phase::TerminateUnsure {
+                    if mem.restarts >= rules.max_restarts {
+                        return (mem, Decision::Fail(Refusal::KeepsRestarting { restarts: mem.restarts }));
+                    }
+                    mem.restarts += 1;
                 }
-                mem.restarts += 1;
+                // From here on we wait for this new Stop; a retry of it is not another restart.
+                mem.phase = Phase::StopSent;
+                mem.stop_took_effect = false;
                 stop(mem)
             }
         },
@@ -396,9 +403,37 @@ mod tests {
         let (m, d) = decide(mem(Phase::StopSent), &present(State::Running), 2 * S, &r);
         assert!(matches!(d, Decision::Wait(_)));
         assert_eq!(m.restarts, 0);
+        // Our Stop never showed an effect: stop again, but that is no restart by anyone.
         let (m, d) = decide(mem(Phase::StopSent), &present(State::Running), 11 * S, &r);
         assert_eq!(d, Decision::Stop { force: false });
+        assert_eq!(m.restarts, 0);
+    }
+
+    #[test]
+    fn retries_of_a_stop_that_is_not_getting_through_are_not_restarts() {
+        // A real restart, then the re-stop is refused (lock) again and again.
+        let r = rules();
+        let m = Memory {
+            stop_took_effect: true,
+            ..mem(Phase::StopSent)
+        };
+        let (m, d) = decide(m, &present(State::Running), S, &r);
+        assert_eq!((d, m.restarts), (Decision::Stop { force: false }, 1));
+        let mut m = m;
+        for _ in 0..10 {
+            m = after_call(m, Call::Stop, Effect::NotApplied);
+            let (next, d) = decide(m, &present(State::Running), 60 * S, &r);
+            assert_eq!(d, Decision::Stop { force: false });
+            m = next;
+        }
         assert_eq!(m.restarts, 1);
+        // After an unsure Terminate, Running means someone started it: one restart, then a
+        // plain stop-and-wait.
+        let (m, d) = decide(mem(Phase::TerminateUnsure), &present(State::Running), 60 * S, &r);
+        assert_eq!(
+            (d, m.restarts, m.phase),
+            (Decision::Stop { force: false }, 1, Phase::StopSent)
+        );
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct Settings {
     pub deadline: Option<Duration>,
     /// How long to wait for a terminated instance to leave Describe.
     pub confirm_timeout: Duration,
+    /// After a Terminate whose answer was lost, how long the instance must stay listed before
+    /// Terminate is sent again. A deleting instance may stay listed as `Stopped` for a while,
+    /// and a second Terminate would act on a deleted instance: so a minute by default.
+    pub terminate_settle: Duration,
     /// Re-stops allowed for an instance someone keeps starting.
     pub max_restarts: u32,
     /// RetCodes that mean the operation lock is held.
@@ -66,6 +70,7 @@ impl Default for Settings {
             instance_timeout: Duration::from_secs(30 * 60),
             deadline: None,
             confirm_timeout: Duration::from_secs(3 * 60),
+            terminate_settle: Duration::from_secs(60),
             max_restarts: 3,
             lock_codes: LockCodes::default(),
             jitter_seed: None,
@@ -88,7 +93,7 @@ impl Settings {
             force_stop: self.force_stop,
             max_restarts: self.max_restarts,
             stop_grace: self.poll_interval * 3,
-            terminate_settle: self.poll_interval * 10,
+            terminate_settle: self.terminate_settle,
             confirm_timeout: self.confirm_timeout,
         }
     }

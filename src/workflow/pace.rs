@@ -46,13 +46,13 @@ type Limiter = RateLimiter<
 >;
 
 /// After a throttle, successes needed before the rate is raised one step.
-const RAISE_AFTER_SUCCESSES: u32 = 20;
+const RAISE_AFTER_SUCCESSES: u32 = 10;
 /// Each raise adds 10%: slow enough not to hit the wall again at once.
 const RAISE_FACTOR: f64 = 1.1;
 /// Each throttle halves the rate (the usual multiplicative decrease).
 const CUT_FACTOR: f64 = 0.5;
-/// Never go below one request every two seconds.
-const FLOOR_RPS: f64 = 0.5;
+/// Never go below one request a second: a throttled run must still make progress.
+const FLOOR_RPS: f64 = 1.0;
 
 struct Inner {
     /// `--rate`; `None` = unlimited.

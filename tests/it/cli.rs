@@ -86,6 +86,10 @@ impl World {
             "50ms",
             "--rate",
             "0",
+            // The simulator deletes in milliseconds here; a lost Terminate answer need not
+            // wait the production minute.
+            "--settle",
+            "1s",
             "--lock-file",
             self.path("lock").to_str().unwrap(),
         ]
