@@ -588,3 +588,72 @@ async fn a_region_scoped_run_sends_its_region_with_every_describe() {
     assert_eq!(report.instances.len(), 12);
     assert_safe(&sim.snapshot(), &ids);
 }
+
+/// A tight gateway rate limit with an unlimited pace: throttled Describes of many instances
+/// at once must not use up one shared retry budget (each instance has its own).
+#[tokio::test(start_paused = true)]
+async fn a_tight_rate_limit_does_not_fail_instances() {
+    for seed in 0..4 {
+        let mut s = Scenario::generated(12, 60 + seed);
+        s.rate_limit_per_sec = 2;
+        let sim = SimHandle::new(s);
+        let ids = sim.ids();
+        let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+        all_gone(&report, &sim);
+        assert_safe(&sim.snapshot(), &ids);
+    }
+}
+
+/// Lost Terminate answers while deletion takes 30 s: the instance stays listed as Stopped,
+/// and Terminate is not sent again to an instance already being deleted.
+#[tokio::test(start_paused = true)]
+async fn lost_terminate_answers_with_slow_deletion_are_not_resent() {
+    for seed in 0..4 {
+        let mut s = Scenario::generated(12, 70 + seed);
+        s.latency.terminate_secs = 30.0;
+        s.faults = Faults {
+            lost_response: 0.3,
+            ..Faults::default()
+        };
+        let sim = SimHandle::new(s);
+        let ids = sim.ids();
+        let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+        all_gone(&report, &sim);
+        assert_safe(&sim.snapshot(), &ids);
+    }
+}
+
+/// The re-stop limit counts restarts by someone else, not retries of a refused Stop.
+#[tokio::test(start_paused = true)]
+async fn restarts_are_counted_only_when_a_stop_took_effect() {
+    // A lock held for the whole TTL by someone else's start after our stop took effect: the
+    // re-stop is locked for minutes, and those retries are not restarts.
+    let mut s = Scenario::generated(1, 80);
+    s.lock.hold = LockHold::FullTtl;
+    // A one-minute lock TTL (0.1 × 10 minutes) keeps the cycles inside the instance timeout.
+    s.time_scale = 0.1;
+    s.faults = Faults {
+        restart: 1.0,
+        restart_after_secs: 5.0,
+        ..Faults::default()
+    };
+    let sim = SimHandle::new(s);
+    let ids = sim.ids();
+    sim.set_state(&ids[0], State::Running);
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+    // It keeps coming back: given up after 3 real restarts, not after 3 locked retries.
+    match &report.instances[0].outcome {
+        Outcome::Failed { error, .. } => assert!(error.contains("3 re-stops"), "{error}"),
+        other => panic!("{other:?}"),
+    }
+    let accepted_stops = sim
+        .snapshot()
+        .calls
+        .iter()
+        .filter(|c| c.action == "StopCompShareInstance" && c.ret_code == Some(0))
+        .count();
+    assert_eq!(
+        accepted_stops, 4,
+        "one stop plus three re-stops, each of which took effect"
+    );
+}
