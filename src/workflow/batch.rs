@@ -490,16 +490,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
                 None => {
                     tracing::error!(id = %self.trackers[i].id, "{e}");
-                    let phase = self.trackers[i].mem.phase;
-                    let request_id = e.request_id().map(str::to_owned);
-                    self.finish(
-                        i,
-                        Outcome::Failed {
-                            phase,
-                            error: e.to_string(),
-                            request_id,
-                        },
-                    );
+                    self.fail(i, e.to_string(), e.request_id());
                 }
             }
         }
@@ -521,16 +512,7 @@ impl<C: Cloud + 'static> Runner<C> {
             };
             if unchanged {
                 tracing::error!(id = %t.id, "{refusal}");
-                let phase = t.mem.phase;
-                let request_id = refusal.request_id().map(str::to_owned);
-                return self.finish(
-                    i,
-                    Outcome::Failed {
-                        phase,
-                        error: refusal.to_string(),
-                        request_id,
-                    },
-                );
+                return self.fail(i, refusal.to_string(), refusal.request_id());
             }
         }
         let first_call = t.calls == 0 && t.mem.phase == Phase::Fresh;
@@ -588,17 +570,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
                 self.finish(i, outcome);
             }
-            Decision::Fail(refusal) => {
-                let phase = self.trackers[i].mem.phase;
-                self.finish(
-                    i,
-                    Outcome::Failed {
-                        phase,
-                        error: refusal.to_string(),
-                        request_id: None,
-                    },
-                );
-            }
+            Decision::Fail(refusal) => self.fail(i, refusal.to_string(), None),
         }
     }
 
@@ -635,30 +607,13 @@ impl<C: Cloud + 'static> Runner<C> {
     fn send(&mut self, i: usize, call: Call, force: bool) {
         let Some(row) = self.trackers[i].row.as_ref() else {
             // Unreachable: a call is only decided on a present row.
-            let phase = self.trackers[i].mem.phase;
-            let error = "internal: no row to act on".to_owned();
-            return self.finish(
-                i,
-                Outcome::Failed {
-                    phase,
-                    error,
-                    request_id: None,
-                },
-            );
+            return self.fail(i, "internal: no row to act on".to_owned(), None);
         };
         // Belt and braces for the first safety rule: never Terminate unless the row we just
         // looked at says Stopped (or Install Fail, which the platform may refuse).
         if call == Call::Terminate && !matches!(row.state, State::Stopped | State::InstallFail) {
-            let phase = self.trackers[i].mem.phase;
             let error = format!("internal: refused to terminate from state {}", row.state);
-            return self.finish(
-                i,
-                Outcome::Failed {
-                    phase,
-                    error,
-                    request_id: None,
-                },
-            );
+            return self.fail(i, error, None);
         }
         let target = Target::of(row);
         let decided_on = row.state.clone();
@@ -761,7 +716,6 @@ impl<C: Cloud + 'static> Runner<C> {
         let t = &mut self.trackers[i];
         t.last_answer = now;
         t.mem = after_call(t.mem, call, effect);
-        let phase = t.mem.phase;
         let e = match result {
             Ok(ack) => {
                 tracing::info!(id = %id, "{} accepted", call.action());
@@ -801,15 +755,7 @@ impl<C: Cloud + 'static> Runner<C> {
                         "operation lock still held after {}: {e}",
                         humantime::format_duration(settings.lock_wait)
                     );
-                    let request_id = e.request_id().map(str::to_owned);
-                    self.finish(
-                        i,
-                        Outcome::Failed {
-                            phase,
-                            error,
-                            request_id,
-                        },
-                    );
+                    self.fail(i, error, e.request_id());
                 }
             },
             class @ (RetryClass::Throttled | RetryClass::Transient) => {
@@ -833,15 +779,7 @@ impl<C: Cloud + 'static> Runner<C> {
                         self.after_answer(i, now + d, true);
                     }
                     None => {
-                        let request_id = e.request_id().map(str::to_owned);
-                        self.finish(
-                            i,
-                            Outcome::Failed {
-                                phase,
-                                error: format!("gave up after retries: {e}"),
-                                request_id,
-                            },
-                        );
+                        self.fail(i, format!("gave up after retries: {e}"), e.request_id());
                     }
                 }
             }
@@ -862,15 +800,7 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             RetryClass::Fatal => {
                 tracing::error!(id = %id, "{e}");
-                let request_id = e.request_id().map(str::to_owned);
-                self.finish(
-                    i,
-                    Outcome::Failed {
-                        phase,
-                        error: e.to_string(),
-                        request_id,
-                    },
-                );
+                self.fail(i, e.to_string(), e.request_id());
             }
         }
     }
@@ -899,6 +829,19 @@ impl<C: Cloud + 'static> Runner<C> {
                 request_id: None,
             },
         })
+    }
+
+    /// End an instance as failed where it stands, with the error and the API's request id.
+    fn fail(&mut self, i: usize, error: String, request_id: Option<&str>) {
+        let phase = self.trackers[i].mem.phase;
+        self.finish(
+            i,
+            Outcome::Failed {
+                phase,
+                error,
+                request_id: request_id.map(str::to_owned),
+            },
+        );
     }
 
     fn finish(&mut self, i: usize, outcome: Outcome) {
