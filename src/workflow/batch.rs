@@ -470,6 +470,12 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             let delay = if class == RetryClass::Fatal {
                 None
+            } else if class == RetryClass::Throttled {
+                // Throttling says "slower", not "broken": the pace was just lowered, so look
+                // again in 1-2 s without spending the instance's failure budget (a Describe
+                // carries up to 100 instances; one throttled answer must not count against
+                // each of them). The instance timeout still bounds the wait.
+                Some(Duration::from_secs_f64(self.rng.random_range(1.0..2.0)))
             } else {
                 let seed = self.rng.random();
                 let settings = &self.settings;

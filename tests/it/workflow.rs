@@ -657,3 +657,23 @@ async fn restarts_are_counted_only_when_a_stop_took_effect() {
         "one stop plus three re-stops, each of which took effect"
     );
 }
+
+/// Instances already `Stopping` ride along in many small Describes while a tight rate limit
+/// throttles the opening burst: throttled answers do not use up their retry budget.
+#[tokio::test(start_paused = true)]
+async fn throttled_describes_do_not_fail_waiting_instances() {
+    for seed in 0..6 {
+        let mut s = Scenario::generated(12, 90 + seed);
+        s.rate_limit_per_sec = 2;
+        if let Some(g) = s.generate.as_mut() {
+            g.mix = [("Stopping".to_owned(), 0.4), ("Running".to_owned(), 0.6)]
+                .into_iter()
+                .collect();
+        }
+        let sim = SimHandle::new(s);
+        let ids = sim.ids();
+        let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
+        all_gone(&report, &sim);
+        assert_safe(&sim.snapshot(), &ids);
+    }
+}
