@@ -86,8 +86,8 @@ impl Settings {
         (self.poll_interval / 12).max(Duration::from_millis(5))
     }
 
-    /// The machine's rules derived from these settings. Grace and settle periods scale with
-    /// the poll interval: they are "a few looks", not absolute times.
+    /// The machine's rules derived from these settings. The stop grace scales with the poll
+    /// interval ("a few looks"); the terminate settle does not (see `terminate_settle`).
     pub fn rules(&self) -> machine::Rules {
         machine::Rules {
             force_stop: self.force_stop,

@@ -255,15 +255,7 @@ async fn json_of(request: reqwest::RequestBuilder) -> Value {
 async fn raw_form(server: &Server, pairs: &[(&str, &str)]) -> Value {
     let mut p: Params = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     sign_in_place(&mut p, &server.handle.public_key(), &server.handle.private_key());
-    reqwest::Client::new()
-        .post(server.url.clone())
-        .form(&p)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(reqwest::Client::new().post(server.url.clone()).form(&p)).await
 }
 
 #[tokio::test]
@@ -364,16 +356,13 @@ async fn python_sdk_call(server: &Server, private: &str, call: &[(&str, &str)]) 
     fields.push(("PublicKey".into(), public));
     let signature = python_verify_ac(&fields, private);
     fields.push(("Signature".into(), signature));
-    reqwest::Client::new()
-        .post(server.url.clone())
-        .header("U-Timestamp-Ms", "1700000000000")
-        .form(&fields)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_of(
+        reqwest::Client::new()
+            .post(server.url.clone())
+            .header("U-Timestamp-Ms", "1700000000000")
+            .form(&fields),
+    )
+    .await
 }
 
 /// The Python SDK's `verify_ac`: SHA-1 over every key + value sorted by key, then the private key.
