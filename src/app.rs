@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, Client, ClientConfig, Instance, LockCodes, RetryClass, State};
+use crate::api::{self, Client, ClientConfig, Instance, ListingError, LockCodes, RetryClass, State};
 use crate::cli::{Cli, Command, EffectArgs, GlobalArgs, OutputFormat, RunArgs, SelectArgs, parse_duration};
 use crate::config::{self, ConfigFile};
 use crate::credentials::{self, Sources};
@@ -29,6 +29,9 @@ pub enum Exit {
     Failed = 1,
     Usage = 2,
     Locked = 3,
+    /// The API could not be read (outage, network, inconsistent answers) before anything was
+    /// changed: a cron job can simply try again later, unlike exit 2.
+    Unavailable = 4,
     Interrupted = 130,
 }
 
@@ -45,6 +48,8 @@ pub enum Failure {
     Usage(anyhow::Error),
     /// Exit 3.
     Locked(anyhow::Error),
+    /// Exit 4.
+    Unavailable(anyhow::Error),
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -110,6 +115,7 @@ fn fail(f: &Failure) -> ExitCode {
     let (e, code) = match f {
         Failure::Usage(e) => (e, Exit::Usage),
         Failure::Locked(e) => (e, Exit::Locked),
+        Failure::Unavailable(e) => (e, Exit::Unavailable),
     };
     // One line: the chain joined, as users paste it into tickets.
     let _ = writeln!(std::io::stderr(), "error: {}", format!("{e:#}").replace('\n', " "));
@@ -259,12 +265,14 @@ impl Ctx {
         })
     }
 
-    /// Describe the candidates and judge them.
+    /// Describe the candidates and judge them. Named IDs are looked up everywhere, whatever
+    /// `--region`/`--zone` say: one that lives outside the scope is refused by name (exit 2),
+    /// never taken for gone.
     async fn candidates(&self, client: &Client, req: &Request) -> CmdResult<Vec<Candidate>> {
         use backon::Retryable;
         let fetch = || async {
             match &req.ids {
-                Some(ids) => api::describe_ids_in(client, ids, req.filters.region.as_deref()).await,
+                Some(ids) => api::describe_ids(client, ids).await.map_err(ListingError::from),
                 None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
             }
         };
@@ -278,15 +286,30 @@ impl Ctx {
             .retry(policy)
             .sleep(tokio::time::sleep)
             .when(|e| {
-                matches!(
-                    api::classify(e, &LockCodes::default()),
-                    RetryClass::Transient | RetryClass::Throttled
-                )
+                e.api().is_some_and(|e| {
+                    matches!(
+                        api::classify(e, &LockCodes::default()),
+                        RetryClass::Transient | RetryClass::Throttled
+                    )
+                })
             })
             // Quiet by default: if the retries fail too, the one-line error says it all.
             .notify(|e, d| tracing::debug!("{e}; retrying in {} ms", d.as_millis()))
             .await
-            .map_err(|e| anyhow!("cannot describe instances: {e}"))?;
+            .map_err(|e| selection_failure(&e))?;
+        if let Some(ids) = &req.ids {
+            let outside: Vec<String> = rows
+                .iter()
+                .filter(|r| ids.contains(&r.uhost_id))
+                .filter_map(|r| req.filters.outside_scope(r))
+                .collect();
+            if !outside.is_empty() {
+                return Err(Failure::Usage(anyhow!(
+                    "{}; nothing was changed (drop the scope or the IDs)",
+                    outside.join("; ")
+                )));
+            }
+        }
         Ok(selection::select(
             &rows,
             req.ids.as_deref(),
@@ -493,7 +516,10 @@ impl Ctx {
             let req = req.expect("request built above");
             let cands = self.candidates(&client, &req).await?;
             let protections = req.protections.clone();
-            let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
+            // A named ID the selection could not see yet may still turn up outside the scope.
+            let filters = req.filters.clone();
+            let guard: workflow::Guard =
+                Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row)));
             (
                 Plan::build(&cands, client.base_url().as_str(), release, force),
                 Some(guard),
@@ -587,6 +613,17 @@ impl Ctx {
 
     async fn sim(&self, a: crate::cli::SimArgs) -> CmdResult<Exit> {
         crate::demo::serve(&self.global, a).await
+    }
+}
+
+/// A selection that could not be read: exit 4 when the API was down, throttling or
+/// inconsistent (try later), exit 2 when it refused the request itself (keys, endpoint,
+/// parameters: fix the job).
+fn selection_failure(e: &ListingError) -> Failure {
+    let error = anyhow!("cannot describe instances: {e}");
+    match e.api().map(|a| api::classify(a, &LockCodes::default())) {
+        Some(RetryClass::Fatal) => Failure::Usage(error),
+        _ => Failure::Unavailable(error),
     }
 }
 

@@ -27,6 +27,7 @@ Exit codes:
   1    some instances failed, timed out, or were terminated without confirmation
   2    usage, config, credential or selection error: nothing was changed
   3    another run holds the run lock
+  4    the API could not be read before anything was changed (outage, network): try later
   130  interrupted (Ctrl-C / SIGTERM); the report still lists every instance
 
 Examples:

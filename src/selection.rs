@@ -144,6 +144,27 @@ impl Filters {
     }
 
     /// Why a row does not match, or `None` when it matches every filter.
+    /// Where a row lives, if that is outside `--region`/`--zone`: an ID named there must be
+    /// refused by name, never reported as gone.
+    pub fn outside_scope(&self, row: &Instance) -> Option<String> {
+        let region = self.region.as_ref().filter(|r| **r != row.region);
+        let zone = self.zone.as_ref().filter(|z| **z != row.zone);
+        if region.is_none() && zone.is_none() {
+            return None;
+        }
+        let scope: Vec<String> = [("--region", &self.region), ("--zone", &self.zone)]
+            .into_iter()
+            .filter_map(|(flag, v)| v.as_ref().map(|v| format!("{flag} {v}")))
+            .collect();
+        Some(format!(
+            "{} is in {} ({}), outside {}",
+            row.uhost_id,
+            row.region,
+            row.zone,
+            scope.join(" ")
+        ))
+    }
+
     pub fn reject(&self, row: &Instance, now_unix: i64) -> Option<String> {
         if !self.names.is_empty() && !self.names.iter().any(|g| g.is_match(&row.name)) {
             return Some(format!("name {:?} matches no --name", row.name));

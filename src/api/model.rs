@@ -96,6 +96,11 @@ pub mod lenient {
         Ok(value_to_i64(&Value::deserialize(d)?).unwrap_or_default())
     }
 
+    /// Like [`i64`], but `None` when missing, `null` or unreadable (with `#[serde(default)]`).
+    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Ok(value_to_i64(&Value::deserialize(d)?))
+    }
+
     /// A float sent as a number, a numeric string, or `null`.
     pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         Ok(match Value::deserialize(d)? {
@@ -278,8 +283,10 @@ impl Target {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct DescribePage {
-    #[serde(rename = "TotalCount", deserialize_with = "lenient::i64")]
-    pub total_count: i64,
+    /// `None` when the answer did not say (missing, `null` or unreadable): an eventually
+    /// consistent gateway has been seen to leave it out, and 0 would end paging early.
+    #[serde(rename = "TotalCount", deserialize_with = "lenient::opt_i64")]
+    pub total_count: Option<i64>,
     #[serde(rename = "UHostSet", deserialize_with = "lenient::list")]
     pub uhost_set: Vec<Instance>,
 }
@@ -375,8 +382,20 @@ mod tests {
     #[test]
     fn page_with_null_set_and_string_total() {
         let page: DescribePage = serde_json::from_str(r#"{"TotalCount":"0","UHostSet":null}"#).unwrap();
-        assert_eq!(page.total_count, 0);
+        assert_eq!(page.total_count, Some(0));
         assert!(page.uhost_set.is_empty());
+    }
+
+    #[test]
+    fn a_missing_or_null_total_is_unknown_not_zero() {
+        for body in [
+            r#"{"UHostSet":[]}"#,
+            r#"{"TotalCount":null,"UHostSet":[]}"#,
+            r#"{"TotalCount":"x"}"#,
+        ] {
+            let page: DescribePage = serde_json::from_str(body).unwrap();
+            assert_eq!(page.total_count, None, "{body}");
+        }
     }
 
     #[test]

@@ -279,7 +279,7 @@ async fn describe_paging_filters_and_limits() {
     let page = sim.describe(&q(0, 0, 0)).await.unwrap();
     assert_eq!(
         (page.total_count, page.uhost_set.len()),
-        (250, 20),
+        (Some(250), 20),
         "Limit defaults to 20"
     );
     let region = DescribeQuery {

@@ -21,11 +21,12 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Settings;
+use super::absence::{self, Evidence, Verdict};
 use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
 use super::machine::{Call, Decision, Effect, Memory, Observation, Phase, after_call, decide};
 use super::outcome::{InstanceReport, Outcome, Report};
@@ -130,6 +131,12 @@ struct Tracker {
     refused: Option<ApiError>,
     /// Whether that one more look was already spent since the last accepted call.
     rechecked: bool,
+    /// A call was sent (or queued) for it in this run: the guard ran. A resumed instance may
+    /// have calls from before the crash, but its first call in this run is guarded all the same.
+    acted: bool,
+    /// Absent looks in a row, and when the first of them was sent (see [`absence`]).
+    absent_looks: u32,
+    absent_since: Instant,
 }
 
 /// What became of a queued call.
@@ -144,10 +151,11 @@ enum Sent {
 }
 
 enum Event {
+    /// `total`: the answer's `TotalCount`, if it gave one.
     Described {
         idxs: Vec<usize>,
         sent_at: Instant,
-        result: Result<Vec<Instance>, ApiError>,
+        result: Result<(Vec<Instance>, Option<usize>), ApiError>,
     },
     /// `looked_again`: a single-instance Describe was made right before sending.
     Called {
@@ -182,6 +190,11 @@ struct Runner<C> {
     /// Cancelled when the run halts: calls still queued for a slot are then not sent.
     stop_sending: CancellationToken,
     journal_error: Option<String>,
+    /// Which instances each running task works for, so a task that panics fails them instead
+    /// of leaving them "calling" forever.
+    owners: HashMap<TaskId, Vec<usize>>,
+    /// What the run has seen of the gateway's consistency (see [`absence`]).
+    evidence: Evidence,
 }
 
 /// Locks: 5 s doubling to 30 s, plus up to 100% jitter (so 5–60 s apart), for `lock_wait` in
@@ -243,6 +256,9 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
             decided_on: None,
             refused: None,
             rechecked: false,
+            acted: false,
+            absent_looks: 0,
+            absent_since: now,
         })
         .collect();
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
@@ -262,6 +278,8 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         halt: None,
         stop_sending: CancellationToken::new(),
         journal_error: None,
+        owners: HashMap::new(),
+        evidence: Evidence::default(),
     };
     runner.journal(&Entry::Start {
         version: JOURNAL_VERSION,
@@ -299,19 +317,56 @@ impl<C: Cloud + 'static> Runner<C> {
                     tracing::warn!("interrupted: starting nothing new; waiting for calls in flight");
                     self.halt = Some(Halt::Interrupted);
                 }
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
                     match joined {
-                        Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
-                        Ok(Event::Called { idx, call, sent, looked_again }) => {
-                            if looked_again {
-                                self.count("DescribeCompShareInstance");
+                        Ok((id, event)) => {
+                            self.owners.remove(&id);
+                            match event {
+                                Event::Described { idxs, sent_at, result } => self.on_described(&idxs, sent_at, result),
+                                Event::Called { idx, call, sent, looked_again } => {
+                                    if looked_again {
+                                        self.count("DescribeCompShareInstance");
+                                    }
+                                    self.on_called(idx, call, sent);
+                                }
                             }
-                            self.on_called(idx, call, sent);
                         }
-                        Err(e) => tracing::error!("an API task failed: {e}"),
+                        Err(e) => self.on_task_lost(e),
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Run `task` for the instances `idxs`.
+    fn spawn(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
+        let handle = self.tasks.spawn(task);
+        self.owners.insert(handle.id(), idxs);
+        // Nothing else is kept about a task, so its instances are known even if it panics.
+    }
+
+    /// A task died (a panic: a bug, ours or a library's): its instances end as failed with
+    /// the panic message, so the run still finishes and reports them.
+    fn on_task_lost(&mut self, e: tokio::task::JoinError) {
+        let idxs = self.owners.remove(&e.id()).unwrap_or_default();
+        let why = if e.is_panic() {
+            let payload = e.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".to_owned());
+            format!("internal error: an API task panicked: {text}")
+        } else {
+            "internal error: an API task was cancelled".to_owned()
+        };
+        tracing::error!("{why}");
+        for i in idxs {
+            if self.trackers[i].status != Status::Done {
+                // A call may or may not have left: a resume reads its unanswered intent in
+                // the journal as unsure, and never repeats an accepted Terminate blindly.
+                self.fail(i, why.clone(), None);
             }
         }
     }
@@ -361,10 +416,18 @@ impl<C: Cloud + 'static> Runner<C> {
                 wake = wake.min(due);
             }
         }
-        if let Some(d) = self.settings.deadline {
-            wake = wake.min(self.started + d);
+        // Only limits still ahead: once one has passed, what remains is calls in flight, and
+        // their answers wake the loop (a past limit here would wake it at once, forever).
+        let limits = [
+            self.settings.deadline.map(|d| self.started + d),
+            Some(self.started + self.settings.instance_timeout),
+        ];
+        for at in limits.into_iter().flatten() {
+            if at > now {
+                wake = wake.min(at);
+            }
         }
-        wake.min(self.started + self.settings.instance_timeout).max(now)
+        wake.max(now)
     }
 
     /// Start Describe calls for every instance that is due, in chunks of 100.
@@ -399,46 +462,75 @@ impl<C: Cloud + 'static> Runner<C> {
         let room = (DESCRIBE_MAX - due.len() % DESCRIBE_MAX) % DESCRIBE_MAX;
         due.extend(later.into_iter().take(room));
         let idxs: Vec<usize> = due.into_iter().map(|(_, i)| i).collect();
-        for chunk in idxs.chunks(DESCRIBE_MAX) {
-            let ids: Vec<String> = chunk.iter().map(|&i| self.trackers[i].id.clone()).collect();
-            for &i in chunk {
-                if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
-                    *describing = true;
-                }
-            }
-            self.count("DescribeCompShareInstance");
-            let cloud = Arc::clone(&self.cloud);
-            let pace = Arc::clone(&self.pace);
-            let idxs = chunk.to_vec();
-            let region = self.settings.describe_region.clone();
-            self.tasks.spawn(async move {
-                pace.ready().await;
-                let sent_at = Instant::now();
-                let limit = u32::try_from(ids.len()).unwrap_or(100);
-                let query = DescribeQuery {
-                    region,
-                    ids,
-                    limit,
-                    ..DescribeQuery::default()
-                };
-                let result = cloud.describe(&query).await.map(|p| p.uhost_set);
-                Event::Described { idxs, sent_at, result }
-            });
+        // With `--region`, an instance whose region we have not seen (a named ID missing from
+        // every answer so far) is looked for everywhere: its absence from one region's answer
+        // would prove nothing.
+        let scope = self.settings.describe_region.clone();
+        let (scoped, everywhere): (Vec<usize>, Vec<usize>) = idxs
+            .into_iter()
+            .partition(|&i| scope.is_none() || self.trackers[i].row.as_ref().is_some_and(|r| !r.region.is_empty()));
+        for chunk in scoped.chunks(DESCRIBE_MAX) {
+            self.describe(chunk.to_vec(), scope.clone());
+        }
+        for chunk in everywhere.chunks(DESCRIBE_MAX) {
+            self.describe(chunk.to_vec(), None);
         }
     }
 
-    fn on_described(&mut self, idxs: &[usize], sent_at: Instant, result: Result<Vec<Instance>, ApiError>) {
+    /// One ID-filtered Describe for up to 100 instances.
+    fn describe(&mut self, idxs: Vec<usize>, region: Option<String>) {
+        let ids: Vec<String> = idxs.iter().map(|&i| self.trackers[i].id.clone()).collect();
+        for &i in &idxs {
+            if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
+                *describing = true;
+            }
+        }
+        self.count("DescribeCompShareInstance");
+        let cloud = Arc::clone(&self.cloud);
+        let pace = Arc::clone(&self.pace);
+        let owned = idxs.clone();
+        self.spawn(owned, async move {
+            pace.ready().await;
+            let sent_at = Instant::now();
+            let limit = u32::try_from(ids.len()).unwrap_or(100);
+            let query = DescribeQuery {
+                region,
+                ids,
+                limit,
+                ..DescribeQuery::default()
+            };
+            let result = cloud.describe(&query).await.map(|p| {
+                let total = p.total_count.map(|t| usize::try_from(t.max(0)).unwrap_or(usize::MAX));
+                (p.uhost_set, total)
+            });
+            Event::Described { idxs, sent_at, result }
+        });
+    }
+
+    fn on_described(
+        &mut self,
+        idxs: &[usize],
+        sent_at: Instant,
+        result: Result<(Vec<Instance>, Option<usize>), ApiError>,
+    ) {
         let now = Instant::now();
         for &i in idxs {
             if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
                 *describing = false;
             }
         }
-        let rows = match result {
-            Ok(rows) => rows,
+        let (rows, total) = match result {
+            Ok(answer) => answer,
             Err(e) => return self.on_describe_error(idxs, &e, now),
         };
         self.pace.succeeded();
+        // An answer that matched more rows than it carries admits it left some out: absence
+        // from it proves nothing (and says the gateway drops rows; see `absence`).
+        let missing = total.map_or(0, |t| t.saturating_sub(rows.len()));
+        if missing > 0 {
+            self.evidence.phantom += missing as u64;
+            tracing::debug!(carried = rows.len(), total = ?total, "a Describe answer left rows out");
+        }
         let mut by_id: HashMap<String, Instance> = rows.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
         for &i in idxs {
             let Status::Observe { fresh_after, .. } = self.trackers[i].status else {
@@ -449,9 +541,56 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             let row = by_id.remove(&self.trackers[i].id);
             self.trackers[i].look_backoff = None;
+            if row.is_none() && missing > 0 {
+                // Not a look at all: ask again soon.
+                let gap = self.settings.min_poll();
+                self.schedule(i, now + gap);
+                continue;
+            }
             // The look is as old as the Describe's sending, not its processing.
             self.trackers[i].seen_at = sent_at;
             self.observe(i, row, now);
+        }
+    }
+
+    /// Count one look at instance `i` towards the absence rule; `true` if it is now
+    /// confirmed gone (or was listed), `false` if it needs another look first (scheduled).
+    fn absence_confirmed(&mut self, i: usize, listed: bool, now: Instant) -> bool {
+        let t = &mut self.trackers[i];
+        if listed {
+            if t.absent_looks > 0 {
+                // It was there all along: those answers lied.
+                self.evidence.phantom += u64::from(t.absent_looks);
+                tracing::debug!(id = %t.id, looks = t.absent_looks, "listed again after answers without it");
+                t.absent_looks = 0;
+            }
+            self.evidence.present += 1;
+            return true;
+        }
+        t.absent_looks += 1;
+        if t.absent_looks == 1 {
+            t.absent_since = t.seen_at;
+        }
+        let expected = t.mem.phase == Phase::TerminateSent;
+        let span = t.seen_at.duration_since(t.absent_since);
+        let timing = absence::Timing {
+            min_poll: self.settings.min_poll(),
+            poll_interval: self.settings.poll_interval,
+        };
+        match absence::judge(expected, t.absent_looks, span, self.evidence, timing) {
+            Verdict::Gone => true,
+            Verdict::LookAgain(gap) => {
+                let looks = t.absent_looks;
+                let id = t.id.clone();
+                tracing::debug!(id = %id, looks, "not listed; confirming it is gone");
+                self.schedule(i, now + gap);
+                let activity = Activity::Waiting {
+                    state: String::new(),
+                    what: "not listed; confirming it is gone",
+                };
+                self.ctl.observer.activity(&id, &activity);
+                false
+            }
         }
     }
 
@@ -503,6 +642,23 @@ impl<C: Cloud + 'static> Runner<C> {
     }
 
     fn observe(&mut self, i: usize, row: Option<Instance>, now: Instant) {
+        // Absence is confirmed, never assumed: until then the instance is still watched.
+        if !self.absence_confirmed(i, row.is_some(), now) {
+            return;
+        }
+        if let (Some(r), Some(scope)) = (&row, &self.settings.describe_region)
+            && !r.region.is_empty()
+            && r.region != *scope
+        {
+            // A named ID the selection could not see turned up in another region: the user's
+            // scope says not to touch it, and reporting it gone would be a lie.
+            let error = format!(
+                "it is in {} ({}), outside --region {scope}: not touched",
+                r.region, r.zone
+            );
+            self.trackers[i].row = Some(r.clone());
+            return self.fail(i, error, None);
+        }
         let obs = match &row {
             None => Observation::Absent,
             Some(r) => Observation::Present {
@@ -521,7 +677,9 @@ impl<C: Cloud + 'static> Runner<C> {
                 return self.fail(i, refusal.to_string(), refusal.request_id());
             }
         }
-        let first_call = t.calls == 0 && t.mem.phase == Phase::Fresh;
+        // The guard runs before the first call of *this* run, even for an instance a crashed
+        // run had already called: protections may have changed since.
+        let first_call = !t.acted;
         if let Some(r) = row {
             t.row = Some(r);
         }
@@ -639,6 +797,7 @@ impl<C: Cloud + 'static> Runner<C> {
         }
         self.trackers[i].status = Status::Calling;
         self.trackers[i].decided_on = Some(decided_on);
+        self.trackers[i].acted = true;
         tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
         self.ctl.observer.activity(&id, &Activity::Calling(call));
         let cloud = Arc::clone(&self.cloud);
@@ -652,7 +811,7 @@ impl<C: Cloud + 'static> Runner<C> {
             .settings
             .min_poll()
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        self.tasks.spawn(async move {
+        self.spawn(vec![i], async move {
             // Wait for a slot and the pace, unless the run halts meanwhile: then the call
             // never leaves, which is what "start nothing new" means.
             let ready = async {

@@ -2,12 +2,14 @@
 //! batches at once.
 //!
 //! - [`machine`]: the pure per-instance state machine (`decide`, `after_call`).
+//! - [`absence`]: the pure rule for when an instance missing from Describe is gone.
 //! - [`batch`]: the async driver: batched polling, calls under a concurrency bound and a
 //!   request pace, lock and retry backoff, deadlines, interruption, the journal.
 //! - [`pace`]: the global request rate, lowered on throttling.
 //! - [`journal`]: append-only JSON lines and resume.
 //! - [`outcome`]: outcomes and the report, as data.
 
+pub mod absence;
 pub mod batch;
 pub mod journal;
 pub mod machine;

@@ -925,18 +925,11 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
             "171",
         ),
         bad_env(
-            &["run", "--yes", "uhost-f1"],
-            &[("COMPSHARE_BASE_URL", Some("http://127.0.0.1:1/"))],
-            "cannot describe",
-        ),
-        bad_env(
             &["list", "--all"],
             &[("COMPSHARE_BASE_URL", Some("http://example.com"))],
             "loopback",
         ),
         bad(&["--base-url", "ftp://127.0.0.1/", "list", "--all"], "ftp"),
-        bad(&["--base-url", "{html}", "run", "--yes", "uhost-f1"], "cannot describe"),
-        bad(&["--base-url", "{failing}", "run", "--yes", "uhost-f1"], "502"),
         bad_env(
             &["--profile", "nosuch", "list", "--all"],
             &[("COMPSHARE_PUBLIC_KEY", None), ("COMPSHARE_PRIVATE_KEY", None)],
@@ -1247,4 +1240,108 @@ fn the_prompt_needs_the_count_typed_back() {
     assert_eq!(code, Some(0), "{screen}");
     assert!(screen.contains("3 selected: 3 terminated"), "{screen}");
     assert!(w.handle().ids().is_empty());
+}
+
+// Selection against a troubled API, and IDs outside the scope ---------------------------------
+
+/// An API that is down, answering HTML, or failing with 502 while the selection is read exits
+/// 4 ("try later"), not 2 ("fix the job"), and changes nothing.
+#[test]
+fn api_trouble_before_any_change_exits_4() {
+    let w = filter_world();
+    let failing = World::new(Scenario {
+        time_scale: SCALE,
+        faults: Faults {
+            http_502: 1.0,
+            ..Faults::default()
+        },
+        ..Scenario::generated(3, 1)
+    });
+    let html = html_endpoint();
+    for (url, expect) in [
+        ("http://127.0.0.1:1/".to_owned(), "connection failed"),
+        (html, "unreadable answer"),
+        (failing.server.url.to_string(), "HTTP 502"),
+    ] {
+        for args in [
+            &["run", "--yes", "uhost-f1"][..],
+            &["list", "--all"],
+            &["plan", "--all"],
+        ] {
+            let out = run(w.cmd().env("COMPSHARE_BASE_URL", &url).args(args));
+            assert_eq!(out.code, Some(4), "{args:?} {url}: {out:?}");
+            assert!(
+                out.stderr
+                    .starts_with("error: cannot describe instances: DescribeCompShareInstance: ")
+                    && out.stderr.contains(expect)
+                    && out.stderr.trim_end().lines().count() == 1
+                    && out.stdout.is_empty(),
+                "{args:?} {url}: {out:?}"
+            );
+        }
+    }
+    assert!(failing.mutating_calls().is_empty());
+    assert!(w.mutating_calls().is_empty());
+    // A refusal of the request itself (here: a wrong key) is still the job's fault: exit 2.
+    let out = run(w.cmd().env("COMPSHARE_PRIVATE_KEY", "wrong").args(["list", "--all"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+}
+
+/// `--region`/`--zone` with an ID that lives elsewhere: refused by name and place, exit 2,
+/// nothing touched, for `run`, `plan` and `list` alike; an ID that exists nowhere is not an
+/// error.
+#[test]
+fn named_ids_outside_the_scope_are_refused_by_name() {
+    let w = filter_world();
+    w.handle().insert(Instance {
+        region: "cn-sh2".into(),
+        zone: "cn-sh2-02".into(),
+        ..row("uhost-sh", "train-sh", "ci", State::Running)
+    });
+    let want = "error: uhost-sh is in cn-sh2 (cn-sh2-02), outside --region cn-wlcb; nothing was changed \
+                (drop the scope or the IDs)";
+    for cmd in [&["run", "--yes"][..], &["plan"], &["list"]] {
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.extend(["--region", REGION, "uhost-f1", "uhost-sh", "uhost-nowhere"]);
+        let out = run(w.cmd().args(&args));
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert_eq!(out.stderr.trim_end(), want, "{args:?}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = run(w.cmd().args(["plan", "--zone", "cn-wlcb-02", "uhost-f1"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("uhost-f1 is in cn-wlcb (cn-wlcb-01), outside --zone cn-wlcb-02"),
+        "{out:?}"
+    );
+    assert!(w.mutating_calls().is_empty());
+    // In scope, with an ID that exists nowhere: the run goes on; that one is already gone.
+    let mut args: Vec<String> = [
+        "run",
+        "--yes",
+        "--output",
+        "json",
+        "--region",
+        REGION,
+        "uhost-f2",
+        "uhost-nowhere",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(w.fast());
+    let out = run(w.cmd().args(&args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let outcome = |id: &str| {
+        report["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["uhost_id"] == id)
+            .map(|i| i["outcome"]["kind"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(outcome("uhost-f2").as_deref(), Some("terminated"));
+    assert_eq!(outcome("uhost-nowhere").as_deref(), Some("already_gone"));
+    assert!(w.handle().ids().contains(&"uhost-sh".to_owned()));
 }

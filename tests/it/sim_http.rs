@@ -7,10 +7,18 @@ use std::time::Duration;
 
 use compshare_teardown::api::sign::{Params, json_signature, sign_in_place};
 use compshare_teardown::api::{
-    ApiError, Client, ClientConfig, Cloud, LockCodes, RetryClass, State, Target, TransportKind, classify, describe_all,
-    describe_ids,
+    ApiError, Client, ClientConfig, Cloud, Instance, LockCodes, RetryClass, State, Target, TransportKind, classify,
+    describe_all, describe_ids,
 };
 use compshare_teardown::credentials::{Credentials, PrivateKey};
+
+/// Every instance, with the API error (not the listing's) when the first read fails.
+async fn all(c: &impl Cloud) -> Result<Vec<Instance>, ApiError> {
+    describe_all(c, None, None).await.map_err(|e| match e {
+        compshare_teardown::api::ListingError::Api(e) => e,
+        other @ compshare_teardown::api::ListingError::Incomplete(_) => panic!("{other}"),
+    })
+}
 use compshare_teardown::sim::{Faults, Scenario, Server, SimHandle, SimState, rule};
 use serde_json::{Value, json};
 
@@ -140,10 +148,10 @@ async fn rate_limit_answers_153() {
     let c = client(&server);
     let mut codes = Vec::new();
     for _ in 0..4 {
-        codes.push(describe_all(&c, None, None).await.err().and_then(|e| e.code()));
+        codes.push(all(&c).await.err().and_then(|e| e.code()));
     }
     assert!(codes.contains(&Some(153)), "{codes:?}");
-    let e = describe_all(&c, None, None).await.unwrap_err();
+    let e = all(&c).await.unwrap_err();
     assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Throttled);
     assert!(e.to_string().contains("API request throttled"));
 }
@@ -156,7 +164,7 @@ async fn proxy_errors_and_quirky_answers() {
         http_502: 1.0,
         ..Faults::default()
     });
-    match describe_all(&c, None, None).await.unwrap_err() {
+    match all(&c).await.unwrap_err() {
         ApiError::Http { status, snippet, .. } => {
             assert_eq!(status, 502);
             assert!(snippet.contains("Bad Gateway"), "{snippet}");
@@ -167,16 +175,13 @@ async fn proxy_errors_and_quirky_answers() {
         http_503: 1.0,
         ..Faults::default()
     });
-    assert!(matches!(
-        describe_all(&c, None, None).await,
-        Err(ApiError::Http { status: 503, .. })
-    ));
+    assert!(matches!(all(&c).await, Err(ApiError::Http { status: 503, .. })));
     server.handle.set_faults(Faults {
         retcode_as_string: 1.0,
         null_lists: 1.0,
         ..Faults::default()
     });
-    assert_eq!(describe_all(&c, None, None).await.unwrap().len(), 5);
+    assert_eq!(all(&c).await.unwrap().len(), 5);
     assert!(describe_ids(&c, &["uhost-none".into()]).await.unwrap().is_empty());
     // The raw body really carries the quirks.
     let body = raw_form(
@@ -228,9 +233,7 @@ async fn dropped_and_lost_answers_close_the_connection() {
 #[tokio::test]
 async fn wrong_private_key_is_171() {
     let server = server(scenario(3));
-    let e = describe_all(&client_with(&server, "not-the-key"), None, None)
-        .await
-        .unwrap_err();
+    let e = all(&client_with(&server, "not-the-key")).await.unwrap_err();
     assert_eq!(e.code(), Some(171));
     assert!(e.to_string().contains("Signature VerifyAC Error"));
 }

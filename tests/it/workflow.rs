@@ -606,17 +606,27 @@ async fn a_region_scoped_run_sends_its_region_with_every_describe() {
         ..settings()
     };
     let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
-    // Instances of the region are torn down; the others are invisible in that scope and
-    // untouched (the selection step reports them as not found in the region).
+    // Instances of the region are torn down; the others (the selection step refuses them by
+    // name; here they reach the engine anyway) are found where they are, untouched, and fail
+    // rather than pass for gone.
     let left = sim.ids();
     for r in &inside {
         assert!(!left.contains(&r.uhost_id));
     }
     for r in &outside {
         assert!(left.contains(&r.uhost_id));
+        let got = report.instances.iter().find(|i| i.uhost_id == r.uhost_id).unwrap();
+        assert!(
+            matches!(&got.outcome, Outcome::Failed { error, .. } if error.contains("outside --region")),
+            "{got:?}"
+        );
     }
     assert_eq!(report.instances.len(), 12);
-    assert_safe(&sim.snapshot(), &ids);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    for call in state.calls.iter().filter(|c| c.action == "TerminateCompShareInstance") {
+        assert!(inside.iter().any(|r| r.uhost_id == call.ids[0]), "{call:?}");
+    }
 }
 
 /// A tight gateway rate limit with an unlimited pace: throttled Describes of many instances
