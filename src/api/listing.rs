@@ -136,6 +136,27 @@ pub async fn describe_ids_in(
 ) -> Result<Vec<Instance>, ApiError> {
     let mut out: Vec<Instance> = Vec::with_capacity(ids.len());
     let mut seen: HashSet<String> = HashSet::new();
+    read_ids(cloud, ids, region, &mut out, &mut seen).await?;
+    // IDs missing from one answer are asked about again (twice, together): a plan should not
+    // call an instance gone because one replica lacked it. The run confirms absence anyway.
+    for _ in 0..2 {
+        let missing: Vec<String> = ids.iter().filter(|id| !seen.contains(*id)).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        read_ids(cloud, &missing, region, &mut out, &mut seen).await?;
+    }
+    Ok(out)
+}
+
+/// One read of `ids` in chunks, adding rows not seen yet.
+async fn read_ids(
+    cloud: &impl Cloud,
+    ids: &[String],
+    region: Option<&str>,
+    out: &mut Vec<Instance>,
+    seen: &mut HashSet<String>,
+) -> Result<(), ApiError> {
     for chunk in ids.chunks(DESCRIBE_MAX) {
         let query = DescribeQuery {
             ids: chunk.to_vec(),
@@ -159,5 +180,5 @@ pub async fn describe_ids_in(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
