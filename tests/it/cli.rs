@@ -1194,30 +1194,51 @@ fn interrupted_run_reports_everything_and_resumes() {
 
 // The confirmation prompt ---------------------------------------------------------------------
 
-/// Run `args` on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt.
+/// Run `args` on a pseudo-terminal, typing `answer` at the prompt; the exit code and the
+/// whole screen (stdout and stderr share the terminal).
 fn on_terminal(w: &World, args: &[String], answer: &str) -> (Option<i32>, String) {
-    use std::io::Write as _;
-    let bin = env!("CARGO_BIN_EXE_compshare-teardown");
-    let line = std::iter::once(bin.to_owned())
-        .chain(args.iter().cloned())
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("HOME", w.dir.path())
-        .env("XDG_RUNTIME_DIR", w.dir.path())
-        .env("COMPSHARE_BASE_URL", w.server.url.as_str())
-        .env("COMPSHARE_PUBLIC_KEY", w.handle().public_key())
-        .env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("util-linux `script` runs the binary on a terminal");
-    child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+    use std::io::{Read as _, Write as _};
+    let pty = native_pty_system()
+        .openpty(PtySize {
+            rows: 50,
+            cols: 200,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .expect("a pseudo-terminal");
+    let mut cmd = CommandBuilder::new(env!("CARGO_BIN_EXE_compshare-teardown"));
+    cmd.args(args);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("UCLOUD_") || k.starts_with("COMPSHARE_") || k == "RUST_LOG" || k == "NO_COLOR" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd.env("HOME", w.dir.path());
+    cmd.env("XDG_CONFIG_HOME", w.dir.path().join(".config"));
+    cmd.env("XDG_RUNTIME_DIR", w.dir.path());
+    cmd.env("COMPSHARE_BASE_URL", w.server.url.as_str());
+    cmd.env("COMPSHARE_PUBLIC_KEY", w.handle().public_key());
+    cmd.env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose());
+    let mut child = pty.slave.spawn_command(cmd).expect("the binary runs on the terminal");
+    drop(pty.slave);
+    let mut reader = pty.master.try_clone_reader().unwrap();
+    let screen = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // Ends with EOF or EIO once the binary has exited and closed the terminal.
+        let _ = reader.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    // Typed ahead: the terminal holds the line until the prompt reads it.
+    let mut keyboard = pty.master.take_writer().unwrap();
+    keyboard.write_all(answer.as_bytes()).unwrap();
+    keyboard.flush().unwrap();
+    let status = child.wait().unwrap();
+    drop(keyboard);
+    drop(pty.master);
+    let screen = screen.join().unwrap();
+    (i32::try_from(status.exit_code()).ok(), screen)
 }
 
 /// On a terminal, `run` shows the plan and needs the number of instances typed back.
