@@ -103,6 +103,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 clap_complete::generate(shell, &mut cmd, "compshare-teardown", &mut std::io::stdout());
                 Ok(Exit::Ok)
             }
+            Command::Man { dir } => man(dir.as_deref()),
         }
     });
     match result {
@@ -625,6 +626,26 @@ fn selection_failure(e: &ListingError) -> Failure {
         Some(RetryClass::Fatal) => Failure::Usage(error),
         _ => Failure::Unavailable(error),
     }
+}
+
+/// `man`: the root page on stdout, or every page into `dir`.
+fn man(dir: Option<&Path>) -> CmdResult<Exit> {
+    let pages = crate::reference::man_pages();
+    match dir {
+        None => {
+            let root = pages
+                .first()
+                .map(|(_, text)| String::from_utf8_lossy(text).into_owned());
+            print(&root.unwrap_or_default());
+        }
+        Some(dir) => {
+            for (name, text) in &pages {
+                let path = dir.join(name);
+                std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+        }
+    }
+    Ok(Exit::Ok)
 }
 
 /// The exit code a report earns.

@@ -114,6 +114,12 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Print the man page, or write one per command into a directory
+    Man {
+        /// Write `compshare-teardown.1` and one page per command here instead of printing
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Filters and exclusions shared by list, plan and run.

@@ -97,6 +97,26 @@ pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     })
 }
 
+/// The keys a config table accepts, as its parser reports them (read off serde's
+/// "unknown field" error, so the list cannot drift from the structs).
+pub fn keys<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let probe = "__no_such_key__ = 0";
+    let Err(e) = toml::from_str::<T>(probe) else {
+        return Vec::new();
+    };
+    let text = e.to_string();
+    let Some(list) = text.split("expected one of ").nth(1) else {
+        return Vec::new();
+    };
+    list.lines()
+        .next()
+        .unwrap_or_default()
+        .split(", ")
+        .map(|k| k.trim().trim_matches('`').to_owned())
+        .filter(|k| !k.is_empty())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

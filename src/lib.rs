@@ -10,6 +10,7 @@
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - [`demo`]: the `demo` and `sim` commands over the simulator.
 //! - [`output`], [`progress`], [`logging`], [`runlock`]: what people and cron see.
+//! - [`reference`]: the flag/config reference and man pages, generated from [`cli`].
 
 pub mod api;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod progress;
+pub mod reference;
 pub mod runlock;
 pub mod selection;
 pub mod sim;
