@@ -9,7 +9,8 @@
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - [`demo`]: the `demo` and `sim` commands over the simulator.
-//! - [`output`], [`progress`], [`logging`], [`runlock`]: what people and cron see.
+//! - [`output`], [`progress`], [`logging`], [`metrics`]: what people and cron see.
+//! - [`runlock`], [`pathset`], [`textfile`]: the files a run locks, writes and reads, guarded.
 
 pub mod api;
 pub mod app;
@@ -18,10 +19,13 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod logging;
+pub mod metrics;
 pub mod output;
+pub mod pathset;
 pub mod plan;
 pub mod progress;
 pub mod runlock;
 pub mod selection;
 pub mod sim;
+pub mod textfile;
 pub mod workflow;
