@@ -475,7 +475,8 @@ impl Ctx {
             describe_region: None,
         };
         // Flags are checked by clap already; this also holds the config file's values.
-        let usage = |what: &str, e: String| Failure::Usage(anyhow!("--{what} (or run.{}): {e}", what.replace('-', "_")));
+        let usage =
+            |what: &str, e: String| Failure::Usage(anyhow!("--{what} (or run.{}): {e}", what.replace('-', "_")));
         cli::in_range(s.concurrency, cli::CONCURRENCY).map_err(|e| usage("concurrency", e))?;
         cli::in_range(s.rate, cli::RATE).map_err(|e| usage("rate", e))?;
         for (what, d, range) in [

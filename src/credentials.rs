@@ -133,7 +133,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, shape: &str) -> Result<O
     serde_json::from_str(&text).map(Some).map_err(|e| {
         unreadable(format!(
             "{} at line {} column {} (expected {shape})",
-            crate::textfile::redacted(&e.to_string().replace(&format!(" at line {} column {}", e.line(), e.column()), "")),
+            crate::textfile::redacted(
+                &e.to_string()
+                    .replace(&format!(" at line {} column {}", e.line(), e.column()), "")
+            ),
             e.line(),
             e.column()
         ))
@@ -359,7 +362,13 @@ impl Account {
             ("public key", &self.key_fingerprint, &now.key_fingerprint),
         ] {
             if a != b {
-                let show = |v: &str| if v.is_empty() { "(none)".to_owned() } else { crate::textfile::excerpt(v) };
+                let show = |v: &str| {
+                    if v.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        crate::textfile::excerpt(v)
+                    }
+                };
                 out.push(format!("{what} {} (now {})", show(a), show(b)));
             }
         }
@@ -538,7 +547,11 @@ mod tests {
     fn a_missing_current_profile_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("cs.json");
-        std::fs::write(&file, r#"{"current_profile":"work","profiles":{"default":{"public_key":"p","private_key":"k"}}}"#).unwrap();
+        std::fs::write(
+            &file,
+            r#"{"current_profile":"work","profiles":{"default":{"public_key":"p","private_key":"k"}}}"#,
+        )
+        .unwrap();
         let vars = env(&[("COMPSHARE_CONFIG_FILE", file.to_str().unwrap())]);
         let err = resolve_with((None, None), None, &vars, None).unwrap_err().to_string();
         assert!(err.contains("\"work\"") && err.contains("current_profile"), "{err}");

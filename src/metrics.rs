@@ -1,5 +1,5 @@
 //! Metrics for cron: `run --metrics-file PATH` writes the last run's figures in the
-//! Prometheus text format at the end of every run, for node_exporter's textfile collector.
+//! Prometheus text format at the end of every run, for `node_exporter`'s textfile collector.
 //!
 //! The file is replaced atomically (a temporary file in the same directory, synced, then
 //! renamed over the old one), so the collector never reads half a file. The time of the last
@@ -82,7 +82,11 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
         .map(|(k, n)| (format!("{{outcome=\"{k}\"}}"), count(*n)))
         .collect();
     gauge("last_run_instances", "Instances of the last run by outcome.", &outcomes);
-    gauge("last_run_selected", "Instances selected by the last run.", &one(count(s.selected)));
+    gauge(
+        "last_run_selected",
+        "Instances selected by the last run.",
+        &one(count(s.selected)),
+    );
     let calls: Vec<(String, f64)> = s
         .api_calls
         .iter()
@@ -160,7 +164,10 @@ mod tests {
         };
         write(&path, &failed).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("compshare_teardown_last_success_timestamp_seconds 160\n"), "{text}");
+        assert!(
+            text.contains("compshare_teardown_last_success_timestamp_seconds 160\n"),
+            "{text}"
+        );
         assert!(text.contains("compshare_teardown_last_run_exit_code 1\n"), "{text}");
         // Only the metrics file is left: the temporary file was renamed over it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -219,7 +219,9 @@ mod tests {
                     "a-4",
                     crate::api::State::Running,
                     "Postpay",
-                    Verdict::Skip { reason: "protected".into() },
+                    Verdict::Skip {
+                        reason: "protected".into(),
+                    },
                 ),
             ],
             &Account::default(),
@@ -228,7 +230,10 @@ mod tests {
         );
         let s = plan_summary(&plan);
         assert!(s.starts_with("3 to tear down ("), "{s}");
-        assert!(s.contains("1 not found") && s.contains("1 spot") && s.contains("1 skipped"), "{s}");
+        assert!(
+            s.contains("1 not found") && s.contains("1 spot") && s.contains("1 skipped"),
+            "{s}"
+        );
     }
 
     #[test]

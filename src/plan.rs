@@ -155,7 +155,10 @@ impl Plan {
         };
         let plan: Plan = serde_json::from_str(&text).map_err(|e| malformed(textfile::excerpt(&e.to_string())))?;
         if plan.schema != PLAN_SCHEMA {
-            return Err(malformed(format!("schema {} (this build reads {PLAN_SCHEMA})", plan.schema)));
+            return Err(malformed(format!(
+                "schema {} (this build reads {PLAN_SCHEMA})",
+                plan.schema
+            )));
         }
         let sources: Vec<IdSource> = plan
             .entries
@@ -367,6 +370,11 @@ mod tests {
         assert!(err.contains("given twice (entry 2)"), "{err}");
         bad.entries[1].uhost_id = "bad;id".into();
         save(&bad);
-        assert!(Plan::load(path, &mine, false).unwrap_err().to_string().contains("malformed"));
+        assert!(
+            Plan::load(path, &mine, false)
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
     }
 }

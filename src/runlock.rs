@@ -108,7 +108,11 @@ fn open(path: &Path) -> Result<(File, bool), RunLockError> {
     };
     let base = OFlags::NOFOLLOW | OFlags::CLOEXEC;
     // O_CREAT|O_EXCL never follows a symlink, not even a dangling one.
-    match rustix::fs::open(path, base | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL, Mode::from_raw_mode(0o600)) {
+    match rustix::fs::open(
+        path,
+        base | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
+        Mode::from_raw_mode(0o600),
+    ) {
         Ok(fd) => return Ok((File::from(fd), true)),
         Err(Errno::EXIST) => {}
         Err(e) => return Err(io(e)),
@@ -227,7 +231,13 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "someone else's\n");
         drop(lock);
         let fifo = dir.path().join("fifo");
-        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
         assert!(matches!(acquire(&fifo), Err(RunLockError::Unsafe { .. })));
     }
 }

@@ -159,7 +159,10 @@ impl Journal {
         }
         let cut = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if serde_json::from_slice::<Entry>(&bytes[cut..]).is_ok() {
-            self.file.write_all(b"\n").and_then(|()| self.file.sync_data()).map_err(io)?;
+            self.file
+                .write_all(b"\n")
+                .and_then(|()| self.file.sync_data())
+                .map_err(io)?;
         } else {
             self.file
                 .set_len(cut as u64)
@@ -279,7 +282,10 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
     let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
     let mut resume: Option<Resume> = None;
     let mut pending: BTreeMap<String, Call> = BTreeMap::new();
-    let last = lines.iter().rposition(|l| !l.trim_ascii().is_empty()).map_or(0, |i| i + 1);
+    let last = lines
+        .iter()
+        .rposition(|l| !l.trim_ascii().is_empty())
+        .map_or(0, |i| i + 1);
     for (n, line) in lines.iter().enumerate() {
         if line.trim_ascii().is_empty() {
             continue;
@@ -297,7 +303,9 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
         if let Entry::Start { .. } = &entry {
             let stamp: Stamp = serde_json::from_slice(line).map_err(|e| malformed(e.to_string()))?;
             let account = stamp.account.unwrap_or_default();
-            if stamp.checksum.as_deref() != Some(sha1_hex(&serde_json::to_vec(&stamped(&entry, &account)).expect("serializes")).as_str()) {
+            if stamp.checksum.as_deref()
+                != Some(sha1_hex(&serde_json::to_vec(&stamped(&entry, &account)).expect("serializes")).as_str())
+            {
                 return Err(malformed(
                     "the start line's checksum does not match: the selection was not written by `run` (edited or damaged); start a new run instead".to_owned(),
                 ));
@@ -510,7 +518,8 @@ mod tests {
         write_all(&path, &[start(), call("u-a")]);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         // Half a line, ending inside a multi-byte character.
-        f.write_all("{\"event\":\"result\",\"error\":\"→".as_bytes().split_last().unwrap().1).unwrap();
+        f.write_all("{\"event\":\"result\",\"error\":\"→".as_bytes().split_last().unwrap().1)
+            .unwrap();
         drop(f);
         assert_eq!(replay(&path).unwrap().calls["u-a"], 1);
         // The resume appends its own lines: they must not be glued onto the fragment.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use compshare_teardown::api::model::Disk;
 use compshare_teardown::api::{Instance, State, describe_ids};
 use compshare_teardown::credentials::Account;
-use compshare_teardown::workflow::journal::{Entry, JOURNAL_VERSION, Journal};
 use compshare_teardown::sim::{CallRecord, Faults, Latency, Scenario, Server, SimHandle, SimState};
+use compshare_teardown::workflow::journal::{Entry, JOURNAL_VERSION, Journal};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -880,18 +880,32 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         force_stop: false,
         resumed: false,
     };
-    Journal::begin(&w.path("journal-three.jsonl"), &account, &start(&["uhost-f1", "uhost-f2", "uhost-f3"])).unwrap();
+    Journal::begin(
+        &w.path("journal-three.jsonl"),
+        &account,
+        &start(&["uhost-f1", "uhost-f2", "uhost-f3"]),
+    )
+    .unwrap();
     let edited = std::fs::read_to_string(w.path("journal-three.jsonl"))
         .unwrap()
         .replace("\"uhost-f3\"", "\"uhost-f3\",\"uhost-f4\"");
     std::fs::write(w.path("journal-edited.jsonl"), edited).unwrap();
-    Journal::begin(&w.path("journal-dup.jsonl"), &account, &start(&["uhost-f1", "uhost-f1"])).unwrap();
+    Journal::begin(
+        &w.path("journal-dup.jsonl"),
+        &account,
+        &start(&["uhost-f1", "uhost-f1"]),
+    )
+    .unwrap();
     let other = Account::new(&w.server.url, Some("org-other"), &w.handle().public_key());
     Journal::begin(&w.path("journal-other.jsonl"), &other, &start(&["uhost-f1"])).unwrap();
     // Inputs that must be refused quickly and without echoing them whole.
     std::fs::write(w.path("ids-ok.txt"), "uhost-f1\n").unwrap();
     std::fs::write(w.path("empty.toml"), "").unwrap();
-    std::fs::write(w.path("ids-longline.txt"), format!("uhost-f1\n{}\n", "x".repeat(100_000))).unwrap();
+    std::fs::write(
+        w.path("ids-longline.txt"),
+        format!("uhost-f1\n{}\n", "x".repeat(100_000)),
+    )
+    .unwrap();
     std::fs::write(w.path("latin1.toml"), b"profile = \"caf\xe9\"\n").unwrap();
     std::fs::write(w.path("big-concurrency.toml"), "[run]\nconcurrency = 5000\n").unwrap();
     std::fs::write(w.path("year-poll.toml"), "[run]\npoll_interval = \"1y\"\n").unwrap();
@@ -953,7 +967,10 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         clap_bad(&["run", "--yes", "uhost-f1", "--concurrency", "-1"], "use 1 to 1024"),
         clap_bad(&["run", "--yes", "uhost-f1", "--rate", "-1"], "use 0 to 1000"),
         clap_bad(&["run", "--yes", "uhost-f1", "--max-count", "-5"], "use 1 to 100000"),
-        clap_bad(&["run", "--yes", "uhost-f1", "--lock-code", "-1"], "use 1 to 2147483647"),
+        clap_bad(
+            &["run", "--yes", "uhost-f1", "--lock-code", "-1"],
+            "use 1 to 2147483647",
+        ),
         clap_bad(&["run", "--yes", "uhost-f1", "--deadline", "0s"], "use 1s to 7days"),
         clap_bad(&["plan", "--older-than", "200y"], "--older-than"),
         clap_bad(&["demo", "--instances", "99999999999999"], "use 1 to 10000"),
@@ -993,46 +1010,118 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         ),
         bad(&["run", "--yes", "--plan", "{dir}/plan-other.json"], "another account"),
         bad(
-            &["--project-id", "org-other", "run", "--yes", "--plan", "{dir}/plan-ok.json"],
+            &[
+                "--project-id",
+                "org-other",
+                "run",
+                "--yes",
+                "--plan",
+                "{dir}/plan-ok.json",
+            ],
             "project (none) (now org-other)",
         ),
-        bad(&["run", "--yes", "--plan", "{dir}/plan-dup.json"], "given twice (entry 2)"),
-        bad(&["run", "--yes", "--plan", "{dir}/plan-badid.json"], "malformed instance ID"),
+        bad(
+            &["run", "--yes", "--plan", "{dir}/plan-dup.json"],
+            "given twice (entry 2)",
+        ),
+        bad(
+            &["run", "--yes", "--plan", "{dir}/plan-badid.json"],
+            "malformed instance ID",
+        ),
         bad(
             &["run", "--yes", "--resume", "{dir}/journal-edited.jsonl"],
             "checksum does not match",
         ),
         bad(&["run", "--yes", "--resume", "{dir}/journal-dup.jsonl"], "given twice"),
-        bad(&["run", "--yes", "--resume", "{dir}/journal-other.jsonl"], "another account"),
         bad(
-            &["run", "--yes", "--max-count", "2", "--resume", "{dir}/journal-three.jsonl"],
+            &["run", "--yes", "--resume", "{dir}/journal-other.jsonl"],
+            "another account",
+        ),
+        bad(
+            &[
+                "run",
+                "--yes",
+                "--max-count",
+                "2",
+                "--resume",
+                "{dir}/journal-three.jsonl",
+            ],
             "more than --max-count 2",
         ),
-        bad(&["run", "--yes", "uhost-f1", "--journal", "/dev/full"], "nothing was changed"),
+        bad(
+            &["run", "--yes", "uhost-f1", "--journal", "/dev/full"],
+            "nothing was changed",
+        ),
         bad(&["run", "--yes", "uhost-f1", "--journal", "{dir}"], "is a directory"),
         // Files that overlap.
         bad(
-            &["run", "--yes", "uhost-f1", "--journal", "{dir}/same", "--report", "{dir}/same"],
+            &[
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--journal",
+                "{dir}/same",
+                "--report",
+                "{dir}/same",
+            ],
             "--journal and --report name the same file",
         ),
         bad(
-            &["run", "--yes", "--from-file", "{dir}/ids-ok.txt", "--report", "{dir}/ids-ok.txt"],
+            &[
+                "run",
+                "--yes",
+                "--from-file",
+                "{dir}/ids-ok.txt",
+                "--report",
+                "{dir}/ids-ok.txt",
+            ],
             "--from-file and --report",
         ),
         bad(
-            &["--config", "{dir}/empty.toml", "run", "--yes", "uhost-f1", "--report", "{dir}/./empty.toml"],
+            &[
+                "--config",
+                "{dir}/empty.toml",
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--report",
+                "{dir}/./empty.toml",
+            ],
             "--config and --report",
         ),
         bad(
-            &["run", "--yes", "uhost-f1", "--journal", "{dir}/jl", "--lock-file", "{dir}/sub/../jl"],
+            &[
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--journal",
+                "{dir}/jl",
+                "--lock-file",
+                "{dir}/sub/../jl",
+            ],
             "--journal and --lock-file",
         ),
         bad(
-            &["run", "--yes", "uhost-f1", "--journal", "{dir}/jm", "--metrics-file", "{dir}/jm"],
+            &[
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--journal",
+                "{dir}/jm",
+                "--metrics-file",
+                "{dir}/jm",
+            ],
             "--journal and --metrics-file",
         ),
         bad(
-            &["run", "--yes", "--plan", "{dir}/plan-ok.json", "--report", "{dir}/plan-ok.json"],
+            &[
+                "run",
+                "--yes",
+                "--plan",
+                "{dir}/plan-ok.json",
+                "--report",
+                "{dir}/plan-ok.json",
+            ],
             "--plan and --report",
         ),
         bad(
@@ -1454,17 +1543,25 @@ fn the_default_lock_lives_in_a_private_per_user_directory() {
     let tmp = w.path("tmp");
     std::fs::create_dir(&tmp).unwrap();
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
-    let out = run(w
-        .cmd()
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("TMPDIR", &tmp)
-        .args(["run", "--yes", "uhost-f1", "--poll-interval", "50ms", "--rate", "0"]));
+    let out = run(w.cmd().env_remove("XDG_RUNTIME_DIR").env("TMPDIR", &tmp).args([
+        "run",
+        "--yes",
+        "uhost-f1",
+        "--poll-interval",
+        "50ms",
+        "--rate",
+        "0",
+    ]));
     assert_eq!(out.code, Some(0), "{out:?}");
     let entries: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(entries.len(), 1, "{entries:?}");
     let dir = &entries[0];
     assert!(
-        dir.file_name().unwrap().to_str().unwrap().starts_with("compshare-teardown-"),
+        dir.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("compshare-teardown-"),
         "{dir:?}"
     );
     let meta = std::fs::symlink_metadata(dir).unwrap();
@@ -1512,6 +1609,11 @@ fn a_torn_journal_is_repaired_on_resume() {
     assert!(!out.stderr.contains("torn"), "{out:?}");
 }
 
+/// Two metric values are equal (they are small whole numbers here).
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
 /// `--metrics-file` writes the Prometheus text format at the end of every run, atomically
 /// (nothing but the file is left in its directory), also for a run that changed nothing.
 #[test]
@@ -1549,11 +1651,17 @@ fn metrics_file_parses_as_prometheus_text() {
         .args(w.fast()));
     assert_eq!(out.code, Some(0), "{out:?}");
     let m = scrape(&path);
-    assert_eq!(m["last_run_exit_code"], 0.0, "{m:?}");
-    assert_eq!(m["last_run_instances{outcome=\"terminated\"}"], 2.0, "{m:?}");
-    assert_eq!(m["last_run_instances{outcome=\"failed\"}"], 0.0, "{m:?}");
-    assert_eq!(m["last_run_api_calls{action=\"TerminateCompShareInstance\"}"], 2.0, "{m:?}");
-    assert_eq!(m["last_run_api_calls{action=\"StopCompShareInstance\"}"], 1.0, "{m:?}");
+    assert!(same(m["last_run_exit_code"], 0.0), "{m:?}");
+    assert!(same(m["last_run_instances{outcome=\"terminated\"}"], 2.0), "{m:?}");
+    assert!(same(m["last_run_instances{outcome=\"failed\"}"], 0.0), "{m:?}");
+    assert!(
+        same(m["last_run_api_calls{action=\"TerminateCompShareInstance\"}"], 2.0),
+        "{m:?}"
+    );
+    assert!(
+        same(m["last_run_api_calls{action=\"StopCompShareInstance\"}"], 1.0),
+        "{m:?}"
+    );
     assert!(m.contains_key("last_run_throttled"), "{m:?}");
     let success = m["last_success_timestamp_seconds"];
     assert!(success > 1.7e9, "{m:?}");
@@ -1562,13 +1670,21 @@ fn metrics_file_parses_as_prometheus_text() {
     // A refused run: exit 2, nothing acted on, and the last success is kept.
     let out = run(w
         .cmd()
-        .args(["run", "--yes", "--max-count", "1", "uhost-f3", "uhost-f4", "--metrics-file"])
+        .args([
+            "run",
+            "--yes",
+            "--max-count",
+            "1",
+            "uhost-f3",
+            "uhost-f4",
+            "--metrics-file",
+        ])
         .arg(&path)
         .args(w.fast()));
     assert_eq!(out.code, Some(2), "{out:?}");
     let m = scrape(&path);
-    assert_eq!(m["last_run_exit_code"], 2.0, "{m:?}");
-    assert_eq!(m["last_run_instances{outcome=\"terminated\"}"], 0.0, "{m:?}");
+    assert!(same(m["last_run_exit_code"], 2.0), "{m:?}");
+    assert!(same(m["last_run_instances{outcome=\"terminated\"}"], 0.0), "{m:?}");
     assert!((m["last_success_timestamp_seconds"] - success).abs() < 1e-6, "{m:?}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
 }
@@ -1644,7 +1760,12 @@ fn no_secret_from_any_malformed_file() {
     let mut outs = Vec::new();
     for text in &configs {
         std::fs::write(w.path("job.toml"), text).unwrap();
-        outs.push(run(w.cmd().args(["--config", w.path("job.toml").to_str().unwrap(), "plan", "--all"])));
+        outs.push(run(w.cmd().args([
+            "--config",
+            w.path("job.toml").to_str().unwrap(),
+            "plan",
+            "--all",
+        ])));
     }
     let keyless = |w: &World| {
         let mut c = w.cmd();
@@ -1664,7 +1785,10 @@ fn no_secret_from_any_malformed_file() {
     for out in &outs {
         assert_eq!(out.code, Some(2), "{out:?}");
         assert!(out.stderr.contains("expected"), "{out:?}");
-        assert!(!out.stdout.contains(&key) && !out.stderr.contains(&key), "leaked: {out:?}");
+        assert!(
+            !out.stdout.contains(&key) && !out.stderr.contains(&key),
+            "leaked: {out:?}"
+        );
     }
 }
 
@@ -1688,8 +1812,15 @@ fn the_plan_the_prompt_and_max_count_agree_on_one_count() {
     args.extend(w.fast());
     let (code, screen) = on_terminal(&w, &args, "0\n");
     assert_eq!(code, Some(2), "{screen}");
-    assert!(screen.contains("4 to tear down (") && screen.contains("Type 4 to tear down 4"), "{screen}");
-    let out = run(w.cmd().args(["run", "--yes", "--max-count", "3"]).args(ids).args(w.fast()));
+    assert!(
+        screen.contains("4 to tear down (") && screen.contains("Type 4 to tear down 4"),
+        "{screen}"
+    );
+    let out = run(w
+        .cmd()
+        .args(["run", "--yes", "--max-count", "3"])
+        .args(ids)
+        .args(w.fast()));
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("4 instances"), "{out:?}");
     assert!(w.mutating_calls().is_empty());
