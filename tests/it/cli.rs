@@ -1825,3 +1825,30 @@ fn the_plan_the_prompt_and_max_count_agree_on_one_count() {
     assert!(out.stderr.contains("4 instances"), "{out:?}");
     assert!(w.mutating_calls().is_empty());
 }
+
+/// `sim --listen 0.0.0.0:PORT` prints an export line the client accepts (loopback, not the
+/// unspecified address, which is not a host plain http may go to).
+#[test]
+fn sim_on_every_address_exports_a_loopback_url() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compshare-teardown"))
+        .args(["sim", "--listen", "0.0.0.0:0", "--instances", "1"])
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let export = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("export COMPSHARE_BASE_URL="));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let url = export
+        .expect("an export line")
+        .replace("export COMPSHARE_BASE_URL=", "");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(compshare_teardown::credentials::parse_base_url(&url).is_ok(), "{url}");
+}
