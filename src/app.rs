@@ -105,6 +105,10 @@ pub fn main(cli: Cli) -> ExitCode {
         multi,
         report: std::sync::Mutex::new(None),
     };
+    // Known up front so that no error, whatever file its text came from, can print it.
+    if let Ok(creds) = ctx.credentials() {
+        let _ = SECRET.set(creds.private_key);
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::List(a) => ctx.list(&a.select).await,
@@ -156,9 +160,20 @@ fn fail(f: &Failure) -> Exit {
         }
     };
     // One line: the chain joined, as users paste it into tickets.
-    let _ = writeln!(std::io::stderr(), "error: {}", format!("{e:#}").replace('\n', " "));
+    let mut text = format!("{e:#}").replace('\n', " ");
+    // Belt and braces: a key pasted into an ID list, a plan or a config value would be
+    // echoed back by the error about it. Shorter strings could match innocent text.
+    if let Some(key) = SECRET.get().map(credentials::PrivateKey::expose)
+        && key.len() >= 8
+    {
+        text = text.replace(key, "***");
+    }
+    let _ = writeln!(std::io::stderr(), "error: {text}");
     code
 }
+
+/// The private key, once resolved, to scrub from error messages.
+static SECRET: std::sync::OnceLock<credentials::PrivateKey> = std::sync::OnceLock::new();
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.
 pub(crate) fn print(text: &str) {
@@ -223,10 +238,9 @@ impl Ctx {
         Ok(credentials::parse_base_url(&text)?)
     }
 
-    fn client(&self) -> CmdResult<(Client, Account)> {
-        let base_url = self.base_url()?;
+    fn credentials(&self) -> Result<credentials::Credentials, credentials::CredentialError> {
         let env = |k: &str| std::env::var(k).ok();
-        let creds = credentials::resolve(&Sources {
+        credentials::resolve(&Sources {
             flag_public: self.global.public_key.clone(),
             flag_private: self.global.private_key.as_ref().map(|k| k.expose().to_owned()),
             // flag > environment > config file, as for every other setting.
@@ -239,7 +253,12 @@ impl Ctx {
                 .or_else(|| self.config.profile.clone()),
             env: &env,
             home: std::env::var_os("HOME").map(PathBuf::from),
-        })?;
+        })
+    }
+
+    fn client(&self) -> CmdResult<(Client, Account)> {
+        let base_url = self.base_url()?;
+        let creds = self.credentials()?;
         tracing::debug!(source = %creds.source, url = %base_url, "credentials");
         let project_id = self
             .global

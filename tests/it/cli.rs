@@ -1734,8 +1734,15 @@ fn an_inherited_ignored_sigint_still_interrupts_the_selection() {
 /// A key pasted into any file the tool reads never comes back in an error.
 #[test]
 fn no_secret_from_any_malformed_file() {
-    let w = filter_world();
-    let key = w.handle().private_key().expose().to_owned();
+    // Shaped like a real key: not an instance ID, not a duration, not a URL.
+    const KEY: &str = "5cR3t/pr1vate+Key=Value9";
+    let w = World::new(Scenario {
+        time_scale: SCALE,
+        private_key: KEY.into(),
+        ..Scenario::default()
+    });
+    w.handle().insert(row("uhost-f1", "train-a", "ci", State::Running));
+    let key = KEY.to_owned();
     std::fs::create_dir_all(w.path(".config/compshare")).unwrap();
     std::fs::create_dir_all(w.path(".ucloud")).unwrap();
     let configs = [
@@ -1745,6 +1752,13 @@ fn no_secret_from_any_malformed_file() {
         format!("[selection]\nall = \"{key}\"\n"),
         format!("[run]\nlock_codes = [\"{key}\"]\n"),
         format!("profile = [\"{key}\"]\n"),
+        // Well-typed values the tool checks and complains about.
+        format!("[selection]\nids = [\"{key}\"]\n"),
+        format!("[selection]\nexclude = [\"{key}\"]\nall = true\n"),
+        format!("[selection]\nstate = [\"{key}\"]\n"),
+        format!("[selection]\nname = [\"[{key}\"]\n"),
+        format!("[selection]\nolder_than = \"{key}\"\n"),
+        format!("base_url = \"{key}\"\n"),
     ];
     let compshare_files = [
         format!(r#"{{"profiles": {{"default": "{key}"}}}}"#),
@@ -1758,9 +1772,11 @@ fn no_secret_from_any_malformed_file() {
         ("[]".to_owned(), format!(r#"[{{"profile": "x", "active": "{key}"}}]"#)),
     ];
     let mut outs = Vec::new();
+    // Without the environment's endpoint, so the job file's `base_url` is the one read
+    // (every case is refused offline).
     for text in &configs {
         std::fs::write(w.path("job.toml"), text).unwrap();
-        outs.push(run(w.cmd().args([
+        outs.push(run(w.cmd().env_remove("COMPSHARE_BASE_URL").args([
             "--config",
             w.path("job.toml").to_str().unwrap(),
             "plan",
@@ -1782,14 +1798,34 @@ fn no_secret_from_any_malformed_file() {
         std::fs::write(w.path(".ucloud/config.json"), conf).unwrap();
         outs.push(run(keyless(&w).args(["list", "--all"])));
     }
+    // An ID list, a plan and a journal holding the key.
+    std::fs::write(w.path("ids.txt"), format!("uhost-f1\n{key}\n")).unwrap();
+    outs.push(run(w.cmd().args(["plan", "--from-file", w.path("ids.txt").to_str().unwrap()])));
+    let plan = w.path("plan.json");
+    let out = run(w.cmd().args(["plan", "uhost-f1", "--save", plan.to_str().unwrap()]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = std::fs::read_to_string(&plan).unwrap().replace("uhost-f1", &key);
+    std::fs::write(&plan, text).unwrap();
+    outs.push(run(w.cmd().args(["run", "--yes", "--plan", plan.to_str().unwrap()]).args(w.fast())));
+    let account = Account::new(&w.server.url, None, &w.handle().public_key());
+    let journal = w.path("j");
+    let start = Entry::Start {
+        version: JOURNAL_VERSION,
+        ids: vec![key.clone()],
+        release_udisk: false,
+        force_stop: false,
+        resumed: false,
+    };
+    Journal::begin(&journal, &account, &start).unwrap();
+    outs.push(run(w.cmd().args(["run", "--yes", "--resume", journal.to_str().unwrap()]).args(w.fast())));
     for out in &outs {
         assert_eq!(out.code, Some(2), "{out:?}");
-        assert!(out.stderr.contains("expected"), "{out:?}");
         assert!(
             !out.stdout.contains(&key) && !out.stderr.contains(&key),
             "leaked: {out:?}"
         );
     }
+    assert!(w.mutating_calls().is_empty());
 }
 
 /// One count everywhere: the plan's headline, the number the prompt asks for, and what
