@@ -1800,13 +1800,20 @@ fn no_secret_from_any_malformed_file() {
     }
     // An ID list, a plan and a journal holding the key.
     std::fs::write(w.path("ids.txt"), format!("uhost-f1\n{key}\n")).unwrap();
-    outs.push(run(w.cmd().args(["plan", "--from-file", w.path("ids.txt").to_str().unwrap()])));
+    outs.push(run(w.cmd().args([
+        "plan",
+        "--from-file",
+        w.path("ids.txt").to_str().unwrap(),
+    ])));
     let plan = w.path("plan.json");
     let out = run(w.cmd().args(["plan", "uhost-f1", "--save", plan.to_str().unwrap()]));
     assert_eq!(out.code, Some(0), "{out:?}");
     let text = std::fs::read_to_string(&plan).unwrap().replace("uhost-f1", &key);
     std::fs::write(&plan, text).unwrap();
-    outs.push(run(w.cmd().args(["run", "--yes", "--plan", plan.to_str().unwrap()]).args(w.fast())));
+    outs.push(run(w
+        .cmd()
+        .args(["run", "--yes", "--plan", plan.to_str().unwrap()])
+        .args(w.fast())));
     let account = Account::new(&w.server.url, None, &w.handle().public_key());
     let journal = w.path("j");
     let start = Entry::Start {
@@ -1817,7 +1824,10 @@ fn no_secret_from_any_malformed_file() {
         resumed: false,
     };
     Journal::begin(&journal, &account, &start).unwrap();
-    outs.push(run(w.cmd().args(["run", "--yes", "--resume", journal.to_str().unwrap()]).args(w.fast())));
+    outs.push(run(w
+        .cmd()
+        .args(["run", "--yes", "--resume", journal.to_str().unwrap()])
+        .args(w.fast())));
     for out in &outs {
         assert_eq!(out.code, Some(2), "{out:?}");
         assert!(
