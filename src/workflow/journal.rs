@@ -110,7 +110,19 @@ impl Journal {
         if path.is_dir() {
             return Err(io(std::io::Error::other("is a directory")));
         }
+        let created = !path.exists();
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        if created {
+            // A new file's name lives in its directory: sync that too, or a power loss could
+            // lose the whole journal along with the synced lines in it.
+            #[cfg(unix)]
+            if let Some(dir) = path
+                .parent()
+                .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+            {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+        }
         let mut journal = Journal {
             path: path.to_path_buf(),
             file,
