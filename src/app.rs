@@ -65,20 +65,14 @@ type CmdResult<T> = Result<T, Failure>;
 /// Run the parsed command line; the binary's whole life.
 pub fn main(cli: Cli) -> ExitCode {
     let started = now_secs();
-    let mut metrics_file = match &cli.command {
-        Command::Run(a) => a.metrics_file.clone(),
-        _ => None,
-    };
     let config = match cli.global.config.as_deref().map(config::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             let exit = fail(&Failure::Usage(e.into()));
-            return finish(metrics_file.as_deref(), started, exit, None);
+            return finish(metrics_target(&cli, None).as_deref(), started, exit, None);
         }
     };
-    if matches!(cli.command, Command::Run(_)) {
-        metrics_file = metrics_file.or_else(|| config.run.metrics_file.clone());
-    }
+    let metrics_file = metrics_target(&cli, Some(&config));
     let quiet = cli.global.quiet;
     let log_format = cli.global.log_format.or(config.log_format).unwrap_or(LogFormat::Text);
     let stderr_tty = std::io::stderr().is_terminal();
@@ -131,6 +125,53 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     let report = ctx.report.lock().map(|mut r| r.take()).unwrap_or_default();
     finish(metrics_file.as_deref(), started, exit, report)
+}
+
+/// The metrics file of a `run`, unless it is also one of the command's other files: then the
+/// run refuses (exit 2), and the metrics must not be written over that file either.
+fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
+    let Command::Run(a) = &cli.command else { return None };
+    let r = config.map(|c| &c.run);
+    let path = a
+        .metrics_file
+        .clone()
+        .or_else(|| r.and_then(|r| r.metrics_file.clone()))?;
+    let from_file = a
+        .select
+        .from_file
+        .clone()
+        .or_else(|| config.and_then(|c| c.selection.from_file.clone()));
+    let others = [
+        ("--config", cli.global.config.clone()),
+        ("--from-file", from_file.map(PathBuf::from)),
+        ("--plan", a.plan.clone().map(PathBuf::from)),
+        ("--resume", a.resume.clone()),
+        (
+            "--journal",
+            a.journal.clone().or_else(|| r.and_then(|r| r.journal.clone())),
+        ),
+        (
+            "--report",
+            a.report.clone().or_else(|| r.and_then(|r| r.report.clone())),
+        ),
+        (
+            "--lock-file",
+            a.lock_file.clone().or_else(|| r.and_then(|r| r.lock_file.clone())),
+        ),
+    ];
+    let mut roles = vec![pathset::Role {
+        flag: "--metrics-file",
+        path: &path,
+        written: true,
+    }];
+    roles.extend(others.iter().filter_map(|(flag, p)| {
+        p.as_deref().map(|path| pathset::Role {
+            flag,
+            path,
+            written: false,
+        })
+    }));
+    pathset::check(&roles).is_ok().then(|| path.clone())
 }
 
 /// Write the metrics file, if asked for, whatever the outcome; then exit.

@@ -1687,6 +1687,21 @@ fn metrics_file_parses_as_prometheus_text() {
     assert!(same(m["last_run_instances{outcome=\"terminated\"}"], 0.0), "{m:?}");
     assert!((m["last_success_timestamp_seconds"] - success).abs() < 1e-6, "{m:?}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+    // Metrics named like another of the run's files are refused, and never written over it,
+    // not even when the run ends early on a bad config.
+    for (config, extra) in [("[run]\nrate = 5\n", None), ("[run\n", None), ("", Some("--resume"))] {
+        let job = w.path("job.toml");
+        std::fs::write(&job, config).unwrap();
+        let mut cmd = w.cmd();
+        cmd.arg("--config").arg(&job).args(["run", "--yes"]);
+        match extra {
+            Some(flag) => cmd.arg(flag).arg(&job),
+            None => cmd.arg("uhost-f3"),
+        };
+        let out = run(cmd.arg("--metrics-file").arg(&job).args(w.fast()));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&job).unwrap(), config, "{out:?}");
+    }
 }
 
 /// A background job that inherited an ignored SIGINT can still be interrupted while the
