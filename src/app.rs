@@ -2,6 +2,11 @@
 //! list, plan, run, demo or serve the simulator. Exit codes are a contract (see `--help`):
 //! 0 all gone, 1 some failed, 2 nothing changed because of a usage/config/credential/selection
 //! error, 3 run lock held, 130 interrupted.
+//!
+//! `run` checks everything it can offline before the lock and the API (the files it reads are
+//! bounded and validated, the files it writes must not overlap, the count of explicit IDs is
+//! held against `--max-count`), and writes and syncs its journal's start line before the
+//! first mutating call, so a journal that cannot be written exits 2 with nothing changed.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -13,14 +18,14 @@ use anyhow::{Context, anyhow};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Client, ClientConfig, Instance, ListingError, LockCodes, RetryClass, State};
-use crate::cli::{Cli, Command, EffectArgs, GlobalArgs, OutputFormat, RunArgs, SelectArgs, parse_duration};
+use crate::cli::{self, Cli, Command, EffectArgs, GlobalArgs, OutputFormat, RunArgs, SelectArgs, parse_duration};
 use crate::config::{self, ConfigFile};
-use crate::credentials::{self, Sources};
+use crate::credentials::{self, Account, Sources};
 use crate::logging::{self, LogFormat};
 use crate::plan::Plan;
 use crate::selection::{self, Candidate, Filters, IdSource, Protections, Verdict};
 use crate::workflow::{self, Controls, Outcome, Report, Settings};
-use crate::{output, progress, runlock};
+use crate::{metrics, output, pathset, progress, runlock};
 
 /// The exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +55,8 @@ pub enum Failure {
     Locked(anyhow::Error),
     /// Exit 4.
     Unavailable(anyhow::Error),
+    /// Exit 130: interrupted before anything was sent.
+    Interrupted,
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -62,10 +69,15 @@ type CmdResult<T> = Result<T, Failure>;
 
 /// Run the parsed command line; the binary's whole life.
 pub fn main(cli: Cli) -> ExitCode {
+    let started = now_secs();
     let config = match cli.global.config.as_deref().map(config::load).transpose() {
         Ok(c) => c.unwrap_or_default(),
-        Err(e) => return fail(&Failure::Usage(e.into())),
+        Err(e) => {
+            let exit = fail(&Failure::Usage(e.into()));
+            return finish(metrics_target(&cli, None).as_deref(), started, exit, None);
+        }
     };
+    let metrics_file = metrics_target(&cli, Some(&config));
     let quiet = cli.global.quiet;
     let log_format = cli.global.log_format.or(config.log_format).unwrap_or(LogFormat::Text);
     let stderr_tty = std::io::stderr().is_terminal();
@@ -84,13 +96,18 @@ pub fn main(cli: Cli) -> ExitCode {
 
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
-        Err(e) => return fail(&Failure::Usage(e.into())),
+        Err(e) => return fail(&Failure::Usage(e.into())).into(),
     };
     let ctx = Ctx {
         global: cli.global,
         config,
         multi,
+        report: std::sync::Mutex::new(None),
     };
+    // Known up front so that no error, whatever file its text came from, can print it.
+    if let Ok(creds) = ctx.credentials() {
+        let _ = SECRET.set(creds.private_key);
+    }
     let result = runtime.block_on(async {
         match cli.command {
             Command::List(a) => ctx.list(&a.select).await,
@@ -106,22 +123,105 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Man { dir } => man(dir.as_deref()),
         }
     });
-    match result {
-        Ok(exit) => exit.into(),
+    // A prompt left unanswered after an interrupt must not keep the process alive.
+    runtime.shutdown_background();
+    let exit = match result {
+        Ok(exit) => exit,
         Err(f) => fail(&f),
-    }
+    };
+    let report = ctx.report.lock().map(|mut r| r.take()).unwrap_or_default();
+    finish(metrics_file.as_deref(), started, exit, report)
 }
 
-fn fail(f: &Failure) -> ExitCode {
+/// The metrics file of a `run`, unless it is also one of the command's other files: then the
+/// run refuses (exit 2), and the metrics must not be written over that file either.
+fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
+    let Command::Run(a) = &cli.command else { return None };
+    let r = config.map(|c| &c.run);
+    let path = a
+        .metrics_file
+        .clone()
+        .or_else(|| r.and_then(|r| r.metrics_file.clone()))?;
+    let from_file = a
+        .select
+        .from_file
+        .clone()
+        .or_else(|| config.and_then(|c| c.selection.from_file.clone()));
+    let others = [
+        ("--config", cli.global.config.clone()),
+        ("--from-file", from_file.map(PathBuf::from)),
+        ("--plan", a.plan.clone().map(PathBuf::from)),
+        ("--resume", a.resume.clone()),
+        (
+            "--journal",
+            a.journal.clone().or_else(|| r.and_then(|r| r.journal.clone())),
+        ),
+        (
+            "--report",
+            a.report.clone().or_else(|| r.and_then(|r| r.report.clone())),
+        ),
+        (
+            "--lock-file",
+            a.lock_file.clone().or_else(|| r.and_then(|r| r.lock_file.clone())),
+        ),
+    ];
+    let mut roles = vec![pathset::Role {
+        flag: "--metrics-file",
+        path: &path,
+        written: true,
+    }];
+    roles.extend(others.iter().filter_map(|(flag, p)| {
+        p.as_deref().map(|path| pathset::Role {
+            flag,
+            path,
+            written: false,
+        })
+    }));
+    pathset::check(&roles).is_ok().then(|| path.clone())
+}
+
+/// Write the metrics file, if asked for, whatever the outcome; then exit.
+fn finish(metrics_file: Option<&Path>, started: f64, exit: Exit, report: Option<Report>) -> ExitCode {
+    if let Some(path) = metrics_file {
+        let m = metrics::RunMetrics {
+            started,
+            ended: now_secs(),
+            exit_code: exit as u8,
+            report,
+        };
+        // The run already happened: metrics that cannot be written are reported, not fatal.
+        if let Err(e) = metrics::write(path, &m) {
+            let _ = writeln!(std::io::stderr(), "error: cannot write metrics {}: {e}", path.display());
+        }
+    }
+    exit.into()
+}
+
+fn fail(f: &Failure) -> Exit {
     let (e, code) = match f {
         Failure::Usage(e) => (e, Exit::Usage),
         Failure::Locked(e) => (e, Exit::Locked),
         Failure::Unavailable(e) => (e, Exit::Unavailable),
+        Failure::Interrupted => {
+            let _ = writeln!(std::io::stderr(), "interrupted: nothing was changed");
+            return Exit::Interrupted;
+        }
     };
     // One line: the chain joined, as users paste it into tickets.
-    let _ = writeln!(std::io::stderr(), "error: {}", format!("{e:#}").replace('\n', " "));
-    code.into()
+    let mut text = format!("{e:#}").replace('\n', " ");
+    // Belt and braces: a key pasted into an ID list, a plan or a config value would be
+    // echoed back by the error about it. Shorter strings could match innocent text.
+    if let Some(key) = SECRET.get().map(credentials::PrivateKey::expose)
+        && key.len() >= 8
+    {
+        text = text.replace(key, "***");
+    }
+    let _ = writeln!(std::io::stderr(), "error: {text}");
+    code
 }
+
+/// The private key, once resolved, to scrub from error messages.
+static SECRET: std::sync::OnceLock<credentials::PrivateKey> = std::sync::OnceLock::new();
 
 /// Write to stdout; a closed pipe (`| head`) is not an error.
 pub(crate) fn print(text: &str) {
@@ -135,6 +235,12 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     s
 }
 
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn now_unix() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -145,6 +251,8 @@ struct Ctx {
     global: GlobalArgs,
     config: ConfigFile,
     multi: indicatif::MultiProgress,
+    /// The last report of `run`, for the metrics file.
+    report: std::sync::Mutex<Option<Report>>,
 }
 
 /// A validated selection request.
@@ -178,10 +286,9 @@ impl Ctx {
         Ok(credentials::parse_base_url(&text)?)
     }
 
-    fn client(&self) -> CmdResult<Client> {
-        let base_url = self.base_url()?;
+    fn credentials(&self) -> Result<credentials::Credentials, credentials::CredentialError> {
         let env = |k: &str| std::env::var(k).ok();
-        let creds = credentials::resolve(&Sources {
+        credentials::resolve(&Sources {
             flag_public: self.global.public_key.clone(),
             flag_private: self.global.private_key.as_ref().map(|k| k.expose().to_owned()),
             // flag > environment > config file, as for every other setting.
@@ -194,15 +301,22 @@ impl Ctx {
                 .or_else(|| self.config.profile.clone()),
             env: &env,
             home: std::env::var_os("HOME").map(PathBuf::from),
-        })?;
+        })
+    }
+
+    fn client(&self) -> CmdResult<(Client, Account)> {
+        let base_url = self.base_url()?;
+        let creds = self.credentials()?;
         tracing::debug!(source = %creds.source, url = %base_url, "credentials");
-        let mut cfg = ClientConfig::new(base_url, creds);
-        cfg.project_id = self
+        let project_id = self
             .global
             .project_id
             .clone()
             .or_else(|| self.config.project_id.clone());
-        Ok(Client::new(cfg).context("cannot build the HTTP client")?)
+        let account = Account::new(&base_url, project_id.as_deref(), &creds.public_key);
+        let mut cfg = ClientConfig::new(base_url, creds);
+        cfg.project_id = project_id;
+        Ok((Client::new(cfg).context("cannot build the HTTP client")?, account))
     }
 
     /// Validate the selection flags (merged with the config file) without calling the API.
@@ -218,7 +332,11 @@ impl Ctx {
         let ids = selection::check_ids(&sources)?;
         let older_than = match (a.older_than, &c.older_than) {
             (Some(d), _) => Some(d),
-            (None, Some(text)) => Some(parse_duration(text).map_err(|e| anyhow!("config: older_than: {e}"))?),
+            (None, Some(text)) => Some(
+                parse_duration(text)
+                    .and_then(|d| cli::duration_in_range(d, cli::OLDER_THAN))
+                    .map_err(|e| anyhow!("config: older_than: {e}"))?,
+            ),
             (None, None) => None,
         };
         let states = pick(&a.states, &c.state)
@@ -322,8 +440,9 @@ impl Ctx {
 
     async fn list(&self, a: &SelectArgs) -> CmdResult<Exit> {
         let req = self.request(&SelectArgs { all: true, ..a.clone() })?;
-        let client = self.client()?;
-        let cands = self.candidates(&client, &req).await?;
+        let (client, _) = self.client()?;
+        let cancel = interrupt_token();
+        let cands = interruptible(&cancel, self.candidates(&client, &req)).await?;
         let rows: Vec<Instance> = cands
             .into_iter()
             .filter(|c| c.verdict == Verdict::Act)
@@ -371,12 +490,34 @@ impl Ctx {
 
     async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> CmdResult<Exit> {
         let req = self.request(a)?;
-        let client = self.client()?;
-        let cands = self.candidates(&client, &req).await?;
-        let (release, force) = self.effect(e);
-        let plan = Plan::build(&cands, client.base_url().as_str(), release, force);
         if let Some(path) = save {
-            std::fs::write(path, json(&plan)).with_context(|| format!("cannot write plan {}", path.display()))?;
+            let config = self.global.config.clone();
+            let from_file = a.from_file.clone().or_else(|| self.config.selection.from_file.clone());
+            let from_file = from_file.map(PathBuf::from);
+            let mut roles = vec![pathset::Role {
+                flag: "--save",
+                path,
+                written: true,
+            }];
+            roles.extend(config.as_deref().map(|p| pathset::Role {
+                flag: "--config",
+                path: p,
+                written: false,
+            }));
+            roles.extend(from_file.as_deref().map(|p| pathset::Role {
+                flag: "--from-file",
+                path: p,
+                written: false,
+            }));
+            pathset::check(&roles)?;
+        }
+        let (client, account) = self.client()?;
+        let cancel = interrupt_token();
+        let cands = interruptible(&cancel, self.candidates(&client, &req)).await?;
+        let (release, force) = self.effect(e);
+        let plan = Plan::build(&cands, &account, release, force);
+        if let Some(path) = save {
+            std::fs::write(path, json(&plan)).map_err(|e| anyhow!("cannot write plan {}: {e}", path.display()))?;
             tracing::info!("plan saved to {}", path.display());
         }
         match self.output() {
@@ -417,17 +558,34 @@ impl Ctx {
             // Filled in by `run` from the selection's `--region`.
             describe_region: None,
         };
-        if s.concurrency == 0 {
-            return Err(Failure::Usage(anyhow!("--concurrency must be at least 1")));
+        // Flags are checked by clap already; this also holds the config file's values.
+        let usage =
+            |what: &str, e: String| Failure::Usage(anyhow!("--{what} (or run.{}): {e}", what.replace('-', "_")));
+        cli::in_range(s.concurrency, cli::CONCURRENCY).map_err(|e| usage("concurrency", e))?;
+        cli::in_range(s.rate, cli::RATE).map_err(|e| usage("rate", e))?;
+        for (what, d, range) in [
+            ("poll-interval", Some(s.poll_interval), cli::POLL_INTERVAL),
+            ("lock-wait", Some(s.lock_wait), cli::LOCK_WAIT),
+            ("instance-timeout", Some(s.instance_timeout), cli::RUN_TIME),
+            ("deadline", s.deadline, cli::RUN_TIME),
+            ("confirm-timeout", Some(s.confirm_timeout), cli::CONFIRM_TIMEOUT),
+            ("settle", Some(s.terminate_settle), cli::SETTLE),
+        ] {
+            if let Some(d) = d {
+                cli::duration_in_range(d, range).map_err(|e| usage(what, e))?;
+            }
         }
-        if s.poll_interval < Duration::from_millis(10) {
-            return Err(Failure::Usage(anyhow!("--poll-interval must be at least 10ms")));
+        for code in &r.lock_codes {
+            cli::in_range(*code, cli::LOCK_CODE).map_err(|e| usage("lock-code", e))?;
         }
         Ok(s)
     }
 
     async fn run(&self, a: RunArgs) -> CmdResult<Exit> {
         let r = &self.config.run;
+        // Installed first: until the first call is sent, an interrupt ends the command at once
+        // with nothing changed, even where SIGINT was inherited as ignored (cron, `nohup`, `&`).
+        let cancel = interrupt_token();
         // Everything that can be checked offline is checked before the lock and the API.
         let (mut release, mut force) = self.effect(&a.effect);
         let resume = a.resume.as_deref().map(workflow::journal::replay).transpose()?;
@@ -436,11 +594,36 @@ impl Ctx {
         } else {
             Some(self.request(&a.select)?)
         };
-        let client = self.client()?;
+        let max_count = a.max_count.or(r.max_count).unwrap_or(20);
+        cli::in_range(max_count, cli::MAX_COUNT).map_err(|e| anyhow!("--max-count (or run.max_count): {e}"))?;
+        // Explicit IDs without a narrowing filter are the selection (less the exclusions):
+        // refuse too many before the first Describe, not after a hundred.
+        if let Some(q) = &req
+            && let Some(ids) = &q.ids
+            && !q.filters.narrows()
+        {
+            let named = ids.iter().filter(|id| !q.protections.exclude.contains(*id)).count();
+            if named > max_count {
+                return Err(Failure::Usage(anyhow!(
+                    "{named} instances named, more than --max-count {max_count}; raise --max-count to proceed"
+                )));
+            }
+        }
+        let (client, account) = self.client()?;
+        if let Some(res) = &resume {
+            let differences = res.account.differences(&account);
+            if !differences.is_empty() && !a.allow_other_account {
+                return Err(Failure::Usage(anyhow!(
+                    "journal {} was written for another account: {}; pass --allow-other-account to resume it here",
+                    a.resume.as_deref().unwrap_or(Path::new("")).display(),
+                    differences.join(", ")
+                )));
+            }
+        }
         let plan_file = a
             .plan
             .as_deref()
-            .map(|p| Plan::load(p, client.base_url().as_str()))
+            .map(|p| Plan::load(p, &account, a.allow_other_account))
             .transpose()?;
         for (what, (r2, f2)) in [
             ("journal", resume.as_ref().map(|r| (r.release_udisk, r.force_stop))),
@@ -464,6 +647,11 @@ impl Ctx {
             .clone()
             .or_else(|| a.journal.clone())
             .or_else(|| r.journal.clone());
+        if let Some(path) = &journal_path
+            && path.is_dir()
+        {
+            return Err(Failure::Usage(anyhow!("journal {} is a directory", path.display())));
+        }
         if a.resume.is_none()
             && let Some(path) = &journal_path
             && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
@@ -479,15 +667,36 @@ impl Ctx {
             (None, Some(_)) => Some(self.fixed_selection_protections(&a.select, "--plan")?),
             (None, None) => None,
         };
-        let max_count = a.max_count.or(r.max_count).unwrap_or(20);
-        let lock_path = a
-            .lock_file
+        let lock_path = match a.lock_file.clone().or_else(|| r.lock_file.clone()) {
+            Some(p) => p,
+            None => runlock::default_path(&account)?,
+        };
+        let report_path = a.report.clone().or_else(|| r.report.clone());
+        let metrics_path = a.metrics_file.clone().or_else(|| r.metrics_file.clone());
+        let from_file = a
+            .select
+            .from_file
             .clone()
-            .or_else(|| r.lock_file.clone())
-            .unwrap_or_else(runlock::default_path);
+            .or_else(|| self.config.selection.from_file.clone())
+            .map(PathBuf::from);
+        let plan_path = a.plan.clone().map(PathBuf::from);
+        let files = [
+            ("--config", self.global.config.as_deref(), false),
+            ("--from-file", from_file.as_deref(), false),
+            ("--plan", plan_path.as_deref(), false),
+            ("--journal", journal_path.as_deref(), true),
+            ("--report", report_path.as_deref(), true),
+            ("--metrics-file", metrics_path.as_deref(), true),
+            ("--lock-file", Some(lock_path.as_path()), true),
+        ];
+        let roles: Vec<pathset::Role<'_>> = files
+            .into_iter()
+            .filter_map(|(flag, path, written)| path.map(|path| pathset::Role { flag, path, written }))
+            .collect();
+        pathset::check(&roles)?;
         let _lock = runlock::acquire(&lock_path).map_err(|e| match e {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
-            runlock::RunLockError::Io { .. } => Failure::Usage(e.into()),
+            runlock::RunLockError::Io { .. } | runlock::RunLockError::Unsafe { .. } => Failure::Usage(e.into()),
         })?;
 
         // What to act on, and what is skipped on purpose.
@@ -504,10 +713,7 @@ impl Ctx {
             // The journal fixes the selection; protections still apply right before acting.
             let protections = fixed_protections.clone().unwrap_or_default();
             let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
-            (
-                Plan::build(&cands, client.base_url().as_str(), release, force),
-                Some(guard),
-            )
+            (Plan::build(&cands, &account, release, force), Some(guard))
         } else if let Some(p) = plan_file {
             let drift = p.clone();
             let protections = fixed_protections.clone().unwrap_or_default();
@@ -515,28 +721,22 @@ impl Ctx {
             (p, Some(guard))
         } else {
             let req = req.expect("request built above");
-            let cands = self.candidates(&client, &req).await?;
+            let cands = interruptible(&cancel, self.candidates(&client, &req)).await?;
             let protections = req.protections.clone();
             // A named ID the selection could not see yet may still turn up outside the scope.
             let filters = req.filters.clone();
             let guard: workflow::Guard =
                 Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row)));
-            (
-                Plan::build(&cands, client.base_url().as_str(), release, force),
-                Some(guard),
-            )
+            (Plan::build(&cands, &account, release, force), Some(guard))
         };
         let ids: Vec<String> = if let Some(res) = &resume {
             res.ids.clone()
         } else {
-            plan.entries
-                .iter()
-                .filter(|e| e.action != crate::plan::Action::Skip)
-                .map(|e| e.uhost_id.clone())
-                .collect()
+            plan.acting_ids()
         };
-        // The blast radius is what the run will work on: the count the prompt asks for.
-        if resume.is_none() && ids.len() > max_count {
+        // One count for the plan's headline, the prompt and the limit: what the run works on.
+        // A resumed run is held to the limit too (its journal may not be ours).
+        if ids.len() > max_count {
             return Err(Failure::Usage(anyhow!(
                 "{} instances selected, more than --max-count {max_count}; raise --max-count to proceed",
                 ids.len()
@@ -545,13 +745,32 @@ impl Ctx {
         if ids.is_empty() {
             tracing::info!("nothing to tear down");
         } else if !a.yes {
-            confirm(&plan, ids.len())?;
+            interruptible(&cancel, confirm(&plan, ids.len())).await?;
         }
 
+        // The start line is written and synced before any call: a journal that cannot be
+        // written (a full disk, `/dev/full`) stops here, with nothing changed.
         let journal = journal_path
             .as_deref()
-            .map(workflow::journal::Journal::open)
-            .transpose()?;
+            .map(|path| {
+                workflow::journal::Journal::begin(
+                    path,
+                    &account,
+                    &workflow::journal::Entry::Start {
+                        version: workflow::journal::JOURNAL_VERSION,
+                        ids: ids.clone(),
+                        release_udisk: release,
+                        force_stop: force,
+                        resumed: resume.is_some(),
+                    },
+                )
+            })
+            .transpose()
+            .map_err(|e| anyhow!("{e} (nothing was changed)"))?;
+        if cancel.is_cancelled() {
+            return Err(Failure::Interrupted);
+        }
+        // From here on an interrupt lets calls in flight finish and still reports.
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone());
         let skipped_count = plan
@@ -591,7 +810,11 @@ impl Ctx {
         let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
         bars.finish();
         add_skipped(&mut report, &skipped, release);
-        Ok(self.finish_report(&report, a.report.as_deref().or(r.report.as_deref())))
+        let exit = self.finish_report(&report, report_path.as_deref());
+        if let Ok(mut slot) = self.report.lock() {
+            *slot = Some(report);
+        }
+        Ok(exit)
     }
 
     fn finish_report(&self, report: &Report, file: Option<&Path>) -> Exit {
@@ -708,8 +931,9 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udi
     *report = Report::new(instances, s.seconds, s.api_calls.clone(), s.throttled);
 }
 
-/// Ask on the terminal; refuse without one.
-fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
+/// Ask on the terminal; refuse without one. The answer is read on a blocking thread, so an
+/// interrupt at the prompt still ends the command.
+async fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         return Err(Failure::Usage(anyhow!(
             "refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)"
@@ -722,17 +946,60 @@ fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
         output::plan_table(plan)
     );
     let _ = err.flush();
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("cannot read the confirmation")?;
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("cannot read the confirmation")?
+    .context("cannot read the confirmation")?;
     if line.trim() != count.to_string() {
         return Err(Failure::Usage(anyhow!(
             "not confirmed (expected {count}, got {:?}): nothing was changed",
-            line.trim()
+            crate::textfile::excerpt(line.trim())
         )));
     }
     Ok(())
+}
+
+/// A token cancelled by the first Ctrl-C or SIGTERM while nothing has been sent yet. The
+/// handlers are installed here, synchronously, so they hold from this point on, also when
+/// the signal was inherited as ignored.
+fn interrupt_token() -> CancellationToken {
+    let cancel = CancellationToken::new();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                c.cancel();
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                c.cancel();
+            }
+        });
+    }
+    cancel
+}
+
+/// Run a step that sends nothing; an interrupt meanwhile ends the command (exit 130).
+async fn interruptible<T>(cancel: &CancellationToken, step: impl Future<Output = CmdResult<T>>) -> CmdResult<T> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(Failure::Interrupted),
+        r = step => r,
+    }
 }
 
 /// First Ctrl-C or SIGTERM: cancel (finish calls in flight, report). Second: exit at once.

@@ -25,8 +25,8 @@ Credentials: flag > environment > ~/.config/compshare/config.json > ~/.ucloud/cr
 Exit codes:
   0    every selected instance is gone (or was skipped on purpose)
   1    some instances failed, timed out, or were terminated without confirmation
-  2    usage, config, credential or selection error: nothing was changed
-  3    another run holds the run lock
+  2    usage, config, credential, selection or untrusted-file error: nothing was changed
+  3    another run for the same account holds the run lock
   4    the API could not be read before anything was changed (outage, network): try later
   130  interrupted (Ctrl-C / SIGTERM); the report still lists every instance
 
@@ -146,8 +146,8 @@ pub struct SelectArgs {
     /// Only instances in this state, e.g. Running, Stopped, "Install Fail" (repeatable)
     #[arg(long = "state", value_name = "STATE")]
     pub states: Vec<String>,
-    /// Only instances created longer ago than this (from CreateTime), e.g. 12h, 7d
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Only instances created longer ago than this (from CreateTime), e.g. 12h, 7d; up to 100 years
+    #[arg(long, value_name = "DURATION", value_parser = duration(OLDER_THAN))]
     pub older_than: Option<Duration>,
     /// Charge type, e.g. Postpay, Dynamic, Spot (repeatable)
     #[arg(long = "charge-type", value_name = "TYPE")]
@@ -215,33 +215,34 @@ pub struct RunArgs {
     /// Do not ask for confirmation (required without a terminal)
     #[arg(short, long)]
     pub yes: bool,
-    /// Mutating calls in flight at once [default: 16]
-    #[arg(long, value_name = "N")]
+    /// Mutating calls in flight at once, 1 to 1024 [default: 16]
+    #[arg(long, value_name = "N", value_parser = number(CONCURRENCY), allow_negative_numbers = true)]
     pub concurrency: Option<usize>,
-    /// Requests per second, 0 = unlimited [default: 10]
-    #[arg(long, value_name = "R")]
+    /// Requests per second, 0 = unlimited, up to 1000 [default: 10]
+    #[arg(long, value_name = "R", value_parser = number(RATE), allow_negative_numbers = true)]
     pub rate: Option<u32>,
-    /// Longest gap between looks at a waiting instance [default: 3s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Longest gap between looks at a waiting instance, 10ms to 5m [default: 3s]
+    #[arg(long, value_name = "DURATION", value_parser = duration(POLL_INTERVAL))]
     pub poll_interval: Option<Duration>,
-    /// How long to retry through the operation lock (its TTL is 10m) [default: 11m]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// How long to retry through the operation lock (its TTL is 10m), up to 1d [default: 11m]
+    #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT))]
     pub lock_wait: Option<Duration>,
-    /// Time limit for each instance, counted from the start of the run (all start together) [default: 30m]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Time limit for each instance, counted from the start of the run (all start together),
+    /// 1s to 7d [default: 30m]
+    #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
     pub instance_timeout: Option<Duration>,
-    /// Time limit for the whole run
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Time limit for the whole run, 1s to 7d
+    #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
     pub deadline: Option<Duration>,
-    /// How long to wait for a terminated instance to leave Describe [default: 3m]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// How long to wait for a terminated instance to leave Describe, 1s to 1d [default: 3m]
+    #[arg(long, value_name = "DURATION", value_parser = duration(CONFIRM_TIMEOUT))]
     pub confirm_timeout: Option<Duration>,
     /// After a Terminate whose answer was lost, how long the instance must stay listed
-    /// before Terminate is sent again [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// before Terminate is sent again, up to 1h [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = duration(SETTLE))]
     pub settle: Option<Duration>,
-    /// Refuse selections larger than this [default: 20]
-    #[arg(long, value_name = "N")]
+    /// Refuse to act on more instances than this, 1 to 100000 [default: 20]
+    #[arg(long, value_name = "N", value_parser = number(MAX_COUNT), allow_negative_numbers = true)]
     pub max_count: Option<usize>,
     /// Append every decision and call result to this JSON-lines file
     #[arg(long, value_name = "FILE")]
@@ -249,21 +250,29 @@ pub struct RunArgs {
     /// Also write the JSON report to this file
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
-    /// Run lock file [default: compshare-teardown.lock in $XDG_RUNTIME_DIR, else the temp dir]
+    /// Run lock file [default: one per account in $XDG_RUNTIME_DIR, else in a private
+    /// per-user directory in the temp dir]
     #[arg(long, value_name = "FILE")]
     pub lock_file: Option<PathBuf>,
-    /// Extra RetCode meaning "operation lock held" (repeatable; 8903 is built in)
-    #[arg(long = "lock-code", value_name = "CODE")]
+    /// Write Prometheus metrics of this run to this file at the end (atomically; for
+    /// node_exporter's textfile collector)
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// Run a plan or resume a journal made for another endpoint, project or key
+    #[arg(long)]
+    pub allow_other_account: bool,
+    /// Extra RetCode meaning "operation lock held", 1 to 2147483647 (repeatable; 8903 is built in)
+    #[arg(long = "lock-code", value_name = "CODE", value_parser = number(LOCK_CODE), allow_negative_numbers = true)]
     pub lock_codes: Vec<i64>,
 }
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Instances in the demo batch
-    #[arg(long, default_value_t = 40)]
+    /// Instances in the demo batch, 1 to 10000
+    #[arg(long, default_value_t = 40, value_parser = number(DEMO_INSTANCES), allow_negative_numbers = true)]
     pub instances: usize,
-    /// Seed of the demo world
-    #[arg(long, default_value_t = 7)]
+    /// Seed of the demo world, 0 to 18446744073709551615
+    #[arg(long, default_value_t = 7, value_parser = number(SEED), allow_negative_numbers = true)]
     pub seed: u64,
 }
 
@@ -272,14 +281,15 @@ pub struct SimArgs {
     /// Address to listen on (loopback by default)
     #[arg(long, default_value = "127.0.0.1:8700")]
     pub listen: std::net::SocketAddr,
-    /// Instances to generate (ignored with --scenario)
-    #[arg(long, default_value_t = 20)]
+    /// Instances to generate, 0 to 100000 (ignored with --scenario)
+    #[arg(long, default_value_t = 20, value_parser = number(SIM_INSTANCES), allow_negative_numbers = true)]
     pub instances: usize,
-    /// Seed for the generated world and its faults (ignored with --scenario)
-    #[arg(long, default_value_t = 1)]
+    /// Seed for the generated world and its faults, 0 to 18446744073709551615 (ignored with --scenario)
+    #[arg(long, default_value_t = 1, value_parser = number(SEED), allow_negative_numbers = true)]
     pub seed: u64,
-    /// Time factor: 0.01 makes the 10-minute lock TTL 6 s and every latency 100× shorter (ignored with --scenario)
-    #[arg(long, default_value_t = 1.0)]
+    /// Time factor, 0.0001 to 1000: 0.01 makes the 10-minute lock TTL 6 s and every latency
+    /// 100× shorter (ignored with --scenario)
+    #[arg(long, default_value_t = 1.0, value_parser = number(TIME_SCALE), allow_negative_numbers = true)]
     pub time_scale: f64,
     /// JSON scenario file (see docs/simulator.md)
     #[arg(long, value_name = "FILE")]
@@ -290,6 +300,82 @@ pub struct SimArgs {
 /// Durations like `90s`, `11m`, `1h30m`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (use e.g. 90s, 11m, 2h, 7d)"))
+}
+
+// The range of every numeric setting, for flags and config keys alike. Out of range is a
+// usage error (exit 2): a huge value must not abort on allocation, panic, or quietly turn a
+// run into one that never looks again.
+
+/// Mutating calls in flight: more than the gateway would ever accept at once is a typo.
+pub const CONCURRENCY: (usize, usize) = (1, 1024);
+/// Requests per second (0 = unlimited).
+pub const RATE: (u32, u32) = (0, 1000);
+/// Instances one run may act on.
+pub const MAX_COUNT: (usize, usize) = (1, 100_000);
+/// Under 10 ms is a busy loop; over 5 minutes an instance is practically not watched.
+pub const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(300));
+/// Retrying through the operation lock (TTL 10 minutes): up to a day.
+pub const LOCK_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(86_400));
+/// Per-instance and whole-run time limits: a second to a week.
+pub const RUN_TIME: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+/// Waiting for a terminated instance to leave Describe: a second to a day.
+pub const CONFIRM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
+/// The settle after a lost Terminate answer: up to an hour.
+pub const SETTLE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+/// `--older-than`: up to 100 years (anything older predates the service).
+pub const OLDER_THAN: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(36_500 * 86_400));
+/// RetCodes are positive 32-bit numbers.
+pub const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
+/// The demo world lives in memory and on a terminal: ten thousand is plenty.
+pub const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
+/// The simulator's world lives in memory.
+pub const SIM_INSTANCES: (usize, usize) = (0, 100_000);
+/// Seeds: any 64-bit number.
+pub const SEED: (u64, u64) = (0, u64::MAX);
+/// Simulator time factor: beyond these, latencies overflow or round to nothing.
+pub const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
+
+/// Check a number against its range; the error names the range.
+pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {
+    if value >= min && value <= max {
+        Ok(value)
+    } else {
+        Err(format!("{value} is out of range: use {min} to {max}"))
+    }
+}
+
+/// Check a duration against its range; the error names the range.
+pub fn duration_in_range(value: Duration, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+    if value >= min && value <= max {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{} is out of range: use {} to {}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ))
+    }
+}
+
+/// A number flag's parser. Also for `-1`, which clap would otherwise take for a flag and
+/// answer with a misleading "use `-- -1`" tip (the flags set `allow_negative_numbers`).
+fn number<T>(range: (T, T)) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text: &str| {
+        let value = text
+            .trim()
+            .parse::<T>()
+            .map_err(|_| format!("not a number: use {} to {}", range.0, range.1))?;
+        in_range(value, range)
+    }
+}
+
+/// A duration flag's parser.
+fn duration(range: (Duration, Duration)) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
+    move |text: &str| duration_in_range(parse_duration(text)?, range)
 }
 
 #[cfg(test)]
@@ -314,5 +400,31 @@ mod tests {
         assert_eq!(parse_duration("11m"), Ok(Duration::from_secs(660)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("3x").unwrap_err().contains("e.g. 90s"));
+    }
+
+    #[test]
+    fn numbers_out_of_range_name_the_range() {
+        for args in [
+            &["run", "--concurrency", "-1", "uhost-a"][..],
+            &["run", "--concurrency", "5000", "uhost-a"],
+            &["run", "--rate", "-1", "uhost-a"],
+            &["run", "--max-count", "0", "uhost-a"],
+            &["run", "--lock-code", "-5", "uhost-a"],
+            &["demo", "--instances", "99999999999999"],
+            &["sim", "--time-scale", "1e308"],
+            &["sim", "--time-scale", "NaN"],
+            &["sim", "--seed", "-1"],
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("compshare-teardown").chain(args.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(" to "), "{args:?}: {err}");
+            assert!(!err.contains("-- -1"), "{args:?}: {err}");
+        }
+        let err = Cli::try_parse_from(["compshare-teardown", "run", "--poll-interval", "1y", "uhost-a"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("use 10ms to 5m"), "{err}");
+        assert!(Cli::try_parse_from(["compshare-teardown", "sim", "--time-scale", "0.01"]).is_ok());
     }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::cli::OutputFormat;
 use crate::logging::LogFormat;
+use crate::textfile;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +73,7 @@ pub struct RunConfig {
     pub journal: Option<PathBuf>,
     pub report: Option<PathBuf>,
     pub lock_file: Option<PathBuf>,
+    pub metrics_file: Option<PathBuf>,
     #[serde(default)]
     pub lock_codes: Vec<i64>,
 }
@@ -84,16 +86,23 @@ pub enum ConfigError {
     Invalid { path: String, detail: String },
 }
 
-/// Read and parse a config file.
+/// Read and parse a config file (at most [`textfile::SMALL_FILE`] bytes of UTF-8).
 pub fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+    let text = textfile::read(path, textfile::SMALL_FILE).map_err(|e| ConfigError::Read {
         path: p.clone(),
         detail: e.to_string(),
     })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-        path: p,
-        detail: e.message().to_owned(),
+    toml::from_str(&text).map_err(|e| {
+        // Someone may paste a key into the wrong field: say where, never what was there.
+        let at = e.span().map_or_else(String::new, |span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: ")
+        });
+        ConfigError::Invalid {
+            path: p,
+            detail: format!("{at}{}", textfile::redacted(e.message())),
+        }
     })
 }
 
@@ -153,5 +162,16 @@ lock_codes = [8903, 8904]
         std::fs::write(&p, "[selection]\nnmae = [\"x\"]\n").unwrap();
         let err = load(&p).unwrap_err().to_string();
         assert!(err.contains("unknown field `nmae`"), "{err}");
+        // A key pasted into the wrong field is not echoed back.
+        for text in [
+            "[run]\nconcurrency = \"SECRET-KEY\"\n",
+            "output = \"SECRET-KEY\"\n",
+            "profile = [\"SECRET-KEY\"]\n",
+            "[selection]\nall = \"SECRET-KEY\"\n",
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let err = load(&p).unwrap_err().to_string();
+            assert!(err.contains("line ") && !err.contains("SECRET"), "{err}");
+        }
     }
 }

@@ -118,21 +118,36 @@ struct UcloudConfigEntry {
     active: bool,
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, CredentialError> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| CredentialError::Unreadable {
-                file: path.display().to_string(),
-                detail: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(CredentialError::Unreadable {
-            file: path.display().to_string(),
-            detail: e.to_string(),
-        }),
-    }
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path, shape: &str) -> Result<Option<T>, CredentialError> {
+    let unreadable = |detail: String| CredentialError::Unreadable {
+        file: path.display().to_string(),
+        detail,
+    };
+    let text = match crate::textfile::read(path, crate::textfile::SMALL_FILE) {
+        Ok(text) => text,
+        Err(crate::textfile::TextFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unreadable(e.to_string())),
+    };
+    // A key file holds keys: a parse error says where and what shape was expected, never
+    // the value it found (which may be the private key itself).
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        unreadable(format!(
+            "{} at line {} column {} (expected {shape})",
+            crate::textfile::redacted(
+                &e.to_string()
+                    .replace(&format!(" at line {} column {}", e.line(), e.column()), "")
+            ),
+            e.line(),
+            e.column()
+        ))
+    })
 }
+
+/// What the key files look like, for parse errors.
+const COMPSHARE_SHAPE: &str =
+    r#"{"current_profile": "...", "profiles": {"NAME": {"public_key": "...", "private_key": "..."}}}"#;
+const UCLOUD_CREDENTIAL_SHAPE: &str = r#"[{"profile": "...", "public_key": "...", "private_key": "..."}]"#;
+const UCLOUD_CONFIG_SHAPE: &str = r#"[{"profile": "...", "active": true}]"#;
 
 /// Resolve credentials: flag > env > CompShare CLI file > UCloud CLI files, per field.
 // One linear walk down the precedence list reads best as one function.
@@ -182,20 +197,29 @@ pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
             .or_else(|| xdg.map(|x| x.join("compshare/config.json")));
         if let Some(file) = file {
             looked.push(file.display().to_string());
-            if let Some(cfg) = read_json::<CompshareFile>(&file)? {
-                let name = profile
-                    .clone()
-                    .or(cfg.current_profile.clone())
-                    .unwrap_or_else(|| "default".to_owned());
+            if let Some(cfg) = read_json::<CompshareFile>(&file, COMPSHARE_SHAPE)? {
+                let (name, named_by) = match (&profile, &cfg.current_profile) {
+                    (Some(p), _) => (p.clone(), ""),
+                    (None, Some(c)) => (c.clone(), " (its current_profile)"),
+                    (None, None) => ("default".to_owned(), ""),
+                };
                 match cfg.profiles.get(&name) {
                     Some(pair) => fill(&mut public, &mut private, pair, "compshare config file"),
-                    None if profile.is_some() => {
+                    // A profile someone named (the user, or the file's own current_profile)
+                    // and that is missing is an error, not a reason to look elsewhere.
+                    None if !named_by.is_empty() || profile.is_some() => {
                         return Err(CredentialError::UnknownProfile {
-                            profile: name,
-                            file: file.display().to_string(),
+                            profile: crate::textfile::excerpt(&name),
+                            file: format!("{}{named_by}", file.display()),
                         });
                     }
-                    None => {}
+                    None => {
+                        looked.pop();
+                        looked.push(format!(
+                            "{} (no current_profile and no \"default\" profile)",
+                            file.display()
+                        ));
+                    }
                 }
             }
         }
@@ -210,8 +234,8 @@ pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
             .var("UCLOUD_SHARED_CONFIG_FILE")
             .map_or_else(|| home.join(".ucloud/config.json"), PathBuf::from);
         looked.push(cred_file.display().to_string());
-        if let Some(creds) = read_json::<Vec<KeyPair>>(&cred_file)? {
-            let active = read_json::<Vec<UcloudConfigEntry>>(&conf_file)?
+        if let Some(creds) = read_json::<Vec<KeyPair>>(&cred_file, UCLOUD_CREDENTIAL_SHAPE)? {
+            let active = read_json::<Vec<UcloudConfigEntry>>(&conf_file, UCLOUD_CONFIG_SHAPE)?
                 .unwrap_or_default()
                 .into_iter()
                 .find(|e| e.active)
@@ -259,10 +283,12 @@ fn fill(
 
 /// Validate a base URL: `https://` anywhere, plain `http://` only to a loopback host (the
 /// simulator), because the signature does not cover a timestamp: a captured request can be
-/// replayed, so it must not cross a network in clear text.
+/// replayed, so it must not cross a network in clear text. No user:password (it would reach
+/// debug logs and saved plans) and no query string or fragment (it would ride along on every
+/// request).
 pub fn parse_base_url(text: &str) -> Result<Url, CredentialError> {
     let bad = |detail: &str| CredentialError::BadUrl {
-        url: text.to_owned(),
+        url: crate::textfile::excerpt(&without_userinfo(text)),
         detail: detail.to_owned(),
     };
     let url = Url::parse(text).map_err(|e| bad(&e.to_string()))?;
@@ -284,7 +310,86 @@ pub fn parse_base_url(text: &str) -> Result<Url, CredentialError> {
     if url.host().is_none() {
         return Err(bad("no host"));
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("a user name or password in the URL is not allowed"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a query string or fragment in the URL is not allowed"));
+    }
     Ok(url)
+}
+
+/// The URL text with anything between `://` and the last `@` of the authority replaced, so an
+/// error about a URL never prints its password.
+fn without_userinfo(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else {
+        return text.to_owned();
+    };
+    let end = text[start..].find(['/', '?', '#']).map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***@{}", &text[..start], &text[start + at + 1..]),
+        None => text.to_owned(),
+    }
+}
+
+/// Which account a plan, a journal or a run lock belongs to: the endpoint, the project and a
+/// fingerprint of the public key. Never the private key: the fingerprint is a short SHA-1 of
+/// the public half only, enough to tell two keys apart and to be written down safely.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Account {
+    pub endpoint: String,
+    /// Empty when no project is set (the account's default project).
+    pub project_id: String,
+    /// `sha1:` and the first 16 hex digits of the SHA-1 of the public key.
+    pub key_fingerprint: String,
+}
+
+impl Account {
+    pub fn new(endpoint: &Url, project_id: Option<&str>, public_key: &str) -> Account {
+        Account {
+            endpoint: endpoint.as_str().trim_end_matches('/').to_owned(),
+            project_id: project_id.unwrap_or_default().to_owned(),
+            key_fingerprint: format!("sha1:{}", &sha1_hex(public_key.as_bytes())[..16]),
+        }
+    }
+
+    /// What differs between the account a file was made for (`self`) and `now`.
+    pub fn differences(&self, now: &Account) -> Vec<String> {
+        let mut out = Vec::new();
+        for (what, a, b) in [
+            ("endpoint", &self.endpoint, &now.endpoint),
+            ("project", &self.project_id, &now.project_id),
+            ("public key", &self.key_fingerprint, &now.key_fingerprint),
+        ] {
+            if a != b {
+                let show = |v: &str| {
+                    if v.is_empty() {
+                        "(none)".to_owned()
+                    } else {
+                        crate::textfile::excerpt(v)
+                    }
+                };
+                out.push(format!("{what} {} (now {})", show(a), show(b)));
+            }
+        }
+        out
+    }
+
+    /// A short stable name for this account, for per-account file names.
+    pub fn slug(&self) -> String {
+        let text = format!("{}\n{}\n{}", self.endpoint, self.project_id, self.key_fingerprint);
+        sha1_hex(text.as_bytes())[..12].to_owned()
+    }
+}
+
+/// Lower-case hex SHA-1.
+pub fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::Digest;
+    use std::fmt::Write as _;
+    sha1::Sha1::digest(bytes).iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 #[cfg(test)]
@@ -402,5 +507,65 @@ mod tests {
         assert!(parse_base_url("http://10.0.0.1").is_err());
         assert!(parse_base_url("ftp://x").is_err());
         assert!(parse_base_url("not a url").is_err());
+        for url in [
+            "https://user:hunter2@api.compshare.cn",
+            "https://user@api.compshare.cn",
+            "https://api.compshare.cn/?ProjectId=x",
+            "https://api.compshare.cn/#x",
+        ] {
+            let err = parse_base_url(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        assert_eq!(without_userinfo("https://u:p@h/x@y"), "https://***@h/x@y");
+    }
+
+    #[test]
+    fn parse_errors_in_key_files_never_quote_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cs.json");
+        let vars = env(&[("COMPSHARE_CONFIG_FILE", file.to_str().unwrap())]);
+        for text in [
+            r#"{"profiles": {"default": "SECRET-KEY-1"}}"#,
+            r#"{"profiles": ["SECRET-KEY-1"]}"#,
+            r#"{"current_profile": ["SECRET-KEY-1"]}"#,
+            r#"{"profiles": {"default": {"private_key": 1, "public_key": "SECRET-KEY-1"}}}"#,
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = resolve_with((None, None), None, &vars, None).unwrap_err().to_string();
+            assert!(err.contains("expected") && !err.contains("SECRET"), "{err}");
+        }
+        let u = dir.path().join(".ucloud");
+        std::fs::create_dir_all(&u).unwrap();
+        std::fs::write(u.join("credential.json"), r#"["SECRET-KEY-2"]"#).unwrap();
+        let err = resolve_with((None, None), None, &env(&[]), Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential.json") && !err.contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_current_profile_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cs.json");
+        std::fs::write(
+            &file,
+            r#"{"current_profile":"work","profiles":{"default":{"public_key":"p","private_key":"k"}}}"#,
+        )
+        .unwrap();
+        let vars = env(&[("COMPSHARE_CONFIG_FILE", file.to_str().unwrap())]);
+        let err = resolve_with((None, None), None, &vars, None).unwrap_err().to_string();
+        assert!(err.contains("\"work\"") && err.contains("current_profile"), "{err}");
+    }
+
+    #[test]
+    fn accounts_differ_by_endpoint_project_and_key_only() {
+        let u = Url::parse("https://api.compshare.cn").unwrap();
+        let a = Account::new(&u, Some("p1"), "pub");
+        assert_eq!(a, Account::new(&u, Some("p1"), "pub"));
+        assert_eq!(a.key_fingerprint.len(), "sha1:".len() + 16);
+        assert!(!a.key_fingerprint.contains("pub"));
+        assert_ne!(a.slug(), Account::new(&u, Some("p2"), "pub").slug());
+        assert_ne!(a.slug(), Account::new(&u, Some("p1"), "pub2").slug());
+        assert_eq!(a.differences(&Account::new(&u, None, "pub")).len(), 1);
     }
 }

@@ -138,10 +138,20 @@ pub(crate) async fn serve(global: &GlobalArgs, a: SimArgs) -> Result<Exit, Failu
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr().context("no local address")?;
+    // Listening on every address (0.0.0.0, ::): the client reaches it on loopback, the only
+    // plain-http host it accepts.
+    let mut local = addr;
+    if addr.ip().is_unspecified() {
+        local.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
     let handle = SimHandle::new(scenario);
     crate::app::print(&format!(
         "CompShare simulator listening on http://{addr}/ ({} instances)\n\
-         export COMPSHARE_BASE_URL=http://{addr}/\n\
+         export COMPSHARE_BASE_URL=http://{local}/\n\
          export COMPSHARE_PUBLIC_KEY={}\n\
          export COMPSHARE_PRIVATE_KEY={}\n\
          state: http://{addr}/_sim/state — Ctrl-C to stop\n",

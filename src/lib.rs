@@ -9,7 +9,8 @@
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - [`demo`]: the `demo` and `sim` commands over the simulator.
-//! - [`output`], [`progress`], [`logging`], [`runlock`]: what people and cron see.
+//! - [`output`], [`progress`], [`logging`], [`metrics`]: what people and cron see.
+//! - [`runlock`], [`pathset`], [`textfile`]: the files a run locks, writes and reads, guarded.
 //! - [`reference`]: the flag/config reference and man pages, generated from [`cli`].
 
 pub mod api;
@@ -19,11 +20,14 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod logging;
+pub mod metrics;
 pub mod output;
+pub mod pathset;
 pub mod plan;
 pub mod progress;
 pub mod reference;
 pub mod runlock;
 pub mod selection;
 pub mod sim;
+pub mod textfile;
 pub mod workflow;

@@ -93,22 +93,30 @@ pub fn plan_table(plan: &Plan) -> String {
     format!("{t}\n{}\n", plan_summary(plan))
 }
 
-/// One line: what the plan does in total.
+/// One line: what the plan does in total. The headline count is [`Plan::acting_ids`], the
+/// same number the confirmation prompt asks for and `--max-count` limits; the parts in
+/// brackets add up to it.
 pub fn plan_summary(plan: &Plan) -> String {
     let acting = plan.acting_ids().len();
     let count = |a: crate::plan::Action| plan.entries.iter().filter(|e| e.action == a).count();
-    let mut s = format!(
-        "{acting} to tear down ({} stop+terminate, {} terminate, {} wait+terminate); {} skipped, {} not found",
-        count(crate::plan::Action::StopThenTerminate),
-        count(crate::plan::Action::TerminateOnly),
-        count(crate::plan::Action::WaitThenTerminate),
-        count(crate::plan::Action::Skip),
-        count(crate::plan::Action::AlreadyGone),
-    );
+    let mut parts = vec![
+        format!("{} stop+terminate", count(crate::plan::Action::StopThenTerminate)),
+        format!("{} terminate", count(crate::plan::Action::TerminateOnly)),
+        format!("{} wait+terminate", count(crate::plan::Action::WaitThenTerminate)),
+    ];
+    let gone = count(crate::plan::Action::AlreadyGone);
+    if gone > 0 {
+        parts.push(format!("{gone} not found, watched until confirmed gone"));
+    }
     let spot = count(crate::plan::Action::NeedsForceStop);
     if spot > 0 {
-        let _ = write!(s, "; {spot} spot instance(s) need --force-stop");
+        parts.push(format!("{spot} spot instance(s) that need --force-stop"));
     }
+    let mut s = format!(
+        "{acting} to tear down ({}); {} skipped",
+        parts.join(", "),
+        count(crate::plan::Action::Skip),
+    );
     let disks: usize = plan
         .entries
         .iter()
@@ -183,6 +191,50 @@ pub fn report_table(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::Account;
+    use crate::selection::{Candidate, Verdict};
+
+    #[test]
+    fn the_summary_headline_counts_what_the_run_works_on() {
+        let cand = |id: &str, state, charge: &str, verdict| Candidate {
+            id: id.into(),
+            row: Some(Instance {
+                uhost_id: id.into(),
+                state,
+                charge_type: charge.into(),
+                ..Instance::default()
+            }),
+            verdict,
+        };
+        let plan = Plan::build(
+            &[
+                cand("a-1", crate::api::State::Running, "Postpay", Verdict::Act),
+                cand("a-2", crate::api::State::Running, "Spot", Verdict::Act),
+                Candidate {
+                    id: "a-3".into(),
+                    row: None,
+                    verdict: Verdict::NotFound,
+                },
+                cand(
+                    "a-4",
+                    crate::api::State::Running,
+                    "Postpay",
+                    Verdict::Skip {
+                        reason: "protected".into(),
+                    },
+                ),
+            ],
+            &Account::default(),
+            false,
+            false,
+        );
+        let s = plan_summary(&plan);
+        assert!(s.starts_with("3 to tear down ("), "{s}");
+        assert!(
+            s.contains("1 not found") && s.contains("1 spot") && s.contains("1 skipped"),
+            "{s}"
+        );
+    }
 
     #[test]
     fn ages() {

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Instance, State};
-use crate::selection::{Candidate, Verdict};
+use crate::credentials::Account;
+use crate::selection::{Candidate, IdSource, Verdict, check_ids};
+use crate::textfile;
 
 /// What `run` will do to one instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,13 +77,17 @@ pub struct Plan {
     pub schema: u32,
     /// The API endpoint the plan was made against; `run --plan` refuses another one.
     pub base_url: String,
+    /// The project it was made for (empty: the account's default project).
+    pub project_id: String,
+    /// A fingerprint of the public key it was made with (never the key itself).
+    pub key_fingerprint: String,
     pub release_udisk: bool,
     pub force_stop: bool,
     pub entries: Vec<Entry>,
 }
 
-/// The plan file's schema version.
-pub const PLAN_SCHEMA: u32 = 1;
+/// The plan file's schema version (2: `project_id` and `key_fingerprint`).
+pub const PLAN_SCHEMA: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -89,33 +95,46 @@ pub enum PlanError {
     Read { path: String, detail: String },
     #[error("plan {path} is not a plan file: {detail}")]
     Malformed { path: String, detail: String },
-    #[error("plan {path} was made against {planned}, not {actual}")]
-    OtherEndpoint {
-        path: String,
-        planned: String,
-        actual: String,
-    },
+    #[error(
+        "plan {path} was made against another account: {}; make a new plan, or pass --allow-other-account",
+        .differences.join(", ")
+    )]
+    OtherAccount { path: String, differences: Vec<String> },
 }
 
 impl Plan {
-    pub fn build(candidates: &[Candidate], base_url: &str, release_udisk: bool, force_stop: bool) -> Plan {
+    pub fn build(candidates: &[Candidate], account: &Account, release_udisk: bool, force_stop: bool) -> Plan {
         let entries = candidates.iter().map(|c| entry(c, release_udisk, force_stop)).collect();
         Plan {
             schema: PLAN_SCHEMA,
-            base_url: base_url.to_owned(),
+            base_url: account.endpoint.clone(),
+            project_id: account.project_id.clone(),
+            key_fingerprint: account.key_fingerprint.clone(),
             release_udisk,
             force_stop,
             entries,
         }
     }
 
-    /// IDs `run` will act on.
+    /// IDs `run` will act on: every entry not skipped. Instances not found are watched until
+    /// confirmed gone, and a spot instance may be found stopped and terminated, so they count:
+    /// this one number is the plan's headline, the count the prompt asks for, and what
+    /// `--max-count` limits.
     pub fn acting_ids(&self) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|e| e.action.acts())
+            .filter(|e| e.action != Action::Skip)
             .map(|e| e.uhost_id.clone())
             .collect()
+    }
+
+    /// The account the plan was made for.
+    pub fn account(&self) -> Account {
+        Account {
+            endpoint: self.base_url.trim_end_matches('/').to_owned(),
+            project_id: self.project_id.clone(),
+            key_fingerprint: self.key_fingerprint.clone(),
+        }
     }
 
     /// Hourly price of the instances to be torn down, where reported.
@@ -123,27 +142,39 @@ impl Plan {
         self.entries.iter().filter(|e| e.action.acts()).map(|e| e.price).sum()
     }
 
-    pub fn load(path: &str, base_url: &str) -> Result<Plan, PlanError> {
-        let text = std::fs::read_to_string(path).map_err(|e| PlanError::Read {
+    /// Read a saved plan made for `account` (any account with `allow_other_account`), with its
+    /// IDs checked like the command line's.
+    pub fn load(path: &str, account: &Account, allow_other_account: bool) -> Result<Plan, PlanError> {
+        let text = textfile::read(std::path::Path::new(path), textfile::PLAN_FILE).map_err(|e| PlanError::Read {
             path: path.into(),
             detail: e.to_string(),
         })?;
-        let plan: Plan = serde_json::from_str(&text).map_err(|e| PlanError::Malformed {
+        let malformed = |detail: String| PlanError::Malformed {
             path: path.into(),
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let plan: Plan = serde_json::from_str(&text).map_err(|e| malformed(textfile::excerpt(&e.to_string())))?;
         if plan.schema != PLAN_SCHEMA {
-            let detail = format!("schema {} (this build reads {PLAN_SCHEMA})", plan.schema);
-            return Err(PlanError::Malformed {
-                path: path.into(),
-                detail,
-            });
+            return Err(malformed(format!(
+                "schema {} (this build reads {PLAN_SCHEMA})",
+                plan.schema
+            )));
         }
-        if plan.base_url.trim_end_matches('/') != base_url.trim_end_matches('/') {
-            return Err(PlanError::OtherEndpoint {
+        let sources: Vec<IdSource> = plan
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(n, e)| IdSource {
+                id: e.uhost_id.clone(),
+                at: format!(" (entry {})", n + 1),
+            })
+            .collect();
+        check_ids(&sources).map_err(|e| malformed(e.to_string()))?;
+        let differences = plan.account().differences(account);
+        if !differences.is_empty() && !allow_other_account {
+            return Err(PlanError::OtherAccount {
                 path: path.into(),
-                planned: plan.base_url,
-                actual: base_url.into(),
+                differences,
             });
         }
         Ok(plan)
@@ -272,7 +303,7 @@ mod tests {
                 verdict: Verdict::NotFound,
             },
         ];
-        let p = Plan::build(&cands, "u", false, false);
+        let p = Plan::build(&cands, &Account::default(), false, false);
         let actions: Vec<Action> = p.entries.iter().map(|e| e.action).collect();
         assert_eq!(
             actions,
@@ -285,11 +316,11 @@ mod tests {
                 Action::AlreadyGone
             ]
         );
-        assert_eq!(p.acting_ids(), vec!["a-1", "a-2", "a-3"]);
+        assert_eq!(p.acting_ids(), vec!["a-1", "a-2", "a-3", "a-4", "a-6"]);
         assert!((p.hourly_price() - 7.5).abs() < 1e-9);
         assert_eq!(p.entries[0].disks, "kept");
         assert_eq!(p.entries[0].data_disks, vec!["bsi-data"]);
-        let forced = Plan::build(&cands, "u", true, true);
+        let forced = Plan::build(&cands, &Account::default(), true, true);
         assert_eq!(forced.entries[3].action, Action::StopThenTerminate);
         assert_eq!(forced.entries[0].disks, "released");
     }
@@ -298,7 +329,7 @@ mod tests {
     fn drift_detection() {
         let p = Plan::build(
             &[cand("a-1", State::Stopped, "Postpay", Verdict::Act)],
-            "u",
+            &Account::default(),
             false,
             false,
         );
@@ -311,5 +342,39 @@ mod tests {
         assert!(p.drift(&row).unwrap().contains("re-tagged"));
         row.name = "other".into();
         assert!(p.drift(&row).unwrap().contains("renamed"));
+    }
+
+    #[test]
+    fn loading_checks_ids_and_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        let path = path.to_str().unwrap();
+        let url = url::Url::parse("https://api.compshare.cn").unwrap();
+        let mine = Account::new(&url, Some("proj-a"), "pub");
+        let cands = [
+            cand("a-1", State::Stopped, "Postpay", Verdict::Act),
+            cand("a-2", State::Stopped, "Postpay", Verdict::Act),
+        ];
+        let save = |p: &Plan| std::fs::write(path, serde_json::to_string(p).unwrap()).unwrap();
+        let plan = Plan::build(&cands, &mine, false, false);
+        save(&plan);
+        assert_eq!(Plan::load(path, &mine, false).unwrap(), plan);
+        let other = Account::new(&url, Some("proj-b"), "pub");
+        let err = Plan::load(path, &other, false).unwrap_err().to_string();
+        assert!(err.contains("project proj-a (now proj-b)"), "{err}");
+        assert!(Plan::load(path, &other, true).is_ok());
+        let mut bad = plan.clone();
+        bad.entries[1].uhost_id = "a-1".into();
+        save(&bad);
+        let err = Plan::load(path, &mine, false).unwrap_err().to_string();
+        assert!(err.contains("given twice (entry 2)"), "{err}");
+        bad.entries[1].uhost_id = "bad;id".into();
+        save(&bad);
+        assert!(
+            Plan::load(path, &mine, false)
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
     }
 }

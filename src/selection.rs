@@ -8,7 +8,6 @@
 //! protections always win over everything else.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -16,6 +15,7 @@ use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Instance, State};
+use crate::textfile;
 
 /// What went wrong with the user's selection input.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -47,18 +47,24 @@ pub struct IdSource {
 }
 
 /// Read IDs from a file (`-` = stdin): one per line, `#` starts a comment, blank lines skipped.
+/// At most [`textfile::SMALL_FILE`] bytes of UTF-8, lines of at most [`MAX_ID_LINE`] bytes.
 pub fn read_id_file(path: &str) -> Result<Vec<IdSource>, SelectionError> {
-    let mut text = String::new();
-    let result = if path == "-" {
-        std::io::stdin().read_to_string(&mut text).map(drop)
+    let text = if path == "-" {
+        textfile::read_from(std::io::stdin().lock(), textfile::SMALL_FILE)
     } else {
-        std::fs::read_to_string(path).map(|t| text = t)
-    };
-    result.map_err(|e| SelectionError::File {
+        textfile::read(std::path::Path::new(path), textfile::SMALL_FILE)
+    }
+    .map_err(|e| SelectionError::File {
         path: path.to_owned(),
         detail: e.to_string(),
     })?;
     let name = if path == "-" { "stdin" } else { path };
+    if let Some((n, line)) = text.lines().enumerate().find(|(_, l)| l.len() > MAX_ID_LINE) {
+        return Err(SelectionError::File {
+            path: path.to_owned(),
+            detail: format!("line {} is {} bytes long (at most {MAX_ID_LINE})", n + 1, line.len()),
+        });
+    }
     Ok(text
         .lines()
         .enumerate()
@@ -71,6 +77,9 @@ pub fn read_id_file(path: &str) -> Result<Vec<IdSource>, SelectionError> {
         })
         .collect())
 }
+
+/// The longest line an ID file may have: an ID is at most 64 bytes; a comment can add some.
+pub const MAX_ID_LINE: usize = 1024;
 
 /// Check IDs: none empty, each well-formed, none twice. The prefix is not assumed (`uhost-`,
 /// `cpod-` and others exist).
@@ -89,7 +98,7 @@ pub fn check_ids(ids: &[IdSource]) -> Result<Vec<String>, SelectionError> {
             && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
         if !well_formed {
             return Err(SelectionError::Malformed {
-                id: id.to_owned(),
+                id: textfile::excerpt(id),
                 at: src.at.clone(),
             });
         }

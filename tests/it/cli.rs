@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use compshare_teardown::api::model::Disk;
 use compshare_teardown::api::{Instance, State, describe_ids};
+use compshare_teardown::credentials::Account;
 use compshare_teardown::sim::{CallRecord, Faults, Latency, Scenario, Server, SimHandle, SimState};
+use compshare_teardown::workflow::journal::{Entry, JOURNAL_VERSION, Journal};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::time::Instant;
@@ -610,14 +612,29 @@ fn a_held_run_lock_exits_3_at_once() {
     );
     assert!(w.snapshot().calls.is_empty(), "no API call before the lock");
 
-    // The default lock path lives in XDG_RUNTIME_DIR: the same holds without --lock-file.
-    let default_lock = std::fs::File::create(w.path("compshare-teardown.lock")).unwrap();
+    // The default lock lives in XDG_RUNTIME_DIR, one per account (endpoint, project, key):
+    // the same account is locked out, another project of it goes ahead side by side.
+    let account = Account::new(&w.server.url, None, &w.handle().public_key());
+    let default_lock = std::fs::File::create(w.path(&format!("compshare-teardown-{}.lock", account.slug()))).unwrap();
     default_lock.try_lock().unwrap();
     let out = run(w
         .cmd()
         .args(["run", "--yes", "uhost-f1", "--poll-interval", "50ms", "--rate", "0"]));
     assert_eq!(out.code, Some(3), "{out:?}");
     assert!(w.snapshot().calls.is_empty());
+    let out = run(w.cmd().args([
+        "--project-id",
+        "org-second",
+        "run",
+        "--yes",
+        "uhost-f2",
+        "--poll-interval",
+        "50ms",
+        "--rate",
+        "0",
+    ]));
+    assert_eq!(out.code, Some(0), "another project is not blocked: {out:?}");
+    assert!(!w.handle().ids().contains(&"uhost-f2".to_owned()));
 
     drop(holder);
     let out = run(w.cmd().args(["run", "--yes", "uhost-f1"]).args(w.fast()));
@@ -841,10 +858,71 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         .args(["plan", "uhost-f1", "--output", "json", "--save"])
         .arg(&other_plan));
     assert_eq!(out.code, Some(0), "{out:?}");
-    let text = std::fs::read_to_string(&other_plan)
-        .unwrap()
-        .replace(w.server.url.as_str(), "https://api.compshare.cn/");
+    let plan_text = std::fs::read_to_string(&other_plan).unwrap();
+    let here = w.server.url.as_str().trim_end_matches('/');
+    let text = plan_text.replace(here, "https://api.compshare.cn");
     std::fs::write(&other_plan, text).unwrap();
+    // The same plan, damaged: an entry twice, an ID the command line would refuse.
+    let mut plan: Value = serde_json::from_str(&plan_text).unwrap();
+    let entry = plan["entries"][0].clone();
+    plan["entries"].as_array_mut().unwrap().push(entry);
+    std::fs::write(w.path("plan-dup.json"), plan.to_string()).unwrap();
+    plan["entries"].as_array_mut().unwrap().pop();
+    plan["entries"][0]["uhost_id"] = "uhost-f1;rm".into();
+    std::fs::write(w.path("plan-badid.json"), plan.to_string()).unwrap();
+    std::fs::write(w.path("plan-ok.json"), &plan_text).unwrap();
+    // Journals: damaged by hand, for another account, too many IDs for --max-count.
+    let account = Account::new(&w.server.url, None, &w.handle().public_key());
+    let start = |ids: &[&str]| Entry::Start {
+        version: JOURNAL_VERSION,
+        ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        release_udisk: false,
+        force_stop: false,
+        resumed: false,
+    };
+    Journal::begin(
+        &w.path("journal-three.jsonl"),
+        &account,
+        &start(&["uhost-f1", "uhost-f2", "uhost-f3"]),
+    )
+    .unwrap();
+    let edited = std::fs::read_to_string(w.path("journal-three.jsonl"))
+        .unwrap()
+        .replace("\"uhost-f3\"", "\"uhost-f3\",\"uhost-f4\"");
+    std::fs::write(w.path("journal-edited.jsonl"), edited).unwrap();
+    Journal::begin(
+        &w.path("journal-dup.jsonl"),
+        &account,
+        &start(&["uhost-f1", "uhost-f1"]),
+    )
+    .unwrap();
+    let other = Account::new(&w.server.url, Some("org-other"), &w.handle().public_key());
+    Journal::begin(&w.path("journal-other.jsonl"), &other, &start(&["uhost-f1"])).unwrap();
+    // Inputs that must be refused quickly and without echoing them whole.
+    std::fs::write(w.path("ids-ok.txt"), "uhost-f1\n").unwrap();
+    std::fs::write(w.path("empty.toml"), "").unwrap();
+    std::fs::write(
+        w.path("ids-longline.txt"),
+        format!("uhost-f1\n{}\n", "x".repeat(100_000)),
+    )
+    .unwrap();
+    std::fs::write(w.path("latin1.toml"), b"profile = \"caf\xe9\"\n").unwrap();
+    std::fs::write(w.path("big-concurrency.toml"), "[run]\nconcurrency = 5000\n").unwrap();
+    std::fs::write(w.path("year-poll.toml"), "[run]\npoll_interval = \"1y\"\n").unwrap();
+    // A lock file planted as a symlink to a file that must survive.
+    std::fs::write(w.path("precious"), "export PATH=precious\n").unwrap();
+    std::os::unix::fs::symlink(w.path("precious"), w.path("lock-link")).unwrap();
+    std::fs::create_dir(w.path("sub")).unwrap();
+    // A runtime directory anyone can write to.
+    std::fs::create_dir(w.path("shared")).unwrap();
+    std::fs::set_permissions(w.path("shared"), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // A CompShare key file naming a profile it does not have.
+    std::fs::write(
+        w.path("cs-current.json"),
+        r#"{"current_profile": "work", "profiles": {"default": {"public_key": "p", "private_key": "k"}}}"#,
+    )
+    .unwrap();
+    let long_id = format!("uhost-{}", "x".repeat(100_000));
     let html = html_endpoint();
     let failing = World::new(Scenario {
         time_scale: SCALE,
@@ -879,18 +957,197 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         clap_bad(&["plan", "--older-than", "yesterday"], "--older-than"),
         clap_bad(&["run", "--yes", "uhost-f1", "--deadline=-5s"], "--deadline"),
         clap_bad(&["run", "--yes", "uhost-f1", "--rate=-1"], "--rate"),
-        bad(
+        clap_bad(
             &["run", "--yes", "uhost-f1", "--poll-interval", "1ms"],
-            "--poll-interval",
+            "use 10ms to 5m",
         ),
-        bad(&["run", "--yes", "uhost-f1", "--concurrency", "0"], "--concurrency"),
+        clap_bad(&["run", "--yes", "uhost-f1", "--poll-interval", "1y"], "use 10ms to 5m"),
+        clap_bad(&["run", "--yes", "uhost-f1", "--concurrency", "0"], "use 1 to 1024"),
+        // Negative numbers: the range, not clap's "use -- -1" tip.
+        clap_bad(&["run", "--yes", "uhost-f1", "--concurrency", "-1"], "use 1 to 1024"),
+        clap_bad(&["run", "--yes", "uhost-f1", "--rate", "-1"], "use 0 to 1000"),
+        clap_bad(&["run", "--yes", "uhost-f1", "--max-count", "-5"], "use 1 to 100000"),
+        clap_bad(
+            &["run", "--yes", "uhost-f1", "--lock-code", "-1"],
+            "use 1 to 2147483647",
+        ),
+        clap_bad(&["run", "--yes", "uhost-f1", "--deadline", "0s"], "use 1s to 7days"),
+        clap_bad(&["plan", "--older-than", "200y"], "--older-than"),
+        clap_bad(&["demo", "--instances", "99999999999999"], "use 1 to 10000"),
+        clap_bad(&["demo", "--instances", "-1"], "use 1 to 10000"),
+        clap_bad(&["sim", "--time-scale", "1e308"], "use 0.0001 to 1000"),
+        clap_bad(&["sim", "--time-scale", "-1"], "use 0.0001 to 1000"),
+        clap_bad(&["sim", "--time-scale", "NaN"], "use 0.0001 to 1000"),
+        bad(
+            &["--config", "{dir}/big-concurrency.toml", "run", "--yes", "uhost-f1"],
+            "use 1 to 1024",
+        ),
+        bad(
+            &["--config", "{dir}/year-poll.toml", "run", "--yes", "uhost-f1"],
+            "use 10ms to 5m",
+        ),
+        // Explicit IDs over --max-count: refused before the first Describe (the endpoint is
+        // unreachable; the error is the limit, not the network).
+        bad(
+            &[
+                "--base-url",
+                "http://127.0.0.1:1/",
+                "run",
+                "--yes",
+                "--max-count",
+                "2",
+                "uhost-f1",
+                "uhost-f2",
+                "uhost-f3",
+            ],
+            "3 instances named, more than --max-count 2",
+        ),
         // Plans and journals.
         bad(&["run", "--yes", "--plan", "{dir}/plan-bad.json"], "not a plan file"),
         bad(
             &["run", "--yes", "--plan", "{dir}/missing-plan.json"],
             "cannot read plan",
         ),
-        bad(&["run", "--yes", "--plan", "{dir}/plan-other.json"], "was made against"),
+        bad(&["run", "--yes", "--plan", "{dir}/plan-other.json"], "another account"),
+        bad(
+            &[
+                "--project-id",
+                "org-other",
+                "run",
+                "--yes",
+                "--plan",
+                "{dir}/plan-ok.json",
+            ],
+            "project (none) (now org-other)",
+        ),
+        bad(
+            &["run", "--yes", "--plan", "{dir}/plan-dup.json"],
+            "given twice (entry 2)",
+        ),
+        bad(
+            &["run", "--yes", "--plan", "{dir}/plan-badid.json"],
+            "malformed instance ID",
+        ),
+        bad(
+            &["run", "--yes", "--resume", "{dir}/journal-edited.jsonl"],
+            "checksum does not match",
+        ),
+        bad(&["run", "--yes", "--resume", "{dir}/journal-dup.jsonl"], "given twice"),
+        bad(
+            &["run", "--yes", "--resume", "{dir}/journal-other.jsonl"],
+            "another account",
+        ),
+        bad(
+            &[
+                "run",
+                "--yes",
+                "--max-count",
+                "2",
+                "--resume",
+                "{dir}/journal-three.jsonl",
+            ],
+            "more than --max-count 2",
+        ),
+        bad(
+            &["run", "--yes", "uhost-f1", "--journal", "/dev/full"],
+            "nothing was changed",
+        ),
+        bad(&["run", "--yes", "uhost-f1", "--journal", "{dir}"], "is a directory"),
+        // Files that overlap.
+        bad(
+            &[
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--journal",
+                "{dir}/same",
+                "--report",
+                "{dir}/same",
+            ],
+            "--journal and --report name the same file",
+        ),
+        bad(
+            &[
+                "run",
+                "--yes",
+                "--from-file",
+                "{dir}/ids-ok.txt",
+                "--report",
+                "{dir}/ids-ok.txt",
+            ],
+            "--from-file and --report",
+        ),
+        bad(
+            &[
+                "--config",
+                "{dir}/empty.toml",
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--report",
+                "{dir}/./empty.toml",
+            ],
+            "--config and --report",
+        ),
+        bad(
+            &[
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--journal",
+                "{dir}/jl",
+                "--lock-file",
+                "{dir}/sub/../jl",
+            ],
+            "--journal and --lock-file",
+        ),
+        bad(
+            &[
+                "run",
+                "--yes",
+                "uhost-f1",
+                "--journal",
+                "{dir}/jm",
+                "--metrics-file",
+                "{dir}/jm",
+            ],
+            "--journal and --metrics-file",
+        ),
+        bad(
+            &[
+                "run",
+                "--yes",
+                "--plan",
+                "{dir}/plan-ok.json",
+                "--report",
+                "{dir}/plan-ok.json",
+            ],
+            "--plan and --report",
+        ),
+        bad(
+            &["plan", "--from-file", "{dir}/ids-ok.txt", "--save", "{dir}/ids-ok.txt"],
+            "--save and --from-file",
+        ),
+        // The run lock.
+        bad(
+            &["run", "--yes", "uhost-f1", "--lock-file", "{dir}/lock-link"],
+            "symbolic link",
+        ),
+        bad_env(
+            &["run", "--yes", "uhost-f1"],
+            &[("XDG_RUNTIME_DIR", Some("{dir}/shared"))],
+            "writable by others",
+        ),
+        // Bounded inputs.
+        bad(&["run", "--yes", "--from-file", "/dev/zero"], "larger than 1024 KiB"),
+        bad(&["run", "--yes", "--from-file", "/dev/urandom"], "cannot read ID file"),
+        bad(&["--config", "/dev/zero", "plan", "--all"], "larger than 1024 KiB"),
+        bad(&["--config", "{dir}/latin1.toml", "plan", "--all"], "not UTF-8"),
+        bad(
+            &["run", "--yes", "--from-file", "{dir}/ids-longline.txt"],
+            "line 2 is 100000 bytes long",
+        ),
+        bad(&["run", "--yes", "{long_id}"], "(100006 bytes)"),
         bad(
             &["run", "--yes", "--resume", "{dir}/journal-nostart.jsonl"],
             "no start line",
@@ -930,6 +1187,20 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
             "loopback",
         ),
         bad(&["--base-url", "ftp://127.0.0.1/", "list", "--all"], "ftp"),
+        bad(
+            &["--base-url", "http://user:hunter2@127.0.0.1:1/", "list", "--all"],
+            "user name or password",
+        ),
+        bad(&["--base-url", "{url}?Region=cn-sh2", "list", "--all"], "query string"),
+        bad_env(
+            &["list", "--all"],
+            &[
+                ("COMPSHARE_PUBLIC_KEY", None),
+                ("COMPSHARE_PRIVATE_KEY", None),
+                ("COMPSHARE_CONFIG_FILE", Some("{dir}/cs-current.json")),
+            ],
+            "profile \"work\" not found in",
+        ),
         bad_env(
             &["--profile", "nosuch", "list", "--all"],
             &[("COMPSHARE_PUBLIC_KEY", None), ("COMPSHARE_PRIVATE_KEY", None)],
@@ -952,7 +1223,7 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         clap_bad(&["run", "--plan", "{dir}/p.json", "uhost-f1"], "cannot be used with"),
         clap_bad(&["--log-format", "xml", "list", "--all"], "xml"),
     ];
-    assert!(cases.len() >= 25);
+    assert!(cases.len() >= 80, "{}", cases.len());
 
     let empty = tempfile::tempdir().unwrap();
     let sub = |a: &str| {
@@ -961,6 +1232,7 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
             .replace("{html}", &html)
             .replace("{failing}", &failing_url)
             .replace("{empty}", empty.path().to_str().unwrap())
+            .replace("{long_id}", &long_id)
     };
     let mut failures = Vec::new();
     for case in &cases {
@@ -980,7 +1252,13 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
             && first.starts_with("error:")
             && out.stderr.contains(case.expect)
             && (case.clap || out.stderr.trim_end().lines().count() == 1)
-            && out.stdout.is_empty();
+            && out.stdout.is_empty()
+            // Short, and nothing repeated or leaked: no value echoed whole, no OS error
+            // twice, no password, no misleading `-- -1` tip.
+            && out.stderr.len() < 1000
+            && out.stderr.matches("(os error").count() <= 1
+            && !out.stderr.contains("hunter2")
+            && !out.stderr.contains("-- -1");
         if !ok {
             failures.push(format!("{args:?}: want exit 2 and {:?}\n{out:?}", case.expect));
         }
@@ -999,6 +1277,11 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
     assert!(mutating(&state).is_empty(), "{:#?}", mutating(&state));
     assert!(failing.mutating_calls().is_empty());
     assert_eq!(w.handle().ids().len(), 6);
+    // The symlinked lock's target is untouched.
+    assert_eq!(
+        std::fs::read_to_string(w.path("precious")).unwrap(),
+        "export PATH=precious\n"
+    );
 }
 
 // 10 ----------------------------------------------------------------------------------------
@@ -1365,4 +1648,386 @@ fn named_ids_outside_the_scope_are_refused_by_name() {
     assert_eq!(outcome("uhost-f2").as_deref(), Some("terminated"));
     assert_eq!(outcome("uhost-nowhere").as_deref(), Some("already_gone"));
     assert!(w.handle().ids().contains(&"uhost-sh".to_owned()));
+}
+
+// Hardening ---------------------------------------------------------------------------------
+
+/// Without a runtime directory, the default lock goes to a per-user directory created 0700,
+/// never to the shared temp directory itself.
+#[test]
+fn the_default_lock_lives_in_a_private_per_user_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = filter_world();
+    let tmp = w.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let out = run(w.cmd().env_remove("XDG_RUNTIME_DIR").env("TMPDIR", &tmp).args([
+        "run",
+        "--yes",
+        "uhost-f1",
+        "--poll-interval",
+        "50ms",
+        "--rate",
+        "0",
+    ]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let entries: Vec<_> = std::fs::read_dir(&tmp).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let dir = &entries[0];
+    assert!(
+        dir.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("compshare-teardown-"),
+        "{dir:?}"
+    );
+    let meta = std::fs::symlink_metadata(dir).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let locks: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+    assert_eq!(locks.len(), 1);
+}
+
+/// A journal torn by a crash mid-line is repaired on resume (and the user is told), so the
+/// resume's own lines do not get glued onto the fragment and a second resume still works.
+#[test]
+fn a_torn_journal_is_repaired_on_resume() {
+    use std::io::Write as _;
+    let w = filter_world();
+    let journal = w.path("torn.journal");
+    let account = Account::new(&w.server.url, None, &w.handle().public_key());
+    Journal::begin(
+        &journal,
+        &account,
+        &Entry::Start {
+            version: JOURNAL_VERSION,
+            ids: vec!["uhost-f1".into(), "uhost-f2".into()],
+            release_udisk: false,
+            force_stop: false,
+            resumed: false,
+        },
+    )
+    .unwrap();
+    let mut f = std::fs::OpenOptions::new().append(true).open(&journal).unwrap();
+    f.write_all(br#"{"event":"call","id":"uhost-f1","ca"#).unwrap();
+    drop(f);
+    let resume = |w: &World| {
+        run(w
+            .cmd()
+            .args(["run", "--yes", "--resume", journal.to_str().unwrap()])
+            .args(w.fast()))
+    };
+    let out = resume(&w);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("torn last line"), "{out:?}");
+    assert!(w.handle().ids().len() == 4, "{:?}", w.handle().ids());
+    let out = resume(&w);
+    assert_eq!(out.code, Some(0), "a second resume reads the repaired journal: {out:?}");
+    assert!(!out.stderr.contains("torn"), "{out:?}");
+}
+
+/// Two metric values are equal (they are small whole numbers here).
+fn same(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// `--metrics-file` writes the Prometheus text format at the end of every run, atomically
+/// (nothing but the file is left in its directory), also for a run that changed nothing.
+#[test]
+fn metrics_file_parses_as_prometheus_text() {
+    let w = filter_world();
+    let dir = w.path("metrics");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("teardown.prom");
+    // Every sample as `name{label="value"}` (at most one label here) -> value.
+    let scrape = |path: &Path| -> BTreeMap<String, f64> {
+        let text = std::fs::read_to_string(path).unwrap();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        assert!(scrape.docs.len() >= 8, "{text}");
+        scrape
+            .samples
+            .iter()
+            .map(|s| {
+                let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                let name = if labels.is_empty() {
+                    s.metric.clone()
+                } else {
+                    format!("{}{{{}}}", s.metric, labels.join(","))
+                };
+                let prometheus_parse::Value::Gauge(v) = s.value else {
+                    panic!("{name} is not a gauge: {text}");
+                };
+                (name.trim_start_matches("compshare_teardown_").to_owned(), v)
+            })
+            .collect()
+    };
+    let out = run(w
+        .cmd()
+        .args(["run", "--yes", "uhost-f1", "uhost-f2", "--metrics-file"])
+        .arg(&path)
+        .args(w.fast()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let m = scrape(&path);
+    assert!(same(m["last_run_exit_code"], 0.0), "{m:?}");
+    assert!(same(m["last_run_instances{outcome=\"terminated\"}"], 2.0), "{m:?}");
+    assert!(same(m["last_run_instances{outcome=\"failed\"}"], 0.0), "{m:?}");
+    assert!(
+        same(m["last_run_api_calls{action=\"TerminateCompShareInstance\"}"], 2.0),
+        "{m:?}"
+    );
+    assert!(
+        same(m["last_run_api_calls{action=\"StopCompShareInstance\"}"], 1.0),
+        "{m:?}"
+    );
+    assert!(m.contains_key("last_run_throttled"), "{m:?}");
+    let success = m["last_success_timestamp_seconds"];
+    assert!(success > 1.7e9, "{m:?}");
+    assert!(m["last_run_end_timestamp_seconds"] >= m["last_run_start_timestamp_seconds"]);
+    assert!(m["last_run_duration_seconds"] >= 0.0);
+    // A refused run: exit 2, nothing acted on, and the last success is kept.
+    let out = run(w
+        .cmd()
+        .args([
+            "run",
+            "--yes",
+            "--max-count",
+            "1",
+            "uhost-f3",
+            "uhost-f4",
+            "--metrics-file",
+        ])
+        .arg(&path)
+        .args(w.fast()));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let m = scrape(&path);
+    assert!(same(m["last_run_exit_code"], 2.0), "{m:?}");
+    assert!(same(m["last_run_instances{outcome=\"terminated\"}"], 0.0), "{m:?}");
+    assert!((m["last_success_timestamp_seconds"] - success).abs() < 1e-6, "{m:?}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+    // Metrics named like another of the run's files are refused, and never written over it,
+    // not even when the run ends early on a bad config.
+    for (config, extra) in [("[run]\nrate = 5\n", None), ("[run\n", None), ("", Some("--resume"))] {
+        let job = w.path("job.toml");
+        std::fs::write(&job, config).unwrap();
+        let mut cmd = w.cmd();
+        cmd.arg("--config").arg(&job).args(["run", "--yes"]);
+        match extra {
+            Some(flag) => cmd.arg(flag).arg(&job),
+            None => cmd.arg("uhost-f3"),
+        };
+        let out = run(cmd.arg("--metrics-file").arg(&job).args(w.fast()));
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&job).unwrap(), config, "{out:?}");
+    }
+}
+
+/// A background job that inherited an ignored SIGINT can still be interrupted while the
+/// selection waits on a slow endpoint: exit 130, nothing changed.
+#[test]
+// The binary runs in real time in its own process: waiting for it needs the real clock.
+#[allow(clippy::disallowed_methods)]
+fn an_inherited_ignored_sigint_still_interrupts_the_selection() {
+    let w = filter_world();
+    // An endpoint that accepts connections and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let bin = env!("CARGO_BIN_EXE_compshare-teardown");
+    let child = std::process::Command::new("sh")
+        .args(["-c", "trap '' INT; exec \"$0\" \"$@\"", bin])
+        .args(["--base-url", &url, "run", "--yes", "uhost-f1"])
+        .args(w.fast())
+        .env("HOME", w.dir.path())
+        .env("XDG_RUNTIME_DIR", w.dir.path())
+        .env("COMPSHARE_PUBLIC_KEY", w.handle().public_key())
+        .env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose())
+        .env_remove("COMPSHARE_BASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the Describe to be on its way.
+    let (conn, _) = listener.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(conn);
+    assert!(w.mutating_calls().is_empty());
+}
+
+/// A key pasted into any file the tool reads never comes back in an error.
+#[test]
+fn no_secret_from_any_malformed_file() {
+    // Shaped like a real key: not an instance ID, not a duration, not a URL.
+    const KEY: &str = "5cR3t/pr1vate+Key=Value9";
+    let w = World::new(Scenario {
+        time_scale: SCALE,
+        private_key: KEY.into(),
+        ..Scenario::default()
+    });
+    w.handle().insert(row("uhost-f1", "train-a", "ci", State::Running));
+    let key = KEY.to_owned();
+    std::fs::create_dir_all(w.path(".config/compshare")).unwrap();
+    std::fs::create_dir_all(w.path(".ucloud")).unwrap();
+    let configs = [
+        format!("[run]\nconcurrency = \"{key}\"\n"),
+        format!("output = \"{key}\"\n"),
+        format!("log_format = \"{key}\"\n"),
+        format!("[selection]\nall = \"{key}\"\n"),
+        format!("[run]\nlock_codes = [\"{key}\"]\n"),
+        format!("profile = [\"{key}\"]\n"),
+        // Well-typed values the tool checks and complains about.
+        format!("[selection]\nids = [\"{key}\"]\n"),
+        format!("[selection]\nexclude = [\"{key}\"]\nall = true\n"),
+        format!("[selection]\nstate = [\"{key}\"]\n"),
+        format!("[selection]\nname = [\"[{key}\"]\n"),
+        format!("[selection]\nolder_than = \"{key}\"\n"),
+        format!("base_url = \"{key}\"\n"),
+    ];
+    let compshare_files = [
+        format!(r#"{{"profiles": {{"default": "{key}"}}}}"#),
+        format!(r#"{{"profiles": ["{key}"]}}"#),
+        format!(r#"{{"current_profile": ["{key}"]}}"#),
+        format!(r#"{{"profiles": {{"default": {{"public_key": "p", "private_key": ["{key}"]}}}}}}"#),
+    ];
+    let ucloud_files = [
+        (format!(r#"["{key}"]"#), "[]".to_owned()),
+        (format!(r#"{{"private_key": "{key}"}}"#), "[]".to_owned()),
+        ("[]".to_owned(), format!(r#"[{{"profile": "x", "active": "{key}"}}]"#)),
+    ];
+    let mut outs = Vec::new();
+    // Without the environment's endpoint, so the job file's `base_url` is the one read
+    // (every case is refused offline).
+    for text in &configs {
+        std::fs::write(w.path("job.toml"), text).unwrap();
+        outs.push(run(w.cmd().env_remove("COMPSHARE_BASE_URL").args([
+            "--config",
+            w.path("job.toml").to_str().unwrap(),
+            "plan",
+            "--all",
+        ])));
+    }
+    let keyless = |w: &World| {
+        let mut c = w.cmd();
+        c.env_remove("COMPSHARE_PUBLIC_KEY").env_remove("COMPSHARE_PRIVATE_KEY");
+        c
+    };
+    for text in &compshare_files {
+        std::fs::write(w.path(".config/compshare/config.json"), text).unwrap();
+        outs.push(run(keyless(&w).args(["list", "--all"])));
+    }
+    std::fs::remove_file(w.path(".config/compshare/config.json")).unwrap();
+    for (cred, conf) in &ucloud_files {
+        std::fs::write(w.path(".ucloud/credential.json"), cred).unwrap();
+        std::fs::write(w.path(".ucloud/config.json"), conf).unwrap();
+        outs.push(run(keyless(&w).args(["list", "--all"])));
+    }
+    // An ID list, a plan and a journal holding the key.
+    std::fs::write(w.path("ids.txt"), format!("uhost-f1\n{key}\n")).unwrap();
+    outs.push(run(w.cmd().args([
+        "plan",
+        "--from-file",
+        w.path("ids.txt").to_str().unwrap(),
+    ])));
+    let plan = w.path("plan.json");
+    let out = run(w.cmd().args(["plan", "uhost-f1", "--save", plan.to_str().unwrap()]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let text = std::fs::read_to_string(&plan).unwrap().replace("uhost-f1", &key);
+    std::fs::write(&plan, text).unwrap();
+    outs.push(run(w
+        .cmd()
+        .args(["run", "--yes", "--plan", plan.to_str().unwrap()])
+        .args(w.fast())));
+    let account = Account::new(&w.server.url, None, &w.handle().public_key());
+    let journal = w.path("j");
+    let start = Entry::Start {
+        version: JOURNAL_VERSION,
+        ids: vec![key.clone()],
+        release_udisk: false,
+        force_stop: false,
+        resumed: false,
+    };
+    Journal::begin(&journal, &account, &start).unwrap();
+    outs.push(run(w
+        .cmd()
+        .args(["run", "--yes", "--resume", journal.to_str().unwrap()])
+        .args(w.fast())));
+    for out in &outs {
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            !out.stdout.contains(&key) && !out.stderr.contains(&key),
+            "leaked: {out:?}"
+        );
+    }
+    assert!(w.mutating_calls().is_empty());
+}
+
+/// One count everywhere: the plan's headline, the number the prompt asks for, and what
+/// `--max-count` limits, also when some IDs are not found and a spot instance needs
+/// `--force-stop`.
+#[test]
+fn the_plan_the_prompt_and_max_count_agree_on_one_count() {
+    let mut spot = row("uhost-p3", "spot-c", "ci", State::Running);
+    spot.charge_type = "Spot".into();
+    let w = World::with_rows(vec![
+        row("uhost-p1", "a", "ci", State::Running),
+        row("uhost-p2", "b", "ci", State::Stopped),
+        spot,
+    ]);
+    let ids = ["uhost-p1", "uhost-p2", "uhost-p3", "uhost-gone01"];
+    let out = run(w.cmd().arg("plan").args(ids));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("\n4 to tear down ("), "{out:?}");
+    let mut args: Vec<String> = ["run"].into_iter().chain(ids).map(str::to_owned).collect();
+    args.extend(w.fast());
+    let (code, screen) = on_terminal(&w, &args, "0\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(
+        screen.contains("4 to tear down (") && screen.contains("Type 4 to tear down 4"),
+        "{screen}"
+    );
+    let out = run(w
+        .cmd()
+        .args(["run", "--yes", "--max-count", "3"])
+        .args(ids)
+        .args(w.fast()));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("4 instances"), "{out:?}");
+    assert!(w.mutating_calls().is_empty());
+}
+
+/// `sim --listen 0.0.0.0:PORT` prints an export line the client accepts (loopback, not the
+/// unspecified address, which is not a host plain http may go to).
+#[test]
+fn sim_on_every_address_exports_a_loopback_url() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compshare-teardown"))
+        .args(["sim", "--listen", "0.0.0.0:0", "--instances", "1"])
+        .env("HOME", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let export = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("export COMPSHARE_BASE_URL="));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let url = export
+        .expect("an export line")
+        .replace("export COMPSHARE_BASE_URL=", "");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(compshare_teardown::credentials::parse_base_url(&url).is_ok(), "{url}");
 }
