@@ -2031,3 +2031,82 @@ fn sim_on_every_address_exports_a_loopback_url() {
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert!(compshare_teardown::credentials::parse_base_url(&url).is_ok(), "{url}");
 }
+
+// An eventually consistent gateway, end to end --------------------------------------------
+
+/// A 40-instance world whose Describe leaves rows out of 8% of answers and `TotalCount` out of
+/// 20%, running in real (shortened) time.
+fn inconsistent_world(seed: u64) -> World {
+    let mut s = Scenario::generated(40, seed);
+    s.latency.stop_secs = 0.5;
+    s.latency.terminate_secs = 0.2;
+    s.faults = Faults {
+        drop_row: 0.08,
+        omit_total_count: 0.2,
+        ..Faults::default()
+    };
+    World::new(s)
+}
+
+/// The report tells the truth about the simulator, and exit 0 means nothing is left.
+fn truthful(w: &World, out: &Out) {
+    let left = w.handle().ids();
+    let report: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    for (id, outcome) in outcomes(&report) {
+        let gone = ["terminated", "already_gone", "deleted_by_other"].contains(&kind(&outcome));
+        assert!(!(gone && left.contains(&id)), "{id} reported {outcome} but still there");
+    }
+    if out.code == Some(0) {
+        assert!(left.is_empty(), "exit 0 with {left:?} still there");
+    }
+    assert!(w.snapshot().violations.is_empty(), "{:#?}", w.snapshot().violations);
+}
+
+/// Three teardowns, and two more killed with SIGKILL halfway and resumed from the journal:
+/// nothing is left running, and the exit code is 0 only when everything is gone.
+#[test]
+// The binary runs in real time in its own process: waiting for it needs the real clock.
+#[allow(clippy::disallowed_methods)]
+fn an_inconsistent_gateway_leaves_nothing_running_even_across_a_kill() {
+    let args = |w: &World, extra: &[&str]| {
+        let mut a: Vec<String> = ["run", "--yes", "--output", "json", "--max-count", "40"]
+            .map(str::to_owned)
+            .to_vec();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a.extend(w.fast());
+        a
+    };
+    for seed in [801, 802, 803] {
+        let w = inconsistent_world(seed);
+        let out = run(w.cmd().args(args(&w, &["--all"])));
+        truthful(&w, &out);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+    for seed in [804, 805] {
+        let w = inconsistent_world(seed);
+        let journal = w.path("run.journal");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compshare-teardown"))
+            .args(args(&w, &["--all", "--journal", journal.to_str().unwrap()]))
+            .env("HOME", w.dir.path())
+            .env("XDG_RUNTIME_DIR", w.dir.path())
+            .env("COMPSHARE_BASE_URL", w.server.url.as_str())
+            .env("COMPSHARE_PUBLIC_KEY", w.handle().public_key())
+            .env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose())
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while w.mutating_calls().iter().filter(|c| c.ret_code == Some(0)).count() < 25 {
+            assert!(std::time::Instant::now() < deadline, "the run never got going");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!w.handle().ids().is_empty(), "killed before it finished");
+        let out = run(w.cmd().args(args(&w, &["--resume", journal.to_str().unwrap()])));
+        truthful(&w, &out);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+    }
+}
