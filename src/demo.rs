@@ -36,6 +36,10 @@ pub fn demo_scenario(instances: usize, seed: u64) -> Scenario {
         // Someone else restarts a stopped instance 3 s later (300 s nominal), as a person or
         // a scheduler would: not within milliseconds.
         restart_after_secs: 300.0,
+        // An eventually consistent gateway: now and then an answer misses a row that exists,
+        // or lacks `TotalCount`. Low rates, as a healthy gateway would show.
+        drop_row: 0.02,
+        omit_total_count: 0.05,
         ..Faults::default()
     };
     s

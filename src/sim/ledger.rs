@@ -5,10 +5,16 @@ use serde::{Deserialize, Serialize};
 
 /// Rule names used in [`Violation::rule`].
 pub mod rule {
-    /// Terminate sent while the instance was neither `Stopped` nor `Install Fail`. (The docs say
-    /// only Stopped may be terminated; `Install Fail` is allowed because such an instance can
-    /// never reach Stopped, and terraform's UHost teardown terminates it directly.)
+    /// Terminate sent while the instance was neither `Stopped` nor `Install Fail`, and the
+    /// freshest Describe answer the client had when it sent the call did not say so either.
+    /// (The docs say only Stopped may be terminated; `Install Fail` is allowed because such an
+    /// instance can never reach Stopped, and terraform's UHost teardown terminates it directly.)
     pub const TERMINATE_NOT_STOPPED: &str = "terminate-not-stopped";
+    /// Not a violation (listed in [`super::SimState::races`]): a Terminate arrived at an instance
+    /// that was no longer `Stopped`, but the freshest Describe answer the client had received
+    /// when it sent the call listed it as `Stopped` (someone else started it, or the call was
+    /// slow). No client can avoid this race; the gateway refuses the call.
+    pub const TERMINATE_RACED: &str = "terminate-raced";
     /// A mutating call for an instance whose Terminate was already accepted (also while it is
     /// still listed, disappearing).
     pub const AFTER_TERMINATE: &str = "after-terminate";
@@ -35,6 +41,9 @@ pub struct SimState {
     pub orphan_disks: Vec<OrphanDisk>,
     pub calls: Vec<CallRecord>,
     pub violations: Vec<Violation>,
+    /// Refused calls that no client could have avoided ([`rule::TERMINATE_RACED`]).
+    #[serde(default)]
+    pub races: Vec<Violation>,
 }
 
 /// An instance removed from the world.

@@ -103,14 +103,15 @@ impl SimHandle {
 
     /// One call end to end: arrival faults, an optional slow delay, then processing.
     pub(crate) async fn handle(&self, req: Request) -> Reply {
-        let arrival = self.lock().arrive(&req, Instant::now());
+        let sent = Instant::now();
+        let arrival = self.lock().arrive(&req, sent);
         match arrival {
             Arrival::Now(reply) => reply,
             Arrival::Proceed { plan, delay } => {
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
                 }
-                self.lock().process(&req, plan, Instant::now())
+                self.lock().process(&req, plan, sent, Instant::now())
             }
         }
     }

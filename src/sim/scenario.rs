@@ -205,11 +205,16 @@ pub struct Faults {
     pub retcode_as_string: f64,
     /// `null` instead of `[]` for empty lists.
     pub null_lists: f64,
+    /// Eventual consistency: per existing row a Describe matched, the probability that the row
+    /// is left out of that answer's page (it still exists, and `TotalCount` still counts it).
+    pub drop_row: f64,
+    /// Per Describe answer: `TotalCount` is missing from the body.
+    pub omit_total_count: f64,
 }
 
 impl Faults {
     /// Every rate with its key, for validation.
-    fn rates(&self) -> [(&'static str, f64); 11] {
+    fn rates(&self) -> [(&'static str, f64); 13] {
         [
             ("http_502", self.http_502),
             ("http_503", self.http_503),
@@ -222,6 +227,8 @@ impl Faults {
             ("vanish", self.vanish),
             ("retcode_as_string", self.retcode_as_string),
             ("null_lists", self.null_lists),
+            ("drop_row", self.drop_row),
+            ("omit_total_count", self.omit_total_count),
         ]
     }
 

@@ -503,3 +503,121 @@ async fn describe_rows_carry_extra_real_fields() {
         }
     }
 }
+
+/// Raw Describe bodies, before the client's lenient decoding.
+async fn raw_describe(sim: &SimHandle, ids: &[&str]) -> serde_json::Value {
+    use crate::api::Transport;
+    let mut p = crate::api::sign::Params::new();
+    p.insert("Limit".into(), "100".into());
+    for (i, id) in ids.iter().enumerate() {
+        p.insert(format!("UHostIds.{i}"), (*id).to_owned());
+    }
+    sim.call("DescribeCompShareInstance", p).await.unwrap()
+}
+
+fn listed(body: &serde_json::Value) -> Vec<String> {
+    body["UHostSet"]
+        .as_array()
+        .map(|rows| rows.iter().map(|r| r["UHostId"].as_str().unwrap().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_rows_still_exist_and_are_still_counted() {
+    let sim = world(&[("uhost-a", "Running"), ("uhost-b", "Stopped")]);
+    sim.set_faults(Faults {
+        drop_row: 1.0,
+        ..Faults::default()
+    });
+    let body = raw_describe(&sim, &["uhost-a", "uhost-b"]).await;
+    assert!(listed(&body).is_empty(), "{body}");
+    assert_eq!(body["TotalCount"], 2, "TotalCount counts the rows that really matched");
+    // Ground truth is untouched, and Stop still finds the row the answer left out.
+    assert_eq!(sim.ids(), vec!["uhost-a", "uhost-b"]);
+    sim.stop(&target("uhost-a"), false).await.unwrap();
+    let calls = sim.snapshot().calls;
+    assert_eq!(calls[0].fault.as_deref(), Some("drop_row"));
+    assert_eq!(calls[1].fault, None);
+
+    // At a partial rate some answers miss a row and some do not, the same way for the same seed.
+    let pattern = || async {
+        let sim = world(&[("uhost-a", "Running"), ("uhost-b", "Running")]);
+        sim.set_faults(Faults {
+            drop_row: 0.3,
+            ..Faults::default()
+        });
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            seen.push(listed(&raw_describe(&sim, &["uhost-a", "uhost-b"]).await));
+        }
+        seen
+    };
+    let (a, b) = (pattern().await, pattern().await);
+    assert_eq!(a, b);
+    assert!(a.iter().any(|l| l.len() == 2) && a.iter().any(|l| l.len() < 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn omitted_total_count_is_absent_from_the_body() {
+    let sim = world(&[("uhost-a", "Running")]);
+    sim.set_faults(Faults {
+        omit_total_count: 1.0,
+        ..Faults::default()
+    });
+    let body = raw_describe(&sim, &["uhost-a"]).await;
+    assert!(body.get("TotalCount").is_none(), "{body}");
+    assert_eq!(listed(&body), vec!["uhost-a"]);
+    assert_eq!(sim.snapshot().calls[0].fault.as_deref(), Some("omit_total_count"));
+    sim.set_faults(Faults::default());
+    assert_eq!(raw_describe(&sim, &["uhost-a"]).await["TotalCount"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn eventual_consistency_dice_do_not_shift_the_other_faults() {
+    // The same seed with and without dropped rows: every other fault lands on the same calls.
+    let faults_seen = |drop_row: f64| async move {
+        let sim = SimHandle::new(Scenario::generated(30, 5));
+        sim.set_faults(Faults {
+            http_502: 0.3,
+            drop_row,
+            omit_total_count: drop_row,
+            ..Faults::default()
+        });
+        for _ in 0..30 {
+            let _ = describe_all(&sim, None, None).await;
+        }
+        sim.snapshot()
+            .calls
+            .into_iter()
+            .map(|c| c.fault.filter(|f| f == "http_502"))
+            .collect::<Vec<_>>()
+    };
+    let (with, without) = (faults_seen(0.5).await, faults_seen(0.0).await);
+    assert!(with.iter().flatten().count() > 0);
+    assert_eq!(with.len(), without.len());
+    assert_eq!(with, without);
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminate_after_a_stopped_look_that_went_stale_is_a_race_not_a_violation() {
+    let sim = world(&[("uhost-a", "Stopped"), ("uhost-b", "Stopped")]);
+    // The client saw uhost-a Stopped; someone else starts it before the Terminate arrives.
+    assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Stopped));
+    sim.start_by_other("uhost-a");
+    // Refused (the starter holds the lock), and recorded as a race.
+    assert!(sim.terminate(&target("uhost-a"), true).await.is_err());
+    let snap = sim.snapshot();
+    assert!(snap.violations.is_empty(), "{:?}", snap.violations);
+    assert_eq!(snap.races.len(), 1);
+    assert_eq!(snap.races[0].rule, rule::TERMINATE_RACED);
+    // uhost-b was never seen Stopped by the client: terminating it while Starting is a violation,
+    // and so is terminating uhost-a again now that the freshest look says Starting.
+    sim.start_by_other("uhost-b");
+    assert!(sim.terminate(&target("uhost-b"), true).await.is_err());
+    assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Starting));
+    assert!(sim.terminate(&target("uhost-a"), true).await.is_err());
+    assert_eq!(
+        rules(&sim),
+        vec![rule::TERMINATE_NOT_STOPPED, rule::TERMINATE_NOT_STOPPED]
+    );
+}

@@ -3,7 +3,7 @@
 //! transitions are stored with a due instant and applied lazily on every access, so the same
 //! world runs identically under paused tokio time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -180,6 +180,21 @@ struct RowLatency {
     terminate: f64,
 }
 
+/// One delivered Describe answer that listed a row: what the client could know, and when.
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    /// When the Describe arrived (was sent).
+    sent: Instant,
+    /// When its answer left the world (later than `sent` for a slow call).
+    answered: Instant,
+    /// The row was `Stopped` or `Install Fail`.
+    terminable: bool,
+}
+
+/// Looks kept per row: enough to find the freshest one a client had when it sent a call even
+/// when a few slow answers overtake each other, while a long-running server stays bounded.
+const LOOKS_KEPT: usize = 8;
+
 #[derive(Debug, Clone)]
 struct Row {
     instance: Instance,
@@ -191,6 +206,8 @@ struct Row {
     events: Vec<Event>,
     /// An accepted Terminate is in progress.
     terminating: bool,
+    /// The latest delivered Describe answers that listed it, oldest first.
+    looks: VecDeque<Look>,
 }
 
 /// Why an ID is no longer in the world.
@@ -211,6 +228,11 @@ pub(crate) struct World {
     rng: StdRng,
     /// Request IDs come from their own stream so they never shift fault decisions.
     id_rng: StdRng,
+    /// Eventual-consistency dice (`drop_row` per listed row, `omit_total_count` per Describe
+    /// answer) have their own stream too: how many rows an answer lists then shifts neither
+    /// the per-call fault dice nor jitter and interference, and worlds that leave both rates
+    /// at 0 behave exactly as before they existed.
+    ec_rng: StdRng,
     rows: BTreeMap<String, Row>,
     gone: HashMap<String, Gone>,
     regions: BTreeSet<String>,
@@ -219,6 +241,7 @@ pub(crate) struct World {
     orphan_disks: Vec<OrphanDisk>,
     calls: Vec<CallRecord>,
     violations: Vec<Violation>,
+    races: Vec<Violation>,
 }
 
 impl World {
@@ -227,6 +250,8 @@ impl World {
         let mut rng = rng_for(scenario.seed);
         // An arbitrary odd constant decorrelates the request-ID stream from the world's.
         let id_rng = rng_for(scenario.seed ^ 0x9e37_79b9_7f4a_7c15);
+        // Another arbitrary constant, for the same reason.
+        let ec_rng = rng_for(scenario.seed ^ 0x5851_f42d_4c95_7f2d);
         let mut world = World {
             private_key: PrivateKey::new(scenario.private_key.clone()),
             start: now,
@@ -238,7 +263,9 @@ impl World {
             orphan_disks: Vec::new(),
             calls: Vec::new(),
             violations: Vec::new(),
+            races: Vec::new(),
             id_rng,
+            ec_rng,
             rng: rng_for(0),
             scenario,
         };
@@ -306,6 +333,7 @@ impl World {
                 lock,
                 events,
                 terminating: false,
+                looks: VecDeque::new(),
                 instance,
             },
         );
@@ -452,13 +480,14 @@ impl World {
     }
 
     /// The gateway and the service: authenticate, limit, dispatch, answer.
-    pub(crate) fn process(&mut self, req: &Request, plan: Plan, now: Instant) -> Reply {
+    /// `sent`: when the call arrived (before any slow delay); `now`: when it is processed.
+    pub(crate) fn process(&mut self, req: &Request, plan: Plan, sent: Instant, now: Instant) -> Reply {
         self.settle(now);
         let name = req.action_name().to_owned();
         let mut fault: Option<&'static str> = plan.slow.then_some("slow");
         let result: Result<Map<String, Value>, Refusal> = self.gateway(req, &plan, now, &mut fault).and_then(|()| {
             let action = Action::parse(&name).ok_or((code::UNKNOWN_ACTION, "Action not exists".to_owned()))?;
-            self.dispatch(action, req, &plan, now)
+            self.dispatch(action, req, &plan, (sent, now), &mut fault)
         });
         let mut body = Map::new();
         body.insert("Action".into(), json!(format!("{name}Response")));
@@ -557,20 +586,28 @@ impl World {
         }
     }
 
+    /// `at`: (sent, now), see [`World::process`].
     fn dispatch(
         &mut self,
         action: Action,
         req: &Request,
         plan: &Plan,
-        now: Instant,
+        at: (Instant, Instant),
+        fault: &mut Option<&'static str>,
     ) -> Result<Map<String, Value>, Refusal> {
         match action {
-            Action::Describe => self.describe(&req.params, plan.null_lists),
-            _ => self.lifecycle(action, &req.params, now),
+            Action::Describe => self.describe(&req.params, plan, at, fault),
+            _ => self.lifecycle(action, &req.params, at),
         }
     }
 
-    fn describe(&self, p: &Params, null_lists: bool) -> Result<Map<String, Value>, Refusal> {
+    fn describe(
+        &mut self,
+        p: &Params,
+        plan: &Plan,
+        (sent, now): (Instant, Instant),
+        fault: &mut Option<&'static str>,
+    ) -> Result<Map<String, Value>, Refusal> {
         let bad = |k: &str| (code::BAD_PARAM, format!("Params [{k}] not available"));
         let region = p.get("Region").filter(|r| !r.is_empty());
         if region.is_some_and(|r| !self.regions.contains(r)) {
@@ -595,37 +632,89 @@ impl World {
             Some(v) => v.parse::<usize>().map_err(|_| bad("Offset"))?,
         };
         let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
-        let matches: Vec<&Row> = self
+        let matches: Vec<String> = self
             .rows
             .values()
             .filter(|r| region.is_none_or(|x| *x == r.instance.region))
             .filter(|r| zone.is_none_or(|x| *x == r.instance.zone))
             .filter(|r| wanted.is_empty() || wanted.contains(r.instance.uhost_id.as_str()))
+            .map(|r| r.instance.uhost_id.clone())
             .collect();
         // "Offset must not exceed the total count, else an error" (compshare.cn docs).
         if offset > matches.len() {
             return Err(bad("Offset"));
         }
-        let page: Vec<Value> = matches
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|r| row_json(r, null_lists))
-            .collect();
+        // Eventual consistency: each row of the page may be missing from this answer (the
+        // replica that served it has not caught up). The page then comes back short while
+        // `TotalCount` still counts every row that really matched: a client cannot tell a
+        // dropped row from a deleted one by this answer alone. One die per page row, always
+        // rolled (see `ec_rng`), then one for `TotalCount`.
+        let drop_rate = self.scenario.faults.drop_row;
+        let mut listed: Vec<Value> = Vec::new();
+        let mut dropped = 0usize;
+        for id in matches.iter().skip(offset).take(limit) {
+            if self.ec_rng.random::<f64>() < drop_rate {
+                dropped += 1;
+                continue;
+            }
+            let Some(row) = self.rows.get_mut(id) else { continue };
+            listed.push(row_json(row, plan.null_lists));
+            // A look counts only if the client receives it.
+            if !plan.lost_response {
+                if row.looks.len() == LOOKS_KEPT {
+                    row.looks.pop_front();
+                }
+                row.looks.push_back(Look {
+                    sent,
+                    answered: now,
+                    terminable: matches!(row.instance.state, State::Stopped | State::InstallFail),
+                });
+            }
+        }
+        let omit_total = self.ec_rng.random::<f64>() < self.scenario.faults.omit_total_count;
+        if fault.is_none() {
+            *fault = if dropped > 0 {
+                Some("drop_row")
+            } else if omit_total {
+                Some("omit_total_count")
+            } else {
+                None
+            };
+        }
         let mut out = Map::new();
-        out.insert("TotalCount".into(), json!(matches.len()));
+        if !omit_total {
+            out.insert("TotalCount".into(), json!(matches.len()));
+        }
         out.insert(
             "UHostSet".into(),
-            if page.is_empty() && null_lists {
+            if listed.is_empty() && plan.null_lists {
                 Value::Null
             } else {
-                Value::Array(page)
+                Value::Array(listed)
             },
         );
         Ok(out)
     }
 
-    fn lifecycle(&mut self, action: Action, p: &Params, now: Instant) -> Result<Map<String, Value>, Refusal> {
+    /// Whether the freshest Describe answer received before `sent` listed the row as
+    /// `Stopped`/`Install Fail`: freshest by when the Describe was sent, as a client orders
+    /// its observations.
+    fn looked_terminable(&self, id: &str, sent: Instant) -> bool {
+        self.rows.get(id).is_some_and(|row| {
+            row.looks
+                .iter()
+                .filter(|l| l.answered <= sent)
+                .max_by_key(|l| l.sent)
+                .is_some_and(|l| l.terminable)
+        })
+    }
+
+    fn lifecycle(
+        &mut self,
+        action: Action,
+        p: &Params,
+        (sent, now): (Instant, Instant),
+    ) -> Result<Map<String, Value>, Refusal> {
         let name = p.get("Action").cloned().unwrap_or_default();
         for key in ["Region", "Zone", "UHostId"] {
             if p.get(key).is_none_or(String::is_empty) {
@@ -669,13 +758,12 @@ impl World {
                 "a Terminate was already accepted".into(),
             );
         } else if action == Action::Terminate && !matches!(state, State::Stopped | State::InstallFail) {
-            self.violate(
-                now,
-                &id,
-                &name,
-                rule::TERMINATE_NOT_STOPPED,
-                format!("state was {}", state.as_str()),
-            );
+            let rule = if self.looked_terminable(&id, sent) {
+                rule::TERMINATE_RACED
+            } else {
+                rule::TERMINATE_NOT_STOPPED
+            };
+            self.violate(now, &id, &name, rule, format!("state was {}", state.as_str()));
         }
         if misplaced {
             return Err(not_found());
@@ -800,8 +888,14 @@ impl World {
     }
 
     fn violate(&mut self, now: Instant, id: &str, action: &str, rule: &str, detail: String) {
-        self.violations.push(Violation {
-            at_secs: self.secs(now),
+        let at_secs = self.secs(now);
+        let list = if rule == rule::TERMINATE_RACED {
+            &mut self.races
+        } else {
+            &mut self.violations
+        };
+        list.push(Violation {
+            at_secs,
             uhost_id: id.to_owned(),
             action: action.to_owned(),
             rule: rule.to_owned(),
@@ -869,6 +963,7 @@ impl World {
             orphan_disks: self.orphan_disks.clone(),
             calls: self.calls.clone(),
             violations: self.violations.clone(),
+            races: self.races.clone(),
         }
     }
 
