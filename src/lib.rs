@@ -9,6 +9,7 @@
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - [`demo`]: the `demo` and `sim` commands over the simulator.
+//! - [`sweep`]: the seed sweep, deterministic simulation testing of the whole engine.
 //! - [`output`], [`progress`], [`logging`], [`runlock`]: what people and cron see.
 
 pub mod api;
@@ -24,4 +25,5 @@ pub mod progress;
 pub mod runlock;
 pub mod selection;
 pub mod sim;
+pub mod sweep;
 pub mod workflow;

@@ -2,4 +2,5 @@
 
 mod cli;
 mod sim_http;
+mod sweep;
 mod workflow;
