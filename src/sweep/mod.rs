@@ -1,5 +1,5 @@
 //! The seed sweep: deterministic simulation testing of the whole engine, in the spirit of
-//! FoundationDB's simulation tests and TigerBeetle's VOPR. For each seed: build a random world
+//! `FoundationDB`'s simulation tests and `TigerBeetle`'s VOPR. For each seed: build a random world
 //! ([`world`]), run the real [`workflow::run`] against the in-memory simulator on paused tokio
 //! time with a journal, kill it at random virtual times (dropping the run like `kill -9`) and
 //! resume from the journal as `run --resume` does, then check the [`invariants`] against the
@@ -9,6 +9,7 @@
 pub mod invariants;
 pub mod world;
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -125,7 +126,7 @@ pub struct SeedRun {
 
 impl SeedRun {
     /// The lines printed for a failing seed: the replay command, then one line per failure.
-    pub fn diagnosis(&self, opts: &Options) -> String {
+    pub fn diagnosis(&self, opts: Options) -> String {
         let mut s = format!(
             "seed {} failed {} invariant check(s); replay: {}\n",
             self.seed,
@@ -133,7 +134,7 @@ impl SeedRun {
             opts.replay_command(self.seed)
         );
         for f in &self.failures {
-            s.push_str(&format!("  {f}\n"));
+            let _ = writeln!(s, "  {f}");
         }
         s
     }
@@ -158,7 +159,7 @@ impl Write for Capture {
 
 /// Run one seed on its own paused current-thread runtime, with every log line of the run
 /// captured (at debug level) for the private-key check. Blocking; never sleeps for real.
-pub fn run_seed(seed: u64, opts: &Options) -> SeedRun {
+pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
     let capture = Capture::default();
     let sink = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -212,7 +213,7 @@ async fn within_wakeups<F: Future>(fut: F) -> Option<F::Output> {
 }
 
 /// The run and its checks; returns the verdict and the private key (for the log check).
-async fn run_world(seed: u64, opts: &Options) -> (SeedRun, String) {
+async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
     let world = World::build(seed, opts);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("journal.jsonl");

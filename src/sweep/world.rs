@@ -73,7 +73,7 @@ fn secs(rng: &mut StdRng, lo: u64, hi: u64) -> Duration {
 }
 
 impl World {
-    pub(crate) fn build(seed: u64, opts: &Options) -> World {
+    pub(crate) fn build(seed: u64, opts: Options) -> World {
         // The world's own dice, apart from the simulator's (which the scenario seeds).
         let mut rng = StdRng::seed_from_u64(seed ^ 0x243f_6a88_85a3_08d3);
         let count = log_size(&mut rng, MAX_INSTANCES);

@@ -34,7 +34,7 @@ fn a_thousand_random_worlds_keep_every_invariant() {
                 scope.spawn(move || {
                     (0..SEEDS)
                         .filter(|s| s % threads == t)
-                        .map(|s| sweep::run_seed(s, &opts))
+                        .map(|s| sweep::run_seed(s, opts))
                         .collect::<Vec<_>>()
                 })
             })
@@ -53,7 +53,7 @@ fn a_thousand_random_worlds_keep_every_invariant() {
         if !r.failures.is_empty() && !RUN_LOOP_SPIN_FIXED && spin_only {
             tolerated.push(r.seed);
         } else if !r.failures.is_empty() {
-            report.push_str(&r.diagnosis(&opts));
+            report.push_str(&r.diagnosis(opts));
         }
     }
     if !tolerated.is_empty() {
@@ -71,9 +71,9 @@ fn a_thousand_random_worlds_keep_every_invariant() {
 #[test]
 fn a_seed_names_one_world_and_a_broken_invariant_names_its_seed() {
     let opts = Options::default();
-    let a = sweep::run_seed(42, &opts);
-    let b = sweep::run_seed(42, &opts);
+    let a = sweep::run_seed(42, opts);
+    let b = sweep::run_seed(42, opts);
     assert_eq!(a.stats, b.stats, "same seed, same run");
-    assert_ne!(a.stats, sweep::run_seed(43, &opts).stats);
+    assert_ne!(a.stats, sweep::run_seed(43, opts).stats);
     assert!(opts.replay_command(42).ends_with("--example sweep -- --seed 42"));
 }
