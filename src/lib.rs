@@ -9,6 +9,7 @@
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - [`demo`]: the `demo` and `sim` commands over the simulator.
+//! - [`sweep`]: the seed sweep, deterministic simulation testing of the whole engine.
 //! - [`output`], [`progress`], [`logging`], [`metrics`]: what people and cron see.
 //! - [`runlock`], [`pathset`], [`textfile`]: the files a run locks, writes and reads, guarded.
 //! - [`reference`]: the flag/config reference and man pages, generated from [`cli`].
@@ -29,5 +30,6 @@ pub mod reference;
 pub mod runlock;
 pub mod selection;
 pub mod sim;
+pub mod sweep;
 pub mod textfile;
 pub mod workflow;

@@ -23,9 +23,9 @@ pub use server::{Server, serve};
 pub use world::code;
 
 use crate::api::client::decode_envelope;
-use crate::api::sign::Params;
+use crate::api::sign::{Params, sign_in_place};
 use crate::api::{ApiError, Instance, State, Transport, TransportKind};
-use crate::credentials::PrivateKey;
+use crate::credentials::{Credentials, PrivateKey};
 use world::{Arrival, Auth, Reply, Request, World};
 
 /// Cheap-to-clone handle to one shared world.
@@ -116,16 +116,20 @@ impl SimHandle {
         }
     }
 
+    /// A transport that signs every call with `credentials` like the HTTP client does and has
+    /// the gateway check the signature, without sockets: the caller holds a real private key
+    /// (for the seed sweep's "the key is never printed" check) and paused time still works.
+    pub fn signed(&self, credentials: Credentials) -> SignedSim {
+        SignedSim {
+            sim: self.clone(),
+            credentials,
+        }
+    }
+
     /// An in-memory call, answered as the HTTP client would have decoded it.
-    async fn call_in_memory(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
+    async fn call_in_memory(&self, action: &str, mut params: Params, auth: Auth) -> Result<Value, ApiError> {
         params.insert("Action".into(), action.into());
-        match self
-            .handle(Request {
-                params,
-                auth: Auth::Trusted,
-            })
-            .await
-        {
+        match self.handle(Request { params, auth }).await {
             Reply::Json { body, request_id } => {
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
                 decode_envelope(action, &bytes, Some(request_id))
@@ -148,7 +152,31 @@ impl SimHandle {
 /// The in-memory transport: the engine's paused-time tests run against this.
 impl Transport for SimHandle {
     async fn call(&self, action: &str, params: Params) -> Result<Value, ApiError> {
-        self.call_in_memory(action, params).await
+        self.call_in_memory(action, params, Auth::Trusted).await
+    }
+}
+
+/// [`SimHandle::signed`]: in memory, but signed and verified.
+#[derive(Clone)]
+pub struct SignedSim {
+    sim: SimHandle,
+    credentials: Credentials,
+}
+
+/// The key stays hidden: [`Credentials`] prints it as `***`.
+impl std::fmt::Debug for SignedSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedSim")
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for SignedSim {
+    async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
+        params.insert("Action".into(), action.into());
+        sign_in_place(&mut params, &self.credentials.public_key, &self.credentials.private_key);
+        self.sim.call_in_memory(action, params, Auth::Form).await
     }
 }
 

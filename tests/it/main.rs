@@ -3,5 +3,6 @@
 mod cli;
 mod docs;
 mod sim_http;
+mod sweep;
 mod truth;
 mod workflow;

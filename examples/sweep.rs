@@ -1,0 +1,141 @@
+//! The seed sweep from the command line: `cargo run --release --example sweep -- --seeds 100000`.
+//! Runs the worlds of seeds `from..from+seeds` on `threads` threads (each seed on its own
+//! paused-time runtime), prints every failing seed with the command that replays it, then a
+//! summary on stdout. Exit 1 if any seed failed. See docs/reliability.md.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use clap::Parser;
+use compshare_teardown::sweep::{self, Options, SeedRun, Stats};
+
+#[derive(Parser)]
+#[command(about = "Deterministic simulation testing of the teardown engine, one world per seed")]
+struct Args {
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Replay one seed and print its verdict (overrides --seeds/--from).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (default: the available cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Worlds without dropped Describe rows or missing TotalCount.
+    #[arg(long)]
+    no_eventual_consistency: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let opts = Options {
+        eventual_consistency: !args.no_eventual_consistency,
+    };
+    let (from, count) = match args.seed {
+        Some(s) => (s, 1),
+        None => (args.from, args.seeds),
+    };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(count);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {msg} [{elapsed} < {eta}]")
+                .expect("a valid template"),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let next = AtomicU64::new(0);
+    let totals = Mutex::new(Stats::default());
+    let failed: Mutex<Vec<SeedRun>> = Mutex::new(Vec::new());
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the sweep's own wall time is a reported figure; each world runs on paused time"
+    )]
+    let wall = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        break;
+                    }
+                    let run = sweep::run_seed(from + n, opts);
+                    totals.lock().expect("not poisoned").add(&run.stats);
+                    if !run.failures.is_empty() {
+                        bar.suspend(|| eprint!("{}", run.diagnosis(opts)));
+                        let mut f = failed.lock().expect("not poisoned");
+                        f.push(run);
+                        bar.set_message(format!("{} failed", f.len()));
+                    }
+                    bar.inc(1);
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let wall = wall.elapsed();
+    let t = totals.into_inner().expect("not poisoned");
+    let mut failed = failed.into_inner().expect("not poisoned");
+    failed.sort_by_key(|r| r.seed);
+    if args.seed.is_some() {
+        for r in &failed {
+            print!("{}", r.diagnosis(opts));
+        }
+    }
+    println!(
+        "seeds {from}..{} ({} run, eventual consistency {}): {} failed",
+        from + count,
+        t.seeds,
+        if opts.eventual_consistency { "on" } else { "off" },
+        failed.len()
+    );
+    if !failed.is_empty() {
+        let seeds: Vec<String> = failed.iter().take(20).map(|r| r.seed.to_string()).collect();
+        println!(
+            "failing seeds: {}{}",
+            seeds.join(" "),
+            if failed.len() > 20 { " ..." } else { "" }
+        );
+        let mut by_invariant: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for r in &failed {
+            let mut names: Vec<&str> = r.failures.iter().map(|f| f.invariant).collect();
+            names.dedup();
+            for n in names {
+                *by_invariant.entry(n).or_default() += 1;
+            }
+        }
+        for (n, c) in by_invariant {
+            println!("  {c} seed(s): {n}");
+        }
+    }
+    println!(
+        "worlds: {} instances ({} selected), {} API calls, {} faults fired ({} eventual-consistency answers), \
+         {} kills and resumes, {} Terminate races, {} calls after a deletion by someone else",
+        t.instances, t.selected, t.calls, t.faults, t.eventual, t.kills, t.races, t.after_delete
+    );
+    println!(
+        "exits: {} ok, {} failed, {} interrupted; virtual time {:.1} h; wall time {:.1} s on {threads} thread(s)",
+        t.exit_ok,
+        t.exit_failed,
+        t.exit_interrupted,
+        t.virtual_time.as_secs_f64() / 3600.0,
+        wall.as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,186 @@
+//! The invariants one seed's run must keep, checked against the simulator's ground truth
+//! (every call it received, the rules broken, the rows it still has) rather than against what
+//! the engine believes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::app::Exit;
+use crate::sim::{SimState, rule};
+use crate::workflow::Report;
+
+use super::Failure;
+use super::world::World;
+
+/// Invariant names, as printed for a failing seed.
+pub mod name {
+    /// The simulator recorded a rule the client broke (see [`crate::sim::rule`]); Terminate
+    /// races are not counted (the simulator lists them apart).
+    pub const SIM_VIOLATION: &str = "simulator violation";
+    /// A mutating call on an ID nobody selected.
+    pub const UNSELECTED: &str = "mutating call outside the selection";
+    /// A mutating call on an excluded or protected instance, or on this machine.
+    pub const REFUSED: &str = "mutating call on an excluded/protected/self instance";
+    /// The tool never starts an instance.
+    pub const START: &str = "Start sent";
+    /// A second Terminate after one was accepted.
+    pub const TERMINATE_TWICE: &str = "accepted Terminate sent again";
+    /// The report says gone (terminated, already gone, deleted by someone else) but the
+    /// simulator still has the instance, with no Terminate accepted.
+    pub const GONE: &str = "reported gone but still exists";
+    /// Every selected ID ends in the report exactly once.
+    pub const REPORT: &str = "report incomplete";
+    /// Exit 0 while a selected, unprotected instance still exists and is not being deleted.
+    pub const EXIT: &str = "exit code disagrees with the simulator";
+    /// A run segment did not end within its deadline plus grace.
+    pub const HANG: &str = "run did not end";
+    /// The private key appeared in a log line, the journal, the report or its table.
+    pub const SECRET: &str = "private key printed";
+}
+
+const MUTATING: [&str; 3] = [
+    "StopCompShareInstance",
+    "StartCompShareInstance",
+    "TerminateCompShareInstance",
+];
+
+/// What one seed left behind, for the checks.
+pub(crate) struct Evidence<'a> {
+    pub world: &'a World,
+    pub state: &'a SimState,
+    /// `None` when the last segment never ended.
+    pub report: Option<&'a Report>,
+    pub exit: Option<Exit>,
+    /// Everything the run wrote where a person or a file could see it.
+    pub outputs: &'a [(&'static str, String)],
+}
+
+fn fail(out: &mut Vec<Failure>, invariant: &'static str, id: Option<&str>, detail: String) {
+    out.push(Failure {
+        invariant,
+        uhost_id: id.map(str::to_owned),
+        detail,
+    });
+}
+
+pub(crate) fn check(e: &Evidence<'_>) -> Vec<Failure> {
+    let mut out = Vec::new();
+    let w = e.world;
+    for v in &e.state.violations {
+        // A call reaching an instance someone else deleted moments before is a race the
+        // client cannot close (its last look showed the row); the simulator records it, the
+        // sweep only counts it.
+        if v.rule == rule::AFTER_DELETE {
+            continue;
+        }
+        fail(
+            &mut out,
+            name::SIM_VIOLATION,
+            Some(&v.uhost_id),
+            format!("{} {} at {:.1}s: {}", v.rule, v.action, v.at_secs, v.detail),
+        );
+    }
+
+    let mut accepted: BTreeMap<&str, f64> = BTreeMap::new();
+    for call in e.state.calls.iter().filter(|c| MUTATING.contains(&c.action.as_str())) {
+        for id in &call.ids {
+            let at = format!("{} at {:.1}s", call.action, call.at_secs);
+            if !w.selected.contains(id) {
+                fail(&mut out, name::UNSELECTED, Some(id), at.clone());
+            } else if w.refused.contains(id) {
+                fail(&mut out, name::REFUSED, Some(id), at.clone());
+            }
+            if call.action == "StartCompShareInstance" {
+                fail(&mut out, name::START, Some(id), at.clone());
+            }
+            if call.action == "TerminateCompShareInstance" {
+                if let Some(first) = accepted.get(id.as_str()) {
+                    fail(
+                        &mut out,
+                        name::TERMINATE_TWICE,
+                        Some(id),
+                        format!("{at}, first accepted at {first:.1}s"),
+                    );
+                } else if call.ret_code == Some(0) {
+                    // Accepted, whether or not its answer reached the client.
+                    accepted.insert(id, call.at_secs);
+                }
+            }
+        }
+    }
+
+    // Ground truth: rows still listed, and those on their way out after an accepted
+    // Terminate (they disappear by themselves).
+    let listed: BTreeMap<String, String> = e
+        .state
+        .instances
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v.get("UHostId")?.as_str()?.to_owned(),
+                v.get("State").and_then(|s| s.as_str()).unwrap_or("").to_owned(),
+            ))
+        })
+        .collect();
+    let leaving: BTreeSet<&str> = e
+        .state
+        .terminated
+        .iter()
+        .filter(|t| !t.by_other)
+        .map(|t| t.uhost_id.as_str())
+        .collect();
+    let alive = |id: &str| listed.contains_key(id) && !leaving.contains(id);
+
+    if let Some(report) = e.report {
+        let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+        for i in &report.instances {
+            *seen.entry(i.uhost_id.as_str()).or_default() += 1;
+            if i.outcome.is_gone() && alive(&i.uhost_id) {
+                fail(
+                    &mut out,
+                    name::GONE,
+                    Some(&i.uhost_id),
+                    format!(
+                        "reported {}, the simulator lists it as {}",
+                        i.outcome.word(),
+                        listed[&i.uhost_id]
+                    ),
+                );
+            }
+        }
+        for id in &w.ids {
+            match seen.get(id.as_str()) {
+                Some(1) => {}
+                n => fail(
+                    &mut out,
+                    name::REPORT,
+                    Some(id),
+                    format!("{} outcome(s) in the report", n.copied().unwrap_or(0)),
+                ),
+            }
+        }
+        if e.exit == Some(Exit::Ok) {
+            for id in w.selected.iter().filter(|id| !w.refused.contains(*id)) {
+                if alive(id) {
+                    let word = report
+                        .instances
+                        .iter()
+                        .find(|i| &i.uhost_id == id)
+                        .map_or("absent from the report", |i| i.outcome.word());
+                    fail(
+                        &mut out,
+                        name::EXIT,
+                        Some(id),
+                        format!("exit 0, the simulator lists it as {} (report: {word})", listed[id]),
+                    );
+                }
+            }
+        }
+    }
+
+    for (what, text) in e.outputs {
+        if text.contains(&w.private_key) {
+            fail(&mut out, name::SECRET, None, format!("in the {what}"));
+        }
+    }
+    out
+}

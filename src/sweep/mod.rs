@@ -1,0 +1,370 @@
+//! The seed sweep: deterministic simulation testing of the whole engine, in the spirit of
+//! `FoundationDB`'s simulation tests and `TigerBeetle`'s VOPR. For each seed: build a random world
+//! ([`world`]), run the real [`workflow::run`] against the in-memory simulator on paused tokio
+//! time with a journal, kill it at random virtual times (dropping the run like `kill -9`) and
+//! resume from the journal as `run --resume` does, then check the [`invariants`] against the
+//! simulator's ground truth. Used by the `sweep` integration test and `examples/sweep.rs`;
+//! `docs/reliability.md` describes the worlds and the invariants.
+
+pub mod invariants;
+pub mod world;
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Instance;
+use crate::app::{Exit, exit_for};
+use crate::credentials::{Credentials, PrivateKey};
+use crate::workflow::journal::{self, Journal};
+use crate::workflow::{self, Controls, Guard, NoObserver, Report};
+use world::{DEADLINE_GRACE, World};
+
+/// What varies between sweeps (everything else comes from the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Worlds may drop rows from Describe answers and omit `TotalCount` (`drop_row`,
+    /// `omit_total_count`). The other dice are drawn the same either way, so a seed's world
+    /// differs only by these two faults.
+    pub eventual_consistency: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            eventual_consistency: true,
+        }
+    }
+}
+
+impl Options {
+    /// The command that replays `seed` with these options.
+    pub fn replay_command(&self, seed: u64) -> String {
+        let ec = if self.eventual_consistency {
+            ""
+        } else {
+            " --no-eventual-consistency"
+        };
+        format!("cargo run --release --example sweep -- --seed {seed}{ec}")
+    }
+}
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// One of [`invariants::name`].
+    pub invariant: &'static str,
+    pub uhost_id: Option<String>,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.uhost_id {
+            Some(id) => write!(f, "{}: {id}: {}", self.invariant, self.detail),
+            None => write!(f, "{}: {}", self.invariant, self.detail),
+        }
+    }
+}
+
+/// Figures of one seed's world and run (summed over a sweep).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub seeds: u64,
+    pub instances: u64,
+    pub selected: u64,
+    /// Calls the simulator received.
+    pub calls: u64,
+    /// Calls that met an injected fault (`fault` set in the call record).
+    pub faults: u64,
+    /// Rows left out of Describe answers (`drop_row`) and answers without `TotalCount`.
+    pub eventual: u64,
+    pub kills: u64,
+    pub resumes: u64,
+    /// Terminate races the simulator listed (not violations).
+    pub races: u64,
+    /// Calls that reached an instance someone else had just deleted (races, not failures).
+    pub after_delete: u64,
+    /// Runs by exit code: 0, 1, 130.
+    pub exit_ok: u64,
+    pub exit_failed: u64,
+    pub exit_interrupted: u64,
+    /// Virtual time the worlds ran for.
+    pub virtual_time: Duration,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.seeds += o.seeds;
+        self.instances += o.instances;
+        self.selected += o.selected;
+        self.calls += o.calls;
+        self.faults += o.faults;
+        self.eventual += o.eventual;
+        self.kills += o.kills;
+        self.resumes += o.resumes;
+        self.races += o.races;
+        self.after_delete += o.after_delete;
+        self.exit_ok += o.exit_ok;
+        self.exit_failed += o.exit_failed;
+        self.exit_interrupted += o.exit_interrupted;
+        self.virtual_time += o.virtual_time;
+    }
+}
+
+/// The verdict on one seed.
+#[derive(Debug, Clone)]
+pub struct SeedRun {
+    pub seed: u64,
+    pub failures: Vec<Failure>,
+    pub stats: Stats,
+}
+
+impl SeedRun {
+    /// The lines printed for a failing seed: the replay command, then one line per failure.
+    pub fn diagnosis(&self, opts: Options) -> String {
+        let mut s = format!(
+            "seed {} failed {} invariant check(s); replay: {}\n",
+            self.seed,
+            self.failures.len(),
+            opts.replay_command(self.seed)
+        );
+        for f in &self.failures {
+            let _ = writeln!(s, "  {f}");
+        }
+        s
+    }
+}
+
+/// A log sink shared with the scoped subscriber.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Run one seed on its own paused current-thread runtime, with every log line of the run
+/// captured (at debug level) for the private-key check. Blocking; never sleeps for real.
+pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
+    let capture = Capture::default();
+    let sink = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime builds");
+    let mut run = tracing::subscriber::with_default(subscriber, || rt.block_on(run_world(seed, opts)));
+    let logs = String::from_utf8_lossy(&capture.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned();
+    if logs.contains(&run.1) {
+        run.0.failures.push(Failure {
+            invariant: invariants::name::SECRET,
+            uhost_id: None,
+            detail: "in the log".into(),
+        });
+    }
+    run.0
+}
+
+/// Wakeups allowed to one run segment at a single virtual instant. Paused time only
+/// advances when every task waits, so a loop that keeps waking without waiting (a timer set
+/// in the past, say) stops the virtual clock and hangs the sweep out of reach of any timeout;
+/// counting its wakeups catches it deterministically. Even the largest worlds wake at most a
+/// few hundred times at one instant (one per answer that lands then).
+const MAX_WAKEUPS_AT_ONE_INSTANT: u64 = 2_000;
+
+/// `fut`, or `None` once it has been polled [`MAX_WAKEUPS_AT_ONE_INSTANT`] times in a row
+/// without virtual time passing.
+async fn within_wakeups<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let mut at = Instant::now();
+    let mut wakeups = 0u64;
+    std::future::poll_fn(|cx| {
+        let now = Instant::now();
+        if now == at {
+            wakeups += 1;
+            if wakeups > MAX_WAKEUPS_AT_ONE_INSTANT {
+                return std::task::Poll::Ready(None);
+            }
+        } else {
+            (at, wakeups) = (now, 0);
+        }
+        fut.as_mut().poll(cx).map(Some)
+    })
+    .await
+}
+
+/// The run and its checks; returns the verdict and the private key (for the log check).
+async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
+    let world = World::build(seed, opts);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("journal.jsonl");
+    let credentials = Credentials {
+        public_key: world.sim.public_key(),
+        private_key: PrivateKey::new(world.private_key.clone()),
+        source: "sweep".into(),
+    };
+    let cloud = Arc::new(world.sim.signed(credentials));
+    let started = Instant::now();
+    let mut stats = Stats {
+        seeds: 1,
+        instances: world.rows.len() as u64,
+        selected: world.selected.len() as u64,
+        ..Stats::default()
+    };
+    let mut failures = Vec::new();
+    let cap = world.settings.deadline.unwrap_or_default() + DEADLINE_GRACE;
+    let mut report: Option<Report> = None;
+    let mut segment = 0usize;
+    loop {
+        let resume = if segment == 0 {
+            None
+        } else {
+            match journal::replay(&path) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    failures.push(Failure {
+                        invariant: invariants::name::REPORT,
+                        uhost_id: None,
+                        detail: format!("resume {segment}: {e}"),
+                    });
+                    break;
+                }
+            }
+        };
+        // As `run --resume` does: the journal fixes the selection, the protections still
+        // apply, and instances are named by ID only.
+        let ids = resume.as_ref().map_or_else(|| world.ids.clone(), |r| r.ids.clone());
+        let known: Vec<Instance> = if resume.is_some() {
+            ids.iter()
+                .map(|id| Instance {
+                    uhost_id: id.clone(),
+                    ..Instance::default()
+                })
+                .collect()
+        } else {
+            world
+                .rows
+                .iter()
+                .filter(|r| ids.contains(&r.uhost_id))
+                .map(|r| Instance {
+                    uhost_id: r.uhost_id.clone(),
+                    name: r.name.clone(),
+                    region: r.region.clone(),
+                    zone: r.zone.clone(),
+                    ..Instance::default()
+                })
+                .collect()
+        };
+        let protections = world.protections.clone();
+        let guard: Guard = Box::new(move |row| protections.refuse(row));
+        let ctl = Controls {
+            journal: Some(Journal::open(&path).expect("the journal opens")),
+            resume,
+            guard: Some(guard),
+            observer: Box::new(NoObserver),
+            cancel: CancellationToken::new(),
+            known,
+        };
+        let mut settings = world.settings.clone();
+        if let Some(r) = &ctl.resume {
+            (settings.release_udisk, settings.force_stop) = (r.release_udisk, r.force_stop);
+        }
+        let kill = world.kills.get(segment).copied();
+        let limit = kill.unwrap_or(cap).min(cap);
+        let run = workflow::run(cloud.clone(), ids, settings, ctl);
+        match tokio::time::timeout(limit, within_wakeups(run)).await {
+            Ok(Some(r)) => {
+                report = Some(r);
+                break;
+            }
+            Ok(None) => {
+                failures.push(Failure {
+                    invariant: invariants::name::HANG,
+                    uhost_id: None,
+                    detail: format!(
+                        "segment {segment} woke {MAX_WAKEUPS_AT_ONE_INSTANT} times at {:.1}s of virtual time \
+                         without time passing (the run loop spins)",
+                        started.elapsed().as_secs_f64()
+                    ),
+                });
+                break;
+            }
+            Err(_) if kill.is_some() => {
+                // Dropped mid-run: calls in flight are aborted, like kill -9.
+                stats.kills += 1;
+                stats.resumes += 1;
+                segment += 1;
+            }
+            Err(_) => {
+                failures.push(Failure {
+                    invariant: invariants::name::HANG,
+                    uhost_id: None,
+                    detail: format!(
+                        "segment {segment} still running {:.0}s after its start (deadline {:.0}s + {:.0}s grace)",
+                        limit.as_secs_f64(),
+                        world.settings.deadline.unwrap_or_default().as_secs_f64(),
+                        DEADLINE_GRACE.as_secs_f64()
+                    ),
+                });
+                break;
+            }
+        }
+    }
+    stats.virtual_time = started.elapsed();
+    let state = world.sim.snapshot();
+    stats.calls = state.calls.len() as u64;
+    stats.faults = state.calls.iter().filter(|c| c.fault.is_some()).count() as u64;
+    stats.eventual = state
+        .calls
+        .iter()
+        .filter(|c| matches!(c.fault.as_deref(), Some("drop_row" | "omit_total_count")))
+        .count() as u64;
+    stats.races = state.races.len() as u64;
+    stats.after_delete = state
+        .violations
+        .iter()
+        .filter(|v| v.rule == crate::sim::rule::AFTER_DELETE)
+        .count() as u64;
+    let exit = report.as_ref().map(exit_for);
+    match exit {
+        Some(Exit::Ok) => stats.exit_ok += 1,
+        Some(Exit::Interrupted) => stats.exit_interrupted += 1,
+        Some(_) => stats.exit_failed += 1,
+        None => {}
+    }
+    let mut outputs: Vec<(&'static str, String)> =
+        vec![("journal", std::fs::read_to_string(&path).unwrap_or_default())];
+    if let Some(r) = &report {
+        outputs.push(("JSON report", crate::app::json(r)));
+        outputs.push(("report table", crate::output::report_table(r)));
+        outputs.push(("report Debug", format!("{r:?}")));
+    }
+    outputs.push(("cloud Debug", format!("{cloud:?}")));
+    failures.extend(invariants::check(&invariants::Evidence {
+        world: &world,
+        state: &state,
+        report: report.as_ref(),
+        exit,
+        outputs: &outputs,
+    }));
+    (SeedRun { seed, failures, stats }, world.private_key.clone())
+}
