@@ -208,10 +208,10 @@ pub struct RunArgs {
     /// Do not ask for confirmation (required without a terminal)
     #[arg(short, long)]
     pub yes: bool,
-    /// Mutating calls in flight at once [default: 16]
+    /// Mutating calls in flight at once [default: 64]
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
-    /// Requests per second, 0 = unlimited [default: 10]
+    /// Hard ceiling on requests per second, 0 = none (the pace adapts below it) [default: 0]
     #[arg(long, value_name = "R")]
     pub rate: Option<u32>,
     /// Longest gap between looks at a waiting instance [default: 3s]
