@@ -392,6 +392,15 @@ async fn rate_limit_throttles_per_key() {
     sim.describe(&q).await.unwrap();
 }
 
+/// Calls admitted until the first 153.
+async fn admitted(sim: &SimHandle, q: &DescribeQuery) -> u32 {
+    let mut n = 0;
+    while sim.describe(q).await.is_ok() {
+        n += 1;
+    }
+    n
+}
+
 #[tokio::test(start_paused = true)]
 async fn rate_limit_has_a_burst_and_changes_mid_run() {
     let mut scenario = Scenario::generated(5, 1);
@@ -402,14 +411,6 @@ async fn rate_limit_has_a_burst_and_changes_mid_run() {
         limit: 10,
         ..DescribeQuery::default()
     };
-    /// Calls admitted until the first 153.
-    async fn admitted(sim: &SimHandle, q: &DescribeQuery) -> u32 {
-        let mut n = 0;
-        while sim.describe(q).await.is_ok() {
-            n += 1;
-        }
-        n
-    }
     // A full bucket lets the burst through, then one call per 100 ms.
     assert_eq!(admitted(&sim, &q).await, 2);
     advance(Duration::from_millis(100)).await;

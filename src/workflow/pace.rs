@@ -8,7 +8,7 @@
 //! TCP congestion control and from what a noisy gateway does:
 //!
 //! - **One decrease per window**: a 153 answering a request sent *before* the last decrease is
-//!   already accounted for and does not cut again (NewReno's "recover" point), so a burst of
+//!   already accounted for and does not cut again (the "recover" point of TCP `NewReno`), so a burst of
 //!   153s lowers the rate once, not once per answer.
 //! - **Isolated throttles are noise**: a decrease needs [`CUT_AFTER`] throttles among the last
 //!   [`ANSWER_WINDOW`] answers (of requests sent since the last decrease). A gateway at its limit

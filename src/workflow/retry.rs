@@ -78,7 +78,7 @@ impl Policy {
         let doublings = episode.refusals.saturating_sub(1).min(16);
         let nominal = self.first_gap.saturating_mul(1 << doublings).min(self.max_gap);
         let jittered = nominal.mul_f64(1.0 - JITTER + 2.0 * JITTER * jitter.clamp(0.0, 1.0));
-        let gap = jittered.min(self.budget / 10).min(self.budget - waited);
+        let gap = jittered.min(self.budget / 10).min(self.budget.saturating_sub(waited));
         Next::Retry(gap)
     }
 }
