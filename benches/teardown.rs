@@ -1,29 +1,44 @@
-//! Teardown benchmark: the real binary tears down 1000 simulated instances over HTTP.
+//! Teardown benchmark: the real binary tears down simulated instances over HTTP, with its
+//! default pace settings.
 //!
-//! Prints wall time against the lower bound (stop + terminate latency), API calls per
-//! instance by action, the tool's peak RSS and CPU time (read from /proc while it runs), and
-//! the simulator's verdict. Run with `cargo bench --bench teardown` (optionally
-//! `-- --instances N --jitter J --rate R`). Figures are recorded in docs/performance.md.
+//! Each row prints wall time against the lower bound (stop + terminate latency), API calls per
+//! instance by action, the tool's peak RSS and CPU time (read from /proc while it runs), the
+//! gateway's view of the pace (requests it let through per second, 153s), and the simulator's
+//! verdict. `cargo bench --bench teardown` runs every row of docs/performance.md; one row with
+//! `-- --instances N [--jitter J] [--rate R] [--limit L --burst B] [--faults]
+//! [--time-scale S] [--change-at SECS --change-to L]`. Figures are recorded in
+//! docs/performance.md.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use compshare_teardown::sim::{Scenario, Server, SimHandle};
+use compshare_teardown::sim::{Faults, Scenario, Server, SimHandle};
 
+#[derive(Clone, Default)]
 struct Args {
     instances: usize,
     jitter: f64,
+    /// `--rate` for the tool (0: not passed, the default pace).
     rate: u32,
+    /// The gateway's requests per second per key (0 = unlimited) and burst.
+    limit: u32,
+    burst: u32,
+    /// 2% random 153s and 5% 5xx (3% HTTP 502, 2% HTTP 503).
+    faults: bool,
+    /// The demo world (stop 100 s, terminate 50 s nominal, locks, restarts) at this scale.
+    time_scale: Option<f64>,
+    /// Change the gateway's limit this many seconds into the run.
+    change: Option<(f64, u32)>,
 }
 
-fn args() -> Args {
-    let mut a = Args {
-        instances: 1000,
-        jitter: 0.0,
-        rate: 0,
-    };
+fn args() -> Option<Args> {
     let v: Vec<String> = std::env::args().collect();
+    if !v.iter().any(|a| a == "--instances") {
+        return None;
+    }
+    let mut a = Args::default();
+    let mut change_at = None;
     let mut i = 1;
     while i < v.len() {
         let next = v.get(i + 1).cloned().unwrap_or_default();
@@ -31,6 +46,16 @@ fn args() -> Args {
             "--instances" => a.instances = next.parse().expect("--instances N"),
             "--jitter" => a.jitter = next.parse().expect("--jitter J"),
             "--rate" => a.rate = next.parse().expect("--rate R"),
+            "--limit" => a.limit = next.parse().expect("--limit L"),
+            "--burst" => a.burst = next.parse().expect("--burst B"),
+            "--time-scale" => a.time_scale = Some(next.parse().expect("--time-scale S")),
+            "--change-at" => change_at = Some(next.parse().expect("--change-at SECS")),
+            "--change-to" => a.change = Some((0.0, next.parse().expect("--change-to L"))),
+            "--faults" => {
+                a.faults = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -38,7 +63,12 @@ fn args() -> Args {
         }
         i += 2;
     }
-    a
+    if let (Some(at), Some((_, to))) = (change_at, a.change) {
+        a.change = Some((at, to));
+    } else {
+        a.change = None;
+    }
+    Some(a)
 }
 
 /// (peak RSS in KiB, CPU seconds) of a live process, from /proc.
@@ -60,27 +90,111 @@ fn sample(pid: u32) -> Option<(u64, f64)> {
     Some((hwm, ticks as f64 / 100.0))
 }
 
-// A benchmark measures the real world: wall-clock time and real sleeps between /proc samples.
-#[allow(clippy::disallowed_methods)]
 fn main() {
-    let a = args();
-    let mut scenario = Scenario::generated(a.instances, 42);
-    // Every instance Running: each needs the full stop + terminate.
-    if let Some(g) = scenario.generate.as_mut() {
-        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    if let Some(a) = args() {
+        row(&a);
+        return;
     }
-    scenario.latency.stop_secs = 3.0;
-    scenario.latency.terminate_secs = 1.0;
-    scenario.latency.jitter = a.jitter;
+    let unlimited = |n| Args {
+        instances: n,
+        ..Args::default()
+    };
+    let limited = Args {
+        instances: 1000,
+        limit: 20,
+        burst: 10,
+        faults: true,
+        ..Args::default()
+    };
+    let rows = [
+        ("200 instances, unlimited gateway", unlimited(200)),
+        ("1000 instances, unlimited gateway", unlimited(1000)),
+        (
+            "1000 instances, 20 req/s bucket (burst 10), 2% 153, 5% 5xx",
+            limited.clone(),
+        ),
+        (
+            "60 instances, demo world at 1/100, 20 req/s bucket, 2% 153, 5% 5xx",
+            Args {
+                instances: 60,
+                time_scale: Some(0.01),
+                ..limited.clone()
+            },
+        ),
+        (
+            "1000 instances, 20 req/s bucket raised to 50 (burst 25) at 15 s",
+            Args {
+                faults: false,
+                change: Some((15.0, 50)),
+                ..limited.clone()
+            },
+        ),
+        (
+            "1000 instances, 50 req/s bucket lowered to 20 (burst 10) at 15 s",
+            Args {
+                faults: false,
+                limit: 50,
+                burst: 25,
+                change: Some((15.0, 20)),
+                ..limited
+            },
+        ),
+    ];
+    for (name, a) in rows {
+        println!("== {name}");
+        row(&a);
+        println!();
+    }
+}
+
+// A benchmark measures the real world: wall-clock time and real sleeps between /proc samples.
+#[allow(clippy::disallowed_methods, clippy::too_many_lines)]
+fn row(a: &Args) {
+    let mut scenario = match a.time_scale {
+        Some(scale) => {
+            let mut s = compshare_teardown::demo::demo_scenario(a.instances, 42);
+            s.time_scale = scale;
+            s
+        }
+        None => {
+            let mut s = Scenario::generated(a.instances, 42);
+            // Every instance Running: each needs the full stop + terminate.
+            if let Some(g) = s.generate.as_mut() {
+                g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+            }
+            s.latency.stop_secs = 3.0;
+            s.latency.terminate_secs = 1.0;
+            s.latency.jitter = a.jitter;
+            s.faults = Faults::default();
+            s
+        }
+    };
+    scenario.rate_limit_per_sec = a.limit;
+    scenario.rate_limit_burst = a.burst;
+    if a.faults {
+        scenario.faults.throttle = 0.02;
+        scenario.faults.http_502 = 0.03;
+        scenario.faults.http_503 = 0.02;
+    }
+    let lower = scenario.time_scale * (scenario.latency.stop_secs + scenario.latency.terminate_secs);
     let handle = SimHandle::new(scenario);
     let server = Server::start(handle.clone(), ([127, 0, 0, 1], 0).into()).expect("simulator");
     let dir = std::env::temp_dir().join(format!("compshare-teardown-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
 
     let start = std::time::Instant::now(); // benchmarks measure real time
-    let mut child = Command::new(env!("CARGO_BIN_EXE_compshare-teardown"))
-        .args(["run", "--all", "--yes", "--quiet", "--output", "json"])
-        .args(["--max-count", &a.instances.to_string(), "--rate", &a.rate.to_string()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_compshare-teardown"));
+    cmd.args(["run", "--all", "--yes", "--quiet", "--output", "json"])
+        .args(["--max-count", &a.instances.to_string()]);
+    if a.rate > 0 {
+        cmd.args(["--rate", &a.rate.to_string()]);
+    }
+    if a.time_scale.is_some() {
+        // The demo world's waits, as `demo` uses them: the poll interval and the settle
+        // scaled down with the world.
+        cmd.args(["--poll-interval", "1s", "--settle", "5s"]);
+    }
+    let mut child = cmd
         .arg("--lock-file")
         .arg(dir.join("lock"))
         .env("COMPSHARE_BASE_URL", server.url.as_str())
@@ -97,9 +211,17 @@ fn main() {
     let mut last = (0, 0.0);
     let stdout = child.stdout.take().expect("stdout");
     let reader = std::thread::spawn(move || std::io::read_to_string(stdout).expect("report"));
+    let mut changed = false;
     loop {
         if let Some(s) = sample(pid) {
             last = s;
+        }
+        if let Some((at, to)) = a.change
+            && !changed
+            && start.elapsed().as_secs_f64() >= at
+        {
+            handle.set_rate_limit(to, to / 2);
+            changed = true;
         }
         if child.try_wait().expect("wait").is_some() {
             break;
@@ -116,14 +238,13 @@ fn main() {
     }
     #[allow(clippy::cast_precision_loss)]
     let n = a.instances as f64;
-    let lower = 3.0 + 1.0;
     println!("instances           {}", a.instances);
     println!(
-        "exit code           {code:?}, terminated {}",
-        report["summary"]["terminated"]
+        "exit code           {code:?}, terminated {}, failed {}",
+        report["summary"]["terminated"], report["summary"]["failed"]
     );
     println!(
-        "wall time           {wall:.2} s (lower bound {lower:.1} s: stop 3 s + terminate 1 s; ratio {:.2})",
+        "wall time           {wall:.2} s (lower bound {lower:.2} s: stop + terminate; ratio {:.2})",
         wall / lower
     );
     #[allow(clippy::cast_precision_loss)]
@@ -134,6 +255,65 @@ fn main() {
         let per = *count as f64 / n;
         println!("  {action:<18}{per:.3} ({count})");
     }
+    // Calls that took a token from the gateway's bucket: everything but the bucket's own
+    // refusals and the faults injected before the gateway (proxy errors, dropped connections).
+    let admitted: Vec<f64> = state
+        .calls
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.fault.as_deref(),
+                Some("rate_limit" | "http_502" | "http_503" | "drop")
+            )
+        })
+        .map(|c| c.at_secs)
+        .collect();
+    let limited = state
+        .calls
+        .iter()
+        .filter(|c| c.fault.as_deref() == Some("rate_limit"))
+        .count();
+    if let (Some(first), Some(last_at)) = (state.calls.first(), state.calls.last()) {
+        let span = last_at.at_secs - first.at_secs;
+        #[allow(clippy::cast_precision_loss)]
+        let rate = admitted.len() as f64 / span;
+        print!("gateway             {rate:.1} req/s let through over {span:.1} s");
+        if a.limit > 0 {
+            print!(" ({:.0}% of {} req/s)", 100.0 * rate / f64::from(a.limit), a.limit);
+        }
+        println!(", {limited} refused by the bucket");
+    }
+    if let Some((at, to)) = a.change {
+        // The first 2-second window after the change in which the gateway let through at
+        // least 80% of the new limit (raised), or refused under 10% (lowered).
+        let raised = to > a.limit;
+        let found = (0..600).map(|k| at + f64::from(k) * 0.25).find(|&t0| {
+            let inside = |c: &&compshare_teardown::sim::CallRecord| (t0..t0 + 2.0).contains(&c.at_secs);
+            let all = state.calls.iter().filter(inside).count();
+            let refused = state
+                .calls
+                .iter()
+                .filter(inside)
+                .filter(|c| c.fault.as_deref() == Some("rate_limit"))
+                .count();
+            #[allow(clippy::cast_precision_loss)]
+            let through = (all - refused) as f64 / 2.0;
+            if raised {
+                through >= 0.8 * f64::from(to)
+            } else {
+                all > 0 && refused * 10 < all && through >= 0.8 * f64::from(to)
+            }
+        });
+        match found {
+            Some(t) => println!(
+                "rate change         {} -> {to} req/s at {at:.0} s; found {:.2} s later",
+                a.limit,
+                t + 2.0 - at
+            ),
+            None => println!("rate change         {} -> {to} req/s at {at:.0} s; not found", a.limit),
+        }
+    }
+    println!("pace                {}", report["summary"]["pace"]);
     #[allow(clippy::cast_precision_loss)]
     let rss_mb = last.0 as f64 / 1024.0;
     println!("peak RSS            {rss_mb:.1} MiB (tool process)");

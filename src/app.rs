@@ -928,7 +928,9 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udi
         release_udisk,
     }));
     let s = &report.summary;
+    let pace = s.pace.clone();
     *report = Report::new(instances, s.seconds, s.api_calls.clone(), s.throttled);
+    report.summary.pace = pace;
 }
 
 /// Ask on the terminal; refuse without one. The answer is read on a blocking thread, so an

@@ -215,16 +215,16 @@ pub struct RunArgs {
     /// Do not ask for confirmation (required without a terminal)
     #[arg(short, long)]
     pub yes: bool,
-    /// Mutating calls in flight at once, 1 to 1024 [default: 16]
+    /// Mutating calls in flight at once, 1 to 1024 [default: 64]
     #[arg(long, value_name = "N", value_parser = number(CONCURRENCY), allow_negative_numbers = true)]
     pub concurrency: Option<usize>,
-    /// Requests per second, 0 = unlimited, up to 1000 [default: 10]
+    /// Hard ceiling on requests per second, 0 = none (the pace adapts below it), up to 1000 [default: 0]
     #[arg(long, value_name = "R", value_parser = number(RATE), allow_negative_numbers = true)]
     pub rate: Option<u32>,
     /// Longest gap between looks at a waiting instance, 10ms to 5m [default: 3s]
     #[arg(long, value_name = "DURATION", value_parser = duration(POLL_INTERVAL))]
     pub poll_interval: Option<Duration>,
-    /// How long to retry through the operation lock (its TTL is 10m), up to 1d [default: 11m]
+    /// How long to retry through the operation lock (its TTL is 10m), counted from the first refusal, with a last attempt at its end; up to 1d [default: 11m]
     #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT))]
     pub lock_wait: Option<Duration>,
     /// Time limit for each instance, counted from the start of the run (all start together),

@@ -42,16 +42,21 @@ pub fn demo_scenario(instances: usize, seed: u64) -> Scenario {
         omit_total_count: 0.05,
         ..Faults::default()
     };
+    // A modest account rate limit, which the default pace must find by itself.
+    s.rate_limit_per_sec = DEMO_RATE_LIMIT;
+    s.rate_limit_burst = DEMO_RATE_LIMIT / 2;
     s
 }
 
-/// Settings for the demo: the real defaults, with a shorter poll interval to match the
-/// scaled world, which also deletes an instance in half a second: a lost Terminate answer
-/// need not wait the production minute before Terminate is tried again.
+/// The demo gateway's requests per second (per key).
+pub const DEMO_RATE_LIMIT: u32 = 20;
+
+/// Settings for the demo: the real defaults (the pace included), with a shorter poll interval
+/// to match the scaled world, which also deletes an instance in half a second: a lost
+/// Terminate answer need not wait the production minute before Terminate is tried again.
 pub fn demo_settings() -> Settings {
     Settings {
         poll_interval: Duration::from_secs(1),
-        rate: 50,
         terminate_settle: Duration::from_secs(5),
         ..Settings::default()
     }
@@ -76,7 +81,8 @@ pub(crate) async fn run(
     let before = handle.snapshot();
     let ids: Vec<String> = handle.ids();
     let _ = writeln_stderr(&format!(
-        "demo: tearing down {} simulated instances ({} locked by another operation, faults on) at {}",
+        "demo: tearing down {} simulated instances ({} locked by another operation, faults on, \
+         {DEMO_RATE_LIMIT} requests/s allowed) at {}",
         ids.len(),
         before.locks.len(),
         server.url

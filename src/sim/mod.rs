@@ -88,6 +88,12 @@ impl SimHandle {
         self.lock().start_by_other(id, Instant::now());
     }
 
+    /// Change the gateway's rate limit mid-run: `per_sec` requests a second per key (0 = no
+    /// limit), `burst` at once (0 = one second's worth).
+    pub fn set_rate_limit(&self, per_sec: u32, burst: u32) {
+        self.lock().set_rate_limit(per_sec, burst);
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.lock().set_faults(faults);
     }

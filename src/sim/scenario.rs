@@ -25,8 +25,12 @@ pub struct Scenario {
     pub lock: LockConfig,
     pub latency: Latency,
     pub faults: Faults,
-    /// Requests per second per `PublicKey`; 0 = unlimited. Excess calls get RetCode 153.
+    /// Requests per second per `PublicKey` (a token bucket); 0 = unlimited. Excess calls get
+    /// RetCode 153.
     pub rate_limit_per_sec: u32,
+    /// The bucket's size: calls that may come at once after a quiet spell; 0 = one second's
+    /// worth (`rate_limit_per_sec`).
+    pub rate_limit_burst: u32,
     /// Rows to generate (added before the explicit `instances`).
     pub generate: Option<Generate>,
     /// Explicit rows.
@@ -44,6 +48,7 @@ impl Default for Scenario {
             latency: Latency::default(),
             faults: Faults::default(),
             rate_limit_per_sec: 0,
+            rate_limit_burst: 0,
             generate: None,
             instances: Vec::new(),
         }

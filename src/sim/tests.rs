@@ -392,6 +392,40 @@ async fn rate_limit_throttles_per_key() {
     sim.describe(&q).await.unwrap();
 }
 
+/// Calls admitted until the first 153.
+async fn admitted(sim: &SimHandle, q: &DescribeQuery) -> u32 {
+    let mut n = 0;
+    while sim.describe(q).await.is_ok() {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_has_a_burst_and_changes_mid_run() {
+    let mut scenario = Scenario::generated(5, 1);
+    scenario.rate_limit_per_sec = 10;
+    scenario.rate_limit_burst = 2;
+    let sim = SimHandle::new(scenario);
+    let q = DescribeQuery {
+        limit: 10,
+        ..DescribeQuery::default()
+    };
+    // A full bucket lets the burst through, then one call per 100 ms.
+    assert_eq!(admitted(&sim, &q).await, 2);
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(admitted(&sim, &q).await, 1);
+    // Raised: a fresh, bigger bucket from now on.
+    sim.set_rate_limit(100, 50);
+    assert_eq!(admitted(&sim, &q).await, 50);
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(admitted(&sim, &q).await, 10);
+    sim.set_rate_limit(0, 0);
+    for _ in 0..500 {
+        sim.describe(&q).await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn retcode_as_string_and_null_lists_still_decode() {
     let sim = world(&[]);

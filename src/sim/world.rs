@@ -546,10 +546,12 @@ impl World {
             .cloned()
             .unwrap_or_else(|| self.scenario.public_key.clone());
         if let Some(rate) = NonZeroU32::new(self.scenario.rate_limit_per_sec) {
+            let burst = NonZeroU32::new(self.scenario.rate_limit_burst).unwrap_or(rate);
+            let quota = Quota::per_second(rate).allow_burst(burst);
             let limiter = self
                 .limiters
                 .entry(key)
-                .or_insert_with(|| RateLimiter::direct_with_clock(Quota::per_second(rate), TokioClock(now)));
+                .or_insert_with(|| RateLimiter::direct_with_clock(quota, TokioClock(now)));
             if limiter.check().is_err() {
                 *fault = Some("rate_limit");
                 return Err((code::THROTTLED, "API request throttled".into()));
@@ -1007,6 +1009,13 @@ impl World {
                 },
             );
         }
+    }
+
+    /// A new gateway limit from now on (0 = none); every key starts with a full bucket.
+    pub(crate) fn set_rate_limit(&mut self, per_sec: u32, burst: u32) {
+        self.scenario.rate_limit_per_sec = per_sec;
+        self.scenario.rate_limit_burst = burst;
+        self.limiters.clear();
     }
 
     pub(crate) fn set_faults(&mut self, faults: Faults) {

@@ -143,6 +143,8 @@ impl World {
         } else {
             0
         };
+        // 0 = a bucket as large as a second's worth.
+        let rate_limit_burst = rng.random_range(0..=rate_limit_per_sec);
         let private_key = format!("sweep-secret-{seed:016x}-{:08x}", rng.random::<u32>());
         let scenario = Scenario {
             seed,
@@ -153,6 +155,7 @@ impl World {
             latency,
             faults,
             rate_limit_per_sec,
+            rate_limit_burst,
             generate: Some(Generate {
                 count,
                 mix,
@@ -232,12 +235,17 @@ impl World {
         };
 
         let poll = secs(&mut rng, 1, 10);
+        let concurrency = rng.random_range(1..=64);
+        let rate = [0, 2, 5, 10, 20, 50][rng.random_range(0..6)];
+        // A third of the worlds run the pace and poll defaults: defaults are what users run.
+        let tuned = !rng.random_bool(1.0 / 3.0);
+        let d = Settings::default();
         let settings = Settings {
             release_udisk: rng.random_bool(0.5),
             force_stop: rng.random_bool(0.7),
-            concurrency: rng.random_range(1..=32),
-            rate: [0, 2, 5, 10, 20, 50][rng.random_range(0..6)],
-            poll_interval: poll,
+            concurrency: if tuned { concurrency } else { d.concurrency },
+            rate: if tuned { rate } else { d.rate },
+            poll_interval: if tuned { poll } else { d.poll_interval },
             lock_wait: secs(&mut rng, 60, 11 * 60),
             instance_timeout: secs(&mut rng, 5 * 60, 30 * 60),
             deadline: Some(secs(&mut rng, 5 * 60, 60 * 60)),

@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
@@ -31,6 +30,8 @@ use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
 use super::machine::{Call, Decision, Effect, Memory, Observation, Phase, after_call, decide};
 use super::outcome::{InstanceReport, Outcome, Report};
 use super::pace::Pace;
+use super::recheck::Recheck;
+use super::retry::{Episode, Next, Policy};
 use crate::api::{
     ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, State, Target, TerminateAck, classify,
 };
@@ -117,12 +118,14 @@ struct Tracker {
     /// When it entered its current phase, for the adaptive poll gap.
     phase_since: Instant,
     calls: u32,
-    lock_backoff: Option<ExponentialBackoff>,
-    retry_backoff: Option<ExponentialBackoff>,
+    /// Lock refusals in a row (see [`Policy::lock`]).
+    lock_backoff: Option<Episode>,
+    /// Transient errors of calls in a row (see [`Policy::transient`]).
+    retry_backoff: Option<Episode>,
     /// When the Describe behind the latest observation was sent.
     seen_at: Instant,
     /// Failed Describes of this instance in a row (see `on_describe_error`).
-    look_backoff: Option<ExponentialBackoff>,
+    look_backoff: Option<Episode>,
     in_recycle: Option<String>,
     outcome: Option<(Outcome, Instant)>,
     /// The state the call in flight (or last sent) was decided on.
@@ -141,8 +144,8 @@ struct Tracker {
 
 /// What became of a queued call.
 enum Sent {
-    /// It went out; this is the answer.
-    Answer(Result<Option<TerminateAck>, ApiError>),
+    /// It went out at this instant; this is the answer.
+    Answer(Result<Option<TerminateAck>, ApiError>, Instant),
     /// The run halted while it waited for a slot: it never left.
     Halted,
     /// A Terminate waited so long for its slot that the look it was decided on went stale,
@@ -157,12 +160,10 @@ enum Event {
         sent_at: Instant,
         result: Result<(Vec<Instance>, Option<usize>), ApiError>,
     },
-    /// `looked_again`: a single-instance Describe was made right before sending.
     Called {
         idx: usize,
         call: Call,
         sent: Sent,
-        looked_again: bool,
     },
 }
 
@@ -181,6 +182,7 @@ struct Runner<C> {
     tasks: JoinSet<Event>,
     slots: Arc<Semaphore>,
     pace: Arc<Pace>,
+    recheck: Arc<Recheck<C>>,
     ctl: Controls,
     rng: StdRng,
     started: Instant,
@@ -195,35 +197,6 @@ struct Runner<C> {
     owners: HashMap<TaskId, Vec<usize>>,
     /// What the run has seen of the gateway's consistency (see [`absence`]).
     evidence: Evidence,
-}
-
-/// Locks: 5 s doubling to 30 s, plus up to 100% jitter (so 5–60 s apart), for `lock_wait` in
-/// total. Keeping each gap under a minute guarantees an attempt in the last minute of an
-/// 11-minute budget, i.e. after a 10-minute lock taken at our first attempt has expired.
-fn lock_backoff(s: &Settings, seed: u64) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(5).min(s.lock_wait))
-        .with_max_delay(Duration::from_secs(30))
-        .with_factor(2.0)
-        .with_jitter()
-        .with_jitter_seed(seed)
-        .without_max_times()
-        .with_total_delay(Some(s.lock_wait))
-        .build()
-}
-
-/// Throttling and transient errors: first retry after a third of the poll interval (1 s at
-/// the default 3 s; at least 200 ms, at most 4 s), doubling to 30 s, jittered, at most 10
-/// attempts (a few minutes) before the instance is failed.
-fn retry_backoff(s: &Settings, seed: u64) -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay((s.poll_interval / 3).clamp(Duration::from_millis(200), Duration::from_secs(4)))
-        .with_max_delay(Duration::from_secs(30))
-        .with_factor(2.0)
-        .with_jitter()
-        .with_jitter_seed(seed)
-        .with_max_times(10)
-        .build()
 }
 
 /// Tear down `ids` (already validated and de-duplicated by the caller). Every id ends in the
@@ -262,11 +235,19 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         })
         .collect();
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
+    let pace = Arc::new(Pace::new(settings.rate));
+    let recheck = Recheck::new(
+        Arc::clone(&cloud),
+        Arc::clone(&pace),
+        settings.describe_region.clone(),
+        settings.lock_codes.clone(),
+    );
     let mut runner = Runner {
         cloud,
         rules: settings.rules(),
         slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
-        pace: Arc::new(Pace::new(settings.rate)),
+        pace,
+        recheck: Arc::new(recheck),
         settings,
         trackers,
         tasks: JoinSet::new(),
@@ -323,12 +304,7 @@ impl<C: Cloud + 'static> Runner<C> {
                             self.owners.remove(&id);
                             match event {
                                 Event::Described { idxs, sent_at, result } => self.on_described(&idxs, sent_at, result),
-                                Event::Called { idx, call, sent, looked_again } => {
-                                    if looked_again {
-                                        self.count("DescribeCompShareInstance");
-                                    }
-                                    self.on_called(idx, call, sent);
-                                }
+                                Event::Called { idx, call, sent } => self.on_called(idx, call, sent),
                             }
                         }
                         Err(e) => self.on_task_lost(e),
@@ -521,9 +497,9 @@ impl<C: Cloud + 'static> Runner<C> {
         }
         let (rows, total) = match result {
             Ok(answer) => answer,
-            Err(e) => return self.on_describe_error(idxs, &e, now),
+            Err(e) => return self.on_describe_error(idxs, &e, now, sent_at),
         };
-        self.pace.succeeded();
+        self.pace.succeeded(sent_at);
         // An answer that matched more rows than it carries admits it left some out: absence
         // from it proves nothing (and says the gateway drops rows; see `absence`).
         let missing = total.map_or(0, |t| t.saturating_sub(rows.len()));
@@ -594,11 +570,13 @@ impl<C: Cloud + 'static> Runner<C> {
         }
     }
 
-    fn on_describe_error(&mut self, idxs: &[usize], e: &ApiError, now: Instant) {
+    fn on_describe_error(&mut self, idxs: &[usize], e: &ApiError, now: Instant, sent_at: Instant) {
         let class = classify(e, &self.settings.lock_codes);
         if class == RetryClass::Throttled {
-            self.pace.throttled();
+            self.pace.throttled(sent_at);
             self.throttled += 1;
+        } else {
+            self.pace.succeeded(sent_at);
         }
         // Each instance has its own budget of failed looks (reset by a good one): a burst of
         // failures across many small Describes must not use up everyone's retries at once.
@@ -607,24 +585,20 @@ impl<C: Cloud + 'static> Runner<C> {
             if !matches!(self.trackers[i].status, Status::Observe { .. }) {
                 continue;
             }
-            let delay = if class == RetryClass::Fatal {
-                None
+            let next = if class == RetryClass::Fatal {
+                Next::GiveUp { waited: Duration::ZERO }
             } else if class == RetryClass::Throttled {
-                // Throttling says "slower", not "broken": the pace was just lowered, so look
+                // Throttling says "slower", not "broken": the pace takes care of that, so look
                 // again in 1-2 s without spending the instance's failure budget (a Describe
                 // carries up to 100 instances; one throttled answer must not count against
                 // each of them). The instance timeout still bounds the wait.
-                Some(Duration::from_secs_f64(self.rng.random_range(1.0..2.0)))
+                Next::Retry(throttle_gap(&mut self.rng))
             } else {
-                let seed = self.rng.random();
-                let settings = &self.settings;
-                self.trackers[i]
-                    .look_backoff
-                    .get_or_insert_with(|| retry_backoff(settings, seed))
-                    .next()
+                let episode = Episode::refused(&mut self.trackers[i].look_backoff, now);
+                Policy::transient(self.settings.poll_interval).next(episode, now, self.rng.random())
             };
-            match delay {
-                Some(d) => {
+            match next {
+                Next::Retry(d) => {
                     if !logged {
                         tracing::warn!("{e}; looking again in {}", humantime::format_duration(round(d)));
                         logged = true;
@@ -633,9 +607,17 @@ impl<C: Cloud + 'static> Runner<C> {
                         *due = now + d;
                     }
                 }
-                None => {
+                Next::GiveUp { waited } => {
                     tracing::error!(id = %self.trackers[i].id, "{e}");
-                    self.fail(i, e.to_string(), e.request_id());
+                    let error = if class == RetryClass::Fatal {
+                        e.to_string()
+                    } else {
+                        format!(
+                            "gave up after {} of failed looks: {e}",
+                            humantime::format_duration(round(waited))
+                        )
+                    };
+                    self.fail(i, error, e.request_id());
                 }
             }
         }
@@ -802,11 +784,11 @@ impl<C: Cloud + 'static> Runner<C> {
         self.ctl.observer.activity(&id, &Activity::Calling(call));
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
+        let recheck = Arc::clone(&self.recheck);
         let slots = Arc::clone(&self.slots);
         let release = self.settings.release_udisk;
         let stop_sending = self.stop_sending.clone();
         let decided_at = self.trackers[i].seen_at;
-        let describe_region = self.settings.describe_region.clone();
         let stale_after = self
             .settings
             .min_poll()
@@ -821,31 +803,40 @@ impl<C: Cloud + 'static> Runner<C> {
             };
             let _slot = tokio::select! {
                 slot = ready => slot,
-                () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted, looked_again: false },
+                () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted },
             };
-            let looked_again = call == Call::Terminate && decided_at.elapsed() > stale_after;
-            if looked_again {
+            if call == Call::Terminate && decided_at.elapsed() > stale_after {
                 // Queued long enough for the world to move: look again right before sending,
-                // so Terminate still follows a fresh `Stopped`.
-                if let Err(why) = still_stopped(cloud.as_ref(), &target.uhost_id, describe_region).await {
-                    return Event::Called { idx: i, call, sent: Sent::Stale(why), looked_again };
+                // so Terminate still follows a fresh `Stopped`. The look is shared with the
+                // other Terminates in the same situation (one Describe for up to 100).
+                if let Err(why) = recheck.still_stopped(&target.uhost_id, stale_after).await {
+                    return Event::Called {
+                        idx: i,
+                        call,
+                        sent: Sent::Stale(why),
+                    };
                 }
             }
+            let sent_at = Instant::now();
             let result = match call {
                 Call::Stop => cloud.stop(&target, force).await.map(|()| None),
                 Call::Terminate => cloud.terminate(&target, release).await.map(Some),
             };
-            Event::Called { idx: i, call, sent: Sent::Answer(result), looked_again }
+            Event::Called {
+                idx: i,
+                call,
+                sent: Sent::Answer(result, sent_at),
+            }
         });
     }
 
     fn on_called(&mut self, i: usize, call: Call, sent: Sent) {
         let now = Instant::now();
-        let result = match sent {
-            Sent::Answer(result) => {
+        let (result, sent_at) = match sent {
+            Sent::Answer(result, sent_at) => {
                 self.trackers[i].calls += 1;
                 self.count(call.action());
-                result
+                (result, sent_at)
             }
             Sent::Halted | Sent::Stale(_) => {
                 let error = match sent {
@@ -865,6 +856,12 @@ impl<C: Cloud + 'static> Runner<C> {
             }
         };
         let class = result.as_ref().err().map(|e| classify(e, &self.settings.lock_codes));
+        if class == Some(RetryClass::Throttled) {
+            self.pace.throttled(sent_at);
+            self.throttled += 1;
+        } else {
+            self.pace.succeeded(sent_at);
+        }
         let effect = match class {
             None => Effect::Accepted,
             Some(RetryClass::Ambiguous) => Effect::Unsure,
@@ -891,7 +888,6 @@ impl<C: Cloud + 'static> Runner<C> {
                 t.retry_backoff = None;
                 t.rechecked = false;
                 t.phase_since = now;
-                self.pace.succeeded();
                 let gap = self.settings.min_poll();
                 return self.after_answer(i, now + gap, false);
             }
@@ -901,40 +897,44 @@ impl<C: Cloud + 'static> Runner<C> {
             // Halting: no retry; the instance ends interrupted (or timed out) where it stands.
             return self.after_answer(i, now, false);
         }
-        let seed: u64 = self.rng.random();
-        let settings = &self.settings;
+        let jitter: f64 = self.rng.random();
         let t = &mut self.trackers[i];
         match class.unwrap_or(RetryClass::Fatal) {
-            RetryClass::Locked => match t
-                .lock_backoff
-                .get_or_insert_with(|| lock_backoff(settings, seed))
-                .next()
-            {
-                Some(d) => {
-                    tracing::info!(id = %id, "operation lock held; looking again in {}", humantime::format_duration(round(d)));
-                    self.ctl.observer.activity(&id, &Activity::Locked { retry_in: d });
-                    self.after_answer(i, now + d, true);
+            RetryClass::Locked => {
+                let episode = Episode::refused(&mut t.lock_backoff, now);
+                match Policy::lock(self.settings.lock_wait).next(episode, now, jitter) {
+                    Next::Retry(d) => {
+                        tracing::info!(id = %id, "operation lock held; looking again in {}", humantime::format_duration(round(d)));
+                        self.ctl.observer.activity(&id, &Activity::Locked { retry_in: d });
+                        self.after_answer(i, now + d, true);
+                    }
+                    Next::GiveUp { waited } => {
+                        let error = format!(
+                            "operation lock still held after {} (--lock-wait {}): {e}",
+                            humantime::format_duration(round(waited)),
+                            humantime::format_duration(self.settings.lock_wait)
+                        );
+                        self.fail(i, error, e.request_id());
+                    }
                 }
-                None => {
-                    let error = format!(
-                        "operation lock still held after {}: {e}",
-                        humantime::format_duration(settings.lock_wait)
-                    );
-                    self.fail(i, error, e.request_id());
-                }
-            },
-            class @ (RetryClass::Throttled | RetryClass::Transient) => {
-                if class == RetryClass::Throttled {
-                    self.pace.throttled();
-                    self.throttled += 1;
-                }
-                let t = &mut self.trackers[i];
-                match t
-                    .retry_backoff
-                    .get_or_insert_with(|| retry_backoff(settings, seed))
-                    .next()
-                {
-                    Some(d) => {
+            }
+            RetryClass::Throttled => {
+                // "Slower", not "broken": the pace was told and queues calls accordingly, so
+                // this does not spend the instance's error budget; the instance timeout still
+                // bounds the wait.
+                let d = throttle_gap(&mut self.rng);
+                tracing::debug!(id = %id, "{e}; retrying in {}", humantime::format_duration(round(d)));
+                let activity = Activity::Backoff {
+                    reason: e.to_string(),
+                    retry_in: d,
+                };
+                self.ctl.observer.activity(&id, &activity);
+                self.after_answer(i, now + d, true);
+            }
+            RetryClass::Transient => {
+                let episode = Episode::refused(&mut t.retry_backoff, now);
+                match Policy::transient(self.settings.poll_interval).next(episode, now, jitter) {
+                    Next::Retry(d) => {
                         tracing::warn!(id = %id, "{e}; retrying in {}", humantime::format_duration(round(d)));
                         let activity = Activity::Backoff {
                             reason: e.to_string(),
@@ -943,8 +943,12 @@ impl<C: Cloud + 'static> Runner<C> {
                         self.ctl.observer.activity(&id, &activity);
                         self.after_answer(i, now + d, true);
                     }
-                    None => {
-                        self.fail(i, format!("gave up after retries: {e}"), e.request_id());
+                    Next::GiveUp { waited } => {
+                        let error = format!(
+                            "gave up after {} of retries: {e}",
+                            humantime::format_duration(round(waited))
+                        );
+                        self.fail(i, error, e.request_id());
                     }
                 }
             }
@@ -1049,32 +1053,26 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
             })
             .collect();
-        Report::new(
+        let mut api_calls = self.api_calls;
+        let looks = self.recheck.describes();
+        if looks > 0 {
+            *api_calls.entry("DescribeCompShareInstance".to_owned()).or_default() += looks;
+        }
+        let mut report = Report::new(
             instances,
             end.duration_since(started).as_secs_f64(),
-            self.api_calls,
+            api_calls,
             self.throttled,
-        )
+        );
+        report.summary.pace = self.pace.summary();
+        report
     }
 }
 
-/// A fresh single-instance look right before a delayed Terminate: `Ok` if it is still
-/// `Stopped` (or `Install Fail`), else why not.
-async fn still_stopped<C: Cloud>(cloud: &C, id: &str, region: Option<String>) -> Result<(), String> {
-    let query = DescribeQuery {
-        ids: vec![id.to_owned()],
-        limit: 1,
-        region,
-        ..DescribeQuery::default()
-    };
-    match cloud.describe(&query).await {
-        Ok(page) => match page.uhost_set.iter().find(|r| r.uhost_id == id) {
-            Some(row) if matches!(row.state, State::Stopped | State::InstallFail) => Ok(()),
-            Some(row) => Err(format!("it is {} now", row.state)),
-            None => Err("it is gone now".to_owned()),
-        },
-        Err(e) => Err(format!("the look right before sending failed: {e}")),
-    }
+/// The gap before a throttled request is tried again: 1-2 s, jittered so the retries do not
+/// come back together. The pace, not this gap, slows the run down.
+fn throttle_gap(rng: &mut StdRng) -> Duration {
+    Duration::from_secs_f64(rng.random_range(1.0..2.0))
 }
 
 /// Round a duration to milliseconds for display.

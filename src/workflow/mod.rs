@@ -5,7 +5,9 @@
 //! - [`absence`]: the pure rule for when an instance missing from Describe is gone.
 //! - [`batch`]: the async driver: batched polling, calls under a concurrency bound and a
 //!   request pace, lock and retry backoff, deadlines, interruption, the journal.
-//! - [`pace`]: the global request rate, lowered on throttling.
+//! - [`pace`]: the global request rate: none until the API throttles, then adaptive.
+//! - [`retry`]: retry budgets in time (pure: when to try again, when to give up).
+//! - [`recheck`]: the shared last look before a delayed Terminate.
 //! - [`journal`]: append-only JSON lines and resume.
 //! - [`outcome`]: outcomes and the report, as data.
 
@@ -15,13 +17,15 @@ pub mod journal;
 pub mod machine;
 pub mod outcome;
 pub mod pace;
+pub mod recheck;
+pub mod retry;
 
 use std::time::Duration;
 
 use crate::api::LockCodes;
 
 pub use batch::{Activity, Controls, Guard, NoObserver, Observer, run};
-pub use outcome::{InstanceReport, Outcome, Report, Summary};
+pub use outcome::{InstanceReport, Outcome, PaceSummary, Report, Summary};
 
 /// Everything that shapes a run, validated (the CLI builds it from flags and config).
 #[derive(Debug, Clone)]
@@ -30,9 +34,11 @@ pub struct Settings {
     pub release_udisk: bool,
     /// Allow `Force=true` on spot instances.
     pub force_stop: bool,
-    /// Mutating calls in flight at once.
+    /// Mutating calls in flight at once. High enough by default never to be the bottleneck
+    /// below an account's rate limit: the pace, not this bound, slows a throttled run down.
     pub concurrency: usize,
-    /// Requests per second across the run (0 = unlimited).
+    /// A hard ceiling on requests per second across the run (0 = none). Below it the pace
+    /// finds the account's rate limit by itself (see [`pace`]).
     pub rate: u32,
     /// The longest gap between two looks at a waiting instance (polls come sooner right after
     /// a change, see [`Settings::min_poll`]).
@@ -65,8 +71,10 @@ impl Default for Settings {
         Settings {
             release_udisk: false,
             force_stop: false,
-            concurrency: 16,
-            rate: 10,
+            // Each call is answered in well under a second, so 64 in flight carry several
+            // hundred calls a second: more than any account's limit we have seen.
+            concurrency: 64,
+            rate: 0,
             poll_interval: Duration::from_secs(3),
             lock_wait: Duration::from_secs(11 * 60),
             instance_timeout: Duration::from_secs(30 * 60),

@@ -148,6 +148,23 @@ pub struct Summary {
     pub api_calls: BTreeMap<String, u32>,
     /// Throttling answers (RetCode 153) seen.
     pub throttled: u32,
+    /// What the request pace did.
+    #[serde(default)]
+    pub pace: PaceSummary,
+}
+
+/// The request pace over the run (see `workflow::pace`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PaceSummary {
+    /// Throttling answers (RetCode 153) the pace was told of, the last look before a delayed
+    /// Terminate included.
+    pub throttles: u32,
+    /// Times the pace lowered its rate (at most one per window of requests).
+    pub decreases: u32,
+    /// Requests per second in force at the end; `null` = no client-side limit.
+    pub final_rate: Option<f64>,
+    /// The lowest rate the pace set; `null` = never lowered.
+    pub min_rate: Option<f64>,
 }
 
 /// The report's JSON schema version.

@@ -1,186 +1,315 @@
-//! The global request pace: a ceiling from `--rate` (a governor limiter on tokio's clock) that
-//! is lowered when the gateway throttles us (RetCode 153) and raised again slowly.
+//! The global request pace: it finds the account's rate limit instead of being told one.
 //!
-//! governor's own clock reads the real monotonic time; ours reads `tokio::time::Instant`, so
-//! paused-time tests see the limiter wait in virtual time like everything else.
+//! CompShare does not publish its rate limits, so the pace starts with no client-side limit
+//! (only `--rate`, a hard ceiling, if the user gave one). When the API throttles (RetCode 153)
+//! it starts a token bucket and lowers its rate; afterwards the rate follows a CUBIC curve back
+//! up: fast at first, flat near the last good rate, then probing beyond it. This is the
+//! adaptive retry mode of the AWS SDKs (smithy-rs's client rate limiter), with two rules from
+//! TCP congestion control and from what a noisy gateway does:
+//!
+//! - **One decrease per window**: a 153 answering a request sent *before* the last decrease is
+//!   already accounted for and does not cut again (the "recover" point of TCP `NewReno`), so a burst of
+//!   153s lowers the rate once, not once per answer.
+//! - **Isolated throttles are noise**: a decrease needs [`CUT_AFTER`] throttles among the last
+//!   [`ANSWER_WINDOW`] answers (of requests sent since the last decrease). A gateway at its limit
+//!   refuses a good share of the excess; a random 153 now and then does not collapse the rate.
+//!
+//! The bucket is hand-rolled rather than a `governor` limiter because its rate changes with
+//! every request (the curve is a function of time); it runs on `tokio::time`, so paused-time
+//! tests see it wait in virtual time like everything else.
 
 use std::collections::VecDeque;
-use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use governor::clock::Clock;
-use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
-/// governor clock over tokio time: instants are durations since `origin`.
+use super::outcome::PaceSummary;
+
+/// Each decrease keeps 70% of the last good rate (the SDKs' β).
+const BETA: f64 = 0.7;
+/// The CUBIC scale constant: with it, a rate of 20/s is back at its last maximum 2.5 s after a
+/// decrease, and 200/s after 5.3 s.
+const CUBIC_C: f64 = 0.4;
+/// Never below one request every two seconds: a throttled run must still make progress.
+const FLOOR_RPS: f64 = 0.5;
+/// Answers remembered to tell a rate limit from random throttles.
+const ANSWER_WINDOW: usize = 20;
+/// Throttles among those answers that mean "too fast". With 2% random 153s, three in twenty
+/// happen about once every 140 windows; a gateway refusing the excess over its limit sends
+/// them within a second once we are 15% above it.
+const CUT_AFTER: usize = 3;
+/// The send rate is measured over the last second.
+const MEASURE: Duration = Duration::from_secs(1);
+/// A change of the rate in force by this factor is logged (the curve moves continuously).
+const LOG_STEP: f64 = 1.1;
+
+/// The rate of the events in `times` over the last [`MEASURE`] (dropping older ones); 0 with
+/// fewer than two.
+#[expect(clippy::cast_precision_loss, reason = "a count of events in one second")]
+fn rate_of(times: &mut VecDeque<Instant>, now: Instant) -> f64 {
+    while times.front().is_some_and(|t| now.duration_since(*t) > MEASURE) {
+        times.pop_front();
+    }
+    let n = times.len();
+    let (Some(oldest), Some(newest)) = (times.front(), times.back()) else {
+        return 0.0;
+    };
+    if n < 2 {
+        return 0.0;
+    }
+    // n events evenly spaced at rate r span (n − 1)/r seconds. At least 50 ms, so an opening
+    // burst reads as a high rate rather than an infinite one.
+    let span = newest
+        .duration_since(*oldest)
+        .max(Duration::from_millis(50))
+        .as_secs_f64();
+    (n - 1) as f64 / span
+}
+
+/// The rate curve after a decrease.
 #[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
-    origin: Instant,
+struct Curve {
+    /// When the decrease happened.
+    since: Instant,
+    /// The rate at which the API throttled us.
+    last_max: f64,
 }
 
-impl TokioClock {
-    pub fn new() -> TokioClock {
-        TokioClock { origin: Instant::now() }
+impl Curve {
+    /// CUBIC: `C·(t − K)³ + last_max` with `K = ∛(last_max·(1 − β)/C)`, which is `β·last_max`
+    /// at the decrease and `last_max` again after `K` seconds.
+    fn rate(&self, now: Instant) -> f64 {
+        let t = now.duration_since(self.since).as_secs_f64();
+        let k = (self.last_max * (1.0 - BETA) / CUBIC_C).cbrt();
+        CUBIC_C * (t - k).powi(3) + self.last_max
     }
 }
 
-impl Default for TokioClock {
-    fn default() -> Self {
-        TokioClock::new()
-    }
-}
-
-impl Clock for TokioClock {
-    type Instant = Duration;
-    fn now(&self) -> Duration {
-        Instant::now().duration_since(self.origin)
-    }
-}
-
-type Limiter = RateLimiter<
-    governor::state::NotKeyed,
-    governor::state::InMemoryState,
-    TokioClock,
-    governor::middleware::NoOpMiddleware<Duration>,
->;
-
-/// After a throttle, successes needed before the rate is raised one step.
-const RAISE_AFTER_SUCCESSES: u32 = 10;
-/// Each raise adds 10%: slow enough not to hit the wall again at once.
-const RAISE_FACTOR: f64 = 1.1;
-/// Each throttle halves the rate (the usual multiplicative decrease).
-const CUT_FACTOR: f64 = 0.5;
-/// Never go below one request a second: a throttled run must still make progress.
-const FLOOR_RPS: f64 = 1.0;
-
+#[derive(Debug)]
 struct Inner {
-    /// `--rate`; `None` = unlimited.
+    /// `--rate`: never faster than this.
     ceiling: Option<f64>,
-    /// The rate in force; `None` = unlimited.
-    current: Option<f64>,
-    limiter: Option<Limiter>,
-    successes: u32,
-    /// Send times in the last second, to know what "unlimited" was when a throttle hits.
-    recent: VecDeque<Instant>,
-    throttles: u32,
+    /// `None` until the first decrease: no client-side limit (but the ceiling).
+    curve: Option<Curve>,
+    tokens: f64,
+    refilled: Instant,
+    /// Send times within the last [`MEASURE`].
+    sends: VecDeque<Instant>,
+    /// Times of answers that were not throttles, within the last [`MEASURE`].
+    admitted: VecDeque<Instant>,
+    /// The last answers: (when their request was sent, throttled).
+    answers: VecDeque<(Instant, bool)>,
+    /// When the rate was last decreased.
+    last_cut: Option<Instant>,
+    /// The rate last logged.
+    logged: Option<f64>,
+    stats: PaceSummary,
 }
 
 /// Shared pace for every request of a run.
+#[derive(Debug)]
 pub struct Pace {
-    clock: TokioClock,
+    /// Waiters take turns (tokio's mutex is fair): one sleeps for the next token, the others
+    /// queue behind it instead of all waking for every token.
+    turn: tokio::sync::Mutex<()>,
     inner: Mutex<Inner>,
 }
 
-fn limiter(rps: f64, clock: TokioClock) -> Limiter {
-    let period = Duration::from_secs_f64(1.0 / rps.max(FLOOR_RPS));
-    // A burst of a tenth of a second's worth keeps calls smooth rather than bunched.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let burst = NonZeroU32::new(((rps / 10.0).ceil() as u32).max(1)).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst);
-    RateLimiter::direct_with_clock(quota, clock)
+impl Inner {
+    /// The send rate over the last second: the gaps between the sends in it (n sends evenly
+    /// spaced at rate r span (n − 1)/r seconds; counting n per second would read high at low
+    /// rates, and a limit found from it would sit above the gateway's).
+    fn measured(&mut self, now: Instant) -> f64 {
+        rate_of(&mut self.sends, now)
+    }
+
+    /// The rate in force at `now`; `None` = no limit.
+    fn rate(&mut self, now: Instant) -> Option<f64> {
+        let Some(curve) = self.curve else {
+            return self.ceiling;
+        };
+        // Past the last maximum, probe at most twice as fast as we actually send: a run that
+        // sends little does not build up a rate it never tested.
+        let probe_cap = curve.last_max.max(2.0 * self.measured(now));
+        let rate = curve.rate(now).min(probe_cap).max(FLOOR_RPS);
+        Some(self.ceiling.map_or(rate, |c| rate.min(c)))
+    }
+
+    fn record_send(&mut self, now: Instant) {
+        self.sends.push_back(now);
+        let _ = rate_of(&mut self.sends, now); // trims: an unlimited run must not grow it
+    }
+
+    fn record_answer(&mut self, sent_at: Instant, throttled: bool) {
+        if self.answers.len() == ANSWER_WINDOW {
+            self.answers.pop_front();
+        }
+        self.answers.push_back((sent_at, throttled));
+    }
+
+    /// Take a token if there is one; else how long until there is.
+    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+        let Some(rate) = self.rate(now) else {
+            self.record_send(now);
+            return Ok(());
+        };
+        self.log_change(rate);
+        // A burst of a tenth of a second's worth keeps calls smooth rather than bunched.
+        let capacity = (rate / 10.0).max(1.0);
+        let dt = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + dt * rate).min(capacity);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.record_send(now);
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / rate).max(Duration::from_millis(1)))
+    }
+
+    fn log_change(&mut self, rate: f64) {
+        let moved = self.logged.is_none_or(|l| rate > l * LOG_STEP || rate * LOG_STEP < l);
+        if moved {
+            self.logged = Some(rate);
+            tracing::debug!(rate = format!("{rate:.1}/s"), "request pace");
+        }
+    }
 }
 
 impl Pace {
-    /// `rate` requests per second; 0 = unlimited.
-    pub fn new(rate: u32) -> Pace {
-        let clock = TokioClock::new();
-        let ceiling = (rate > 0).then_some(f64::from(rate));
+    /// `ceiling` requests per second at most; 0 = no ceiling.
+    pub fn new(ceiling: u32) -> Pace {
+        let now = Instant::now();
+        let ceiling = (ceiling > 0).then_some(f64::from(ceiling));
         Pace {
-            clock,
+            turn: tokio::sync::Mutex::new(()),
             inner: Mutex::new(Inner {
                 ceiling,
-                current: ceiling,
-                limiter: ceiling.map(|r| limiter(r, clock)),
-                successes: 0,
-                recent: VecDeque::new(),
-                throttles: 0,
+                curve: None,
+                tokens: 1.0,
+                refilled: now,
+                sends: VecDeque::new(),
+                admitted: VecDeque::new(),
+                answers: VecDeque::with_capacity(ANSWER_WINDOW),
+                last_cut: None,
+                logged: None,
+                stats: PaceSummary {
+                    final_rate: ceiling,
+                    ..PaceSummary::default()
+                },
             }),
         }
     }
 
-    /// Wait for a slot.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every critical section leaves the state consistent; a panic elsewhere does not
+        // make it unusable.
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wait for the turn to send a request. Without a limit this returns at once.
     pub async fn ready(&self) {
+        if self.lock().take(Instant::now()).is_ok() {
+            return;
+        }
+        let _turn = self.turn.lock().await;
         loop {
-            let wait = {
-                let mut inner = self.inner.lock().expect("pace lock");
-                let now = Instant::now();
-                let check = inner.limiter.as_ref().map(Limiter::check);
-                match check {
-                    None | Some(Ok(())) => {
-                        inner.recent.push_back(now);
-                        while inner
-                            .recent
-                            .front()
-                            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(1))
-                        {
-                            inner.recent.pop_front();
-                        }
-                        return;
-                    }
-                    Some(Err(not_until)) => not_until.wait_time_from(self.clock.now()),
-                }
+            let wait = match self.lock().take(Instant::now()) {
+                Ok(()) => return,
+                Err(wait) => wait,
             };
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            tokio::time::sleep(wait).await;
         }
     }
 
-    /// The gateway answered 153: halve the rate.
-    pub fn throttled(&self) {
-        let mut inner = self.inner.lock().expect("pace lock");
-        #[allow(clippy::cast_precision_loss)]
-        let base = inner.current.unwrap_or_else(|| inner.recent.len().max(2) as f64);
-        let next = (base * CUT_FACTOR).max(FLOOR_RPS);
-        inner.current = Some(next);
-        inner.limiter = Some(limiter(next, self.clock));
-        inner.successes = 0;
-        inner.throttles += 1;
-        tracing::warn!(
-            rate = format!("{next:.1}/s"),
-            "throttled by the API (RetCode 153); lowering the request rate"
+    /// Count a request that must go now (a last look right before Terminates that already
+    /// waited their turn): it takes a token, borrowing it if there is none, so the requests
+    /// after it wait for it to be paid back.
+    pub fn charge(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.take(now).is_err() {
+            inner.tokens -= 1.0;
+            inner.record_send(now);
+        }
+    }
+
+    /// The gateway answered 153 to a request sent at `sent_at`.
+    pub fn throttled(&self, sent_at: Instant) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.stats.throttles += 1;
+        inner.record_answer(sent_at, true);
+        // At the very instant of a decrease (paused time answers at once), "before" wins.
+        if inner.last_cut.is_some_and(|cut| sent_at <= cut) {
+            return; // sent before the last decrease: already accounted for
+        }
+        let since_cut = inner.last_cut;
+        let recent = inner
+            .answers
+            .iter()
+            .filter(|(sent, throttled)| *throttled && since_cut.is_none_or(|cut| *sent > cut))
+            .count();
+        if recent < CUT_AFTER {
+            tracing::debug!(recent, "throttled by the API (RetCode 153); not slowing down yet");
+            return;
+        }
+        let measured = inner.measured(now);
+        let current = inner.rate(now);
+        // The rate we were throttled at: what we actually sent, or the limit if it was lower.
+        let mut last_max = current.map_or(measured, |c| c.min(measured));
+        // And the rate right after the decrease no faster than what the gateway let through
+        // meanwhile: at low rates a second holds few sends, and their rate reads high. (Not
+        // the admitted rate itself: a gateway with a small burst refuses some requests even
+        // below its limit, so what it admits while we probe reads low.)
+        let admitted = rate_of(&mut inner.admitted, now);
+        if admitted > 0.0 {
+            last_max = last_max.min(admitted / BETA);
+        }
+        let last_max = last_max.max(FLOOR_RPS);
+        inner.curve = Some(Curve { since: now, last_max });
+        inner.last_cut = Some(now);
+        let rate = inner.rate(now).unwrap_or(FLOOR_RPS);
+        // Slower from now on: no saved-up burst at the old rate.
+        inner.tokens = 0.0;
+        inner.refilled = now;
+        inner.logged = Some(rate);
+        inner.stats.decreases += 1;
+        inner.stats.min_rate = Some(inner.stats.min_rate.map_or(rate, |m| m.min(rate)));
+        tracing::debug!(
+            rate = format!("{rate:.1}/s"),
+            throttled_at = format!("{last_max:.1}/s"),
+            throttles = inner.stats.throttles,
+            decreases = inner.stats.decreases,
+            "throttled by the API (RetCode 153): lowering the request pace"
         );
     }
 
-    /// A request went through: after enough of them, raise the rate a step towards the ceiling.
-    pub fn succeeded(&self) {
-        let mut inner = self.inner.lock().expect("pace lock");
-        let Some(current) = inner.current else { return };
-        if inner.ceiling.is_some_and(|c| current >= c) {
-            return;
-        }
-        inner.successes += 1;
-        if inner.successes < RAISE_AFTER_SUCCESSES {
-            return;
-        }
-        inner.successes = 0;
-        let raised = current * RAISE_FACTOR + 0.5;
-        match inner.ceiling {
-            Some(c) if raised >= c => {
-                inner.current = Some(c);
-                inner.limiter = Some(limiter(c, self.clock));
-            }
-            // Unlimited to begin with, and well past where the throttle hit: lift the limit.
-            None if raised > 1000.0 => {
-                inner.current = None;
-                inner.limiter = None;
-            }
-            _ => {
-                inner.current = Some(raised);
-                inner.limiter = Some(limiter(raised, self.clock));
-            }
-        }
+    /// An answer that was not a throttle, to a request sent at `sent_at`.
+    pub fn succeeded(&self, sent_at: Instant) {
+        let mut inner = self.lock();
+        inner.record_answer(sent_at, false);
+        inner.admitted.push_back(Instant::now());
+        // Trimmed here too: a run that is never throttled must not grow this without end.
+        let _ = rate_of(&mut inner.admitted, Instant::now());
     }
 
-    /// The rate in force (`None` = unlimited).
+    /// The rate in force now (`None` = no limit).
     pub fn current(&self) -> Option<f64> {
-        self.inner.lock().expect("pace lock").current
+        self.lock().rate(Instant::now())
     }
 
-    /// How many throttles this run has seen.
-    pub fn throttles(&self) -> u32 {
-        self.inner.lock().expect("pace lock").throttles
+    /// Totals for the report.
+    pub fn summary(&self) -> PaceSummary {
+        let mut inner = self.lock();
+        let rate = inner.rate(Instant::now());
+        let round = |r: f64| (r * 10.0).round() / 10.0;
+        PaceSummary {
+            final_rate: rate.map(round),
+            min_rate: inner.stats.min_rate.map(round),
+            ..inner.stats.clone()
+        }
     }
 }
 
@@ -189,7 +318,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn ceiling_is_enforced_in_virtual_time() {
+    async fn a_ceiling_is_enforced_in_virtual_time() {
         let pace = Pace::new(10);
         let start = Instant::now();
         for _ in 0..31 {
@@ -204,46 +333,146 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn unlimited_does_not_wait() {
+    async fn a_charged_request_is_paid_back_by_the_next_ones() {
+        let pace = Pace::new(10);
+        let start = Instant::now();
+        for _ in 0..5 {
+            pace.charge();
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        pace.ready().await;
+        // Four tokens borrowed and one more needed at 10/s.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(490) && took <= Duration::from_millis(510),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_limit_until_throttled() {
         let pace = Pace::new(0);
         let start = Instant::now();
         for _ in 0..1000 {
             pace.ready().await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(pace.current(), None);
+        assert_eq!(pace.summary(), PaceSummary::default());
+    }
+
+    /// Send at the pace for `secs` against a gateway admitting `limit` requests a second (a
+    /// token bucket with a burst of `limit / 10`); every answer goes back to the pace. Returns
+    /// (admitted, throttled).
+    async fn drive(pace: &Pace, limit: f64, secs: u64) -> (u32, u32) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        let burst = (limit / 10.0).max(1.0);
+        let mut gateway = burst;
+        let mut last = Instant::now();
+        let (mut ok, mut refused) = (0, 0);
+        while Instant::now() < end {
+            pace.ready().await;
+            let now = Instant::now();
+            gateway = (gateway + now.duration_since(last).as_secs_f64() * limit).min(burst);
+            last = now;
+            if gateway >= 1.0 {
+                gateway -= 1.0;
+                ok += 1;
+                pace.succeeded(now);
+            } else {
+                refused += 1;
+                pace.throttled(now);
+            }
+            // Requests take a moment: without a limit the client sends 1000/s.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (ok, refused)
     }
 
     #[tokio::test(start_paused = true)]
-    async fn throttle_halves_and_successes_raise_slowly_back_to_ceiling() {
-        let pace = Pace::new(20);
-        pace.throttled();
-        assert_eq!(pace.current(), Some(10.0));
-        pace.throttled();
-        assert_eq!(pace.current(), Some(5.0));
-        for _ in 0..RAISE_AFTER_SUCCESSES {
-            pace.succeeded();
-        }
-        let raised = pace.current().unwrap();
-        assert!(raised > 5.0 && raised < 7.0, "{raised}");
-        for _ in 0..(RAISE_AFTER_SUCCESSES * 40) {
-            pace.succeeded();
-        }
-        assert_eq!(pace.current(), Some(20.0));
-        assert_eq!(pace.throttles(), 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn unlimited_gets_a_limit_after_a_throttle() {
+    async fn a_real_rate_limit_is_found_and_held() {
         let pace = Pace::new(0);
-        for _ in 0..40 {
+        // Finding it: from 1000/s down to 20/s within a few seconds.
+        let (_, refused_early) = drive(&pace, 20.0, 5).await;
+        let rate = pace.current().expect("limited after throttles");
+        assert!(rate < 40.0, "{rate}");
+        // Holding it: over the next minute, at least 80% of the limit gets through and few
+        // requests are refused.
+        let (ok, refused) = drive(&pace, 20.0, 60).await;
+        assert!(ok >= 60 * 16, "{ok} admitted in 60 s");
+        assert!(refused * 10 < ok, "{refused} refused, {ok} admitted");
+        assert!(refused_early < 200, "{refused_early}");
+        let s = pace.summary();
+        assert!(s.decreases >= 2 && s.throttles >= s.decreases, "{s:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn isolated_throttles_do_not_collapse_the_rate() {
+        let pace = Pace::new(0);
+        // A 153 every 50 requests (2%), evenly spread: no decrease at all.
+        for i in 0..5000 {
+            pace.ready().await;
+            let now = Instant::now();
+            if i % 50 == 49 {
+                pace.throttled(now);
+            } else {
+                pace.succeeded(now);
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let s = pace.summary();
+        assert_eq!(s.throttles, 100);
+        assert_eq!(s.decreases, 0, "{s:?}");
+        assert_eq!(pace.current(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_throttles_lowers_the_rate_once() {
+        let pace = Pace::new(0);
+        let sent = Instant::now();
+        for _ in 0..100 {
             pace.ready().await;
         }
-        pace.throttled();
-        assert_eq!(pace.current(), Some(20.0));
-        let start = Instant::now();
-        for _ in 0..41 {
-            pace.ready().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 100 requests sent together, all refused: one decrease.
+        for _ in 0..100 {
+            pace.throttled(sent);
         }
-        assert!(start.elapsed() >= Duration::from_millis(1800), "{:?}", start.elapsed());
+        let s = pace.summary();
+        assert_eq!((s.throttles, s.decreases), (100, 1), "{s:?}");
+        // 100 sends at once read as 99 gaps in 50 ms (the shortest span measured): 1980/s,
+        // and the rate is 70% of it.
+        let rate = pace.current().unwrap();
+        assert!((rate - 1386.0).abs() < 1.0, "{rate}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_climbs_back_within_seconds_and_probes_beyond() {
+        let pace = Pace::new(0);
+        let (_, _) = drive(&pace, 20.0, 10).await;
+        // The gateway's limit is raised to 100/s: within ten seconds the pace sends at least
+        // 80 a second.
+        let (_, _) = drive(&pace, 100.0, 10).await;
+        let (ok, _) = drive(&pace, 100.0, 5).await;
+        assert!(ok >= 5 * 80, "{ok} admitted in 5 s after the raise");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lowered_limit_is_followed_down() {
+        let pace = Pace::new(0);
+        let (_, _) = drive(&pace, 50.0, 10).await;
+        let (_, _) = drive(&pace, 10.0, 5).await;
+        let before = pace.summary();
+        let (ok, refused) = drive(&pace, 10.0, 20).await;
+        assert!(ok >= 20 * 8, "{ok} {refused} {before:?} {:?}", pace.summary());
+        assert!(refused * 5 < ok, "{refused} refused, {ok} admitted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ceiling_caps_the_curve() {
+        let pace = Pace::new(15);
+        let (ok, _) = drive(&pace, 1000.0, 10).await;
+        assert!((140..=160).contains(&ok), "{ok}");
+        assert_eq!(pace.summary().decreases, 0);
     }
 }

@@ -2,29 +2,16 @@
 //! killed and resumed at random, checked against the simulator's ground truth
 //! (`compshare_teardown::sweep`, docs/reliability.md).
 
-use compshare_teardown::sweep::invariants::name;
 use compshare_teardown::sweep::{self, Options, Stats};
-
-/// Worlds whose Describe answers drop rows and omit `TotalCount`. Off until the engine
-/// confirms absence instead of taking one missing row for "gone": with it on, the "reported
-/// gone but still exists" invariant fails for some seeds today (see docs/reliability.md).
-/// Every other die is drawn the same either way, so turning it on changes only these faults.
-const EVENTUAL_CONSISTENCY_ENABLED: bool = false;
-
-/// Whether the run loop waits for the next event once `--deadline`/`--instance-timeout` has
-/// passed with calls in flight. Today it sets its timer in the past and spins, which on paused
-/// time stops the virtual clock (seeds 9, 46 and 88 among the first hundred): the sweep
-/// reports "run did not end" for them. Until the engine is fixed those failures are printed
-/// and tolerated; every other failure fails the test. Set to true with the fix.
-const RUN_LOOP_SPIN_FIXED: bool = false;
 
 /// At least a thousand seeds in every `cargo test`; more with `cargo run --example sweep`.
 const SEEDS: u64 = 1_000;
 
 #[test]
 fn a_thousand_random_worlds_keep_every_invariant() {
+    // Every world may drop rows and omit `TotalCount` (eventual consistency).
     let opts = Options {
-        eventual_consistency: EVENTUAL_CONSISTENCY_ENABLED,
+        eventual_consistency: true,
     };
     // Two threads: CI machines have two cores.
     let threads = 2;
@@ -43,24 +30,11 @@ fn a_thousand_random_worlds_keep_every_invariant() {
     });
     let mut totals = Stats::default();
     let mut report = String::new();
-    let mut tolerated = Vec::new();
     for r in &results {
         totals.add(&r.stats);
-        let spin_only = r
-            .failures
-            .iter()
-            .all(|f| f.invariant == name::HANG && f.detail.contains("spins"));
-        if !r.failures.is_empty() && !RUN_LOOP_SPIN_FIXED && spin_only {
-            tolerated.push(r.seed);
-        } else if !r.failures.is_empty() {
+        if !r.failures.is_empty() {
             report.push_str(&r.diagnosis(opts));
         }
-    }
-    if !tolerated.is_empty() {
-        eprintln!(
-            "{} seed(s) hit the known run-loop spin (RUN_LOOP_SPIN_FIXED = false): {tolerated:?}",
-            tolerated.len()
-        );
     }
     assert_eq!(totals.seeds, SEEDS);
     assert!(report.is_empty(), "{report}");

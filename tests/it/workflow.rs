@@ -692,3 +692,160 @@ async fn restarts_are_counted_only_when_a_stop_took_effect() {
         "one stop plus three re-stops, each of which took effect"
     );
 }
+
+/// `--lock-wait` keeps trying until its whole budget has passed: 35 s outlasts a 30 s lock
+/// and 5 s a 3 s lock (gaps are at most a tenth of the budget).
+#[tokio::test(start_paused = true)]
+async fn a_short_lock_wait_outlasts_a_shorter_lock() {
+    for (lock, budget) in [(30, 35), (3, 5)] {
+        let sim = world(2, 100 + lock, Faults::default());
+        let ids = sim.ids();
+        for id in &ids {
+            sim.set_state(id, State::Running);
+            sim.hold_lock(id, Duration::from_secs(lock));
+        }
+        let s = Settings {
+            lock_wait: Duration::from_secs(budget),
+            ..settings()
+        };
+        let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+        all_gone(&report, &sim);
+        assert_safe(&sim.snapshot(), &ids);
+    }
+}
+
+/// A lock that outlives the budget: attempts until the end of the budget, counted from the
+/// first refusal, the last one at its very end, never more than a tenth of it apart; the
+/// failure says how long it waited.
+#[tokio::test(start_paused = true)]
+async fn the_last_lock_attempt_is_made_at_the_end_of_the_budget() {
+    let sim = world(1, 110, Faults::default());
+    let ids = sim.ids();
+    sim.set_state(&ids[0], State::Running);
+    sim.hold_lock(&ids[0], Duration::from_secs(3600));
+    let s = Settings {
+        lock_wait: Duration::from_secs(35),
+        ..settings()
+    };
+    let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+    match &report.instances[0].outcome {
+        Outcome::Failed { error, .. } => {
+            assert!(
+                error.contains("operation lock still held after 35s (--lock-wait 35s)"),
+                "{error}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let stops: Vec<f64> = sim
+        .snapshot()
+        .calls
+        .iter()
+        .filter(|c| c.action == "StopCompShareInstance")
+        .map(|c| c.at_secs)
+        .collect();
+    let (first, last) = (stops[0], stops[stops.len() - 1]);
+    assert!((last - first - 35.0).abs() < 0.01, "attempts at {stops:?}");
+    assert!(
+        stops.windows(2).all(|w| w[1] - w[0] <= 3.5 + 0.01),
+        "attempts at {stops:?}"
+    );
+    assert!(stops.len() >= 10, "attempts at {stops:?}");
+}
+
+/// Terminates queued behind the pace go stale and look again right before sending: they
+/// share Describes instead of one each.
+#[tokio::test(start_paused = true)]
+async fn queued_terminates_share_their_last_look() {
+    let sim = world(60, 120, Faults::default());
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Stopped);
+    }
+    let s = Settings { rate: 20, ..settings() };
+    let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+    all_gone(&report, &sim);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    assert_describe_before_every_call(&state);
+    let describes = state
+        .calls
+        .iter()
+        .filter(|c| c.action == "DescribeCompShareInstance")
+        .count();
+    // One look per stale Terminate would be about 60 Describes, plus the polls.
+    assert!(
+        describes * 3 < ids.len() * 2,
+        "{describes} Describes for {} instances",
+        ids.len()
+    );
+    assert_eq!(
+        report.summary.api_calls["DescribeCompShareInstance"] as usize, describes,
+        "the report counts every Describe"
+    );
+}
+
+/// With default pace settings behind a gateway allowing 20 requests a second: the pace finds
+/// the limit and holds it: most of the run goes at the limit, and few calls are refused.
+#[tokio::test(start_paused = true)]
+async fn a_gateway_rate_limit_is_found_and_held() {
+    let mut s = Scenario::generated(300, 130);
+    s.rate_limit_per_sec = 20;
+    s.rate_limit_burst = 5;
+    if let Some(g) = s.generate.as_mut() {
+        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    }
+    let sim = SimHandle::new(s);
+    let ids = sim.ids();
+    let d = Settings::default();
+    let settings = Settings {
+        jitter_seed: Some(7),
+        ..d
+    };
+    let report = teardown(&sim, ids.clone(), settings, Controls::default()).await;
+    all_gone(&report, &sim);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    let refused = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
+    let admitted = state.calls.len() - refused;
+    #[allow(clippy::cast_precision_loss)]
+    let rate = admitted as f64 / report.summary.seconds;
+    assert!(rate >= 16.0, "{admitted} admitted in {:.1} s", report.summary.seconds);
+    // Probing beyond the limit costs some refusals, each a retry a second or two later.
+    assert!(refused * 5 < admitted, "{refused} refused, {admitted} admitted");
+    let pace = &report.summary.pace;
+    assert!(pace.decreases > 0 && pace.final_rate.is_some(), "{pace:?}");
+}
+
+/// The limit is raised mid-run: the pace climbs to the new one within seconds.
+#[tokio::test(start_paused = true)]
+async fn the_pace_follows_a_raised_limit() {
+    let mut s = Scenario::generated(600, 140);
+    s.rate_limit_per_sec = 10;
+    s.rate_limit_burst = 5;
+    if let Some(g) = s.generate.as_mut() {
+        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    }
+    let sim = SimHandle::new(s);
+    let ids = sim.ids();
+    let sim2 = sim.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        sim2.set_rate_limit(40, 10);
+    });
+    let settings = Settings {
+        jitter_seed: Some(7),
+        ..Settings::default()
+    };
+    let report = teardown(&sim, ids.clone(), settings, Controls::default()).await;
+    all_gone(&report, &sim);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    // Admitted calls from 30 s to 40 s after the start: at least 80% of the new limit.
+    let admitted = state
+        .calls
+        .iter()
+        .filter(|c| c.ret_code != Some(153) && (30.0..40.0).contains(&c.at_secs))
+        .count();
+    assert!(admitted >= 320, "{admitted} admitted between 30 s and 40 s");
+}
