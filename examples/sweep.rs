@@ -30,12 +30,16 @@ struct Args {
     /// Worlds without dropped Describe rows or missing TotalCount.
     #[arg(long)]
     no_eventual_consistency: bool,
+    /// The largest world (sizes are log-uniform from 1).
+    #[arg(long, default_value_t = sweep::world::MAX_INSTANCES)]
+    max_instances: usize,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = Options {
         eventual_consistency: !args.no_eventual_consistency,
+        max_instances: args.max_instances,
     };
     let (from, count) = match args.seed {
         Some(s) => (s, 1),

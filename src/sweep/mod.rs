@@ -31,12 +31,16 @@ pub struct Options {
     /// `omit_total_count`). The other dice are drawn the same either way, so a seed's world
     /// differs only by these two faults.
     pub eventual_consistency: bool,
+    /// The largest world ([`world::MAX_INSTANCES`] by default). Sizes stay log-uniform below
+    /// it; a smaller cap makes a sweep cheaper (the CI test uses one), the dice are the same.
+    pub max_instances: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             eventual_consistency: true,
+            max_instances: world::MAX_INSTANCES,
         }
     }
 }
@@ -49,7 +53,12 @@ impl Options {
         } else {
             " --no-eventual-consistency"
         };
-        format!("cargo run --release --example sweep -- --seed {seed}{ec}")
+        let max = if self.max_instances == world::MAX_INSTANCES {
+            String::new()
+        } else {
+            format!(" --max-instances {}", self.max_instances)
+        };
+        format!("cargo run --release --example sweep -- --seed {seed}{ec}{max}")
     }
 }
 

@@ -76,7 +76,7 @@ impl World {
     pub(crate) fn build(seed: u64, opts: Options) -> World {
         // The world's own dice, apart from the simulator's (which the scenario seeds).
         let mut rng = StdRng::seed_from_u64(seed ^ 0x243f_6a88_85a3_08d3);
-        let count = log_size(&mut rng, MAX_INSTANCES);
+        let count = log_size(&mut rng, opts.max_instances.max(1));
         // Mostly Running and Stopped, and every other state a row can be found in: transient
         // ones settle, `Install Fail` is terminated directly, and the rest (Initializing,
         // Resizing, an unknown spelling) never settle, so the engine must time them out.
