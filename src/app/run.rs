@@ -1,9 +1,14 @@
-//! `run`: the teardown itself.
+//! `run`: the teardown itself, in four steps over one [`Source`] of instances:
 //!
-//! `run` checks everything it can offline before the lock and the API (the files it reads are
-//! bounded and validated, the files it writes must not overlap, the count of explicit IDs is
-//! held against `--max-count`), and writes and syncs its journal's start line before the
-//! first mutating call, so a journal that cannot be written exits 2 with nothing changed.
+//! 1. **prepare**: everything that can be checked offline is checked before the lock and the
+//!    API (the files it reads are bounded and validated, the count of explicit IDs is held
+//!    against `--max-count`, the settings are in range, a new journal holds no run yet);
+//! 2. **gate**: the files it writes must not overlap its other files, the run lock, the
+//!    selection and the guard re-checked before each instance's first call, the count, the
+//!    prompt, and the journal's start line, written and synced before the first mutating
+//!    call (a journal that cannot be written exits 2 with nothing changed);
+//! 3. **execute**: the batch driver takes every instance to an outcome;
+//! 4. **report**: printed, written to `--report`, kept for the metrics file, exit code.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,90 +16,178 @@ use std::sync::Arc;
 use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
+use super::settings::Request;
 use super::terminal::{BarsHandle, confirm, interrupt_token, interruptible, json, print, spawn_signal_handler};
 use super::{CmdResult, Ctx, Exit, Failure, exit_for};
-use crate::api::Instance;
-use crate::cli::{self, RunArgs};
+use crate::api::{Client, Instance};
+use crate::cli::{self, EffectArgs, RunArgs};
+use crate::credentials::Account;
 use crate::output::{self, OutputFormat};
 use crate::plan::Plan;
-use crate::selection::{Candidate, Verdict};
-use crate::workflow::{self, Controls, Outcome, Report};
+use crate::selection::{Candidate, Protections, Verdict};
+use crate::workflow::journal::{self, Journal, Resume};
+use crate::workflow::{self, Controls, Outcome, Report, Settings};
 use crate::{pathset, runlock};
+
+/// Where a run's instances come from. `P` is the saved plan: named by its path until the
+/// account is known, then loaded for that account (a plan is tied to one).
+enum Source<P = Plan> {
+    /// IDs and filters, judged against a fresh Describe.
+    Fresh(Request),
+    /// A plan saved by `plan --save`: exactly its instances, each checked for drift.
+    SavedPlan(P),
+    /// The journal of an earlier run: its instances, and what was already done to them.
+    Journal(Resume),
+}
+
+impl<'a> Source<&'a str> {
+    /// Read the source offline: the journal replayed, or the selection flags validated.
+    fn read(ctx: &Ctx, a: &'a RunArgs) -> CmdResult<Self> {
+        Ok(match (&a.resume, &a.plan) {
+            (Some(path), _) => Source::Journal(journal::replay(path)?),
+            (None, Some(path)) => Source::SavedPlan(path.as_str()),
+            (None, None) => Source::Fresh(ctx.request(&a.select)?),
+        })
+    }
+
+    /// Tie the source to the account: a journal written for another one is refused, a plan
+    /// is loaded for this one (both unless `--allow-other-account`).
+    fn bind(self, a: &RunArgs, account: &Account) -> CmdResult<Source> {
+        Ok(match self {
+            Source::Fresh(req) => Source::Fresh(req),
+            Source::SavedPlan(path) => Source::SavedPlan(Plan::load(path, account, a.allow_other_account)?),
+            Source::Journal(res) => {
+                let differences = res.account.differences(account);
+                if !differences.is_empty() && !a.allow_other_account {
+                    return Err(Failure::Usage(anyhow!(
+                        "journal {} was written for another account: {}; pass --allow-other-account to resume it here",
+                        a.resume.as_deref().unwrap_or(Path::new("")).display(),
+                        differences.join(", ")
+                    )));
+                }
+                Source::Journal(res)
+            }
+        })
+    }
+}
+
+impl Source {
+    /// `(release_udisk, force_stop)` for the run: a plan or a journal fixes them, and a flag
+    /// may not ask for more than it was made with.
+    fn effect(&self, flags: &EffectArgs, merged: (bool, bool)) -> CmdResult<(bool, bool)> {
+        let (what, release, force) = match self {
+            Source::Fresh(_) => return Ok(merged),
+            Source::SavedPlan(p) => ("plan", p.release_udisk, p.force_stop),
+            Source::Journal(r) => ("journal", r.release_udisk, r.force_stop),
+        };
+        if (flags.release_udisk && !release) || (flags.force_stop && !force) {
+            return Err(Failure::Usage(anyhow!(
+                "the {what} was made with release_udisk={release}, force_stop={force}; it cannot be changed on resume"
+            )));
+        }
+        Ok((release, force))
+    }
+}
+
+/// A run checked offline, with the client and the account it acts for.
+struct Prepared {
+    source: Source,
+    client: Client,
+    account: Account,
+    settings: Settings,
+    /// Re-checked on each instance's fresh row right before its first call.
+    protections: Protections,
+    max_count: usize,
+    journal: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+
+/// What to act on, and what is skipped on purpose.
+struct Selection {
+    plan: Plan,
+    /// The instances the run works on: the plan's acting entries, or the journal's.
+    ids: Vec<String>,
+    guard: workflow::Guard,
+    resume: Option<Resume>,
+}
+
+/// A run past every gate: nothing sent yet, the journal's start line on disk.
+struct Approved {
+    client: Client,
+    settings: Settings,
+    selection: Selection,
+    journal: Option<Journal>,
+}
 
 impl Ctx {
     pub(super) async fn run(&self, a: RunArgs) -> CmdResult<Exit> {
-        let r = &self.config.run;
         // Installed first: until the first call is sent, an interrupt ends the command at once
         // with nothing changed, even where SIGINT was inherited as ignored (cron, `nohup`, `&`).
         let cancel = interrupt_token();
-        // Everything that can be checked offline is checked before the lock and the API.
-        let (mut release, mut force) = self.effect(&a.effect);
-        let resume = a.resume.as_deref().map(workflow::journal::replay).transpose()?;
-        let req = if resume.is_some() || a.plan.is_some() {
-            None
-        } else {
-            Some(self.request(&a.select)?)
-        };
+        let prepared = self.prepare(&a)?;
+        let report_path = prepared.report.clone();
+        let _lock = self.lock(&a, &prepared)?;
+        let approved = self.approve(&a, prepared, &cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(Failure::Interrupted);
+        }
+        let report = self.execute(approved).await;
+        let exit = self.finish_report(&report, report_path.as_deref());
+        if let Ok(mut slot) = self.report.lock() {
+            *slot = Some(report);
+        }
+        Ok(exit)
+    }
+
+    /// Everything that can be checked offline, checked before the lock and the API.
+    fn prepare(&self, a: &RunArgs) -> CmdResult<Prepared> {
+        let r = &self.config.run;
+        let source = Source::read(self, a)?;
         let max_count = a.max_count.or(r.max_count).unwrap_or(20);
         cli::in_range(max_count, cli::MAX_COUNT).map_err(|e| anyhow!("--max-count (or run.max_count): {e}"))?;
-        // Explicit IDs without a narrowing filter are the selection (less the exclusions):
-        // refuse too many before the first Describe, not after a hundred.
-        if let Some(q) = &req
-            && let Some(ids) = &q.ids
-            && !q.filters.narrows()
-        {
-            let named = ids.iter().filter(|id| !q.protections.exclude.contains(*id)).count();
-            if named > max_count {
-                return Err(Failure::Usage(anyhow!(
-                    "{named} instances named, more than --max-count {max_count}; raise --max-count to proceed"
-                )));
-            }
+        if let Source::Fresh(req) = &source {
+            named_within(req, max_count)?;
         }
         let (client, account) = self.client()?;
-        if let Some(res) = &resume {
-            let differences = res.account.differences(&account);
-            if !differences.is_empty() && !a.allow_other_account {
-                return Err(Failure::Usage(anyhow!(
-                    "journal {} was written for another account: {}; pass --allow-other-account to resume it here",
-                    a.resume.as_deref().unwrap_or(Path::new("")).display(),
-                    differences.join(", ")
-                )));
+        let source = source.bind(a, &account)?;
+        let (release, force) = source.effect(&a.effect, self.effect(&a.effect))?;
+        let mut settings = self.settings(a, release, force)?;
+        let journal = self.journal_path(a)?;
+        let protections = match &source {
+            Source::Fresh(req) => {
+                // A run scoped with `--region` keeps that scope in every Describe.
+                settings.describe_region.clone_from(&req.filters.region);
+                req.protections.clone()
             }
-        }
-        let plan_file = a
-            .plan
-            .as_deref()
-            .map(|p| Plan::load(p, &account, a.allow_other_account))
-            .transpose()?;
-        for (what, (r2, f2)) in [
-            ("journal", resume.as_ref().map(|r| (r.release_udisk, r.force_stop))),
-            ("plan", plan_file.as_ref().map(|p| (p.release_udisk, p.force_stop))),
-        ]
-        .into_iter()
-        .filter_map(|(w, v)| v.map(|v| (w, v)))
-        {
-            if (a.effect.release_udisk && !r2) || (a.effect.force_stop && !f2) {
-                return Err(Failure::Usage(anyhow!(
-                    "the {what} was made with release_udisk={r2}, force_stop={f2}; it cannot be changed on resume"
-                )));
-            }
-            (release, force) = (r2, f2);
-        }
-        let mut settings = self.settings(&a, release, force)?;
-        // A run scoped with `--region` keeps that scope in every Describe.
-        settings.describe_region = req.as_ref().and_then(|q| q.filters.region.clone());
-        let journal_path = a
+            Source::Journal(_) => self.fixed_selection_protections(&a.select, "--resume")?,
+            Source::SavedPlan(_) => self.fixed_selection_protections(&a.select, "--plan")?,
+        };
+        Ok(Prepared {
+            source,
+            client,
+            account,
+            settings,
+            protections,
+            max_count,
+            journal,
+            report: a.report.clone().or_else(|| r.report.clone()),
+        })
+    }
+
+    /// The journal: the one resumed, or a new file that holds no run yet.
+    fn journal_path(&self, a: &RunArgs) -> CmdResult<Option<PathBuf>> {
+        let path = a
             .resume
             .clone()
             .or_else(|| a.journal.clone())
-            .or_else(|| r.journal.clone());
-        if let Some(path) = &journal_path
+            .or_else(|| self.config.run.journal.clone());
+        if let Some(path) = &path
             && path.is_dir()
         {
             return Err(Failure::Usage(anyhow!("journal {} is a directory", path.display())));
         }
         if a.resume.is_none()
-            && let Some(path) = &journal_path
+            && let Some(path) = &path
             && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
         {
             // One journal per run: appending a second run would make `--resume` ambiguous.
@@ -103,16 +196,17 @@ impl Ctx {
                 path.display()
             )));
         }
-        let fixed_protections = match (&resume, &a.plan) {
-            (Some(_), _) => Some(self.fixed_selection_protections(&a.select, "--resume")?),
-            (None, Some(_)) => Some(self.fixed_selection_protections(&a.select, "--plan")?),
-            (None, None) => None,
-        };
+        Ok(path)
+    }
+
+    /// No file the run writes may be another of its files; then the run lock, held until
+    /// the run ends.
+    fn lock(&self, a: &RunArgs, p: &Prepared) -> CmdResult<runlock::RunLock> {
+        let r = &self.config.run;
         let lock_path = match a.lock_file.clone().or_else(|| r.lock_file.clone()) {
             Some(p) => p,
-            None => runlock::default_path(&account)?,
+            None => runlock::default_path(&p.account)?,
         };
-        let report_path = a.report.clone().or_else(|| r.report.clone());
         let metrics_path = a.metrics_file.clone().or_else(|| r.metrics_file.clone());
         let from_file = a
             .select
@@ -125,8 +219,8 @@ impl Ctx {
             ("--config", self.global.config.as_deref(), false),
             ("--from-file", from_file.as_deref(), false),
             ("--plan", plan_path.as_deref(), false),
-            ("--journal", journal_path.as_deref(), true),
-            ("--report", report_path.as_deref(), true),
+            ("--journal", p.journal.as_deref(), true),
+            ("--report", p.report.as_deref(), true),
             ("--metrics-file", metrics_path.as_deref(), true),
             ("--lock-file", Some(lock_path.as_path()), true),
         ];
@@ -135,82 +229,124 @@ impl Ctx {
             .filter_map(|(flag, path, written)| path.map(|path| pathset::Role { flag, path, written }))
             .collect();
         pathset::check(&roles)?;
-        let _lock = runlock::acquire(&lock_path).map_err(|e| match e {
+        runlock::acquire(&lock_path).map_err(|e| match e {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             runlock::RunLockError::Io { .. } | runlock::RunLockError::Unsafe { .. } => Failure::Usage(e.into()),
-        })?;
+        })
+    }
 
-        // What to act on, and what is skipped on purpose.
-        let (plan, guard): (Plan, Option<workflow::Guard>) = if let Some(res) = &resume {
-            let cands: Vec<Candidate> = res
-                .ids
-                .iter()
-                .map(|id| Candidate {
-                    id: id.clone(),
-                    row: None,
-                    verdict: Verdict::Act,
-                })
-                .collect();
-            // The journal fixes the selection; protections still apply right before acting.
-            let protections = fixed_protections.clone().unwrap_or_default();
-            let guard: workflow::Guard = Box::new(move |row| protections.refuse(row));
-            (Plan::build(&cands, &account, release, force), Some(guard))
-        } else if let Some(p) = plan_file {
-            let drift = p.clone();
-            let protections = fixed_protections.clone().unwrap_or_default();
-            let guard: workflow::Guard = Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row)));
-            (p, Some(guard))
-        } else {
-            let req = req.expect("request built above");
-            let cands = interruptible(&cancel, self.candidates(&client, &req)).await?;
-            let protections = req.protections.clone();
-            // A named ID the selection could not see yet may still turn up outside the scope.
-            let filters = req.filters.clone();
-            let guard: workflow::Guard =
-                Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row)));
-            (Plan::build(&cands, &account, release, force), Some(guard))
-        };
-        let ids: Vec<String> = if let Some(res) = &resume {
-            res.ids.clone()
-        } else {
-            plan.acting_ids()
-        };
+    /// The gates after the lock: the selection, the count, the prompt, the journal's start.
+    async fn approve(&self, a: &RunArgs, p: Prepared, cancel: &CancellationToken) -> CmdResult<Approved> {
+        let selection = self
+            .select(p.source, &p.client, &p.account, &p.settings, p.protections, cancel)
+            .await?;
+        let count = selection.ids.len();
         // One count for the plan's headline, the prompt and the limit: what the run works on.
         // A resumed run is held to the limit too (its journal may not be ours).
-        if ids.len() > max_count {
+        if count > p.max_count {
             return Err(Failure::Usage(anyhow!(
-                "{} instances selected, more than --max-count {max_count}; raise --max-count to proceed",
-                ids.len()
+                "{count} instances selected, more than --max-count {}; raise --max-count to proceed",
+                p.max_count
             )));
         }
-        if ids.is_empty() {
+        if count == 0 {
             tracing::info!("nothing to tear down");
         } else if !a.yes {
-            interruptible(&cancel, confirm(&plan, ids.len())).await?;
+            interruptible(cancel, confirm(&selection.plan, count)).await?;
         }
-
         // The start line is written and synced before any call: a journal that cannot be
         // written (a full disk, `/dev/full`) stops here, with nothing changed.
-        let journal = journal_path
+        let start = journal::Entry::Start {
+            version: journal::JOURNAL_VERSION,
+            ids: selection.ids.clone(),
+            release_udisk: p.settings.release_udisk,
+            force_stop: p.settings.force_stop,
+            resumed: selection.resume.is_some(),
+        };
+        let journal = p
+            .journal
             .as_deref()
-            .map(|path| {
-                workflow::journal::Journal::begin(
-                    path,
-                    &account,
-                    &workflow::journal::Entry::Start {
-                        version: workflow::journal::JOURNAL_VERSION,
-                        ids: ids.clone(),
-                        release_udisk: release,
-                        force_stop: force,
-                        resumed: resume.is_some(),
-                    },
-                )
-            })
+            .map(|path| Journal::begin(path, &p.account, &start))
             .transpose()
             .map_err(|e| anyhow!("{e} (nothing was changed)"))?;
-        if cancel.is_cancelled() {
-            return Err(Failure::Interrupted);
-        }
+        Ok(Approved {
+            client: p.client,
+            settings: p.settings,
+            selection,
+            journal,
+        })
+    }
+
+    /// What to act on, and the guard each instance's fresh row must pass right before its
+    /// first call of this run: the protections, and per source what could have changed.
+    async fn select(
+        &self,
+        source: Source,
+        client: &Client,
+        account: &Account,
+        settings: &Settings,
+        protections: Protections,
+        cancel: &CancellationToken,
+    ) -> CmdResult<Selection> {
+        let (release, force) = (settings.release_udisk, settings.force_stop);
+        Ok(match source {
+            Source::Fresh(req) => {
+                let cands = interruptible(cancel, self.candidates(client, &req)).await?;
+                // A named ID the selection could not see yet may still turn up outside the scope.
+                let filters = req.filters;
+                let plan = Plan::build(&cands, account, release, force);
+                Selection {
+                    ids: plan.acting_ids(),
+                    plan,
+                    guard: Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row))),
+                    resume: None,
+                }
+            }
+            Source::SavedPlan(plan) => {
+                let drift = plan.clone();
+                Selection {
+                    ids: plan.acting_ids(),
+                    plan,
+                    guard: Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row))),
+                    resume: None,
+                }
+            }
+            Source::Journal(res) => {
+                let cands: Vec<Candidate> = res
+                    .ids
+                    .iter()
+                    .map(|id| Candidate {
+                        id: id.clone(),
+                        row: None,
+                        verdict: Verdict::Act,
+                    })
+                    .collect();
+                // The journal fixes the selection; protections still apply right before acting.
+                Selection {
+                    plan: Plan::build(&cands, account, release, force),
+                    ids: res.ids.clone(),
+                    guard: Box::new(move |row| protections.refuse(row)),
+                    resume: Some(res),
+                }
+            }
+        })
+    }
+
+    /// Drive every instance to an outcome; the plan's skipped entries join the report as
+    /// they are.
+    async fn execute(&self, run: Approved) -> Report {
+        let Approved {
+            client,
+            settings,
+            selection:
+                Selection {
+                    plan,
+                    ids,
+                    guard,
+                    resume,
+                },
+            journal,
+        } = run;
         // From here on an interrupt lets calls in flight finish and still reports.
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone());
@@ -243,19 +379,16 @@ impl Ctx {
         let ctl = Controls {
             journal,
             resume,
-            guard,
+            guard: Some(guard),
             observer: Box::new(bars.clone()),
             cancel,
             known,
         };
+        let release = settings.release_udisk;
         let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
         bars.finish();
         add_skipped(&mut report, &skipped, release);
-        let exit = self.finish_report(&report, report_path.as_deref());
-        if let Ok(mut slot) = self.report.lock() {
-            *slot = Some(report);
-        }
-        Ok(exit)
+        report
     }
 
     fn finish_report(&self, report: &Report, file: Option<&Path>) -> Exit {
@@ -271,6 +404,22 @@ impl Ctx {
         }
         exit_for(report)
     }
+}
+
+/// Explicit IDs without a narrowing filter are the selection (less the exclusions): refuse
+/// too many before the first Describe, not after a hundred.
+fn named_within(req: &Request, max_count: usize) -> CmdResult<()> {
+    if let Some(ids) = &req.ids
+        && !req.filters.narrows()
+    {
+        let named = ids.iter().filter(|id| !req.protections.exclude.contains(*id)).count();
+        if named > max_count {
+            return Err(Failure::Usage(anyhow!(
+                "{named} instances named, more than --max-count {max_count}; raise --max-count to proceed"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udisk: bool) {
