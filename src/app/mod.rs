@@ -3,10 +3,10 @@
 //! failed, 2 nothing changed because of a usage/config/credential/selection error, 3 run lock
 //! held, 4 the API could not be read, 130 interrupted.
 //!
-//! One room per command ([`list`], [`plan`], [`run`], [`demo`], [`sim`], [`man`] for `man` and
-//! `completions`), and the rooms they share: [`settings`] (flags + config file into validated
-//! values), [`candidates`] (the selection Describe) and [`terminal`] (stdout, the prompt,
-//! signals, progress bars).
+//! One room per command (`list`, `plan`, `run`, `demo`, `sim`, and `man` for `man` and
+//! `completions`), and the rooms they share: `settings` (flags + config file into validated
+//! values and the account), `candidates` (the selection Describe), `source` (where a run's
+//! instances come from) and `terminal` (stdout, the prompt, signals, progress bars).
 
 mod candidates;
 mod demo;
@@ -16,6 +16,7 @@ mod plan;
 mod run;
 mod settings;
 mod sim;
+mod source;
 mod terminal;
 
 use std::io::{IsTerminal, Write};
@@ -242,7 +243,7 @@ struct Ctx {
 }
 
 /// The exit code a report earns.
-pub(crate) fn exit_for(report: &Report) -> Exit {
+fn exit_for(report: &Report) -> Exit {
     if report.interrupted() {
         Exit::Interrupted
     } else if report.all_ok() {

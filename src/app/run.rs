@@ -17,10 +17,11 @@ use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
 use super::settings::Request;
+use super::source::Source;
 use super::terminal::{BarsHandle, confirm, interrupt_token, interruptible, json, print, spawn_signal_handler};
 use super::{CmdResult, Ctx, Exit, Failure, exit_for};
 use crate::api::{Client, Instance};
-use crate::cli::{self, EffectArgs, RunArgs};
+use crate::cli::{self, RunArgs};
 use crate::credentials::Account;
 use crate::output::{self, OutputFormat};
 use crate::plan::Plan;
@@ -28,66 +29,6 @@ use crate::selection::{Candidate, Protections, Verdict};
 use crate::workflow::journal::{self, Journal, Resume};
 use crate::workflow::{self, Controls, Outcome, Report, Settings};
 use crate::{pathset, runlock};
-
-/// Where a run's instances come from. `P` is the saved plan: named by its path until the
-/// account is known, then loaded for that account (a plan is tied to one).
-enum Source<P = Plan> {
-    /// IDs and filters, judged against a fresh Describe.
-    Fresh(Request),
-    /// A plan saved by `plan --save`: exactly its instances, each checked for drift.
-    SavedPlan(P),
-    /// The journal of an earlier run: its instances, and what was already done to them.
-    Journal(Resume),
-}
-
-impl<'a> Source<&'a str> {
-    /// Read the source offline: the journal replayed, or the selection flags validated.
-    fn read(ctx: &Ctx, a: &'a RunArgs) -> CmdResult<Self> {
-        Ok(match (&a.resume, &a.plan) {
-            (Some(path), _) => Source::Journal(journal::replay(path)?),
-            (None, Some(path)) => Source::SavedPlan(path.as_str()),
-            (None, None) => Source::Fresh(ctx.request(&a.select)?),
-        })
-    }
-
-    /// Tie the source to the account: a journal written for another one is refused, a plan
-    /// is loaded for this one (both unless `--allow-other-account`).
-    fn bind(self, a: &RunArgs, account: &Account) -> CmdResult<Source> {
-        Ok(match self {
-            Source::Fresh(req) => Source::Fresh(req),
-            Source::SavedPlan(path) => Source::SavedPlan(Plan::load(path, account, a.allow_other_account)?),
-            Source::Journal(res) => {
-                let differences = res.account.differences(account);
-                if !differences.is_empty() && !a.allow_other_account {
-                    return Err(Failure::Usage(anyhow!(
-                        "journal {} was written for another account: {}; pass --allow-other-account to resume it here",
-                        a.resume.as_deref().unwrap_or(Path::new("")).display(),
-                        differences.join(", ")
-                    )));
-                }
-                Source::Journal(res)
-            }
-        })
-    }
-}
-
-impl Source {
-    /// `(release_udisk, force_stop)` for the run: a plan or a journal fixes them, and a flag
-    /// may not ask for more than it was made with.
-    fn effect(&self, flags: &EffectArgs, merged: (bool, bool)) -> CmdResult<(bool, bool)> {
-        let (what, release, force) = match self {
-            Source::Fresh(_) => return Ok(merged),
-            Source::SavedPlan(p) => ("plan", p.release_udisk, p.force_stop),
-            Source::Journal(r) => ("journal", r.release_udisk, r.force_stop),
-        };
-        if (flags.release_udisk && !release) || (flags.force_stop && !force) {
-            return Err(Failure::Usage(anyhow!(
-                "the {what} was made with release_udisk={release}, force_stop={force}; it cannot be changed on resume"
-            )));
-        }
-        Ok((release, force))
-    }
-}
 
 /// A run checked offline, with the client and the account it acts for.
 struct Prepared {
@@ -126,11 +67,8 @@ impl Ctx {
         let cancel = interrupt_token();
         let prepared = self.prepare(&a)?;
         let report_path = prepared.report.clone();
-        let _lock = self.lock(&a, &prepared)?;
-        let approved = self.approve(&a, prepared, &cancel).await?;
-        if cancel.is_cancelled() {
-            return Err(Failure::Interrupted);
-        }
+        // Held until the report is out.
+        let (_lock, approved) = self.gate(&a, prepared, &cancel).await?;
         let report = self.execute(approved).await;
         let exit = self.finish_report(&report, report_path.as_deref());
         if let Ok(mut slot) = self.report.lock() {
@@ -172,6 +110,23 @@ impl Ctx {
             journal,
             report: a.report.clone().or_else(|| r.report.clone()),
         })
+    }
+
+    /// Everything between the offline checks and the first call: the files, the lock, the
+    /// selection and its guard, the count, the prompt, the journal's start line. An
+    /// interrupt until the end of it changes nothing.
+    async fn gate(
+        &self,
+        a: &RunArgs,
+        prepared: Prepared,
+        cancel: &CancellationToken,
+    ) -> CmdResult<(runlock::RunLock, Approved)> {
+        let lock = self.lock(a, &prepared)?;
+        let approved = self.approve(a, prepared, cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(Failure::Interrupted);
+        }
+        Ok((lock, approved))
     }
 
     /// The journal: the one resumed, or a new file that holds no run yet.
