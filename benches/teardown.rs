@@ -152,7 +152,7 @@ fn main() {
 fn row(a: &Args) {
     let mut scenario = match a.time_scale {
         Some(scale) => {
-            let mut s = compshare_teardown::demo::demo_scenario(a.instances, 42);
+            let mut s = compshare_teardown::app::demo_scenario(a.instances, 42);
             s.time_scale = scale;
             s
         }

@@ -35,6 +35,10 @@ struct Args {
     max_instances: usize,
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "argument parsing, the sweep and its summary, in order"
+)]
 fn main() -> ExitCode {
     let args = Args::parse();
     let opts = Options {

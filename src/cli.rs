@@ -7,10 +7,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::credentials::PrivateKey;
 use crate::logging::LogFormat;
+use crate::output::OutputFormat;
 
 const AFTER_HELP: &str = "\
 Environment:
@@ -86,13 +87,6 @@ pub struct GlobalArgs {
     /// Result format on stdout
     #[arg(long, global = true, value_enum)]
     pub output: Option<OutputFormat>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputFormat {
-    Table,
-    Json,
 }
 
 // Parsed once per process; boxing the big variant would buy nothing.

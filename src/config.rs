@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cli::OutputFormat;
 use crate::logging::LogFormat;
+use crate::output::OutputFormat;
 use crate::textfile;
 
 #[derive(Debug, Default, Deserialize)]

@@ -2,13 +2,13 @@
 //!
 //! Module map (data flows top to bottom):
 //! - [`cli`]: command-line arguments (clap data only); [`config`]: the TOML job file.
-//! - [`app`]: validates arguments into settings and runs the commands; exit codes.
+//! - [`app`]: one room per command (list, plan, run, demo, sim, man), the settings they are
+//!   resolved into, the terminal (stdout, prompt, signals); exit codes.
 //! - [`selection`]: ID checks, filters, exclusions, protections; [`plan`]: what `run` will do.
 //! - [`workflow`]: the teardown state machine and the batch driver (pace, journal, outcomes).
 //! - [`api`]: signing, wire model, errors and their retry classes, the HTTP client.
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
-//! - [`demo`]: the `demo` and `sim` commands over the simulator.
 //! - [`sweep`]: the seed sweep, deterministic simulation testing of the whole engine.
 //! - [`output`], [`progress`], [`logging`], [`metrics`]: what people and cron see.
 //! - [`runlock`], [`pathset`], [`textfile`]: the files a run locks, writes and reads, guarded.
@@ -19,7 +19,6 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod credentials;
-pub mod demo;
 pub mod logging;
 pub mod metrics;
 pub mod output;

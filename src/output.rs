@@ -9,6 +9,14 @@ use crate::api::Instance;
 use crate::plan::Plan;
 use crate::workflow::Report;
 
+/// What stdout carries (`--output`, config `output`): a table for people or JSON for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
 fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     // Lines above and below the header and at the end, none between rows: compact for 1000

@@ -222,6 +222,10 @@ async fn within_wakeups<F: Future>(fut: F) -> Option<F::Output> {
 }
 
 /// The run and its checks; returns the verdict and the private key (for the log check).
+#[expect(
+    clippy::too_many_lines,
+    reason = "run, kill, resume and collect the evidence of one seed, in the order they happen"
+)]
 async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
     let world = World::build(seed, opts);
     let dir = tempfile::tempdir().expect("a temporary directory");

@@ -833,6 +833,10 @@ fn html_endpoint() -> String {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of bad inputs and the files they name, read top to bottom"
+)]
 fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
     let w = filter_world();
     let dir = w.dir.path();

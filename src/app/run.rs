@@ -1,0 +1,402 @@
+//! `run`: the teardown itself, in four steps over one [`Source`] of instances:
+//!
+//! 1. **prepare**: everything that can be checked offline is checked before the lock and the
+//!    API (the files it reads are bounded and validated, the count of explicit IDs is held
+//!    against `--max-count`, the settings are in range, a new journal holds no run yet);
+//! 2. **gate**: the files it writes must not overlap its other files, the run lock, the
+//!    selection and the guard re-checked before each instance's first call, the count, the
+//!    prompt, and the journal's start line, written and synced before the first mutating
+//!    call (a journal that cannot be written exits 2 with nothing changed);
+//! 3. **execute**: the batch driver takes every instance to an outcome;
+//! 4. **report**: printed, written to `--report`, kept for the metrics file, exit code.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use tokio_util::sync::CancellationToken;
+
+use super::settings::Request;
+use super::source::Source;
+use super::terminal::{BarsHandle, confirm, interrupt_token, interruptible, json, print, spawn_signal_handler};
+use super::{CmdResult, Ctx, Exit, Failure, exit_for};
+use crate::api::{Client, Instance};
+use crate::cli::{self, RunArgs};
+use crate::credentials::Account;
+use crate::output::{self, OutputFormat};
+use crate::plan::Plan;
+use crate::selection::{Candidate, Protections, Verdict};
+use crate::workflow::journal::{self, Journal, Resume};
+use crate::workflow::{self, Controls, Outcome, Report, Settings};
+use crate::{pathset, runlock};
+
+/// A run checked offline, with the client and the account it acts for.
+struct Prepared {
+    source: Source,
+    client: Client,
+    account: Account,
+    settings: Settings,
+    /// Re-checked on each instance's fresh row right before its first call.
+    protections: Protections,
+    max_count: usize,
+    journal: Option<PathBuf>,
+    report: Option<PathBuf>,
+}
+
+/// What to act on, and what is skipped on purpose.
+struct Selection {
+    plan: Plan,
+    /// The instances the run works on: the plan's acting entries, or the journal's.
+    ids: Vec<String>,
+    guard: workflow::Guard,
+    resume: Option<Resume>,
+}
+
+/// A run past every gate: nothing sent yet, the journal's start line on disk.
+struct Approved {
+    client: Client,
+    settings: Settings,
+    selection: Selection,
+    journal: Option<Journal>,
+}
+
+impl Ctx {
+    pub(super) async fn run(&self, a: RunArgs) -> CmdResult<Exit> {
+        // Installed first: until the first call is sent, an interrupt ends the command at once
+        // with nothing changed, even where SIGINT was inherited as ignored (cron, `nohup`, `&`).
+        let cancel = interrupt_token();
+        let prepared = self.prepare(&a)?;
+        let report_path = prepared.report.clone();
+        // Held until the report is out.
+        let (_lock, approved) = self.gate(&a, prepared, &cancel).await?;
+        let report = self.execute(approved).await;
+        let exit = self.finish_report(&report, report_path.as_deref());
+        if let Ok(mut slot) = self.report.lock() {
+            *slot = Some(report);
+        }
+        Ok(exit)
+    }
+
+    /// Everything that can be checked offline, checked before the lock and the API.
+    fn prepare(&self, a: &RunArgs) -> CmdResult<Prepared> {
+        let r = &self.config.run;
+        let source = Source::read(self, a)?;
+        let max_count = a.max_count.or(r.max_count).unwrap_or(20);
+        cli::in_range(max_count, cli::MAX_COUNT).map_err(|e| anyhow!("--max-count (or run.max_count): {e}"))?;
+        if let Source::Fresh(req) = &source {
+            named_within(req, max_count)?;
+        }
+        let (client, account) = self.client()?;
+        let source = source.bind(a, &account)?;
+        let (release, force) = source.effect(&a.effect, self.effect(&a.effect))?;
+        let mut settings = self.settings(a, release, force)?;
+        let journal = self.journal_path(a)?;
+        let protections = match &source {
+            Source::Fresh(req) => {
+                // A run scoped with `--region` keeps that scope in every Describe.
+                settings.describe_region.clone_from(&req.filters.region);
+                req.protections.clone()
+            }
+            Source::Journal(_) => self.fixed_selection_protections(&a.select, "--resume")?,
+            Source::SavedPlan(_) => self.fixed_selection_protections(&a.select, "--plan")?,
+        };
+        Ok(Prepared {
+            source,
+            client,
+            account,
+            settings,
+            protections,
+            max_count,
+            journal,
+            report: a.report.clone().or_else(|| r.report.clone()),
+        })
+    }
+
+    /// Everything between the offline checks and the first call: the files, the lock, the
+    /// selection and its guard, the count, the prompt, the journal's start line. An
+    /// interrupt until the end of it changes nothing.
+    async fn gate(
+        &self,
+        a: &RunArgs,
+        prepared: Prepared,
+        cancel: &CancellationToken,
+    ) -> CmdResult<(runlock::RunLock, Approved)> {
+        let lock = self.lock(a, &prepared)?;
+        let approved = self.approve(a, prepared, cancel).await?;
+        if cancel.is_cancelled() {
+            return Err(Failure::Interrupted);
+        }
+        Ok((lock, approved))
+    }
+
+    /// The journal: the one resumed, or a new file that holds no run yet.
+    fn journal_path(&self, a: &RunArgs) -> CmdResult<Option<PathBuf>> {
+        let path = a
+            .resume
+            .clone()
+            .or_else(|| a.journal.clone())
+            .or_else(|| self.config.run.journal.clone());
+        if let Some(path) = &path
+            && path.is_dir()
+        {
+            return Err(Failure::Usage(anyhow!("journal {} is a directory", path.display())));
+        }
+        if a.resume.is_none()
+            && let Some(path) = &path
+            && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+        {
+            // One journal per run: appending a second run would make `--resume` ambiguous.
+            return Err(Failure::Usage(anyhow!(
+                "journal {} already holds a run; resume it with --resume, or choose a new file",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// No file the run writes may be another of its files; then the run lock, held until
+    /// the run ends.
+    fn lock(&self, a: &RunArgs, p: &Prepared) -> CmdResult<runlock::RunLock> {
+        let r = &self.config.run;
+        let lock_path = match a.lock_file.clone().or_else(|| r.lock_file.clone()) {
+            Some(p) => p,
+            None => runlock::default_path(&p.account)?,
+        };
+        let metrics_path = a.metrics_file.clone().or_else(|| r.metrics_file.clone());
+        let from_file = a
+            .select
+            .from_file
+            .clone()
+            .or_else(|| self.config.selection.from_file.clone())
+            .map(PathBuf::from);
+        let plan_path = a.plan.clone().map(PathBuf::from);
+        let files = [
+            ("--config", self.global.config.as_deref(), false),
+            ("--from-file", from_file.as_deref(), false),
+            ("--plan", plan_path.as_deref(), false),
+            ("--journal", p.journal.as_deref(), true),
+            ("--report", p.report.as_deref(), true),
+            ("--metrics-file", metrics_path.as_deref(), true),
+            ("--lock-file", Some(lock_path.as_path()), true),
+        ];
+        let roles: Vec<pathset::Role<'_>> = files
+            .into_iter()
+            .filter_map(|(flag, path, written)| path.map(|path| pathset::Role { flag, path, written }))
+            .collect();
+        pathset::check(&roles)?;
+        runlock::acquire(&lock_path).map_err(|e| match e {
+            runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
+            runlock::RunLockError::Io { .. } | runlock::RunLockError::Unsafe { .. } => Failure::Usage(e.into()),
+        })
+    }
+
+    /// The gates after the lock: the selection, the count, the prompt, the journal's start.
+    async fn approve(&self, a: &RunArgs, p: Prepared, cancel: &CancellationToken) -> CmdResult<Approved> {
+        let selection = self
+            .select(p.source, &p.client, &p.account, &p.settings, p.protections, cancel)
+            .await?;
+        let count = selection.ids.len();
+        // One count for the plan's headline, the prompt and the limit: what the run works on.
+        // A resumed run is held to the limit too (its journal may not be ours).
+        if count > p.max_count {
+            return Err(Failure::Usage(anyhow!(
+                "{count} instances selected, more than --max-count {}; raise --max-count to proceed",
+                p.max_count
+            )));
+        }
+        if count == 0 {
+            tracing::info!("nothing to tear down");
+        } else if !a.yes {
+            interruptible(cancel, confirm(&selection.plan, count)).await?;
+        }
+        // The start line is written and synced before any call: a journal that cannot be
+        // written (a full disk, `/dev/full`) stops here, with nothing changed.
+        let start = journal::Entry::Start {
+            version: journal::JOURNAL_VERSION,
+            ids: selection.ids.clone(),
+            release_udisk: p.settings.release_udisk,
+            force_stop: p.settings.force_stop,
+            resumed: selection.resume.is_some(),
+        };
+        let journal = p
+            .journal
+            .as_deref()
+            .map(|path| Journal::begin(path, &p.account, &start))
+            .transpose()
+            .map_err(|e| anyhow!("{e} (nothing was changed)"))?;
+        Ok(Approved {
+            client: p.client,
+            settings: p.settings,
+            selection,
+            journal,
+        })
+    }
+
+    /// What to act on, and the guard each instance's fresh row must pass right before its
+    /// first call of this run: the protections, and per source what could have changed.
+    async fn select(
+        &self,
+        source: Source,
+        client: &Client,
+        account: &Account,
+        settings: &Settings,
+        protections: Protections,
+        cancel: &CancellationToken,
+    ) -> CmdResult<Selection> {
+        let (release, force) = (settings.release_udisk, settings.force_stop);
+        Ok(match source {
+            Source::Fresh(req) => {
+                let cands = interruptible(cancel, self.candidates(client, &req)).await?;
+                // A named ID the selection could not see yet may still turn up outside the scope.
+                let filters = req.filters;
+                let plan = Plan::build(&cands, account, release, force);
+                Selection {
+                    ids: plan.acting_ids(),
+                    plan,
+                    guard: Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row))),
+                    resume: None,
+                }
+            }
+            Source::SavedPlan(plan) => {
+                let drift = plan.clone();
+                Selection {
+                    ids: plan.acting_ids(),
+                    plan,
+                    guard: Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row))),
+                    resume: None,
+                }
+            }
+            Source::Journal(res) => {
+                let cands: Vec<Candidate> = res
+                    .ids
+                    .iter()
+                    .map(|id| Candidate {
+                        id: id.clone(),
+                        row: None,
+                        verdict: Verdict::Act,
+                    })
+                    .collect();
+                // The journal fixes the selection; protections still apply right before acting.
+                Selection {
+                    plan: Plan::build(&cands, account, release, force),
+                    ids: res.ids.clone(),
+                    guard: Box::new(move |row| protections.refuse(row)),
+                    resume: Some(res),
+                }
+            }
+        })
+    }
+
+    /// Drive every instance to an outcome; the plan's skipped entries join the report as
+    /// they are.
+    async fn execute(&self, run: Approved) -> Report {
+        let Approved {
+            client,
+            settings,
+            selection:
+                Selection {
+                    plan,
+                    ids,
+                    guard,
+                    resume,
+                },
+            journal,
+        } = run;
+        // From here on an interrupt lets calls in flight finish and still reports.
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone());
+        let skipped_count = plan
+            .entries
+            .iter()
+            .filter(|e| e.action == crate::plan::Action::Skip)
+            .count();
+        let bars = BarsHandle::new(&self.multi, ids.len() + skipped_count);
+        let known: Vec<Instance> = plan
+            .entries
+            .iter()
+            .map(|e| Instance {
+                uhost_id: e.uhost_id.clone(),
+                name: e.name.clone(),
+                region: e.region.clone(),
+                zone: e.zone.clone(),
+                ..Instance::default()
+            })
+            .collect();
+        // Skipped entries never reach the runner; the bars count them as done.
+        let skipped: Vec<&crate::plan::Entry> = plan
+            .entries
+            .iter()
+            .filter(|e| e.action == crate::plan::Action::Skip && !ids.contains(&e.uhost_id))
+            .collect();
+        for e in &skipped {
+            bars.finished_elsewhere(&e.uhost_id, &Outcome::Skipped { reason: String::new() });
+        }
+        let ctl = Controls {
+            journal,
+            resume,
+            guard: Some(guard),
+            observer: Box::new(bars.clone()),
+            cancel,
+            known,
+        };
+        let release = settings.release_udisk;
+        let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
+        bars.finish();
+        add_skipped(&mut report, &skipped, release);
+        report
+    }
+
+    fn finish_report(&self, report: &Report, file: Option<&Path>) -> Exit {
+        if let Some(path) = file {
+            // The run already happened: a report that cannot be written is logged, not fatal.
+            if let Err(e) = std::fs::write(path, json(report)) {
+                tracing::error!("cannot write report {}: {e}", path.display());
+            }
+        }
+        match self.output() {
+            OutputFormat::Json => print(&json(report)),
+            OutputFormat::Table => print(&output::report_table(report)),
+        }
+        exit_for(report)
+    }
+}
+
+/// Explicit IDs without a narrowing filter are the selection (less the exclusions): refuse
+/// too many before the first Describe, not after a hundred.
+fn named_within(req: &Request, max_count: usize) -> CmdResult<()> {
+    if let Some(ids) = &req.ids
+        && !req.filters.narrows()
+    {
+        let named = ids.iter().filter(|id| !req.protections.exclude.contains(*id)).count();
+        if named > max_count {
+            return Err(Failure::Usage(anyhow!(
+                "{named} instances named, more than --max-count {max_count}; raise --max-count to proceed"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udisk: bool) {
+    if skipped.is_empty() {
+        return;
+    }
+    let mut instances = std::mem::take(&mut report.instances);
+    instances.extend(skipped.iter().map(|e| workflow::InstanceReport {
+        uhost_id: e.uhost_id.clone(),
+        name: e.name.clone(),
+        region: e.region.clone(),
+        zone: e.zone.clone(),
+        last_state: e.state.clone(),
+        outcome: Outcome::Skipped {
+            reason: e.reason.clone().unwrap_or_default(),
+        },
+        seconds: 0.0,
+        calls: 0,
+        release_udisk,
+    }));
+    let s = &report.summary;
+    let pace = s.pace.clone();
+    *report = Report::new(instances, s.seconds, s.api_calls.clone(), s.throttled);
+    report.summary.pace = pace;
+}
