@@ -293,7 +293,13 @@ pub struct SimArgs {
 
 /// Durations like `90s`, `11m`, `1h30m`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (use e.g. 90s, 11m, 2h, 7d)"))
+    // humantime quotes what it could not read: cut it, as any echoed value.
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!(
+            "{} (use e.g. 90s, 11m, 2h, 7d)",
+            crate::textfile::excerpt(&e.to_string())
+        )
+    })
 }
 
 // The range of every numeric setting, for flags and config keys alike. Out of range is a
@@ -394,6 +400,9 @@ mod tests {
         assert_eq!(parse_duration("11m"), Ok(Duration::from_secs(660)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("3x").unwrap_err().contains("e.g. 90s"));
+        // A long value (say, a key pasted into the wrong field) is not echoed whole.
+        let long = format!("5{}", "k".repeat(500));
+        assert!(parse_duration(&long).unwrap_err().len() < 200);
     }
 
     #[test]

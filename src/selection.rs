@@ -121,7 +121,7 @@ pub fn globs(patterns: &[String]) -> Result<Vec<GlobMatcher>, SelectionError> {
             Glob::new(p)
                 .map(|g| g.compile_matcher())
                 .map_err(|e| SelectionError::BadGlob {
-                    glob: p.clone(),
+                    glob: crate::textfile::excerpt(p),
                     detail: e.kind().to_string(),
                 })
         })
@@ -343,6 +343,13 @@ pub fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_glob_is_not_echoed_whole() {
+        let long = format!("[{}", "k".repeat(500));
+        let e = globs(&[long]).unwrap_err().to_string();
+        assert!(e.len() < 200, "{e}");
+    }
     use crate::api::model::Ip;
 
     fn src(ids: &[&str]) -> Vec<IdSource> {

@@ -104,7 +104,7 @@ impl Ctx {
             .iter()
             .map(|s| match State::parse(s) {
                 State::Unknown(u) if !u.is_empty() && !["Install", "Pending", "Reinstalling"].contains(&u.as_str()) => {
-                    Err(anyhow!("unknown state {u:?}: use Running, Stopped, Stopping, Starting, Initializing, Rebooting, Resizing or \"Install Fail\""))
+                    Err(anyhow!("unknown state {:?}: use Running, Stopped, Stopping, Starting, Initializing, Rebooting, Resizing or \"Install Fail\"", crate::textfile::excerpt(&u)))
                 }
                 st => Ok(st),
             })
