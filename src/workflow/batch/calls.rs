@@ -1,0 +1,238 @@
+//! Sending Stop and Terminate: the journaled intent, the slot and the pace, the shared last look
+//! before a delayed Terminate, and what each answer means (accepted, locked, throttled,
+//! transient, ambiguous, refused).
+
+use super::{
+    Activity, Arc, Call, Cloud, Duration, Effect, Entry, Episode, Event, Halt, Instant, Next, Policy, RetryClass, Rng,
+    Runner, Sent, State, Status, Target, after_call, classify, round, throttle_gap,
+};
+
+impl<C: Cloud + 'static> Runner<C> {
+    pub(super) fn send(&mut self, i: usize, call: Call, force: bool) {
+        let Some(row) = self.trackers[i].row.as_ref() else {
+            // Unreachable: a call is only decided on a present row.
+            return self.fail(i, "internal: no row to act on".to_owned(), None);
+        };
+        // Belt and braces for the first safety rule: never Terminate unless the row we just
+        // looked at says Stopped (or Install Fail, which the platform may refuse).
+        if call == Call::Terminate && !matches!(row.state, State::Stopped | State::InstallFail) {
+            let error = format!("internal: refused to terminate from state {}", row.state);
+            return self.fail(i, error, None);
+        }
+        let target = Target::of(row);
+        let decided_on = row.state.clone();
+        let id = self.trackers[i].id.clone();
+        self.journal(&Entry::Call {
+            id: id.clone(),
+            call,
+            region: target.region.clone(),
+            zone: target.zone.clone(),
+        });
+        if self.halt == Some(Halt::JournalFailed) {
+            // The intent could not be recorded: do not send what a resume would not know of.
+            let phase = self.trackers[i].mem.phase;
+            if let Some(outcome) = self.halted(phase) {
+                return self.finish(i, outcome);
+            }
+        }
+        self.trackers[i].status = Status::Calling;
+        self.trackers[i].decided_on = Some(decided_on);
+        self.trackers[i].acted = true;
+        tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
+        self.ctl.observer.activity(&id, &Activity::Calling(call));
+        let cloud = Arc::clone(&self.cloud);
+        let pace = Arc::clone(&self.pace);
+        let recheck = Arc::clone(&self.recheck);
+        let slots = Arc::clone(&self.slots);
+        let release = self.settings.release_udisk;
+        let stop_sending = self.stop_sending.clone();
+        let decided_at = self.trackers[i].seen_at;
+        let stale_after = self
+            .settings
+            .min_poll()
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        self.spawn(vec![i], async move {
+            // Wait for a slot and the pace, unless the run halts meanwhile: then the call
+            // never leaves, which is what "start nothing new" means.
+            let ready = async {
+                let slot = slots.acquire_owned().await;
+                pace.ready().await;
+                slot
+            };
+            let _slot = tokio::select! {
+                slot = ready => slot,
+                () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted },
+            };
+            if call == Call::Terminate && decided_at.elapsed() > stale_after {
+                // Queued long enough for the world to move: look again right before sending,
+                // so Terminate still follows a fresh `Stopped`. The look is shared with the
+                // other Terminates in the same situation (one Describe for up to 100).
+                if let Err(why) = recheck.still_stopped(&target.uhost_id, stale_after).await {
+                    return Event::Called {
+                        idx: i,
+                        call,
+                        sent: Sent::Stale(why),
+                    };
+                }
+            }
+            let sent_at = Instant::now();
+            let result = match call {
+                Call::Stop => cloud.stop(&target, force).await.map(|()| None),
+                Call::Terminate => cloud.terminate(&target, release).await.map(Some),
+            };
+            Event::Called {
+                idx: i,
+                call,
+                sent: Sent::Answer(result, sent_at),
+            }
+        });
+    }
+
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one answer, every class of it; to be split with the batch driver (issue 9, item 2)"
+    )]
+    pub(super) fn on_called(&mut self, i: usize, call: Call, sent: Sent) {
+        let now = Instant::now();
+        let (result, sent_at) = match sent {
+            Sent::Answer(result, sent_at) => {
+                self.trackers[i].calls += 1;
+                self.count(call.action());
+                (result, sent_at)
+            }
+            Sent::Halted | Sent::Stale(_) => {
+                let error = match sent {
+                    Sent::Stale(why) => format!("not sent: {why}"),
+                    _ => "not sent: the run is stopping".to_owned(),
+                };
+                let id = self.trackers[i].id.clone();
+                tracing::info!(id = %id, "{} {error}", call.action());
+                self.journal(&Entry::Result {
+                    id,
+                    call,
+                    effect: Effect::NotApplied,
+                    error: Some(error),
+                });
+                // Look again now (the halt, if any, turns this into the instance's outcome).
+                return self.after_answer(i, now, false);
+            }
+        };
+        let class = result.as_ref().err().map(|e| classify(e, &self.settings.lock_codes));
+        if class == Some(RetryClass::Throttled) {
+            self.pace.throttled(sent_at);
+            self.throttled += 1;
+        } else {
+            self.pace.succeeded(sent_at);
+        }
+        let effect = match class {
+            None => Effect::Accepted,
+            Some(RetryClass::Ambiguous) => Effect::Unsure,
+            Some(_) => Effect::NotApplied,
+        };
+        let id = self.trackers[i].id.clone();
+        let error = result.as_ref().err().map(ToString::to_string);
+        self.journal(&Entry::Result {
+            id: id.clone(),
+            call,
+            effect,
+            error,
+        });
+        let t = &mut self.trackers[i];
+        t.last_answer = now;
+        t.mem = after_call(t.mem, call, effect);
+        let e = match result {
+            Ok(ack) => {
+                tracing::info!(id = %id, "{} accepted", call.action());
+                if let Some(ack) = ack {
+                    t.in_recycle = Some(ack.in_recycle).filter(|s| !s.is_empty());
+                }
+                t.lock_backoff = None;
+                t.retry_backoff = None;
+                t.rechecked = false;
+                t.phase_since = now;
+                let gap = self.settings.min_poll();
+                return self.after_answer(i, now + gap, false);
+            }
+            Err(e) => e,
+        };
+        if self.halt.is_some() && effect == Effect::NotApplied {
+            // Halting: no retry; the instance ends interrupted (or timed out) where it stands.
+            return self.after_answer(i, now, false);
+        }
+        let jitter: f64 = self.rng.random();
+        let t = &mut self.trackers[i];
+        match class.unwrap_or(RetryClass::Fatal) {
+            RetryClass::Locked => {
+                let episode = Episode::refused(&mut t.lock_backoff, now);
+                match Policy::lock(self.settings.lock_wait).next(episode, now, jitter) {
+                    Next::Retry(d) => {
+                        tracing::info!(id = %id, "operation lock held; looking again in {}", humantime::format_duration(round(d)));
+                        self.ctl.observer.activity(&id, &Activity::Locked { retry_in: d });
+                        self.after_answer(i, now + d, true);
+                    }
+                    Next::GiveUp { waited } => {
+                        let error = format!(
+                            "operation lock still held after {} (--lock-wait {}): {e}",
+                            humantime::format_duration(round(waited)),
+                            humantime::format_duration(self.settings.lock_wait)
+                        );
+                        self.fail(i, error, e.request_id());
+                    }
+                }
+            }
+            RetryClass::Throttled => {
+                // "Slower", not "broken": the pace was told and queues calls accordingly, so
+                // this does not spend the instance's error budget; the instance timeout still
+                // bounds the wait.
+                let d = throttle_gap(&mut self.rng);
+                tracing::debug!(id = %id, "{e}; retrying in {}", humantime::format_duration(round(d)));
+                let activity = Activity::Backoff {
+                    reason: e.to_string(),
+                    retry_in: d,
+                };
+                self.ctl.observer.activity(&id, &activity);
+                self.after_answer(i, now + d, true);
+            }
+            RetryClass::Transient => {
+                let episode = Episode::refused(&mut t.retry_backoff, now);
+                match Policy::transient(self.settings.poll_interval).next(episode, now, jitter) {
+                    Next::Retry(d) => {
+                        tracing::warn!(id = %id, "{e}; retrying in {}", humantime::format_duration(round(d)));
+                        let activity = Activity::Backoff {
+                            reason: e.to_string(),
+                            retry_in: d,
+                        };
+                        self.ctl.observer.activity(&id, &activity);
+                        self.after_answer(i, now + d, true);
+                    }
+                    Next::GiveUp { waited } => {
+                        let error = format!(
+                            "gave up after {} of retries: {e}",
+                            humantime::format_duration(round(waited))
+                        );
+                        self.fail(i, error, e.request_id());
+                    }
+                }
+            }
+            RetryClass::Ambiguous => {
+                // Maybe it happened, maybe not: look before doing anything else.
+                tracing::warn!(id = %id, "{e}; checking what happened before going on");
+                let gap = self.settings.min_poll();
+                self.after_answer(i, now + gap, false);
+            }
+            RetryClass::Fatal if !t.rechecked => {
+                // A refusal (e.g. "state Running does not allow Terminate") may only mean the
+                // instance moved between our look and the call, say someone restarted it:
+                // look once more, and fail only if nothing changed.
+                tracing::warn!(id = %id, "{e}; looking again before giving up");
+                t.rechecked = true;
+                t.refused = Some(e);
+                self.after_answer(i, now, false);
+            }
+            RetryClass::Fatal => {
+                tracing::error!(id = %id, "{e}");
+                self.fail(i, e.to_string(), e.request_id());
+            }
+        }
+    }
+}
