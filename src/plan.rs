@@ -50,7 +50,7 @@ impl Action {
 
 /// One line of a plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Item {
     pub uhost_id: String,
     pub name: String,
     pub tag: String,
@@ -83,7 +83,7 @@ pub struct Plan {
     pub key_fingerprint: String,
     pub release_udisk: bool,
     pub force_stop: bool,
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Item>,
 }
 
 /// The plan file's schema version (2: `project_id` and `key_fingerprint`).
@@ -207,7 +207,7 @@ impl Plan {
     }
 }
 
-fn entry(c: &Candidate, release_udisk: bool, force_stop: bool) -> Entry {
+fn entry(c: &Candidate, release_udisk: bool, force_stop: bool) -> Item {
     let row = c.row.clone().unwrap_or_default();
     let (action, reason) = match &c.verdict {
         Verdict::NotFound => (Action::AlreadyGone, Some("not found".to_owned())),
@@ -227,7 +227,7 @@ fn entry(c: &Candidate, release_udisk: bool, force_stop: bool) -> Entry {
     } else {
         "kept".to_owned()
     };
-    Entry {
+    Item {
         uhost_id: c.id.clone(),
         name: row.name,
         tag: row.tag,

@@ -323,7 +323,7 @@ impl Ctx {
             })
             .collect();
         // Skipped entries never reach the runner; the bars count them as done.
-        let skipped: Vec<&crate::plan::Entry> = plan
+        let skipped: Vec<&crate::plan::Item> = plan
             .entries
             .iter()
             .filter(|e| e.action == crate::plan::Action::Skip && !ids.contains(&e.uhost_id))
@@ -377,7 +377,7 @@ fn named_within(req: &Request, max_count: usize) -> CmdResult<()> {
     Ok(())
 }
 
-fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Entry], release_udisk: bool) {
+fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udisk: bool) {
     if skipped.is_empty() {
         return;
     }

@@ -11,7 +11,7 @@ use super::scenario::Faults;
 // Nine independent dice: a bool each is the honest shape.
 #[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Plan {
+pub(crate) struct Dice {
     pub drop: bool,
     pub http_502: bool,
     pub http_503: bool,
@@ -23,12 +23,12 @@ pub(crate) struct Plan {
     pub null_lists: bool,
 }
 
-impl Plan {
-    pub(crate) fn roll(faults: &Faults, rng: &mut StdRng) -> Plan {
+impl Dice {
+    pub(crate) fn roll(faults: &Faults, rng: &mut StdRng) -> Dice {
         // `random::<f64>() < p` always consumes one draw (unlike `random_bool`), keeping the
         // stream aligned whatever the rates are.
         let mut die = |p: f64| rng.random::<f64>() < p;
-        Plan {
+        Dice {
             drop: die(faults.drop),
             http_502: die(faults.http_502),
             http_503: die(faults.http_503),
@@ -60,14 +60,14 @@ mod tests {
     fn zero_rates_never_fire_and_one_always_does() {
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..100 {
-            assert_eq!(Plan::roll(&Faults::default(), &mut rng), Plan::default());
+            assert_eq!(Dice::roll(&Faults::default(), &mut rng), Dice::default());
         }
         let all = Faults {
             drop: 1.0,
             null_lists: 1.0,
             ..Faults::default()
         };
-        let p = Plan::roll(&all, &mut rng);
+        let p = Dice::roll(&all, &mut rng);
         assert!(p.drop && p.null_lists && !p.http_502);
     }
 
@@ -80,8 +80,8 @@ mod tests {
         };
         let mut a = StdRng::seed_from_u64(9);
         let mut b = StdRng::seed_from_u64(9);
-        let pa: Vec<Plan> = (0..50).map(|_| Plan::roll(&f, &mut a)).collect();
-        let pb: Vec<Plan> = (0..50).map(|_| Plan::roll(&f, &mut b)).collect();
+        let pa: Vec<Dice> = (0..50).map(|_| Dice::roll(&f, &mut a)).collect();
+        let pb: Vec<Dice> = (0..50).map(|_| Dice::roll(&f, &mut b)).collect();
         assert_eq!(pa, pb);
         assert!(pa.iter().any(|p| p.drop) && pa.iter().any(|p| !p.drop));
     }

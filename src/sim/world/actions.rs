@@ -2,17 +2,17 @@
 //! lock, and the ledger of calls and violations.
 
 use super::{
-    Action, CallRecord, Event, EventKind, Faults, Gone, Instant, LOCK_MARKER, Lock, LockHold, Map, OrphanDisk, Params,
-    Refusal, Request, Rng, State, Terminated, Value, Violation, World, code, flag, json, rule,
+    CallRecord, Event, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, OrphanDisk, Params, Rejection,
+    Removal, Request, Rng, State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
 };
 
 impl World {
     pub(super) fn lifecycle(
         &mut self,
-        action: Action,
+        action: Verb,
         p: &Params,
         (sent, now): (Instant, Instant),
-    ) -> Result<Map<String, Value>, Refusal> {
+    ) -> Result<Map<String, Value>, Rejection> {
         let name = p.get("Action").cloned().unwrap_or_default();
         for key in ["Region", "Zone", "UHostId"] {
             if p.get(key).is_none_or(String::is_empty) {
@@ -26,8 +26,8 @@ impl World {
         let not_found = || (code::NOT_FOUND, format!("UHost not found: {id}"));
         if let Some(gone) = self.gone.get(&id).copied() {
             let (rule, detail) = match gone {
-                Gone::Terminated => (rule::AFTER_TERMINATE, "the instance was already terminated"),
-                Gone::Deleted => (rule::AFTER_DELETE, "the instance was deleted by someone else"),
+                Removal::Terminated => (rule::AFTER_TERMINATE, "the instance was already terminated"),
+                Removal::Deleted => (rule::AFTER_DELETE, "the instance was deleted by someone else"),
             };
             self.violate(now, &id, &name, rule, detail.to_owned());
             return Err(not_found());
@@ -55,7 +55,7 @@ impl World {
                 rule::AFTER_TERMINATE,
                 "a Terminate was already accepted".into(),
             );
-        } else if action == Action::Terminate && !matches!(state, State::Stopped | State::InstallFail) {
+        } else if action == Verb::Terminate && !matches!(state, State::Stopped | State::InstallFail) {
             let rule = if self.looked_terminable(&id, sent) {
                 rule::TERMINATE_RACED
             } else {
@@ -75,10 +75,10 @@ impl World {
         }
         let verb = action.verb();
         let allowed = match action {
-            Action::Stop => state == State::Running,
-            Action::Start => state == State::Stopped,
-            Action::Terminate => matches!(state, State::Stopped | State::InstallFail),
-            Action::Describe => true,
+            Verb::Stop => state == State::Running,
+            Verb::Start => state == State::Stopped,
+            Verb::Terminate => matches!(state, State::Stopped | State::InstallFail),
+            Verb::Describe => true,
         };
         if !allowed || terminating {
             return Err((
@@ -86,7 +86,7 @@ impl World {
                 format!("instance state {} does not allow {verb}", state.as_str()),
             ));
         }
-        if action == Action::Stop && row.instance.is_spot() && !flag(p, "Force") {
+        if action == Verb::Stop && row.instance.is_spot() && !flag(p, "Force") {
             return Err((
                 code::SPOT_NEEDS_FORCE,
                 "spot instance cannot be stopped without Force=true".into(),
@@ -95,13 +95,13 @@ impl World {
         let mut out = Map::new();
         out.insert("UHostId".into(), json!(id));
         match action {
-            Action::Stop => self.accept_transition(&id, now, State::Stopping, State::Stopped),
-            Action::Start => self.accept_transition(&id, now, State::Starting, State::Running),
-            Action::Terminate => {
+            Verb::Stop => self.accept_transition(&id, now, State::Stopping, State::Stopped),
+            Verb::Start => self.accept_transition(&id, now, State::Starting, State::Running),
+            Verb::Terminate => {
                 self.accept_terminate(&id, now, flag(p, "ReleaseUDisk"));
                 out.insert("InRecycle".into(), json!("Yes"));
             }
-            Action::Describe => {}
+            Verb::Describe => {}
         }
         Ok(out)
     }

@@ -2,15 +2,15 @@
 //! processed (signature, rate limit, dispatch), and Describe with its paging and dropped rows.
 
 use super::{
-    Action, Arrival, Auth, BTreeSet, HTML_502, HTML_503, Instant, LOOKS_KEPT, Look, Map, NonZeroU32, Params, Plan,
-    Quota, RateLimiter, Refusal, Reply, Request, Rng, State, TokioClock, Value, World, code, json, json_signature,
+    Arrival, Auth, BTreeSet, Dice, HTML_502, HTML_503, Instant, LOOKS_KEPT, Look, Map, NonZeroU32, Params, Quota,
+    RateLimiter, Rejection, Reply, Request, Rng, State, TokioClock, Value, Verb, World, code, json, json_signature,
     row_json, signature, uhost_ids,
 };
 
 impl World {
     /// Roll the dice for a call and answer the transport-level faults.
     pub(crate) fn arrive(&mut self, req: &Request, now: Instant) -> Arrival {
-        let plan = Plan::roll(&self.scenario.faults.clone(), &mut self.rng);
+        let plan = Dice::roll(&self.scenario.faults.clone(), &mut self.rng);
         let answer = if plan.drop {
             Some((Reply::Close, 0, "drop"))
         } else if plan.http_502 {
@@ -44,12 +44,12 @@ impl World {
 
     /// The gateway and the service: authenticate, limit, dispatch, answer.
     /// `sent`: when the call arrived (before any slow delay); `now`: when it is processed.
-    pub(crate) fn process(&mut self, req: &Request, plan: Plan, sent: Instant, now: Instant) -> Reply {
+    pub(crate) fn process(&mut self, req: &Request, plan: Dice, sent: Instant, now: Instant) -> Reply {
         self.settle(now);
         let name = req.action_name().to_owned();
         let mut fault: Option<&'static str> = plan.slow.then_some("slow");
-        let result: Result<Map<String, Value>, Refusal> = self.gateway(req, &plan, now, &mut fault).and_then(|()| {
-            let action = Action::parse(&name).ok_or((code::UNKNOWN_ACTION, "Action not exists".to_owned()))?;
+        let result: Result<Map<String, Value>, Rejection> = self.gateway(req, &plan, now, &mut fault).and_then(|()| {
+            let action = Verb::parse(&name).ok_or((code::UNKNOWN_ACTION, "Action not exists".to_owned()))?;
             self.dispatch(action, req, &plan, (sent, now), &mut fault)
         });
         let mut body = Map::new();
@@ -93,10 +93,10 @@ impl World {
     pub(super) fn gateway(
         &mut self,
         req: &Request,
-        plan: &Plan,
+        plan: &Dice,
         now: Instant,
         fault: &mut Option<&'static str>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), Rejection> {
         if req.action_name().is_empty() {
             return Err((code::MISSING_ACTION, "Missing Action".into()));
         }
@@ -132,7 +132,7 @@ impl World {
     }
 
     /// Signature checks, in the gateway's order: present, known key, matching.
-    pub(super) fn verify(&self, req: &Request) -> Result<(), Refusal> {
+    pub(super) fn verify(&self, req: &Request) -> Result<(), Rejection> {
         let Some(sig) = req.params.get("Signature").filter(|s| !s.is_empty()) else {
             return Err((code::MISSING_SIGNATURE, "Missing signature".into()));
         };
@@ -154,14 +154,14 @@ impl World {
     /// `at`: (sent, now), see [`World::process`].
     pub(super) fn dispatch(
         &mut self,
-        action: Action,
+        action: Verb,
         req: &Request,
-        plan: &Plan,
+        plan: &Dice,
         at: (Instant, Instant),
         fault: &mut Option<&'static str>,
-    ) -> Result<Map<String, Value>, Refusal> {
+    ) -> Result<Map<String, Value>, Rejection> {
         match action {
-            Action::Describe => self.describe(&req.params, plan, at, fault),
+            Verb::Describe => self.describe(&req.params, plan, at, fault),
             _ => self.lifecycle(action, &req.params, at),
         }
     }
@@ -169,10 +169,10 @@ impl World {
     pub(super) fn describe(
         &mut self,
         p: &Params,
-        plan: &Plan,
+        plan: &Dice,
         (sent, now): (Instant, Instant),
         fault: &mut Option<&'static str>,
-    ) -> Result<Map<String, Value>, Refusal> {
+    ) -> Result<Map<String, Value>, Rejection> {
         let bad = |k: &str| (code::BAD_PARAM, format!("Params [{k}] not available"));
         let region = p.get("Region").filter(|r| !r.is_empty());
         if region.is_some_and(|r| !self.regions.contains(r)) {

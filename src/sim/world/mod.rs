@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::faults::{HTML_502, HTML_503, Plan};
+use super::faults::{Dice, HTML_502, HTML_503};
 use super::ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
 use super::scenario::{DEFAULT_ZONES, Faults, LockHold, Scenario, ScenarioInstance, generate_rows, rng_for};
 use crate::api::error::LOCK_MARKER;
@@ -55,30 +55,30 @@ pub mod code {
 
 /// The actions the world implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
+pub(crate) enum Verb {
     Describe,
     Stop,
     Start,
     Terminate,
 }
 
-impl Action {
-    pub(crate) fn parse(name: &str) -> Option<Action> {
+impl Verb {
+    pub(crate) fn parse(name: &str) -> Option<Verb> {
         match name {
-            "DescribeCompShareInstance" => Some(Action::Describe),
-            "StopCompShareInstance" => Some(Action::Stop),
-            "StartCompShareInstance" => Some(Action::Start),
-            "TerminateCompShareInstance" => Some(Action::Terminate),
+            "DescribeCompShareInstance" => Some(Verb::Describe),
+            "StopCompShareInstance" => Some(Verb::Stop),
+            "StartCompShareInstance" => Some(Verb::Start),
+            "TerminateCompShareInstance" => Some(Verb::Terminate),
             _ => None,
         }
     }
 
     fn verb(self) -> &'static str {
         match self {
-            Action::Describe => "Describe",
-            Action::Stop => "Stop",
-            Action::Start => "Start",
-            Action::Terminate => "Terminate",
+            Verb::Describe => "Describe",
+            Verb::Stop => "Stop",
+            Verb::Start => "Start",
+            Verb::Terminate => "Terminate",
         }
     }
 }
@@ -132,7 +132,7 @@ pub(crate) enum Arrival {
     /// Answer now (proxy error or dropped connection).
     Now(Reply),
     /// Proceed, after `delay` if the call is slow.
-    Proceed { plan: Plan, delay: Option<Duration> },
+    Proceed { plan: Dice, delay: Option<Duration> },
 }
 
 /// The rate limiter's clock: tokio time, so the limit holds under paused time too.
@@ -216,13 +216,13 @@ struct Row {
 
 /// Why an ID is no longer in the world.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gone {
+enum Removal {
     Terminated,
     Deleted,
 }
 
 /// A refused call: RetCode and message.
-type Refusal = (i64, String);
+type Rejection = (i64, String);
 
 /// The simulated CompShare account.
 pub(crate) struct World {
@@ -238,7 +238,7 @@ pub(crate) struct World {
     /// at 0 behave exactly as before they existed.
     ec_rng: StdRng,
     rows: BTreeMap<String, Row>,
-    gone: HashMap<String, Gone>,
+    gone: HashMap<String, Removal>,
     regions: BTreeSet<String>,
     limiters: HashMap<String, Limiter>,
     terminated: Vec<Terminated>,
@@ -409,7 +409,7 @@ impl World {
             }
             EventKind::Disappear => {
                 self.rows.remove(id);
-                self.gone.insert(id.to_owned(), Gone::Terminated);
+                self.gone.insert(id.to_owned(), Removal::Terminated);
             }
             EventKind::RestartByOther => {
                 let start_lat = match self.rows.get(id) {
@@ -437,7 +437,7 @@ impl World {
 
     fn delete(&mut self, id: &str, at: Instant) {
         if self.rows.remove(id).is_some() {
-            self.gone.insert(id.to_owned(), Gone::Deleted);
+            self.gone.insert(id.to_owned(), Removal::Deleted);
             self.terminated.push(Terminated {
                 uhost_id: id.to_owned(),
                 at_secs: self.secs(at),
