@@ -331,3 +331,34 @@ async fn a_long_run_of_throttled_describes_fails_no_instance() {
     all_gone(&report, &sim);
     assert_safe(&sim.snapshot(), &ids);
 }
+
+/// The instance timeout ends with a last attempt, not with a wait: a lock that outlives it is
+/// tried once more just before the timeout, however long the planned gap.
+#[tokio::test(start_paused = true)]
+async fn the_instance_timeout_ends_with_a_last_attempt() {
+    let sim = world(1, 35, Faults::default());
+    let ids = sim.ids();
+    sim.set_state(&ids[0], State::Running);
+    sim.hold_lock(&ids[0], Duration::from_secs(3600));
+    let s = Settings {
+        instance_timeout: Duration::from_secs(100),
+        lock_wait: Duration::from_secs(3000),
+        ..settings()
+    };
+    let report = workflow::run(Arc::new(sim.clone()), ids.clone(), s, Controls::default()).await;
+    assert!(
+        matches!(report.instances[0].outcome, Outcome::TimedOut { .. }),
+        "{:?}",
+        report.instances[0].outcome
+    );
+    let stops: Vec<f64> = sim
+        .snapshot()
+        .calls
+        .iter()
+        .filter(|c| c.action == "StopCompShareInstance")
+        .map(|c| c.at_secs)
+        .collect();
+    let last = stops.last().copied().unwrap_or_default();
+    // The lock's gaps grow to 30 s (jittered); the last attempt still lands within a poll of the end.
+    assert!(last > 100.0 - 1.0 && last < 100.0, "attempts at {stops:?}");
+}

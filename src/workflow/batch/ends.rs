@@ -4,7 +4,18 @@ use super::{Cloud, Entry, Halt, InstanceReport, Instant, Outcome, Phase, Report,
 
 impl<C: Cloud + 'static> Runner<C> {
     /// After an answer: observe again at `due` (`parked`: not earlier), unless the run is halting.
+    ///
+    /// A retry planned past the instance timeout is brought forward to just before it, so the
+    /// budget the user gave ends with a last attempt rather than with a wait.
     pub(super) fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
+        let limit = self.started + self.settings.instance_timeout;
+        let last_chance = limit.checked_sub(self.settings.min_poll()).unwrap_or(limit);
+        // Only once: an attempt already at (or past) the last chance waits out the timeout.
+        let due = if due > last_chance && last_chance > Instant::now() {
+            last_chance
+        } else {
+            due
+        };
         let phase = self.trackers[i].mem.phase;
         match self.halted(phase) {
             Some(outcome) => self.finish(i, outcome),
