@@ -19,7 +19,7 @@ use compshare_teardown::workflow::{self, Controls, Outcome, Report, Settings};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::workflow::{all_gone, assert_safe, settings, world};
+use super::workflow::{all_gone, assert_safe, locked_for_an_hour, settings, stop_times, world};
 
 /// The simulator behind a misbehaving front.
 struct Front {
@@ -336,10 +336,7 @@ async fn a_long_run_of_throttled_describes_fails_no_instance() {
 /// tried once more just before the timeout, however long the planned gap.
 #[tokio::test(start_paused = true)]
 async fn the_instance_timeout_ends_with_a_last_attempt() {
-    let sim = world(1, 35, Faults::default());
-    let ids = sim.ids();
-    sim.set_state(&ids[0], State::Running);
-    sim.hold_lock(&ids[0], Duration::from_secs(3600));
+    let (sim, ids) = locked_for_an_hour(35);
     let s = Settings {
         instance_timeout: Duration::from_secs(100),
         lock_wait: Duration::from_secs(3000),
@@ -351,13 +348,7 @@ async fn the_instance_timeout_ends_with_a_last_attempt() {
         "{:?}",
         report.instances[0].outcome
     );
-    let stops: Vec<f64> = sim
-        .snapshot()
-        .calls
-        .iter()
-        .filter(|c| c.action == "StopCompShareInstance")
-        .map(|c| c.at_secs)
-        .collect();
+    let stops = stop_times(&sim);
     let last = stops.last().copied().unwrap_or_default();
     // The lock's gaps grow to 30 s (jittered); the last attempt still lands within a poll of the end.
     assert!(last > 100.0 - 1.0 && last < 100.0, "attempts at {stops:?}");

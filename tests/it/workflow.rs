@@ -693,6 +693,25 @@ async fn restarts_are_counted_only_when_a_stop_took_effect() {
     );
 }
 
+/// One `Running` instance whose operation lock is held for an hour by someone else.
+pub(crate) fn locked_for_an_hour(seed: u64) -> (SimHandle, Vec<String>) {
+    let sim = world(1, seed, Faults::default());
+    let ids = sim.ids();
+    sim.set_state(&ids[0], State::Running);
+    sim.hold_lock(&ids[0], Duration::from_secs(3600));
+    (sim, ids)
+}
+
+/// When each Stop reached the simulator, in seconds of its clock.
+pub(crate) fn stop_times(sim: &SimHandle) -> Vec<f64> {
+    sim.snapshot()
+        .calls
+        .iter()
+        .filter(|c| c.action == "StopCompShareInstance")
+        .map(|c| c.at_secs)
+        .collect()
+}
+
 /// `--lock-wait` keeps trying until its whole budget has passed: 35 s outlasts a 30 s lock
 /// and 5 s a 3 s lock (gaps are at most a tenth of the budget).
 #[tokio::test(start_paused = true)]
@@ -719,10 +738,7 @@ async fn a_short_lock_wait_outlasts_a_shorter_lock() {
 /// failure says how long it waited.
 #[tokio::test(start_paused = true)]
 async fn the_last_lock_attempt_is_made_at_the_end_of_the_budget() {
-    let sim = world(1, 110, Faults::default());
-    let ids = sim.ids();
-    sim.set_state(&ids[0], State::Running);
-    sim.hold_lock(&ids[0], Duration::from_secs(3600));
+    let (sim, ids) = locked_for_an_hour(110);
     let s = Settings {
         lock_wait: Duration::from_secs(35),
         ..settings()
@@ -737,13 +753,7 @@ async fn the_last_lock_attempt_is_made_at_the_end_of_the_budget() {
         }
         other => panic!("{other:?}"),
     }
-    let stops: Vec<f64> = sim
-        .snapshot()
-        .calls
-        .iter()
-        .filter(|c| c.action == "StopCompShareInstance")
-        .map(|c| c.at_secs)
-        .collect();
+    let stops = stop_times(&sim);
     let (first, last) = (stops[0], stops[stops.len() - 1]);
     assert!((last - first - 35.0).abs() < 0.01, "attempts at {stops:?}");
     assert!(
