@@ -15,14 +15,13 @@ pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
 pub use listing::{ListingError, describe_all, describe_ids, describe_ids_in};
 pub use model::{DESCRIBE_MAX, DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
 
-/// The calls a teardown needs.
+/// The calls a teardown needs, and only those: a teardown never starts an instance, so
+/// `StartCompShareInstance` lives with the simulator ([`crate::sim::SimHandle::start`]).
 pub trait Cloud: Send + Sync {
     /// One `DescribeCompShareInstance` call (one page, at most 100 IDs).
     fn describe(&self, query: &DescribeQuery) -> impl Future<Output = Result<DescribePage, ApiError>> + Send;
     /// `StopCompShareInstance`; `force` sends `Force=true` (needed for spot instances).
     fn stop(&self, target: &Target, force: bool) -> impl Future<Output = Result<(), ApiError>> + Send;
-    /// `StartCompShareInstance`.
-    fn start(&self, target: &Target) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// `TerminateCompShareInstance` with `ReleaseUDisk` sent explicitly.
     fn terminate(
         &self,
@@ -62,10 +61,6 @@ impl<T: Transport> Cloud for T {
             p.insert("Force".into(), "true".into());
         }
         self.call("StopCompShareInstance", p).await.map(drop)
-    }
-
-    async fn start(&self, target: &Target) -> Result<(), ApiError> {
-        self.call("StartCompShareInstance", target.params()).await.map(drop)
     }
 
     async fn terminate(&self, target: &Target, release_udisk: bool) -> Result<TerminateAck, ApiError> {

@@ -58,7 +58,7 @@ pub fn flatten(object: &serde_json::Map<String, Value>) -> Params {
 
 /// Plain decimal text for a number: integers as they are, floats via Rust's shortest
 /// round-trip `Display`, which never uses an exponent and prints `42.0` as `42`.
-fn number_text(n: &serde_json::Number) -> String {
+pub(crate) fn number_text(n: &serde_json::Number) -> String {
     if let Some(i) = n.as_i64() {
         i.to_string()
     } else if let Some(u) = n.as_u64() {
@@ -91,7 +91,7 @@ pub fn signature(params: &Params, private_key: &PrivateKey) -> String {
 }
 
 /// Lowercase hex SHA-1 of a string.
-fn hex_sha1(text: &str) -> String {
+pub(crate) fn hex_sha1(text: &str) -> String {
     let digest = Sha1::digest(text.as_bytes());
     // sha1 0.11's output no longer implements `LowerHex`, so hex-encode the 20 bytes here.
     let mut hex = String::with_capacity(40);
@@ -100,44 +100,6 @@ fn hex_sha1(text: &str) -> String {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
-}
-
-/// The string hashed in JSON mode (the Go SDK's opt-in JSON encoder, reference §2.2): top-level
-/// keys in byte order, each followed by its value text, where an array is the concatenation of
-/// its items' texts with no indices and an object is its `k`+`v` pairs in key order; then the
-/// private key. `Signature` is skipped. Flat payloads give the same string as form mode.
-pub fn json_string_to_sign(object: &serde_json::Map<String, Value>, private_key: &PrivateKey) -> String {
-    let sorted: BTreeMap<&String, &Value> = object.iter().filter(|(k, _)| k.as_str() != "Signature").collect();
-    let mut s = String::new();
-    for (k, v) in sorted {
-        s.push_str(k);
-        json_value_text(&mut s, v);
-    }
-    s.push_str(private_key.expose());
-    s
-}
-
-/// JSON-mode `Signature`: lowercase hex SHA-1 of [`json_string_to_sign`].
-pub fn json_signature(object: &serde_json::Map<String, Value>, private_key: &PrivateKey) -> String {
-    hex_sha1(&json_string_to_sign(object, private_key))
-}
-
-/// One value's text in JSON mode (see [`json_string_to_sign`]).
-fn json_value_text(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => {}
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&number_text(n)),
-        Value::String(s) => out.push_str(s),
-        Value::Array(items) => items.iter().for_each(|item| json_value_text(out, item)),
-        Value::Object(map) => {
-            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
-            for (k, v) in sorted {
-                out.push_str(k);
-                json_value_text(out, v);
-            }
-        }
-    }
 }
 
 /// Add `PublicKey` and `Signature` to `params`, in place.
@@ -275,25 +237,6 @@ mod tests {
     fn widened_f32_keeps_its_digits() {
         let p = flatten(&obj(json!({"f": f64::from(42.1f32)})));
         assert_eq!(p["f"], "42.099998474121094");
-    }
-
-    #[test]
-    fn json_mode_go_vector() {
-        // The JSON-mode part of the Go `TestSign` vector: arrays without indices, nested maps
-        // as sorted k+v, integral floats without a fraction.
-        let m = obj(json!({
-            "map": {"foo": "bar"}, "array": ["foo", "bar"], "arrMap": [{"foo": "bar"}],
-            "arr2": [["foo", "bar"]], "f": 42.0, "b": true, "Signature": "ignored",
-        }));
-        assert_eq!(
-            json_string_to_sign(&m, &PrivateKey::new("k")),
-            "arr2foobararrMapfoobararrayfoobarbtruef42mapfoobark"
-        );
-        let flat = obj(json!({"foo": "bar", "PublicKey": "my_public_key"}));
-        assert_eq!(
-            json_signature(&flat, &PrivateKey::new("my_private_key")),
-            "d4411ab30953fb0bbcb1e7313081f05e4e91a394"
-        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! documented in `docs/simulator.md`.
 
 mod faults;
+pub mod json_mode;
 mod ledger;
 mod scenario;
 mod server;
@@ -120,6 +121,12 @@ impl SimHandle {
                 self.lock().process(&req, plan, sent, Instant::now())
             }
         }
+    }
+
+    /// `StartCompShareInstance`, which the simulator's own tests use to restart an instance
+    /// the way a user would; the teardown engine never starts anything.
+    pub async fn start(&self, target: &crate::api::Target) -> Result<(), ApiError> {
+        self.call("StartCompShareInstance", target.params()).await.map(drop)
     }
 
     /// A transport that signs every call with `credentials` like the HTTP client does and has

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use compshare_teardown::api::sign::{Params, json_signature, sign_in_place};
+use compshare_teardown::api::sign::{Params, sign_in_place};
 use compshare_teardown::api::{
     ApiError, Client, ClientConfig, Cloud, Instance, LockCodes, RetryClass, State, Target, TransportKind, classify,
     describe_all, describe_ids,
 };
 use compshare_teardown::credentials::{Credentials, PrivateKey};
+use compshare_teardown::sim::json_mode::signature as json_signature;
 
 /// Every instance, with the API error (not the listing's) when the first read fails.
 async fn all(c: &impl Cloud) -> Result<Vec<Instance>, ApiError> {

@@ -86,9 +86,6 @@ impl Cloud for Front {
         );
         self.sim.stop(t, force).await
     }
-    async fn start(&self, t: &Target) -> Result<(), ApiError> {
-        self.sim.start(t).await
-    }
     async fn terminate(&self, t: &Target, release: bool) -> Result<TerminateAck, ApiError> {
         self.sim.terminate(t, release).await
     }

@@ -483,9 +483,6 @@ async fn a_refusal_caused_by_a_race_is_looked_at_again() {
         async fn stop(&self, t: &Target, force: bool) -> Result<(), ApiError> {
             self.sim.stop(t, force).await
         }
-        async fn start(&self, t: &Target) -> Result<(), ApiError> {
-            self.sim.start(t).await
-        }
         async fn terminate(&self, t: &Target, release: bool) -> Result<TerminateAck, ApiError> {
             self.terminates.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             if self.refuse_all {

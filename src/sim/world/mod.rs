@@ -24,9 +24,10 @@ use super::faults::{Dice, HTML_502, HTML_503};
 use super::ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
 use super::scenario::{DEFAULT_ZONES, Faults, LockHold, Scenario, ScenarioInstance, generate_rows, rng_for};
 use crate::api::error::LOCK_MARKER;
-use crate::api::sign::{Params, json_signature, signature};
+use crate::api::sign::{Params, signature};
 use crate::api::{Instance, State};
 use crate::credentials::PrivateKey;
+use crate::sim::json_mode::signature as json_signature;
 
 /// RetCodes the world answers with (common codes from the official table, reference §3.4;
 /// product codes chosen where the real number is unpublished).
