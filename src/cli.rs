@@ -221,8 +221,8 @@ pub struct RunArgs {
     /// How long to retry through the operation lock (its TTL is 10m), counted from the first refusal, with a last attempt at its end; up to 1d [default: 11m]
     #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT))]
     pub lock_wait: Option<Duration>,
-    /// Time limit for each instance, counted from the start of the run (all start together),
-    /// 1s to 7d [default: 30m]
+    /// Time limit for each instance, counted from the start of the run without the time it
+    /// waited in the tool's own queue (concurrency, request pace), 1s to 7d [default: 30m]
     #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
     pub instance_timeout: Option<Duration>,
     /// Time limit for the whole run, 1s to 7d

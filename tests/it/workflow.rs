@@ -760,6 +760,31 @@ async fn the_last_lock_attempt_is_made_at_the_end_of_the_budget() {
     assert!(stops.len() >= 10, "attempts at {stops:?}");
 }
 
+/// The instance timeout is each instance's own: a batch that takes far longer than the
+/// timeout only because its calls queue behind a low request rate still finishes, since the
+/// wait in the tool's queue is not counted against the instances at the back.
+#[tokio::test(start_paused = true)]
+async fn the_queue_does_not_eat_the_instance_timeout() {
+    let sim = world(40, 130, Faults::default());
+    let ids = sim.ids();
+    for id in &ids {
+        sim.set_state(id, State::Running);
+    }
+    let s = Settings {
+        rate: 2,
+        instance_timeout: Duration::from_secs(30),
+        ..settings()
+    };
+    let started = tokio::time::Instant::now();
+    let report = teardown(&sim, ids.clone(), s, Controls::default()).await;
+    // 80 calls and the looks between them at 2 a second: far beyond the 30 s timeout, so the
+    // test would time out the instances at the back if the queue counted.
+    let took = started.elapsed();
+    assert!(took > Duration::from_secs(45), "took {took:?}");
+    all_gone(&report, &sim);
+    assert_safe(&sim.snapshot(), &ids);
+}
+
 /// Terminates queued behind the pace go stale and look again right before sending: they
 /// share Describes instead of one each.
 #[tokio::test(start_paused = true)]

@@ -38,6 +38,7 @@ impl<C: Cloud + 'static> Runner<C> {
         self.trackers[i].status = Status::Calling;
         self.trackers[i].decided_on = Some(decided_on);
         self.trackers[i].acted = true;
+        self.trackers[i].waiting_since = Some(Instant::now());
         tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
         self.ctl.observer.activity(&id, &Activity::Calling(call));
         let cloud = Arc::clone(&self.cloud);
@@ -94,6 +95,13 @@ impl<C: Cloud + 'static> Runner<C> {
     )]
     pub(super) fn on_called(&mut self, i: usize, call: Call, sent: Sent) {
         let now = Instant::now();
+        // The wait for a slot and the pace is the tool's, not the instance's: it does not
+        // count against the instance timeout (see `Runner::limit`).
+        let left = match &sent {
+            Sent::Answer(_, sent_at) => *sent_at,
+            Sent::Halted | Sent::Stale(_) => now,
+        };
+        self.left_queue(i, left);
         let (result, sent_at) = match sent {
             Sent::Answer(result, sent_at) => {
                 self.trackers[i].calls += 1;

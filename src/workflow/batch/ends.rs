@@ -8,7 +8,7 @@ impl<C: Cloud + 'static> Runner<C> {
     /// A retry planned past the instance timeout is brought forward to just before it, so the
     /// budget the user gave ends with a last attempt rather than with a wait.
     pub(super) fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
-        let limit = self.started + self.settings.instance_timeout;
+        let limit = self.limit(i);
         let last_chance = limit.checked_sub(self.settings.min_poll()).unwrap_or(limit);
         // Only once: an attempt already at (or past) the last chance waits out the timeout.
         let due = if due > last_chance && last_chance > Instant::now() {

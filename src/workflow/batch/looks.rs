@@ -58,10 +58,12 @@ impl<C: Cloud + 'static> Runner<C> {
     /// One ID-filtered Describe for up to 100 instances.
     pub(super) fn describe(&mut self, idxs: Vec<usize>, region: Option<String>) {
         let ids: Vec<String> = idxs.iter().map(|&i| self.trackers[i].id.clone()).collect();
+        let now = Instant::now();
         for &i in &idxs {
             if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
                 *describing = true;
             }
+            self.trackers[i].waiting_since = Some(now);
         }
         self.count("DescribeCompShareInstance");
         let cloud = Arc::clone(&self.cloud);
@@ -96,6 +98,7 @@ impl<C: Cloud + 'static> Runner<C> {
             if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
                 *describing = false;
             }
+            self.left_queue(i, sent_at);
         }
         let (rows, total) = match result {
             Ok(answer) => answer,

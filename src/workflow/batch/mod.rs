@@ -144,6 +144,11 @@ struct Tracker {
     /// Absent looks in a row, and when the first of them was sent (see [`absence`]).
     absent_looks: u32,
     absent_since: Instant,
+    /// Since when its call or look has waited in the tool's own queue (a slot, the pace), and
+    /// how long its calls and looks have waited there in all: that time does not count
+    /// against the instance's `--instance-timeout` (see [`Runner::limit`]).
+    waiting_since: Option<Instant>,
+    queued: Duration,
 }
 
 /// What became of a queued call.
@@ -236,6 +241,8 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
             acted: false,
             absent_looks: 0,
             absent_since: now,
+            waiting_since: None,
+            queued: Duration::ZERO,
         })
         .collect();
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
@@ -371,18 +378,36 @@ impl<C: Cloud + 'static> Runner<C> {
             tracing::warn!("deadline reached: starting nothing new");
             self.halt = Some(Halt::Deadline);
         }
-        let timed_out = now >= self.started + self.settings.instance_timeout;
         for i in 0..self.trackers.len() {
             let t = &self.trackers[i];
             if !matches!(t.status, Status::Observe { .. }) {
                 continue;
             }
             let phase = t.mem.phase;
+            // A look still on its way is let finish: how long it queued is known with its answer.
+            let timed_out = t.waiting_since.is_none() && now >= self.limit(i);
             match self.halted(phase) {
                 Some(outcome) => self.finish(i, outcome),
                 None if timed_out => self.finish(i, Outcome::TimedOut { phase }),
                 None => {}
             }
+        }
+    }
+
+    /// When instance `i` times out: `--instance-timeout` after the run started, plus the time
+    /// its calls and looks waited in the tool's own queue (a free slot, the request pace).
+    /// Every instance is watched from the start, so without a queue this is the same limit
+    /// for all; with one (a large batch under a low rate limit) the last in line still get
+    /// the whole timeout for the platform's part of the work.
+    fn limit(&self, i: usize) -> Instant {
+        self.started + self.settings.instance_timeout + self.trackers[i].queued
+    }
+
+    /// Instance `i`'s call or look has left the queue at `left` (or never will: `left` is now).
+    fn left_queue(&mut self, i: usize, left: Instant) {
+        let t = &mut self.trackers[i];
+        if let Some(since) = t.waiting_since.take() {
+            t.queued += left.saturating_duration_since(since);
         }
     }
 
@@ -398,11 +423,14 @@ impl<C: Cloud + 'static> Runner<C> {
         }
         // Only limits still ahead: once one has passed, what remains is calls in flight, and
         // their answers wake the loop (a past limit here would wake it at once, forever).
-        let limits = [
-            self.settings.deadline.map(|d| self.started + d),
-            Some(self.started + self.settings.instance_timeout),
-        ];
-        for at in limits.into_iter().flatten() {
+        let deadline = self.settings.deadline.map(|d| self.started + d);
+        let timeouts = (0..self.trackers.len())
+            .filter(|&i| {
+                let t = &self.trackers[i];
+                matches!(t.status, Status::Observe { .. }) && t.waiting_since.is_none()
+            })
+            .map(|i| self.limit(i));
+        for at in deadline.into_iter().chain(timeouts) {
             if at > now {
                 wake = wake.min(at);
             }
