@@ -53,7 +53,8 @@ fn main() -> ExitCode {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
         .max(1);
-    let bar = if std::io::stderr().is_terminal() {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
         let b = indicatif::ProgressBar::new(count);
         b.set_style(
             indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} seeds, {msg} [{elapsed} < {eta}]")
@@ -88,6 +89,15 @@ fn main() -> ExitCode {
                         bar.set_message(format!("{} failed", f.len()));
                     }
                     bar.inc(1);
+                    // Off a terminal (a log, a CI job), a line per percent instead of the bar.
+                    let done = n + 1;
+                    if !terminal && count >= 100 && done.is_multiple_of(count / 100) {
+                        let failed = failed.lock().expect("not poisoned").len();
+                        eprintln!(
+                            "{done}/{count} seeds, {failed} failed, {:.0} s",
+                            wall.elapsed().as_secs_f64()
+                        );
+                    }
                 }
             });
         }
