@@ -1,0 +1,259 @@
+//! The journal: an append-only JSON-lines record of every decision and every call result,
+//! flushed before and after each mutating call, from which `run --resume` rebuilds where each
+//! instance stood after a crash or kill.
+//!
+//! Resume ([`replay`]) rebuilds memory with the same `after_call` the run used. A call whose intent was
+//! written but whose result was not counts as [`Effect::Unsure`]: it may have reached the API,
+//! so an accepted Terminate is never repeated blindly.
+//!
+//! Durability: the start line and every `call` line are written *and synced to disk*
+//! (`fdatasync`) before the call is sent, so even a power loss cannot lose the record of a
+//! call that may have reached the API. Other lines are flushed to the OS only: losing one
+//! costs a repeated look, never a repeated call.
+//!
+//! Trust: a journal decides what a resumed run tears down, so its start line carries the
+//! account it was made for (endpoint, project, public-key fingerprint) and a SHA-1 checksum
+//! over the selection; [`replay`] checks both, and checks the IDs like the command line does.
+//! A torn last line (a crash mid-write) is repaired when the journal is reopened.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::machine::{Call, Effect};
+use super::outcome::Outcome;
+use crate::credentials::{Account, sha1_hex};
+use crate::textfile;
+
+mod replay;
+
+pub use replay::{Resume, replay};
+
+/// Version of the journal format (2: the start line carries `account` and `checksum`).
+pub const JOURNAL_VERSION: u32 = 2;
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Entry {
+    /// The selection and the options that change what happens to it.
+    Start {
+        version: u32,
+        ids: Vec<String>,
+        release_udisk: bool,
+        force_stop: bool,
+        resumed: bool,
+    },
+    /// A decision taken on a fresh observation.
+    Decision {
+        id: String,
+        state: Option<String>,
+        phase: super::machine::Phase,
+        decision: String,
+    },
+    /// About to send a mutating call (written and flushed before sending).
+    Call {
+        id: String,
+        call: Call,
+        region: String,
+        zone: String,
+    },
+    /// The answer to that call (written and flushed on receipt).
+    Result {
+        id: String,
+        call: Call,
+        effect: Effect,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The instance's final outcome in this run.
+    Outcome { id: String, outcome: Outcome },
+}
+
+/// Why a journal could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    // `error`, not `source`: the message already says it, and a chained source would print
+    // the OS error twice.
+    #[error("journal {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("journal {path}, line {line}: {detail}")]
+    Malformed { path: String, line: usize, detail: String },
+    #[error("journal {path} has no start line: nothing to resume")]
+    NoStart { path: String },
+    #[error("journal {path}: {detail}")]
+    Unreadable { path: String, detail: String },
+}
+
+/// An open journal.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    /// Lines left before writes fail, for crash tests (`None` = unlimited).
+    budget: Option<usize>,
+    /// Stamped on the start line.
+    account: Account,
+    /// This run's start line is written (by [`Journal::begin`]).
+    started: bool,
+    /// Lines synced to disk so far.
+    synced: usize,
+}
+
+impl Journal {
+    /// Open for appending (creating it if needed). A torn last line left by a crash is
+    /// repaired first, with a warning, so the next line does not get glued onto it.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.display().to_string(),
+            error: source,
+        };
+        if path.is_dir() {
+            return Err(io(std::io::Error::other("is a directory")));
+        }
+        let created = !path.exists();
+        let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        if created {
+            // A new file's name lives in its directory: sync that too, or a power loss could
+            // lose the whole journal along with the synced lines in it.
+            #[cfg(unix)]
+            if let Some(dir) = path
+                .parent()
+                .map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d })
+            {
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            }
+        }
+        let mut journal = Journal {
+            path: path.to_path_buf(),
+            file,
+            budget: None,
+            account: Account::default(),
+            started: false,
+            synced: 0,
+        };
+        journal.repair()?;
+        Ok(journal)
+    }
+
+    /// Open, and write and sync this run's start line before anything is sent: a journal that
+    /// cannot be written stops the run here, with nothing changed. The runner's own start
+    /// line is then not written again.
+    pub fn begin(path: &Path, account: &Account, start: &Entry) -> Result<Journal, JournalError> {
+        let mut journal = Journal::open(path)?;
+        journal.account = account.clone();
+        journal.write(start)?;
+        journal.started = matches!(start, Entry::Start { .. });
+        Ok(journal)
+    }
+
+    /// Cut a torn last line (or end a complete one that lost its newline).
+    fn repair(&mut self) -> Result<(), JournalError> {
+        let io = |source| JournalError::Io {
+            path: self.path.display().to_string(),
+            error: source,
+        };
+        // Only a regular file can hold a torn line (and reading a device could never end).
+        if !std::fs::metadata(&self.path).is_ok_and(|m| m.is_file()) {
+            return Ok(());
+        }
+        let bytes = match textfile::read_bytes(&self.path, textfile::JOURNAL_FILE) {
+            Ok(b) => b,
+            Err(textfile::TextFileError::Io(e)) => return Err(io(e)),
+            Err(e) => {
+                return Err(JournalError::Unreadable {
+                    path: self.path.display().to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        if bytes.last().is_none_or(|b| *b == b'\n') {
+            return Ok(());
+        }
+        let cut = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if serde_json::from_slice::<Entry>(&bytes[cut..]).is_ok() {
+            self.file
+                .write_all(b"\n")
+                .and_then(|()| self.file.sync_data())
+                .map_err(io)?;
+        } else {
+            self.file
+                .set_len(cut as u64)
+                .and_then(|()| self.file.sync_data())
+                .map_err(io)?;
+            tracing::warn!(
+                "journal {}: removed a torn last line ({} bytes) left by an interrupted write",
+                self.path.display(),
+                bytes.len() - cut
+            );
+        }
+        Ok(())
+    }
+
+    /// Make every write after the first `lines` fail, as if the process had died there: the
+    /// crash-and-resume tests cut a run's journal at every line this way.
+    #[must_use]
+    pub fn fail_after(mut self, lines: usize) -> Journal {
+        self.budget = Some(lines);
+        self
+    }
+
+    /// Append one entry and flush it to the OS (it survives a kill of this process); the
+    /// start line and call intents are also synced to disk (they survive a power loss).
+    pub fn write(&mut self, entry: &Entry) -> Result<(), JournalError> {
+        if self.started && matches!(entry, Entry::Start { .. }) {
+            return Ok(());
+        }
+        if let Some(left) = self.budget.as_mut() {
+            if *left == 0 {
+                let source = std::io::Error::other("simulated crash");
+                return Err(JournalError::Io {
+                    path: self.path.display().to_string(),
+                    error: source,
+                });
+            }
+            *left -= 1;
+        }
+        let mut line = match entry {
+            Entry::Start { .. } => start_line(entry, &self.account),
+            _ => serde_json::to_vec(entry).expect("journal entries serialize"),
+        };
+        line.push(b'\n');
+        let durable = matches!(entry, Entry::Start { .. } | Entry::Call { .. });
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.flush())
+            .and_then(|()| if durable { self.file.sync_data() } else { Ok(()) })
+            .map_err(|source| JournalError::Io {
+                path: self.path.display().to_string(),
+                error: source,
+            })?;
+        self.synced += usize::from(durable);
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A start line as written: the entry, the account, and a checksum over both.
+fn start_line(entry: &Entry, account: &Account) -> Vec<u8> {
+    let mut value = stamped(entry, account);
+    let sum = sha1_hex(&serde_json::to_vec(&value).expect("serializes"));
+    value.insert("checksum".into(), sum.into());
+    serde_json::to_vec(&value).expect("serializes")
+}
+
+/// The start entry with its account, as the checksum covers it.
+fn stamped(entry: &Entry, account: &Account) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(mut map) = serde_json::to_value(entry).expect("serializes") else {
+        unreachable!("a tagged enum serializes to an object");
+    };
+    map.insert("account".into(), serde_json::to_value(account).expect("serializes"));
+    map
+}
+
+#[cfg(test)]
+mod tests;
