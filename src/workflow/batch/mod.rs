@@ -449,3 +449,6 @@ fn throttle_gap(rng: &mut StdRng) -> Duration {
 fn round(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,378 @@
+//! The driver's parts, each against a scripted [`Cloud`] whose answers the test writes call by
+//! call (the whole-world tests in `tests/it` run the same driver against the simulator):
+//! looks (`looks.rs`), calls (`calls.rs`), and the loop and ends (`mod.rs`, `ends.rs`).
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::api::DescribePage;
+
+/// What the scripted cloud holds true: the state of each instance, and when an instance
+/// whose deletion was accepted stops being listed.
+#[derive(Default)]
+struct Truth {
+    states: HashMap<String, State>,
+    gone_at: HashMap<String, Instant>,
+}
+
+impl Truth {
+    fn listed(&self, id: &str, now: Instant) -> bool {
+        self.states.contains_key(id) && self.gone_at.get(id).is_none_or(|at| now < *at)
+    }
+}
+
+/// A call as the scripted cloud received it: when (since the script was made), which verb,
+/// for which IDs.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Duration,
+    verb: &'static str,
+    ids: Vec<String>,
+}
+
+/// The `n`-th call (0-based) of a verb, with the truth to read or change.
+type Hook<T> = Box<dyn Fn(&mut Truth, &Target, usize) -> Result<T, ApiError> + Send + Sync>;
+type DescribeHook = Box<dyn Fn(&Truth, &DescribeQuery, usize) -> Result<DescribePage, ApiError> + Send + Sync>;
+
+/// A [`Cloud`] whose answers are written by the test. By default Stop stops at once,
+/// Terminate deletes at once, and Describe lists every requested instance that exists with
+/// an honest `TotalCount`.
+struct Scripted {
+    made: Instant,
+    truth: Mutex<Truth>,
+    log: Mutex<Vec<Received>>,
+    stop: Hook<()>,
+    terminate: Hook<TerminateAck>,
+    describe: DescribeHook,
+    /// How long Stop takes to answer.
+    stop_delay: Duration,
+}
+
+const STOP: &str = "Stop";
+const TERMINATE: &str = "Terminate";
+const DESCRIBE: &str = "Describe";
+
+fn row(id: &str, state: State) -> Instance {
+    Instance {
+        uhost_id: id.to_owned(),
+        name: format!("name-of-{id}"),
+        state,
+        region: "cn-wlcb".to_owned(),
+        zone: "cn-wlcb-01".to_owned(),
+        charge_type: "Postpay".to_owned(),
+        ..Instance::default()
+    }
+}
+
+fn honest(truth: &Truth, q: &DescribeQuery) -> DescribePage {
+    let now = Instant::now();
+    let rows: Vec<Instance> = q
+        .ids
+        .iter()
+        .filter(|id| truth.listed(id, now))
+        .map(|id| row(id, truth.states[id].clone()))
+        .collect();
+    DescribePage {
+        total_count: Some(i64::try_from(rows.len()).unwrap_or(i64::MAX)),
+        uhost_set: rows,
+    }
+}
+
+fn retcode(action: &str, code: i64, message: &str) -> ApiError {
+    ApiError::RetCode {
+        action: action.to_owned(),
+        code,
+        message: message.to_owned(),
+        request_id: Some("req-1".to_owned()),
+    }
+}
+
+impl Scripted {
+    fn new(rows: &[(&str, State)]) -> Scripted {
+        let truth = Truth {
+            states: rows.iter().map(|(id, s)| ((*id).to_owned(), s.clone())).collect(),
+            gone_at: HashMap::new(),
+        };
+        Scripted {
+            made: Instant::now(),
+            truth: Mutex::new(truth),
+            log: Mutex::new(Vec::new()),
+            stop: Box::new(|t, target, _| {
+                t.states.insert(target.uhost_id.clone(), State::Stopped);
+                Ok(())
+            }),
+            terminate: Box::new(|t, target, _| {
+                t.gone_at.insert(target.uhost_id.clone(), Instant::now());
+                Ok(TerminateAck::default())
+            }),
+            describe: Box::new(|t, q, _| Ok(honest(t, q))),
+            stop_delay: Duration::ZERO,
+        }
+    }
+
+    /// Log the call; its number among calls of the same verb.
+    fn receive(&self, verb: &'static str, ids: Vec<String>) -> usize {
+        let mut log = self.log.lock().expect("not poisoned");
+        let n = log.iter().filter(|r| r.verb == verb).count();
+        log.push(Received {
+            at: self.made.elapsed(),
+            verb,
+            ids,
+        });
+        n
+    }
+
+    /// A hook that panics (on purpose) poisons the lock; the truth is still sound.
+    fn truth(&self) -> std::sync::MutexGuard<'_, Truth> {
+        self.truth.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn calls(&self, verb: &str) -> Vec<Received> {
+        let log = self.log.lock().expect("not poisoned");
+        log.iter().filter(|r| r.verb == verb).cloned().collect()
+    }
+}
+
+impl Cloud for Scripted {
+    async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+        let n = self.receive(DESCRIBE, q.ids.clone());
+        let truth = self.truth();
+        (self.describe)(&truth, q, n)
+    }
+
+    async fn stop(&self, target: &Target, _force: bool) -> Result<(), ApiError> {
+        let n = self.receive(STOP, vec![target.uhost_id.clone()]);
+        tokio::time::sleep(self.stop_delay).await;
+        let mut truth = self.truth();
+        (self.stop)(&mut truth, target, n)
+    }
+
+    async fn terminate(&self, target: &Target, _release: bool) -> Result<TerminateAck, ApiError> {
+        let n = self.receive(TERMINATE, vec![target.uhost_id.clone()]);
+        let mut truth = self.truth();
+        (self.terminate)(&mut truth, target, n)
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        jitter_seed: Some(3),
+        ..Settings::default()
+    }
+}
+
+async fn drive(cloud: &Arc<Scripted>, ids: &[&str], settings: Settings, ctl: Controls) -> Report {
+    let ids = ids.iter().map(|s| (*s).to_owned()).collect();
+    run(Arc::clone(cloud), ids, settings, ctl).await
+}
+
+fn outcome<'a>(report: &'a Report, id: &str) -> &'a Outcome {
+    &report
+        .instances
+        .iter()
+        .find(|i| i.uhost_id == id)
+        .expect("every instance is in the report")
+        .outcome
+}
+
+fn confirmed(o: &Outcome) -> bool {
+    matches!(o, Outcome::Terminated { confirmed: true, .. })
+}
+
+// --- looks.rs: batched Describes and the absence rule -------------------------------------
+
+/// The first tick looks at every instance in chunks of at most 100, each instance once.
+#[tokio::test(start_paused = true)]
+async fn the_first_looks_go_in_chunks_of_a_hundred() {
+    let ids: Vec<String> = (0..250).map(|i| format!("uhost-{i:03}")).collect();
+    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Stopped)).collect();
+    let cloud = Arc::new(Scripted::new(&rows));
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let report = drive(&cloud, &names, settings(), Controls::default()).await;
+    let describes = cloud.calls(DESCRIBE);
+    let first: Vec<&Received> = describes.iter().filter(|r| r.at == describes[0].at).collect();
+    let mut sizes: Vec<usize> = first.iter().map(|r| r.ids.len()).collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [50, 100, 100]);
+    let mut asked: Vec<&String> = first.iter().flat_map(|r| &r.ids).collect();
+    asked.sort();
+    asked.dedup();
+    assert_eq!(asked.len(), 250, "each instance once");
+    assert!(report.instances.iter().all(|i| confirmed(&i.outcome)));
+    assert_eq!(cloud.calls(TERMINATE).len(), 250);
+    assert!(cloud.calls(STOP).is_empty(), "already stopped");
+}
+
+/// An answer that carries fewer rows than its `TotalCount` says it matched is not a look: an
+/// instance missing from twenty such answers (more than the most looks the absence rule ever
+/// asks for) is still there, and is torn down once it shows.
+#[tokio::test(start_paused = true)]
+async fn a_short_answer_that_says_so_is_not_a_look() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.describe = Box::new(|t, q, n| {
+        let mut page = honest(t, q);
+        if n < 20 {
+            page.uhost_set.clear(); // the row is dropped, the count still admits it
+        }
+        Ok(page)
+    });
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
+    assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    assert_eq!(cloud.calls(STOP).len(), 1);
+    assert_eq!(cloud.calls(TERMINATE).len(), 1);
+}
+
+/// An instance no answer lists is gone only after five looks spread over a poll interval,
+/// and nothing is sent for it.
+#[tokio::test(start_paused = true)]
+async fn absence_without_our_terminate_takes_five_looks_over_a_poll_interval() {
+    let cloud = Arc::new(Scripted::new(&[]));
+    let s = settings();
+    let poll = s.poll_interval;
+    let report = drive(&cloud, &["uhost-a"], s, Controls::default()).await;
+    assert_eq!(outcome(&report, "uhost-a"), &Outcome::AlreadyGone);
+    let describes = cloud.calls(DESCRIBE);
+    assert!(describes.len() >= absence::UNEXPECTED_LOOKS as usize, "{describes:?}");
+    let span = describes[describes.len() - 1].at.saturating_sub(describes[0].at);
+    assert!(span >= poll, "looked for {span:?} only");
+    assert!(cloud.calls(STOP).is_empty() && cloud.calls(TERMINATE).is_empty());
+}
+
+// --- calls.rs: what each answer to a Stop or Terminate means ---------------------------------
+
+/// A Stop refused by the operation lock is tried again, further apart each time, until the
+/// lock lifts; then the teardown goes on as usual.
+#[tokio::test(start_paused = true)]
+async fn a_locked_stop_is_tried_again_until_the_lock_lifts() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.stop = Box::new(|t, target, n| {
+        if n < 3 {
+            return Err(retcode("StopCompShareInstance", 8903, "InstanceOperationInProgress"));
+        }
+        t.states.insert(target.uhost_id.clone(), State::Stopped);
+        Ok(())
+    });
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
+    assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    let stops: Vec<Duration> = cloud.calls(STOP).iter().map(|r| r.at).collect();
+    assert_eq!(stops.len(), 4, "{stops:?}");
+    let gaps: Vec<Duration> = stops.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    assert!(gaps.windows(2).all(|g| g[1] > g[0]), "gaps {gaps:?}");
+    assert_eq!(cloud.calls(TERMINATE).len(), 1);
+}
+
+/// A Terminate whose answer is lost may have been accepted: while the instance is still
+/// listed (deleting) within the settle time, it is not sent again.
+#[tokio::test(start_paused = true)]
+async fn a_lost_terminate_answer_is_not_sent_again_while_the_instance_settles() {
+    let mut script = Scripted::new(&[("uhost-a", State::Stopped)]);
+    script.terminate = Box::new(|t, target, _| {
+        // Accepted, still listed for 20 s, and the answer never arrives.
+        t.gone_at
+            .insert(target.uhost_id.clone(), Instant::now() + Duration::from_secs(20));
+        Err(ApiError::Transport {
+            action: "TerminateCompShareInstance".to_owned(),
+            kind: crate::api::TransportKind::Closed,
+            detail: "connection reset".to_owned(),
+        })
+    });
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
+    assert_eq!(cloud.calls(TERMINATE).len(), 1);
+    assert!(outcome(&report, "uhost-a").is_gone(), "{report:?}");
+}
+
+/// Throttled calls are tried again without spending the retry budget, and the run says how
+/// often the API pushed back.
+#[tokio::test(start_paused = true)]
+async fn throttled_stops_go_through_in_the_end() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.stop = Box::new(|t, target, n| {
+        if n < 10 {
+            return Err(retcode("StopCompShareInstance", 153, "request too frequent"));
+        }
+        t.states.insert(target.uhost_id.clone(), State::Stopped);
+        Ok(())
+    });
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
+    assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    assert_eq!(cloud.calls(STOP).len(), 11);
+    assert_eq!(report.summary.throttled, 10);
+    assert!(report.summary.pace.throttles >= 10, "{:?}", report.summary.pace);
+}
+
+// --- mod.rs and ends.rs: the loop, halts and how instances end -------------------------------
+
+/// A call task that panics fails its own instance with the panic message; the others finish
+/// and the run ends.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_call_fails_only_its_instance() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running), ("uhost-b", State::Running)]);
+    script.stop = Box::new(|t, target, _| {
+        assert!(target.uhost_id != "uhost-a", "injected failure");
+        t.states.insert(target.uhost_id.clone(), State::Stopped);
+        Ok(())
+    });
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a", "uhost-b"], settings(), Controls::default()).await;
+    match outcome(&report, "uhost-a") {
+        Outcome::Failed { error, .. } => {
+            assert_eq!(error, "internal error: an API task panicked: injected failure");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(confirmed(outcome(&report, "uhost-b")), "{report:?}");
+}
+
+/// Interrupted before anything was sent: every instance ends `interrupted`, and no Stop or
+/// Terminate leaves.
+#[tokio::test(start_paused = true)]
+async fn an_interrupt_before_the_first_call_sends_nothing() {
+    let cloud = Arc::new(Scripted::new(&[
+        ("uhost-a", State::Running),
+        ("uhost-b", State::Stopped),
+    ]));
+    let ctl = Controls::default();
+    ctl.cancel.cancel();
+    let report = drive(&cloud, &["uhost-a", "uhost-b"], settings(), ctl).await;
+    for i in &report.instances {
+        assert!(matches!(i.outcome, Outcome::Interrupted { .. }), "{i:?}");
+    }
+    assert!(cloud.calls(STOP).is_empty() && cloud.calls(TERMINATE).is_empty());
+}
+
+/// At the deadline a call in flight is let finish; the instance then ends `timed_out`, the
+/// run ends with that answer, and nothing is sent after the deadline.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_lets_a_call_in_flight_finish_and_sends_nothing_after() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.stop_delay = Duration::from_secs(20);
+    let cloud = Arc::new(script);
+    let s = Settings {
+        deadline: Some(Duration::from_secs(5)),
+        ..settings()
+    };
+    let started = Instant::now();
+    let report = drive(&cloud, &["uhost-a"], s, Controls::default()).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(outcome(&report, "uhost-a"), Outcome::TimedOut { .. }),
+        "{report:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(20) && took < Duration::from_secs(21),
+        "took {took:?}"
+    );
+    let late: Vec<Received> = cloud
+        .log
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .filter(|r| r.at > Duration::from_secs(5))
+        .cloned()
+        .collect();
+    assert!(late.is_empty(), "sent after the deadline: {late:?}");
+}
