@@ -86,7 +86,10 @@ fn sample(pid: u32) -> Option<(u64, f64)> {
     let rest = stat.rsplit_once(") ")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and small integers far below 2^52 convert to f64 exactly"
+    )]
     Some((hwm, ticks as f64 / 100.0))
 }
 
@@ -147,8 +150,11 @@ fn main() {
     }
 }
 
-// A benchmark measures the real world: wall-clock time and real sleeps between /proc samples.
-#[allow(clippy::disallowed_methods, clippy::too_many_lines)]
+#[expect(
+    clippy::disallowed_methods,
+    clippy::too_many_lines,
+    reason = "A benchmark measures the real world: wall-clock time and real sleeps between /proc samples."
+)]
 fn row(a: &Args) {
     let mut scenario = match a.time_scale {
         Some(scale) => {
@@ -236,7 +242,10 @@ fn row(a: &Args) {
     for c in &state.calls {
         *calls.entry(c.action.replace("CompShareInstance", "")).or_default() += 1;
     }
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and small integers far below 2^52 convert to f64 exactly"
+    )]
     let n = a.instances as f64;
     println!("instances           {}", a.instances);
     println!(
@@ -247,11 +256,17 @@ fn row(a: &Args) {
         "wall time           {wall:.2} s (lower bound {lower:.2} s: stop + terminate; ratio {:.2})",
         wall / lower
     );
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and small integers far below 2^52 convert to f64 exactly"
+    )]
     let total: f64 = calls.values().sum::<usize>() as f64;
     println!("API calls/instance  {:.2} total", total / n);
     for (action, count) in &calls {
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "counts and small integers far below 2^52 convert to f64 exactly"
+        )]
         let per = *count as f64 / n;
         println!("  {action:<18}{per:.3} ({count})");
     }
@@ -275,7 +290,10 @@ fn row(a: &Args) {
         .count();
     if let (Some(first), Some(last_at)) = (state.calls.first(), state.calls.last()) {
         let span = last_at.at_secs - first.at_secs;
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "counts and small integers far below 2^52 convert to f64 exactly"
+        )]
         let rate = admitted.len() as f64 / span;
         print!("gateway             {rate:.1} req/s let through over {span:.1} s");
         if a.limit > 0 {
@@ -296,7 +314,10 @@ fn row(a: &Args) {
                 .filter(inside)
                 .filter(|c| c.fault.as_deref() == Some("rate_limit"))
                 .count();
-            #[allow(clippy::cast_precision_loss)]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "counts and small integers far below 2^52 convert to f64 exactly"
+            )]
             let through = (all - refused) as f64 / 2.0;
             if raised {
                 through >= 0.8 * f64::from(to)
@@ -314,7 +335,10 @@ fn row(a: &Args) {
         }
     }
     println!("pace                {}", report["summary"]["pace"]);
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and small integers far below 2^52 convert to f64 exactly"
+    )]
     let rss_mb = last.0 as f64 / 1024.0;
     println!("peak RSS            {rss_mb:.1} MiB (tool process)");
     println!("CPU time            {:.2} s (tool process, user+system)", last.1);

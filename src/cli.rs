@@ -50,8 +50,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-// Doc comments are help text: env var names read better without backticks there.
-#[allow(clippy::doc_markdown)]
+#[expect(
+    clippy::doc_markdown,
+    reason = "Doc comments are help text: env var names read better without backticks there."
+)]
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
@@ -89,8 +91,10 @@ pub struct GlobalArgs {
     pub output: Option<OutputFormat>,
 }
 
-// Parsed once per process; boxing the big variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "Parsed once per process; boxing the big variant would buy nothing."
+)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a complete teardown against a built-in simulator (no account needed)
@@ -327,13 +331,13 @@ pub const OLDER_THAN: (Duration, Duration) = (Duration::ZERO, Duration::from_sec
 /// RetCodes are positive 32-bit numbers.
 pub const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
 /// The demo world lives in memory and on a terminal: ten thousand is plenty.
-pub const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
+const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
 /// The simulator's world lives in memory.
-pub const SIM_INSTANCES: (usize, usize) = (0, 100_000);
+const SIM_INSTANCES: (usize, usize) = (0, 100_000);
 /// Seeds: any 64-bit number.
-pub const SEED: (u64, u64) = (0, u64::MAX);
+const SEED: (u64, u64) = (0, u64::MAX);
 /// Simulator time factor: beyond these, latencies overflow or round to nothing.
-pub const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
+const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
 
 /// Check a number against its range; the error names the range.
 pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {

@@ -18,7 +18,7 @@ pub enum LogFormat {
 
 /// Writes log lines to stderr with the bars suspended, so lines land above them.
 #[derive(Clone)]
-pub struct BarWriter {
+struct BarWriter {
     multi: MultiProgress,
 }
 
@@ -41,7 +41,7 @@ impl<'a> MakeWriter<'a> for BarWriter {
 
 /// The default filter: `verbosity` -1 (`-q`) errors only, 0 info (warn while bars are
 /// drawn, since the bars carry the progress), 1 debug, 2+ trace; other crates stay at warn.
-pub fn default_filter(verbosity: i8, bars_visible: bool) -> String {
+fn default_filter(verbosity: i8, bars_visible: bool) -> String {
     let level = match verbosity {
         i8::MIN..=-1 => "error",
         0 if bars_visible => "warn",

@@ -104,7 +104,7 @@ pub fn plan_table(plan: &Plan) -> String {
 /// One line: what the plan does in total. The headline count is [`Plan::acting_ids`], the
 /// same number the confirmation prompt asks for and `--max-count` limits; the parts in
 /// brackets add up to it.
-pub fn plan_summary(plan: &Plan) -> String {
+fn plan_summary(plan: &Plan) -> String {
     let acting = plan.acting_ids().len();
     let count = |a: crate::plan::Action| plan.entries.iter().filter(|e| e.action == a).count();
     let mut parts = vec![

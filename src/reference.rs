@@ -10,8 +10,8 @@ use clap::{Arg, ArgAction, Command, CommandFactory};
 use crate::cli::Cli;
 
 /// The markers around the generated part of `docs/usage.md`.
-pub const BEGIN: &str = "<!-- reference: generated from the clap definitions; do not edit by hand -->";
-pub const END: &str = "<!-- /reference -->";
+const BEGIN: &str = "<!-- reference: generated from the clap definitions; do not edit by hand -->";
+const END: &str = "<!-- /reference -->";
 
 /// Config sections and their keys, as the TOML parser knows them.
 fn config_keys() -> [(&'static str, Vec<String>); 3] {

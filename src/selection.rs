@@ -79,7 +79,7 @@ pub fn read_id_file(path: &str) -> Result<Vec<IdSource>, SelectionError> {
 }
 
 /// The longest line an ID file may have: an ID is at most 64 bytes; a comment can add some.
-pub const MAX_ID_LINE: usize = 1024;
+const MAX_ID_LINE: usize = 1024;
 
 /// Check IDs: none empty, each well-formed, none twice. The prefix is not assumed (`uhost-`,
 /// `cpod-` and others exist).

@@ -97,13 +97,13 @@ impl ApiError {
     }
 
     /// Whether the action can change the world (anything but `Describe*`/`Get*`).
-    pub fn is_mutating(&self) -> bool {
+    fn is_mutating(&self) -> bool {
         is_mutating_action(self.action())
     }
 }
 
 /// Read-only actions are safe to repeat blindly; everything else is not.
-pub fn is_mutating_action(action: &str) -> bool {
+fn is_mutating_action(action: &str) -> bool {
     !(action.starts_with("Describe") || action.starts_with("Get"))
 }
 
@@ -141,7 +141,6 @@ pub const LOCK_MARKER: &str = "InstanceOperationInProgress";
 
 /// Classify an error. Pure: same input, same class.
 // Arms with equal results stay apart: each documents why its codes get that class.
-#[allow(clippy::match_same_arms)]
 pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
     let mutating = error.is_mutating();
     match error {

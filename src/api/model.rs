@@ -128,7 +128,10 @@ pub mod lenient {
     pub fn value_to_i64(v: &Value) -> Option<i64> {
         match v {
             Value::Number(n) => n.as_i64().or_else(|| {
-                #[allow(clippy::cast_possible_truncation)]
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "an integral f64 within range, checked before the cast"
+                )]
                 n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)
             }),
             Value::String(s) => s.trim().parse().ok(),

@@ -20,7 +20,7 @@ pub type Params = BTreeMap<String, String>;
 /// arrays become `Key.0`, `Key.1`…; objects become `Key.Sub`; arrays of objects `Key.N.Sub`;
 /// bools `true`/`false`; numbers in plain decimal (no exponent, no `.0` on integral floats).
 /// Nulls and empty strings are dropped, as the Go SDK does.
-pub fn flatten_into(out: &mut Params, key: &str, value: &Value) {
+fn flatten_into(out: &mut Params, key: &str, value: &Value) {
     match value {
         Value::Null => {}
         Value::Bool(b) => {

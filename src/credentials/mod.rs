@@ -150,8 +150,10 @@ const UCLOUD_CREDENTIAL_SHAPE: &str = r#"[{"profile": "...", "public_key": "..."
 const UCLOUD_CONFIG_SHAPE: &str = r#"[{"profile": "...", "active": true}]"#;
 
 /// Resolve credentials: flag > env > CompShare CLI file > UCloud CLI files, per field.
-// One linear walk down the precedence list reads best as one function.
-#[allow(clippy::too_many_lines, clippy::collapsible_if)]
+#[expect(
+    clippy::too_many_lines,
+    reason = "One linear walk down the precedence list reads best as one function."
+)]
 pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
     let mut looked = vec![
         "--public-key/--private-key".to_owned(),

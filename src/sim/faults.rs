@@ -8,8 +8,10 @@ use super::scenario::Faults;
 
 /// What the dice decided for one call. Every die is rolled on every call, in a fixed order,
 /// so that the sequence of decisions depends only on the seed and the number of calls.
-// Nine independent dice: a bool each is the honest shape.
-#[allow(clippy::struct_excessive_bools)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "Nine independent dice: a bool each is the honest shape."
+)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Dice {
     pub drop: bool,

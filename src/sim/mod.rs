@@ -63,8 +63,10 @@ impl SimHandle {
     }
 
     /// Add or replace a row.
-    // By value by contract: callers build a row and hand it over.
-    #[allow(clippy::needless_pass_by_value)]
+    #[expect(
+        clippy::needless_pass_by_value,
+        reason = "By value by contract: callers build a row and hand it over."
+    )]
     pub fn insert(&self, instance: Instance) {
         self.lock().insert(&instance, Instant::now());
     }

@@ -17,12 +17,12 @@
 use std::time::Duration;
 
 /// Looks needed for an absence we caused, on a gateway that has not dropped a row this run.
-pub const EXPECTED_LOOKS: u32 = 2;
+const EXPECTED_LOOKS: u32 = 2;
 /// Looks needed for any other absence, on a gateway that has not dropped a row this run.
 pub const UNEXPECTED_LOOKS: u32 = 5;
 /// Never more than this many looks: at the highest drop rates worth running against, 16 in a
 /// row are already beyond one in a billion.
-pub const MAX_LOOKS: u32 = 16;
+const MAX_LOOKS: u32 = 16;
 /// The chance of a wrong "gone" the rule accepts per instance, once drops have been seen.
 const RISK: f64 = 1e-9;
 
@@ -53,19 +53,25 @@ pub enum Verdict {
 }
 
 /// How many absent looks in a row prove absence.
-pub fn required_looks(expected: bool, evidence: Evidence) -> u32 {
+fn required_looks(expected: bool, evidence: Evidence) -> u32 {
     let base = if expected { EXPECTED_LOOKS } else { UNEXPECTED_LOOKS };
     if evidence.phantom == 0 {
         return base;
     }
-    // An estimate of the drop rate that leans high (one phantom more than seen).
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "An estimate of the drop rate that leans high (one phantom more than seen)."
+    )]
     let p = (evidence.phantom + 1) as f64 / (evidence.present + evidence.phantom + 1) as f64;
     if p >= 1.0 {
         return MAX_LOOKS;
     }
     let k = (RISK.ln() / p.ln()).ceil();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive finite f64 capped at MAX_LOOKS, checked before the cast"
+    )]
     let k = if k.is_finite() && k > 0.0 {
         k.min(f64::from(MAX_LOOKS)) as u32
     } else {
@@ -75,7 +81,7 @@ pub fn required_looks(expected: bool, evidence: Evidence) -> u32 {
 }
 
 /// The shortest time between the first and the last absent look.
-pub fn min_span(expected: bool, t: Timing) -> Duration {
+fn min_span(expected: bool, t: Timing) -> Duration {
     if expected { t.min_poll } else { t.poll_interval }
 }
 

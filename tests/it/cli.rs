@@ -1378,8 +1378,10 @@ fn snapshot_report_table() {
 /// `run --resume` on the journal then finishes the job without repeating a Stop or Terminate
 /// that was accepted. A new run refuses to reuse the journal.
 #[test]
-// The binary runs in real time in its own process: waiting for it needs the real clock.
-#[allow(clippy::disallowed_methods)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "The binary runs in real time in its own process: waiting for it needs the real clock."
+)]
 fn interrupted_run_reports_everything_and_resumes() {
     let mut scenario = Scenario::generated(6, 31);
     if let Some(g) = scenario.generate.as_mut() {
@@ -1829,8 +1831,10 @@ fn metrics_file_parses_as_prometheus_text() {
 /// A background job that inherited an ignored SIGINT can still be interrupted while the
 /// selection waits on a slow endpoint: exit 130, nothing changed.
 #[test]
-// The binary runs in real time in its own process: waiting for it needs the real clock.
-#[allow(clippy::disallowed_methods)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "The binary runs in real time in its own process: waiting for it needs the real clock."
+)]
 fn an_inherited_ignored_sigint_still_interrupts_the_selection() {
     let w = filter_world();
     // An endpoint that accepts connections and never answers.
@@ -2069,8 +2073,10 @@ fn truthful(w: &World, out: &Out) {
 /// Three teardowns, and two more killed with SIGKILL halfway and resumed from the journal:
 /// nothing is left running, and the exit code is 0 only when everything is gone.
 #[test]
-// The binary runs in real time in its own process: waiting for it needs the real clock.
-#[allow(clippy::disallowed_methods)]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "The binary runs in real time in its own process: waiting for it needs the real clock."
+)]
 fn an_inconsistent_gateway_leaves_nothing_running_even_across_a_kill() {
     let args = |w: &World, extra: &[&str]| {
         let mut a: Vec<String> = ["run", "--yes", "--output", "json", "--max-count", "40"]

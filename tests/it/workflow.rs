@@ -840,7 +840,10 @@ async fn a_gateway_rate_limit_is_found_and_held() {
     assert_safe(&state, &ids);
     let refused = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
     let admitted = state.calls.len() - refused;
-    #[allow(clippy::cast_precision_loss)]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and small integers far below 2^52 convert to f64 exactly"
+    )]
     let rate = admitted as f64 / report.summary.seconds;
     assert!(rate >= 16.0, "{admitted} admitted in {:.1} s", report.summary.seconds);
     // Probing beyond the limit costs some refusals, each a retry a second or two later.

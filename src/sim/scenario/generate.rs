@@ -124,7 +124,10 @@ pub(crate) fn generate_rows(g: &Generate, ttl_secs: f64, rng: &mut StdRng) -> Ve
         }
         let cpu = 16 * gpus;
         let create = EPOCH_NOW - rng.random_range(3_600..90 * 86_400);
-        #[allow(clippy::cast_precision_loss)]
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "counts and small integers far below 2^52 convert to f64 exactly"
+        )]
         let price = (card_price * gpus as f64 * 100.0).round() / 100.0;
         let row = json!({
             "UHostId": id,

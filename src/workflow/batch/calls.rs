@@ -3,8 +3,8 @@
 //! transient, ambiguous, refused).
 
 use super::{
-    Activity, Arc, Call, Cloud, Duration, Effect, Entry, Episode, Event, Halt, Instant, Next, Policy, RetryClass, Rng,
-    Runner, Sent, State, Status, Target, after_call, classify, round, throttle_gap,
+    Activity, ApiError, Arc, Call, Cloud, Duration, Effect, Entry, Episode, Event, Halt, Instant, Next, Policy,
+    RetryClass, Rng, Runner, Sent, State, Status, Target, TerminateAck, after_call, classify, round, throttle_gap,
 };
 
 impl<C: Cloud + 'static> Runner<C> {
@@ -89,10 +89,7 @@ impl<C: Cloud + 'static> Runner<C> {
         });
     }
 
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one answer, every class of it; to be split with the batch driver (issue 9, item 2)"
-    )]
+    /// A call task came back: the call was answered, or never left.
     pub(super) fn on_called(&mut self, i: usize, call: Call, sent: Sent) {
         let now = Instant::now();
         // The wait for a slot and the pace is the tool's, not the instance's: it does not
@@ -102,11 +99,11 @@ impl<C: Cloud + 'static> Runner<C> {
             Sent::Halted | Sent::Stale(_) => now,
         };
         self.left_queue(i, left);
-        let (result, sent_at) = match sent {
+        match sent {
             Sent::Answer(result, sent_at) => {
                 self.trackers[i].calls += 1;
                 self.count(call.action());
-                (result, sent_at)
+                self.on_answer(i, call, result, sent_at);
             }
             Sent::Halted | Sent::Stale(_) => {
                 let error = match sent {
@@ -122,9 +119,15 @@ impl<C: Cloud + 'static> Runner<C> {
                     error: Some(error),
                 });
                 // Look again now (the halt, if any, turns this into the instance's outcome).
-                return self.after_answer(i, now, false);
+                self.after_answer(i, now, false);
             }
-        };
+        }
+    }
+
+    /// The answer to a call that left at `sent_at`: tell the pace, journal the effect,
+    /// update the instance's memory, then go on by the answer's class.
+    fn on_answer(&mut self, i: usize, call: Call, result: Result<Option<TerminateAck>, ApiError>, sent_at: Instant) {
+        let now = Instant::now();
         let class = result.as_ref().err().map(|e| classify(e, &self.settings.lock_codes));
         if class == Some(RetryClass::Throttled) {
             self.pace.throttled(sent_at);
@@ -167,15 +170,21 @@ impl<C: Cloud + 'static> Runner<C> {
             // Halting: no retry; the instance ends interrupted (or timed out) where it stands.
             return self.after_answer(i, now, false);
         }
+        self.on_error(i, &id, e, class.unwrap_or(RetryClass::Fatal));
+    }
+
+    /// A call that was not accepted, by class: when to try again, or why to give up.
+    fn on_error(&mut self, i: usize, id: &str, e: ApiError, class: RetryClass) {
+        let now = Instant::now();
         let jitter: f64 = self.rng.random();
         let t = &mut self.trackers[i];
-        match class.unwrap_or(RetryClass::Fatal) {
+        match class {
             RetryClass::Locked => {
                 let episode = Episode::refused(&mut t.lock_backoff, now);
                 match Policy::lock(self.settings.lock_wait).next(episode, now, jitter) {
                     Next::Retry(d) => {
                         tracing::info!(id = %id, "operation lock held; looking again in {}", humantime::format_duration(round(d)));
-                        self.ctl.observer.activity(&id, &Activity::Locked { retry_in: d });
+                        self.ctl.observer.activity(id, &Activity::Locked { retry_in: d });
                         self.after_answer(i, now + d, true);
                     }
                     Next::GiveUp { waited } => {
@@ -198,7 +207,7 @@ impl<C: Cloud + 'static> Runner<C> {
                     reason: e.to_string(),
                     retry_in: d,
                 };
-                self.ctl.observer.activity(&id, &activity);
+                self.ctl.observer.activity(id, &activity);
                 self.after_answer(i, now + d, true);
             }
             RetryClass::Transient => {
@@ -210,7 +219,7 @@ impl<C: Cloud + 'static> Runner<C> {
                             reason: e.to_string(),
                             retry_in: d,
                         };
-                        self.ctl.observer.activity(&id, &activity);
+                        self.ctl.observer.activity(id, &activity);
                         self.after_answer(i, now + d, true);
                     }
                     Next::GiveUp { waited } => {
