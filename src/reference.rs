@@ -93,14 +93,6 @@ fn help(arg: &Arg) -> String {
         .collect::<Vec<_>>()
         .join(" ")
         .replace('|', "\\|");
-    let env: Vec<String> = arg
-        .get_env()
-        .map(|e| e.to_string_lossy().into_owned())
-        .into_iter()
-        .collect();
-    if !env.is_empty() {
-        let _ = write!(text, " (env `{}`)", env.join("`, `"));
-    }
     let defaults: Vec<String> = arg
         .get_default_values()
         .iter()
