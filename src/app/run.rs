@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::settings::Request;
 use super::source::Source;
-use super::terminal::{BarsHandle, confirm, interrupt_token, interruptible, json, print, spawn_signal_handler};
+use super::terminal::{
+    BarsHandle, can_confirm, confirm, interrupt_token, interruptible, json, print, spawn_signal_handler,
+};
 use super::{CmdResult, Ctx, Exit, Failure, exit_for};
 use crate::api::{Client, Instance};
 use crate::cli::{self, RunArgs};
@@ -100,6 +102,15 @@ impl Ctx {
             Source::Journal(_) => self.fixed_selection_protections(&a.select, "--resume")?,
             Source::SavedPlan(_) => self.fixed_selection_protections(&a.select, "--plan")?,
         };
+        // Without `--yes` a run must ask, so it needs a terminal. Refused after the other
+        // offline checks (a bad input is named first) and before the lock and the API: a cron
+        // job that forgot `--yes` fails the same way (exit 2) every night, also on nights
+        // with nothing to do, and not as a held lock or an API outage.
+        if !a.yes && !can_confirm() {
+            return Err(Failure::Usage(anyhow!(
+                "refusing to run without a terminal to confirm on; pass --yes (nothing was changed)"
+            )));
+        }
         Ok(Prepared {
             source,
             client,

@@ -52,10 +52,15 @@ impl workflow::Observer for BarsHandle {
     }
 }
 
+/// Whether there is a terminal to ask on: stdin to read the answer, stderr to show the plan.
+pub(super) fn can_confirm() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
 /// Ask on the terminal; refuse without one. The answer is read on a blocking thread, so an
 /// interrupt at the prompt still ends the command.
 pub(super) async fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
-    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+    if !can_confirm() {
         return Err(Failure::Usage(anyhow!(
             "refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)"
         )));

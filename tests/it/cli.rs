@@ -557,14 +557,21 @@ fn filters_and_protections_select_and_skip() {
 
 // 4 -----------------------------------------------------------------------------------------
 
+/// Without `--yes` and without a terminal, `run` refuses before the lock and the API: with
+/// the lock held by another run it still exits 2 ("fix the job"), not 3, and sends nothing.
 #[test]
 fn refuses_without_a_terminal_and_without_yes() {
     let w = filter_world();
+    let account = Account::new(&w.server.url, None, &w.handle().public_key());
+    let default_lock = std::fs::File::create(w.path(&format!("compshare-teardown-{}.lock", account.slug()))).unwrap();
+    default_lock.try_lock().unwrap();
     let out = run(w.cmd().args(["run", "uhost-f1", "uhost-f2"]).args(w.fast()));
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--yes"), "{out:?}");
-    assert!(out.stderr.starts_with("error:"), "{out:?}");
-    assert!(w.mutating_calls().is_empty());
+    assert_eq!(
+        out.stderr,
+        "error: refusing to run without a terminal to confirm on; pass --yes (nothing was changed)\n"
+    );
+    assert!(w.snapshot().calls.is_empty(), "no API call");
     assert_eq!(w.handle().ids().len(), 6);
 }
 
