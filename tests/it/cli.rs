@@ -6,6 +6,7 @@
 //! fresh `HOME`/XDG directories, no inherited `UCLOUD_*`/`COMPSHARE_*` variables.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -585,7 +586,10 @@ fn max_count_refuses_larger_selections() {
         .args(["run", "--yes", "--max-count", "2", "uhost-f1", "uhost-f2", "uhost-f3"])
         .args(w.fast()));
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("--max-count"), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "error: 3 instances named, more than --max-count 2; raise --max-count to proceed\n"
+    );
     assert!(w.mutating_calls().is_empty());
     // The same selection under the limit goes ahead (the refusal was the limit, nothing else).
     let out = run(w
@@ -613,9 +617,12 @@ fn a_held_run_lock_exits_3_at_once() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(
-        out.stderr.starts_with("error:") && out.stderr.contains("lock"),
-        "{out:?}"
+    assert_eq!(
+        out.stderr,
+        format!(
+            "error: another compshare-teardown run for this account holds the lock {}\n",
+            lock_path.display()
+        )
     );
     assert!(w.snapshot().calls.is_empty(), "no API call before the lock");
 
@@ -1245,6 +1252,20 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
             .replace("{empty}", empty.path().to_str().unwrap())
             .replace("{long_id}", &long_id)
     };
+    // What the user reads, whole: every case's command line (as written above) and its
+    // stderr, with this run's directories and addresses put back as placeholders.
+    let unsub = |text: &str| {
+        text.replace(&long_id, "{long_id}")
+            .replace(dir.to_str().unwrap(), "{dir}")
+            .replace(empty.path().to_str().unwrap(), "{empty}")
+            .replace(w.server.url.as_str(), "{url}")
+            .replace(&html, "{html}")
+            .replace(&failing_url, "{failing}")
+            .replace(w.server.url.as_str().trim_end_matches('/'), "{url}")
+            .replace(html.trim_end_matches('/'), "{html}")
+            .replace(failing_url.trim_end_matches('/'), "{failing}")
+    };
+    let mut transcript = String::new();
     let mut failures = Vec::new();
     for case in &cases {
         let args: Vec<String> = case.args.iter().map(|a| sub(a)).collect();
@@ -1273,6 +1294,22 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         if !ok {
             failures.push(format!("{args:?}: want exit 2 and {:?}\n{out:?}", case.expect));
         }
+        let env: Vec<String> = case
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.unwrap_or("(unset)")))
+            .collect();
+        let _ = writeln!(
+            transcript,
+            "$ {}{}\n{}",
+            if env.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", env.join(" "))
+            },
+            case.args.join(" "),
+            unsub(&out.stderr).trim_end()
+        );
     }
     assert!(
         failures.is_empty(),
@@ -1280,6 +1317,12 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
         failures.len(),
         failures.join("\n\n")
     );
+    insta::with_settings!({filters => vec![
+        // The simulator's request ids and the OS's port numbers change from run to run.
+        (r"request id [0-9a-f-]{36}", "request id [uuid]"),
+    ]}, {
+        insta::assert_snapshot!("bad_inputs", transcript);
+    });
     // No subcommand at all: clap prints the help on stderr and exits 2.
     let out = run(&mut w.cmd());
     assert_eq!(out.code, Some(2), "{out:?}");
@@ -2016,7 +2059,10 @@ fn the_plan_the_prompt_and_max_count_agree_on_one_count() {
         .args(ids)
         .args(w.fast()));
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("4 instances"), "{out:?}");
+    assert_eq!(
+        out.stderr,
+        "error: 4 instances named, more than --max-count 3; raise --max-count to proceed\n"
+    );
     assert!(w.mutating_calls().is_empty());
 }
 
