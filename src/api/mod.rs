@@ -31,7 +31,7 @@ pub trait Cloud: Send + Sync {
 }
 
 /// One signed action, however it travels: the HTTP [`Client`], or the simulator's in-memory
-/// world. The four [`Cloud`] calls are built on it once, so both speak the same parameters.
+/// world. The three [`Cloud`] calls are built on it once, so both speak the same parameters.
 pub trait Transport: Send + Sync {
     /// Send `action` with `params` (without `Action`, `PublicKey` or `Signature`); the decoded
     /// body of a `RetCode: 0` answer.

@@ -3,7 +3,8 @@
 //! 1. **prepare**: everything that can be checked offline is checked before the lock and the
 //!    API (the files it reads are bounded and validated, the count of explicit IDs is held
 //!    against `--max-count`, the settings are in range, a new journal holds no run yet);
-//! 2. **gate**: the files it writes must not overlap its other files, the run lock, the
+//! 2. **gate**: the files it writes must not overlap its other files, a terminal to ask on
+//!    unless `--yes` (both before anything else is touched), the run lock, the
 //!    selection and the guard re-checked before each instance's first call, the count, the
 //!    prompt, and the journal's start line, written and synced before the first mutating
 //!    call (a journal that cannot be written exits 2 with nothing changed);
@@ -102,15 +103,6 @@ impl Ctx {
             Source::Journal(_) => self.fixed_selection_protections(&a.select, "--resume")?,
             Source::SavedPlan(_) => self.fixed_selection_protections(&a.select, "--plan")?,
         };
-        // Without `--yes` a run must ask, so it needs a terminal. Refused after the other
-        // offline checks (a bad input is named first) and before the lock and the API: a cron
-        // job that forgot `--yes` fails the same way (exit 2) every night, also on nights
-        // with nothing to do, and not as a held lock or an API outage.
-        if !a.yes && !can_confirm() {
-            return Err(Failure::Usage(anyhow!(
-                "refusing to run without a terminal to confirm on; pass --yes (nothing was changed)"
-            )));
-        }
         Ok(Prepared {
             source,
             client,
@@ -165,8 +157,8 @@ impl Ctx {
         Ok(path)
     }
 
-    /// No file the run writes may be another of its files; then the run lock, held until
-    /// the run ends.
+    /// No file the run writes may be another of its files, and without `--yes` there must be
+    /// a terminal to ask on; then the run lock, held until the run ends.
     fn lock(&self, a: &RunArgs, p: &Prepared) -> CmdResult<runlock::RunLock> {
         let r = &self.config.run;
         let lock_path = match a.lock_file.clone().or_else(|| r.lock_file.clone()) {
@@ -195,6 +187,15 @@ impl Ctx {
             .filter_map(|(flag, path, written)| path.map(|path| pathset::Role { flag, path, written }))
             .collect();
         pathset::check(&roles)?;
+        // Without `--yes` a run must ask, so it needs a terminal. Refused after every other
+        // offline check (a bad input is named first) and before the lock and the API: a cron
+        // job that forgot `--yes` fails the same way (exit 2) every night, also on nights
+        // with nothing to do, and not as a held lock or an API outage.
+        if !a.yes && !can_confirm() {
+            return Err(Failure::Usage(anyhow!(
+                "refusing to run without a terminal to confirm on; pass --yes (nothing was changed)"
+            )));
+        }
         runlock::acquire(&lock_path).map_err(|e| match e {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             runlock::RunLockError::Io { .. } | runlock::RunLockError::Unsafe { .. } => Failure::Usage(e.into()),

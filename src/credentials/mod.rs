@@ -4,8 +4,13 @@
 //! Precedence, per field: flag > environment > file. Files, in order:
 //! 1. CompShare CLI: `$COMPSHARE_CONFIG_FILE`, else `${XDG_CONFIG_HOME:-~/.config}/compshare/config.json`
 //!    (`{"current_profile": "...", "profiles": {"name": {"public_key", "private_key"}}}`);
-//! 2. UCloud CLI: `~/.ucloud/credential.json` (array of `{public_key, private_key, profile}`),
-//!    with the profile marked `"active": true` in `~/.ucloud/config.json` when none is named.
+//! 2. UCloud CLI: `$UCLOUD_SHARED_CREDENTIAL_FILE`, else `~/.ucloud/credential.json` (array of
+//!    `{public_key, private_key, profile}`), with the profile marked `"active": true` in
+//!    `$UCLOUD_SHARED_CONFIG_FILE`, else `~/.ucloud/config.json`, when none is named.
+//!
+//! Also here: the base-URL rules ([`parse_base_url`]: https, or http to a loopback host; no
+//! user info, query or fragment) and the [`Account`] (endpoint, project, key fingerprint) that
+//! plans, journals and the run lock are bound to.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -1,5 +1,5 @@
 //! JSON-mode signatures, which only the simulator checks: the Go SDK can send a request as a
-//! JSON body, signed over a different string than form mode (reference §2.2). The tool itself
+//! JSON body, signed over a different string than form mode (the Go SDK's JSON encoder). The tool itself
 //! always sends form-encoded requests ([`crate::api::sign`]), so this lives beside the
 //! simulator's gateway, which accepts both.
 
@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::api::sign::{hex_sha1, number_text};
 use crate::credentials::PrivateKey;
 
-/// The string hashed in JSON mode (the Go SDK's opt-in JSON encoder, reference §2.2): top-level
+/// The string hashed in JSON mode (the Go SDK's opt-in JSON encoder): top-level
 /// keys in byte order, each followed by its value text, where an array is the concatenation of
 /// its items' texts with no indices and an object is its `k`+`v` pairs in key order; then the
 /// private key. `Signature` is skipped. Flat payloads give the same string as form mode.

@@ -1,5 +1,5 @@
-//! The CompShare simulator: a seeded, fault-injecting world that answers the four teardown
-//! actions like the real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the
+//! The CompShare simulator: a seeded, fault-injecting world that answers the three teardown
+//! actions (and Start, for its own tests and interference) like the real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the
 //! [`crate::api::Cloud`] impl on [`SimHandle`], for paused-time tests). The scenario format is
 //! documented in `docs/simulator.md`.
 

@@ -46,8 +46,8 @@ pub struct Settings {
     /// How long to keep retrying through `InstanceOperationInProgress`. The documented lock TTL
     /// is 10 minutes; 11 leaves a margin for a lock taken just before our first attempt.
     pub lock_wait: Duration,
-    /// Per-instance time limit, from the run start plus the time the instance's calls waited
-    /// for a slot and the pace.
+    /// Per-instance time limit, from the run start plus the time the instance's calls and
+    /// looks waited for a slot and the pace.
     pub instance_timeout: Duration,
     /// Whole-run time limit.
     pub deadline: Option<Duration>,

@@ -1084,6 +1084,11 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
             ],
             "--journal and --report name the same file",
         ),
+        // Without --yes (and no terminal), a bad input is still named first.
+        bad(
+            &["run", "uhost-f1", "--journal", "{dir}/same", "--report", "{dir}/same"],
+            "--journal and --report name the same file",
+        ),
         bad(
             &[
                 "run",

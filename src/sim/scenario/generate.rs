@@ -45,7 +45,7 @@ impl Default for Generate {
     }
 }
 
-/// Region/zone pairs seen on real CompShare accounts (reference §5.1).
+/// Region/zone pairs seen on real CompShare accounts; generated rows are spread over them.
 pub const DEFAULT_ZONES: [(&str, &str); 5] = [
     ("cn-wlcb", "cn-wlcb-01"),
     ("cn-sh2", "cn-sh2-02"),

@@ -29,7 +29,7 @@ use crate::api::{Instance, State};
 use crate::credentials::PrivateKey;
 use crate::sim::json_mode::signature as json_signature;
 
-/// RetCodes the world answers with (common codes from the official table, reference §3.4;
+/// RetCodes the world answers with (common codes from the official API RetCode table;
 /// product codes chosen where the real number is unpublished).
 pub mod code {
     /// Service unavailable, retry later.

@@ -1,6 +1,6 @@
 //! The per-instance state machine: pure functions from what we remember and what Describe just
 //! said to what to do next. No I/O, no clock: elapsed times come in as arguments, so every
-//! state × phase pair is table-tested below. The batch driver is the only code that awaits.
+//! state × phase pair is table-tested (in `tests.rs`). The batch driver is the only code that awaits.
 //!
 //! Safety rules that live here:
 //! - Terminate is decided only from an observation that says `Stopped` (or `Install Fail`,
