@@ -87,6 +87,17 @@ fn retcode(action: &str, code: i64, message: &str) -> ApiError {
     }
 }
 
+/// A Stop hook that refuses the first `k` Stops with RetCode `code`, then stops the instance.
+fn refuse_then_stop(k: usize, code: i64, message: &'static str) -> Hook<()> {
+    Box::new(move |t, target, n| {
+        if n < k {
+            return Err(retcode("StopCompShareInstance", code, message));
+        }
+        t.states.insert(target.uhost_id.clone(), State::Stopped);
+        Ok(())
+    })
+}
+
 impl Scripted {
     fn new(rows: &[(&str, State)]) -> Scripted {
         let truth = Truth {
@@ -246,13 +257,7 @@ async fn absence_without_our_terminate_takes_five_looks_over_a_poll_interval() {
 #[tokio::test(start_paused = true)]
 async fn a_locked_stop_is_tried_again_until_the_lock_lifts() {
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);
-    script.stop = Box::new(|t, target, n| {
-        if n < 3 {
-            return Err(retcode("StopCompShareInstance", 8903, "InstanceOperationInProgress"));
-        }
-        t.states.insert(target.uhost_id.clone(), State::Stopped);
-        Ok(())
-    });
+    script.stop = refuse_then_stop(3, 8903, "InstanceOperationInProgress");
     let cloud = Arc::new(script);
     let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
     assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
@@ -289,13 +294,7 @@ async fn a_lost_terminate_answer_is_not_sent_again_while_the_instance_settles() 
 #[tokio::test(start_paused = true)]
 async fn throttled_stops_go_through_in_the_end() {
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);
-    script.stop = Box::new(|t, target, n| {
-        if n < 10 {
-            return Err(retcode("StopCompShareInstance", 153, "request too frequent"));
-        }
-        t.states.insert(target.uhost_id.clone(), State::Stopped);
-        Ok(())
-    });
+    script.stop = refuse_then_stop(10, 153, "request too frequent");
     let cloud = Arc::new(script);
     let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
     assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
