@@ -1,15 +1,18 @@
 //! How instances end: scheduling after an answer, halting, failing, finishing, and the report.
 
-use super::{Cloud, Entry, Halt, InstanceReport, Instant, Outcome, Phase, Report, Runner, Status};
+use super::{Cloud, Duration, Entry, Halt, InstanceReport, Instant, Outcome, Phase, Report, Runner, Status};
 
 impl<C: Cloud + 'static> Runner<C> {
     /// After an answer: observe again at `due` (`parked`: not earlier), unless the run is halting.
     ///
     /// A retry planned past the instance timeout is brought forward to just before it, so the
-    /// budget the user gave ends with a last attempt rather than with a wait.
+    /// budget the user gave ends with a last attempt rather than with a wait. "Just before"
+    /// leaves a second (or `min_poll`, if longer) for the look and the call: a look answered
+    /// after the limit starts no call (see `observe`).
     pub(super) fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
         let limit = self.limit(i);
-        let last_chance = limit.checked_sub(self.settings.min_poll()).unwrap_or(limit);
+        let margin = self.settings.min_poll().max(Duration::from_secs(1));
+        let last_chance = limit.checked_sub(margin).unwrap_or(limit);
         // Only once: an attempt already at (or past) the last chance waits out the timeout.
         let due = if due > last_chance && last_chance > Instant::now() {
             last_chance

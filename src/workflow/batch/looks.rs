@@ -291,6 +291,12 @@ impl<C: Cloud + 'static> Runner<C> {
                 let phase = self.trackers[i].mem.phase;
                 self.finish(i, Outcome::Interrupted { phase });
             }
+            // A look answered after the instance's time ran out (it was on its way at the
+            // limit) starts no new call; news that it is gone is still taken.
+            Decision::Stop { .. } | Decision::Terminate if now >= self.limit(i) => {
+                let phase = self.trackers[i].mem.phase;
+                self.finish(i, Outcome::TimedOut { phase });
+            }
             Decision::Stop { force } => {
                 if first_call && let Some(reason) = self.guard_refuses(i) {
                     return self.finish(i, Outcome::Skipped { reason });

@@ -44,8 +44,9 @@ struct Scripted {
     stop: Hook<()>,
     terminate: Hook<TerminateAck>,
     describe: DescribeHook,
-    /// How long Stop takes to answer.
+    /// How long Stop and Describe take to answer.
     stop_delay: Duration,
+    describe_delay: Duration,
 }
 
 const STOP: &str = "Stop";
@@ -118,6 +119,7 @@ impl Scripted {
             }),
             describe: Box::new(|t, q, _| Ok(honest(t, q))),
             stop_delay: Duration::ZERO,
+            describe_delay: Duration::ZERO,
         }
     }
 
@@ -147,6 +149,7 @@ impl Scripted {
 impl Cloud for Scripted {
     async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
         let n = self.receive(DESCRIBE, q.ids.clone());
+        tokio::time::sleep(self.describe_delay).await;
         let truth = self.truth();
         (self.describe)(&truth, q, n)
     }
@@ -374,4 +377,28 @@ async fn the_deadline_lets_a_call_in_flight_finish_and_sends_nothing_after() {
         .cloned()
         .collect();
     assert!(late.is_empty(), "sent after the deadline: {late:?}");
+}
+
+/// A look answered after the instance timeout (it was on its way at the limit) starts no new
+/// call: the instance ends `timed_out`, and no Stop leaves after its time ran out.
+#[tokio::test(start_paused = true)]
+async fn a_look_answered_after_the_timeout_starts_no_call() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.stop = Box::new(|_, _, _| Err(retcode("StopCompShareInstance", 8903, "InstanceOperationInProgress")));
+    // Slower than the last look's margin before the limit (a second).
+    script.describe_delay = Duration::from_secs(2);
+    let cloud = Arc::new(script);
+    let s = Settings {
+        instance_timeout: Duration::from_secs(100),
+        lock_wait: Duration::from_secs(3000),
+        ..settings()
+    };
+    let report = drive(&cloud, &["uhost-a"], s, Controls::default()).await;
+    assert!(
+        matches!(outcome(&report, "uhost-a"), Outcome::TimedOut { .. }),
+        "{report:?}"
+    );
+    let stops: Vec<Duration> = cloud.calls(STOP).iter().map(|r| r.at).collect();
+    assert!(stops.len() > 3, "{stops:?}");
+    assert!(stops.iter().all(|at| *at < Duration::from_secs(100)), "{stops:?}");
 }

@@ -1,5 +1,5 @@
 //! Reading a journal back into a [`Resume`]: one pass over the lines, the start line checked
-//! (version, checksum, account, IDs) before anything it says is believed, calls without a
+//! (checksum, version, account, IDs) before anything it says is believed, calls without a
 //! written result counted as unsure.
 
 use std::collections::BTreeMap;

@@ -183,3 +183,26 @@ fn the_account_is_recorded_and_intents_are_synced() {
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
     assert_eq!(replay(&path).unwrap().account, account);
 }
+
+/// A later start line must repeat the selection and its options, also after one that
+/// selected nothing: lines appended to a journal cannot add instances to a resumed run.
+#[test]
+fn a_later_start_line_cannot_change_the_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let with = |ids: &[&str]| Entry::Start {
+        version: JOURNAL_VERSION,
+        ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+        release_udisk: false,
+        force_stop: false,
+        resumed: true,
+    };
+    write_all(&path, &[with(&[]), with(&[])]);
+    assert!(replay(&path).unwrap().ids.is_empty());
+    write_all(&path, &[with(&["u-x"])]);
+    let err = replay(&path).unwrap_err().to_string();
+    assert!(
+        err.ends_with("line 3: a later start line changes the selection or its options"),
+        "{err}"
+    );
+}
