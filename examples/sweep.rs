@@ -24,6 +24,9 @@ struct Args {
     /// Replay one seed and print its verdict (overrides --seeds/--from).
     #[arg(long)]
     seed: Option<u64>,
+    /// With --seed: print the run's log (debug level) on stderr.
+    #[arg(long, requires = "seed")]
+    log: bool,
     /// Worker threads (default: the available cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -80,7 +83,10 @@ fn main() -> ExitCode {
                     if n >= count {
                         break;
                     }
-                    let run = sweep::run_seed(from + n, opts);
+                    let (run, log) = sweep::run_seed_logged(from + n, opts);
+                    if args.log {
+                        bar.suspend(|| eprintln!("{log}"));
+                    }
                     totals.lock().expect("not poisoned").add(&run.stats);
                     if !run.failures.is_empty() {
                         bar.suspend(|| eprint!("{}", run.diagnosis(opts)));

@@ -169,6 +169,11 @@ impl Write for Capture {
 /// Run one seed on its own paused current-thread runtime, with every log line of the run
 /// captured (at debug level) for the private-key check. Blocking; never sleeps for real.
 pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
+    run_seed_logged(seed, opts).0
+}
+
+/// [`run_seed`], and the run's log at debug level (to see what a failing seed did).
+pub fn run_seed_logged(seed: u64, opts: Options) -> (SeedRun, String) {
     let capture = Capture::default();
     let sink = capture.clone();
     let subscriber = tracing_subscriber::fmt()
@@ -190,7 +195,7 @@ pub fn run_seed(seed: u64, opts: Options) -> SeedRun {
             detail: "in the log".into(),
         });
     }
-    run.0
+    (run.0, logs)
 }
 
 /// Wakeups allowed to one run segment at a single virtual instant. Paused time only

@@ -57,3 +57,18 @@ fn a_seed_names_one_world_and_a_broken_invariant_names_its_seed() {
     assert_ne!(a.stats, sweep::run_seed(43, opts).stats);
     assert!(opts.replay_command(42).ends_with("--example sweep -- --seed 42"));
 }
+
+/// Seeds that once broke an invariant, replayed at full size in every `cargo test`:
+/// - 20864: a halt at `--deadline` with looks queued behind a throttled pace (and its debt
+///   from last looks before Terminates) kept the run alive past its deadline and grace; looks
+///   waiting for the pace are now not sent once the run halts.
+const ONCE_FAILED: &[u64] = &[20864];
+
+#[test]
+fn seeds_that_once_failed_pass() {
+    let opts = Options::default();
+    for &seed in ONCE_FAILED {
+        let run = sweep::run_seed(seed, opts);
+        assert!(run.failures.is_empty(), "{}", run.diagnosis(opts));
+    }
+}

@@ -68,7 +68,12 @@ impl<C: Cloud + 'static> Runner<C> {
                 // Queued long enough for the world to move: look again right before sending,
                 // so Terminate still follows a fresh `Stopped`. The look is shared with the
                 // other Terminates in the same situation (one Describe for up to 100).
-                if let Err(why) = recheck.still_stopped(&target.uhost_id, stale_after).await {
+                // The look waits for the pace too: a halt meanwhile means the call is not sent.
+                let looked = tokio::select! {
+                    looked = recheck.still_stopped(&target.uhost_id, stale_after) => looked,
+                    () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted },
+                };
+                if let Err(why) = looked {
                     return Event::Called {
                         idx: i,
                         call,

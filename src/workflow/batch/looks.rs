@@ -69,8 +69,15 @@ impl<C: Cloud + 'static> Runner<C> {
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
         let owned = idxs.clone();
+        let stop_sending = self.stop_sending.clone();
         self.spawn(owned, async move {
-            pace.ready().await;
+            // A look still waiting for the pace when the run halts is not sent: the halt has
+            // ended its instances, and a throttled pace (half a request a second at worst)
+            // could hold the run long past its deadline for answers nobody reads.
+            tokio::select! {
+                () = pace.ready() => {}
+                () = stop_sending.cancelled() => return Event::Unsent { idxs },
+            }
             let sent_at = Instant::now();
             let limit = u32::try_from(ids.len()).unwrap_or(100);
             let query = DescribeQuery {
@@ -85,6 +92,17 @@ impl<C: Cloud + 'static> Runner<C> {
             });
             Event::Described { idxs, sent_at, result }
         });
+    }
+
+    /// A look the halt kept from leaving: its instances are (or will be) ended by the halt.
+    pub(super) fn on_unsent(&mut self, idxs: &[usize]) {
+        let now = Instant::now();
+        for &i in idxs {
+            if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
+                *describing = false;
+            }
+            self.left_queue(i, now);
+        }
     }
 
     pub(super) fn on_described(

@@ -174,6 +174,10 @@ enum Event {
         call: Call,
         sent: Sent,
     },
+    /// A look that never left: the run halted while it waited for the pace.
+    Unsent {
+        idxs: Vec<usize>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -316,6 +320,7 @@ impl<C: Cloud + 'static> Runner<C> {
                             match event {
                                 Event::Described { idxs, sent_at, result } => self.on_described(&idxs, sent_at, result),
                                 Event::Called { idx, call, sent } => self.on_called(idx, call, sent),
+                                Event::Unsent { idxs } => self.on_unsent(&idxs),
                             }
                         }
                         Err(e) => self.on_task_lost(e),
