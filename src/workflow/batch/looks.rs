@@ -96,12 +96,16 @@ impl<C: Cloud + 'static> Runner<C> {
 
     /// A look the halt kept from leaving: its instances are (or will be) ended by the halt.
     pub(super) fn on_unsent(&mut self, idxs: &[usize]) {
-        let now = Instant::now();
+        self.look_ended(idxs, Instant::now());
+    }
+
+    /// A look at `idxs` is over (answered, failed or never sent); it left the queue at `left`.
+    fn look_ended(&mut self, idxs: &[usize], left: Instant) {
         for &i in idxs {
             if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
                 *describing = false;
             }
-            self.left_queue(i, now);
+            self.left_queue(i, left);
         }
     }
 
@@ -112,12 +116,7 @@ impl<C: Cloud + 'static> Runner<C> {
         result: Result<(Vec<Instance>, Option<usize>), ApiError>,
     ) {
         let now = Instant::now();
-        for &i in idxs {
-            if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
-                *describing = false;
-            }
-            self.left_queue(i, sent_at);
-        }
+        self.look_ended(idxs, sent_at);
         let (rows, total) = match result {
             Ok(answer) => answer,
             Err(e) => return self.on_describe_error(idxs, &e, now, sent_at),
