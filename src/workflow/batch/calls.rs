@@ -1,58 +1,98 @@
 //! Sending Stop and Terminate: the journaled intent, the slot and the pace, the shared last look
 //! before a delayed Terminate, and what each answer means (accepted, locked, throttled,
 //! transient, ambiguous, refused).
+//!
+//! [`Calls`] owns what the calls share: the concurrency slots, the shared last look
+//! ([`Recheck`]) and the call task. The per-instance retry budgets live on the instance's
+//! tracker; whether a refusal earns one more look is the machine's (`after_refusal`).
 
-use super::{
-    Activity, ApiError, Arc, Call, Cloud, Duration, Effect, Entry, Episode, Event, Halt, Instant, Next, Policy,
-    RetryClass, Rng, Runner, Sent, State, Status, Target, TerminateAck, after_call, classify, round, throttle_gap,
-};
+use std::sync::Arc;
+use std::time::Duration;
 
-impl<C: Cloud + 'static> Runner<C> {
-    pub(super) fn send(&mut self, i: usize, call: Call, force: bool) {
-        let Some(row) = self.trackers[i].row.as_ref() else {
-            // Unreachable: a call is only decided on a present row.
-            return self.fail(i, "internal: no row to act on".to_owned(), None);
-        };
-        // Belt and braces for the first safety rule: never Terminate unless the row we just
-        // looked at says Stopped (or Install Fail, which the platform may refuse).
-        if call == Call::Terminate && !matches!(row.state, State::Stopped | State::InstallFail) {
-            let error = format!("internal: refused to terminate from state {}", row.state);
-            return self.fail(i, error, None);
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::Settings;
+use super::super::journal::Entry;
+use super::super::machine::{AfterRefusal, Call, Effect, after_call, after_refusal};
+use super::super::pace::Pace;
+use super::super::recheck::Recheck;
+use super::super::retry::{Episode, Next, Policy};
+use super::tracker::Refused;
+use super::{Activity, Event, Halt, Runner, Sent, round, throttle_gap};
+use crate::api::{ApiError, Cloud, RetryClass, State, Target, TerminateAck, classify};
+
+/// The Stop/Terminate side of a run.
+pub(super) struct Calls<C> {
+    cloud: Arc<C>,
+    pace: Arc<Pace>,
+    slots: Arc<Semaphore>,
+    recheck: Arc<Recheck<C>>,
+    /// Cancelled when the run halts: calls still queued for a slot or the pace are not sent.
+    stop_sending: CancellationToken,
+    release_udisk: bool,
+    /// How long a decided Terminate may wait for its turn before it looks again: `min_poll`,
+    /// clamped to 50 ms-1 s (long enough to gather a shared look, short enough that the
+    /// look licensing a Terminate is fresh).
+    stale_after: Duration,
+}
+
+impl<C: Cloud + 'static> Calls<C> {
+    pub(super) fn new(
+        cloud: Arc<C>,
+        pace: Arc<Pace>,
+        stop_sending: CancellationToken,
+        settings: &Settings,
+    ) -> Calls<C> {
+        let recheck = Recheck::new(
+            Arc::clone(&cloud),
+            Arc::clone(&pace),
+            settings.describe_region.clone(),
+            settings.lock_codes.clone(),
+        );
+        Calls {
+            cloud,
+            pace,
+            slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+            recheck: Arc::new(recheck),
+            stop_sending,
+            release_udisk: settings.release_udisk,
+            stale_after: settings
+                .min_poll()
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
         }
-        let target = Target::of(row);
-        let decided_on = row.state.clone();
-        let id = self.trackers[i].id.clone();
-        self.journal(&Entry::Call {
-            id: id.clone(),
-            call,
-            region: target.region.clone(),
-            zone: target.zone.clone(),
-        });
-        if self.halt == Some(Halt::JournalFailed) {
-            // The intent could not be recorded: do not send what a resume would not know of.
-            let phase = self.trackers[i].mem.phase;
-            if let Some(outcome) = self.halted(phase) {
-                return self.finish(i, outcome);
-            }
-        }
-        self.trackers[i].status = Status::Calling;
-        self.trackers[i].decided_on = Some(decided_on);
-        self.trackers[i].acted = true;
-        self.trackers[i].waiting_since = Some(Instant::now());
-        tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
-        self.ctl.observer.activity(&id, &Activity::Calling(call));
+    }
+
+    /// Start nothing new: calls and looks still queued are not sent.
+    pub(super) fn stop_sending(&self) {
+        self.stop_sending.cancel();
+    }
+
+    /// Describes sent by the shared last look.
+    pub(super) fn recheck_describes(&self) -> u32 {
+        self.recheck.describes()
+    }
+
+    /// The task that sends `call` for instance `i` once it has a slot and the pace allows,
+    /// `decided_at` being when the look it was decided on was sent.
+    fn task(
+        &self,
+        i: usize,
+        call: Call,
+        target: Target,
+        force: bool,
+        decided_at: Instant,
+    ) -> impl Future<Output = Event> + use<C> {
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
         let recheck = Arc::clone(&self.recheck);
         let slots = Arc::clone(&self.slots);
-        let release = self.settings.release_udisk;
+        let release = self.release_udisk;
         let stop_sending = self.stop_sending.clone();
-        let decided_at = self.trackers[i].seen_at;
-        let stale_after = self
-            .settings
-            .min_poll()
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        self.spawn(vec![i], async move {
+        let stale_after = self.stale_after;
+        async move {
             // Wait for a slot and the pace, unless the run halts meanwhile: then the call
             // never leaves, which is what "start nothing new" means.
             let ready = async {
@@ -91,7 +131,46 @@ impl<C: Cloud + 'static> Runner<C> {
                 call,
                 sent: Sent::Answer(result, sent_at),
             }
+        }
+    }
+}
+
+impl<C: Cloud + 'static> Runner<C> {
+    pub(super) fn send(&mut self, i: usize, call: Call, force: bool) {
+        let Some(row) = self.trackers[i].row.as_ref() else {
+            // Unreachable: a call is only decided on a present row.
+            return self.fail(i, "internal: no row to act on".to_owned(), None);
+        };
+        // Belt and braces for the first safety rule: never Terminate unless the row we just
+        // looked at says Stopped (or Install Fail, which the platform may refuse).
+        if call == Call::Terminate && !matches!(row.state, State::Stopped | State::InstallFail) {
+            let error = format!("internal: refused to terminate from state {}", row.state);
+            return self.fail(i, error, None);
+        }
+        let target = Target::of(row);
+        let decided_on = row.state.clone();
+        let id = self.trackers[i].id.clone();
+        self.journal(&Entry::Call {
+            id: id.clone(),
+            call,
+            region: target.region.clone(),
+            zone: target.zone.clone(),
         });
+        if self.ends.halt == Some(Halt::JournalFailed) {
+            // The intent could not be recorded: do not send what a resume would not know of.
+            let phase = self.trackers[i].mem.phase;
+            if let Some(outcome) = self.ends.halted(phase) {
+                return self.finish(i, outcome);
+            }
+        }
+        let now = Instant::now();
+        self.trackers.start_call(i, decided_on, now);
+        self.trackers.get_mut(i).acted = true;
+        tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
+        self.ctl.observer.activity(&id, &Activity::Calling(call));
+        let decided_at = self.trackers[i].seen_at;
+        let task = self.calls.task(i, call, target, force, decided_at);
+        self.tasks.spawn(vec![i], task);
     }
 
     /// A call task came back: the call was answered, or never left.
@@ -103,12 +182,14 @@ impl<C: Cloud + 'static> Runner<C> {
             Sent::Answer(_, sent_at) => *sent_at,
             Sent::Halted | Sent::Stale(_) => now,
         };
-        self.left_queue(i, left);
+        let Some(decided_on) = self.trackers.end_call(i, left) else {
+            return; // ended meanwhile (a lost task is failed, not answered)
+        };
         match sent {
             Sent::Answer(result, sent_at) => {
-                self.trackers[i].calls += 1;
-                self.count(call.action());
-                self.on_answer(i, call, result, sent_at);
+                self.trackers.get_mut(i).calls += 1;
+                self.ends.count(call.action());
+                self.on_answer(i, call, decided_on, result, sent_at);
             }
             Sent::Halted | Sent::Stale(_) => {
                 let error = match sent {
@@ -131,12 +212,19 @@ impl<C: Cloud + 'static> Runner<C> {
 
     /// The answer to a call that left at `sent_at`: tell the pace, journal the effect,
     /// update the instance's memory, then go on by the answer's class.
-    fn on_answer(&mut self, i: usize, call: Call, result: Result<Option<TerminateAck>, ApiError>, sent_at: Instant) {
+    fn on_answer(
+        &mut self,
+        i: usize,
+        call: Call,
+        decided_on: State,
+        result: Result<Option<TerminateAck>, ApiError>,
+        sent_at: Instant,
+    ) {
         let now = Instant::now();
         let class = result.as_ref().err().map(|e| classify(e, &self.settings.lock_codes));
         if class == Some(RetryClass::Throttled) {
             self.pace.throttled(sent_at);
-            self.throttled += 1;
+            self.ends.throttled += 1;
         } else {
             self.pace.succeeded(sent_at);
         }
@@ -153,7 +241,7 @@ impl<C: Cloud + 'static> Runner<C> {
             effect,
             error,
         });
-        let t = &mut self.trackers[i];
+        let t = self.trackers.get_mut(i);
         t.last_answer = now;
         t.mem = after_call(t.mem, call, effect);
         let e = match result {
@@ -164,25 +252,24 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
                 t.lock_backoff = None;
                 t.retry_backoff = None;
-                t.rechecked = false;
                 t.phase_since = now;
                 let gap = self.settings.min_poll();
                 return self.after_answer(i, now + gap, false);
             }
             Err(e) => e,
         };
-        if self.halt.is_some() && effect == Effect::NotApplied {
+        if self.ends.halt.is_some() && effect == Effect::NotApplied {
             // Halting: no retry; the instance ends interrupted (or timed out) where it stands.
             return self.after_answer(i, now, false);
         }
-        self.on_error(i, &id, e, class.unwrap_or(RetryClass::Fatal));
+        self.on_error(i, &id, e, class.unwrap_or(RetryClass::Fatal), decided_on);
     }
 
     /// A call that was not accepted, by class: when to try again, or why to give up.
-    fn on_error(&mut self, i: usize, id: &str, e: ApiError, class: RetryClass) {
+    fn on_error(&mut self, i: usize, id: &str, e: ApiError, class: RetryClass, decided_on: State) {
         let now = Instant::now();
         let jitter: f64 = self.rng.random();
-        let t = &mut self.trackers[i];
+        let t = self.trackers.get_mut(i);
         match class {
             RetryClass::Locked => {
                 let episode = Episode::refused(&mut t.lock_backoff, now);
@@ -242,18 +329,23 @@ impl<C: Cloud + 'static> Runner<C> {
                 let gap = self.settings.min_poll();
                 self.after_answer(i, now + gap, false);
             }
-            RetryClass::Fatal if !t.rechecked => {
-                // A refusal (e.g. "state Running does not allow Terminate") may only mean the
-                // instance moved between our look and the call, say someone restarted it:
-                // look once more, and fail only if nothing changed.
-                tracing::warn!(id = %id, "{e}; looking again before giving up");
-                t.rechecked = true;
-                t.refused = Some(e);
-                self.after_answer(i, now, false);
-            }
             RetryClass::Fatal => {
-                tracing::error!(id = %id, "{e}");
-                self.fail(i, e.to_string(), e.request_id());
+                let (mem, step) = after_refusal(t.mem);
+                t.mem = mem;
+                match step {
+                    AfterRefusal::LookAgain => {
+                        // A refusal (e.g. "state Running does not allow Terminate") may only
+                        // mean the instance moved between our look and the call, say someone
+                        // restarted it: look once more, and fail only if nothing changed.
+                        tracing::warn!(id = %id, "{e}; looking again before giving up");
+                        let refused = Refused { error: e, decided_on };
+                        self.after_refusal(i, refused, now);
+                    }
+                    AfterRefusal::Fail => {
+                        tracing::error!(id = %id, "{e}");
+                        self.fail(i, e.to_string(), e.request_id());
+                    }
+                }
             }
         }
     }

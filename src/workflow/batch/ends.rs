@@ -1,30 +1,45 @@
 //! How instances end: scheduling after an answer, halting, failing, finishing, and the report.
+//!
+//! [`Ends`] owns what the run counts towards its report and why it halted (if it did); an
+//! instance's outcome lives on its tracker (`tracker::Status::Done`), set once.
 
-use super::{Cloud, Duration, Entry, Halt, InstanceReport, Instant, Outcome, Phase, Report, Runner, Status};
+use std::collections::BTreeMap;
+use std::time::Duration;
 
-impl<C: Cloud + 'static> Runner<C> {
-    /// After an answer: observe again at `due` (`parked`: not earlier), unless the run is halting.
-    ///
-    /// A retry planned past the instance timeout is brought forward to just before it, so the
-    /// budget the user gave ends with a last attempt rather than with a wait. "Just before"
-    /// leaves a second (or `min_poll`, if longer) for the look and the call: a look answered
-    /// after the limit starts no call (see `observe`).
-    pub(super) fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
-        let limit = self.limit(i);
-        let margin = self.settings.min_poll().max(Duration::from_secs(1));
-        let last_chance = limit.checked_sub(margin).unwrap_or(limit);
-        // Only once: an attempt already at (or past) the last chance waits out the timeout.
-        let due = if due > last_chance && last_chance > Instant::now() {
-            last_chance
-        } else {
-            due
-        };
-        let phase = self.trackers[i].mem.phase;
-        match self.halted(phase) {
-            Some(outcome) => self.finish(i, outcome),
-            None if parked => self.park(i, due),
-            None => self.schedule(i, due),
-        }
+use tokio::time::Instant;
+
+use super::super::journal::Entry;
+use super::super::machine::Phase;
+use super::super::outcome::{InstanceReport, Outcome, Report};
+use super::tracker::Refused;
+use super::{Halt, Runner};
+use crate::api::Cloud;
+
+/// Why the run halted, and what it counted.
+#[derive(Debug, Default)]
+pub(super) struct Ends {
+    pub halt: Option<Halt>,
+    journal_error: Option<String>,
+    /// API calls sent, by action (looks a halt kept from leaving are not counted).
+    api_calls: BTreeMap<String, u32>,
+    /// Answers that were throttled.
+    pub throttled: u32,
+}
+
+impl Ends {
+    /// Halt the run (the first reason wins).
+    pub(super) fn halt(&mut self, why: Halt) {
+        self.halt.get_or_insert(why);
+    }
+
+    /// A journal write failed: halt, and say why in every outcome the halt gives.
+    pub(super) fn journal_failed(&mut self, error: String) {
+        self.journal_error.get_or_insert(error);
+        self.halt(Halt::JournalFailed);
+    }
+
+    pub(super) fn count(&mut self, action: &str) {
+        *self.api_calls.entry(action.to_owned()).or_default() += 1;
     }
 
     /// The outcome of an unfinished instance in `phase` when the run is halting.
@@ -42,6 +57,41 @@ impl<C: Cloud + 'static> Runner<C> {
             },
         })
     }
+}
+
+impl<C: Cloud + 'static> Runner<C> {
+    /// After an answer: observe again at `due` (`parked`: not earlier), unless the run is halting.
+    ///
+    /// A retry planned past the instance timeout is brought forward to just before it, so the
+    /// budget the user gave ends with a last attempt rather than with a wait. "Just before"
+    /// leaves a second (or `min_poll`, if longer) for the look and the call: a look answered
+    /// after the limit starts no call (see `observe`).
+    pub(super) fn after_answer(&mut self, i: usize, due: Instant, parked: bool) {
+        let limit = self.trackers.limit(i);
+        let margin = self.settings.min_poll().max(Duration::from_secs(1));
+        let last_chance = limit.checked_sub(margin).unwrap_or(limit);
+        // Only once: an attempt already at (or past) the last chance waits out the timeout.
+        let due = if due > last_chance && last_chance > Instant::now() {
+            last_chance
+        } else {
+            due
+        };
+        let phase = self.trackers[i].mem.phase;
+        match self.ends.halted(phase) {
+            Some(outcome) => self.finish(i, outcome),
+            None if parked => self.park(i, due),
+            None => self.schedule(i, due),
+        }
+    }
+
+    /// After a refused call: look once more now, unless the run is halting.
+    pub(super) fn after_refusal(&mut self, i: usize, refused: Refused, now: Instant) {
+        let phase = self.trackers[i].mem.phase;
+        match self.ends.halted(phase) {
+            Some(outcome) => self.finish(i, outcome),
+            None => self.trackers.refused(i, refused, now, now),
+        }
+    }
 
     /// End an instance as failed where it stands, with the error and the API's request id.
     pub(super) fn fail(&mut self, i: usize, error: String, request_id: Option<&str>) {
@@ -56,8 +106,11 @@ impl<C: Cloud + 'static> Runner<C> {
         );
     }
 
+    /// Give instance `i` its outcome (once; an instance already done keeps its own).
     pub(super) fn finish(&mut self, i: usize, outcome: Outcome) {
-        let now = Instant::now();
+        if self.trackers[i].is_done() {
+            return;
+        }
         let id = self.trackers[i].id.clone();
         match &outcome {
             o if o.is_ok() => tracing::info!(id = %id, "{}", o.word()),
@@ -68,20 +121,29 @@ impl<C: Cloud + 'static> Runner<C> {
             outcome: outcome.clone(),
         });
         self.ctl.observer.finished(&id, &outcome);
-        let t = &mut self.trackers[i];
-        t.status = Status::Done;
-        t.outcome = Some((outcome, now));
+        self.trackers.finish(i, outcome, Instant::now());
     }
 
+    /// The report, built once at the end.
     pub(super) fn report(self) -> Report {
         let release_udisk = self.settings.release_udisk;
         let started = self.started;
         let end = Instant::now();
+        let mut api_calls = self.ends.api_calls;
+        let looks = self.calls.recheck_describes();
+        if looks > 0 {
+            *api_calls.entry("DescribeCompShareInstance".to_owned()).or_default() += looks;
+        }
+        let pace = self.pace.summary();
         let instances = self
             .trackers
+            .into_vec()
             .into_iter()
             .map(|t| {
-                let (outcome, at) = t.outcome.unwrap_or((Outcome::Interrupted { phase: t.mem.phase }, end));
+                let (outcome, at) = match t.outcome() {
+                    Some((o, at)) => (o.clone(), at),
+                    None => (Outcome::Interrupted { phase: t.mem.phase }, end),
+                };
                 let row = t.row.unwrap_or_default();
                 InstanceReport {
                     uhost_id: t.id,
@@ -96,18 +158,13 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
             })
             .collect();
-        let mut api_calls = self.api_calls;
-        let looks = self.recheck.describes();
-        if looks > 0 {
-            *api_calls.entry("DescribeCompShareInstance".to_owned()).or_default() += looks;
-        }
         let mut report = Report::new(
             instances,
             end.duration_since(started).as_secs_f64(),
             api_calls,
-            self.throttled,
+            self.ends.throttled,
         );
-        report.summary.pace = self.pace.summary();
+        report.summary.pace = pace;
         report
     }
 }

@@ -1,76 +1,53 @@
 //! Looking at instances: batched Describes (one per tick for up to 100 due instances), their
 //! answers, the absence rule, and the decision each fresh look leads to.
+//!
+//! [`Looks`] owns what the looks share: the Describe task (paced, dropped by a halt) and the
+//! run's evidence of how consistent the gateway's answers are. The decisions themselves are
+//! the machine's (`machine::decide`, `machine::recheck`); this file feeds them fresh looks.
 
-use super::{
-    Activity, ApiError, Arc, Call, Cloud, DESCRIBE_MAX, Decision, DescribeQuery, Duration, Entry, Episode, Event,
-    HashMap, Instance, Instant, Next, Observation, Outcome, Phase, Policy, RetryClass, Rng, Runner, Status, Verdict,
-    absence, classify, decide, round, throttle_gap,
-};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-impl<C: Cloud + 'static> Runner<C> {
-    /// Start Describe calls for every instance that is due, in chunks of 100.
-    pub(super) fn start_polls(&mut self, now: Instant) {
-        let horizon = now + self.settings.min_poll() / 2;
-        let mut due: Vec<(Instant, usize)> = Vec::new();
-        let mut later: Vec<(Instant, usize)> = Vec::new();
-        for (i, t) in self.trackers.iter().enumerate() {
-            if let Status::Observe {
-                due: d,
-                describing: false,
-                parked,
-                ..
-            } = t.status
-            {
-                if parked && d > now {
-                    continue;
-                }
-                if d <= horizon {
-                    due.push((d, i));
-                } else {
-                    later.push((d, i));
-                }
-            }
-        }
-        if due.is_empty() {
-            return;
-        }
-        due.sort_unstable();
-        later.sort_unstable();
-        // Fill the last chunk with the instances due soonest: a free look.
-        let room = (DESCRIBE_MAX - due.len() % DESCRIBE_MAX) % DESCRIBE_MAX;
-        due.extend(later.into_iter().take(room));
-        let idxs: Vec<usize> = due.into_iter().map(|(_, i)| i).collect();
-        // With `--region`, an instance whose region we have not seen (a named ID missing from
-        // every answer so far) is looked for everywhere: its absence from one region's answer
-        // would prove nothing.
-        let scope = self.settings.describe_region.clone();
-        let (scoped, everywhere): (Vec<usize>, Vec<usize>) = idxs
-            .into_iter()
-            .partition(|&i| scope.is_none() || self.trackers[i].row.as_ref().is_some_and(|r| !r.region.is_empty()));
-        for chunk in scoped.chunks(DESCRIBE_MAX) {
-            self.describe(chunk.to_vec(), scope.clone());
-        }
-        for chunk in everywhere.chunks(DESCRIBE_MAX) {
-            self.describe(chunk.to_vec(), None);
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::absence::{self, Evidence, Verdict};
+use super::super::journal::Entry;
+use super::super::machine::{Call, Decision, Observation, Phase, Recheck, decide, recheck};
+use super::super::outcome::Outcome;
+use super::super::pace::Pace;
+use super::super::retry::{Episode, Next, Policy};
+use super::{Activity, Event, Runner, round, throttle_gap};
+use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, classify};
+
+/// The Describe side of a run.
+pub(super) struct Looks<C> {
+    cloud: Arc<C>,
+    pace: Arc<Pace>,
+    /// Cancelled when the run halts: looks still waiting for the pace are then not sent.
+    stop_sending: CancellationToken,
+    /// What the run has seen of the gateway's consistency (see [`absence`]).
+    pub evidence: Evidence,
+}
+
+impl<C: Cloud + 'static> Looks<C> {
+    pub(super) fn new(cloud: Arc<C>, pace: Arc<Pace>, stop_sending: CancellationToken) -> Looks<C> {
+        Looks {
+            cloud,
+            pace,
+            stop_sending,
+            evidence: Evidence::default(),
         }
     }
 
-    /// One ID-filtered Describe for up to 100 instances.
-    pub(super) fn describe(&mut self, idxs: Vec<usize>, region: Option<String>) {
-        let ids: Vec<String> = idxs.iter().map(|&i| self.trackers[i].id.clone()).collect();
-        let now = Instant::now();
-        for &i in &idxs {
-            if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
-                *describing = true;
-            }
-            self.trackers[i].waiting_since = Some(now);
-        }
-        self.count("DescribeCompShareInstance");
+    /// One ID-filtered Describe for `idxs` (up to 100), as a task to spawn.
+    fn task(&self, idxs: Vec<usize>, ids: Vec<String>, region: Option<String>) -> impl Future<Output = Event> + use<C> {
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
-        let owned = idxs.clone();
         let stop_sending = self.stop_sending.clone();
-        self.spawn(owned, async move {
+        async move {
             // A look still waiting for the pace when the run halts is not sent: the halt has
             // ended its instances, and a throttled pace (half a request a second at worst)
             // could hold the run long past its deadline for answers nobody reads.
@@ -91,21 +68,48 @@ impl<C: Cloud + 'static> Runner<C> {
                 (p.uhost_set, total)
             });
             Event::Described { idxs, sent_at, result }
-        });
+        }
+    }
+}
+
+impl<C: Cloud + 'static> Runner<C> {
+    /// Start Describe calls for every instance that is due, in chunks of 100.
+    pub(super) fn start_polls(&mut self, now: Instant) {
+        let horizon = now + self.settings.min_poll() / 2;
+        let idxs = self.trackers.due_looks(now, horizon);
+        if idxs.is_empty() {
+            return;
+        }
+        // With `--region`, an instance whose region we have not seen (a named ID missing from
+        // every answer so far) is looked for everywhere: its absence from one region's answer
+        // would prove nothing.
+        let scope = self.settings.describe_region.clone();
+        let (scoped, everywhere): (Vec<usize>, Vec<usize>) = idxs
+            .into_iter()
+            .partition(|&i| scope.is_none() || self.trackers[i].row.as_ref().is_some_and(|r| !r.region.is_empty()));
+        for chunk in scoped.chunks(DESCRIBE_MAX) {
+            self.describe(chunk.to_vec(), scope.clone(), now);
+        }
+        for chunk in everywhere.chunks(DESCRIBE_MAX) {
+            self.describe(chunk.to_vec(), None, now);
+        }
+    }
+
+    /// One ID-filtered Describe for up to 100 instances.
+    fn describe(&mut self, idxs: Vec<usize>, region: Option<String>, now: Instant) {
+        let ids: Vec<String> = idxs.iter().map(|&i| self.trackers[i].id.clone()).collect();
+        for &i in &idxs {
+            self.trackers.start_look(i, now);
+        }
+        let task = self.looks.task(idxs.clone(), ids, region);
+        self.tasks.spawn(idxs, task);
     }
 
     /// A look the halt kept from leaving: its instances are (or will be) ended by the halt.
     pub(super) fn on_unsent(&mut self, idxs: &[usize]) {
-        self.look_ended(idxs, Instant::now());
-    }
-
-    /// A look at `idxs` is over (answered, failed or never sent); it left the queue at `left`.
-    fn look_ended(&mut self, idxs: &[usize], left: Instant) {
+        let now = Instant::now();
         for &i in idxs {
-            if let Status::Observe { describing, .. } = &mut self.trackers[i].status {
-                *describing = false;
-            }
-            self.left_queue(i, left);
+            self.trackers.end_look(i, now);
         }
     }
 
@@ -116,29 +120,32 @@ impl<C: Cloud + 'static> Runner<C> {
         result: Result<(Vec<Instance>, Option<usize>), ApiError>,
     ) {
         let now = Instant::now();
-        self.look_ended(idxs, sent_at);
+        self.ends.count("DescribeCompShareInstance");
+        // The fresh-after mark of each instance that was still looking (a halt may have ended
+        // some meanwhile: their answer is not read).
+        let looking: Vec<(usize, Instant)> = idxs
+            .iter()
+            .filter_map(|&i| self.trackers.end_look(i, sent_at).map(|fresh_after| (i, fresh_after)))
+            .collect();
         let (rows, total) = match result {
             Ok(answer) => answer,
-            Err(e) => return self.on_describe_error(idxs, &e, now, sent_at),
+            Err(e) => return self.on_describe_error(&looking, &e, now, sent_at),
         };
         self.pace.succeeded(sent_at);
         // An answer that matched more rows than it carries admits it left some out: absence
         // from it proves nothing (and says the gateway drops rows; see `absence`).
         let missing = total.map_or(0, |t| t.saturating_sub(rows.len()));
         if missing > 0 {
-            self.evidence.phantom += missing as u64;
+            self.looks.evidence.phantom += missing as u64;
             tracing::debug!(carried = rows.len(), total = ?total, "a Describe answer left rows out");
         }
         let mut by_id: HashMap<String, Instance> = rows.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
-        for &i in idxs {
-            let Status::Observe { fresh_after, .. } = self.trackers[i].status else {
-                continue;
-            };
+        for (i, fresh_after) in looking {
             if sent_at < fresh_after {
-                continue; // older than the instance's last change: does not count
+                continue; // older than the instance's last change: does not count (due again now)
             }
             let row = by_id.remove(&self.trackers[i].id);
-            self.trackers[i].look_backoff = None;
+            self.trackers.get_mut(i).look_backoff = None;
             if row.is_none() && missing > 0 {
                 // Not a look at all: ask again soon.
                 let gap = self.settings.min_poll();
@@ -146,7 +153,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 continue;
             }
             // The look is as old as the Describe's sending, not its processing.
-            self.trackers[i].seen_at = sent_at;
+            self.trackers.get_mut(i).seen_at = sent_at;
             self.observe(i, row, now);
         }
     }
@@ -154,31 +161,32 @@ impl<C: Cloud + 'static> Runner<C> {
     /// Count one look at instance `i` towards the absence rule; `true` if it is now
     /// confirmed gone (or was listed), `false` if it needs another look first (scheduled).
     pub(super) fn absence_confirmed(&mut self, i: usize, listed: bool, now: Instant) -> bool {
-        let t = &mut self.trackers[i];
+        let evidence = &mut self.looks.evidence;
+        let t = self.trackers.get_mut(i);
         if listed {
-            if t.absent_looks > 0 {
+            if t.absent.looks > 0 {
                 // It was there all along: those answers lied.
-                self.evidence.phantom += u64::from(t.absent_looks);
-                tracing::debug!(id = %t.id, looks = t.absent_looks, "listed again after answers without it");
-                t.absent_looks = 0;
+                evidence.phantom += u64::from(t.absent.looks);
+                tracing::debug!(id = %t.id, looks = t.absent.looks, "listed again after answers without it");
+                t.absent.looks = 0;
             }
-            self.evidence.present += 1;
+            evidence.present += 1;
             return true;
         }
-        t.absent_looks += 1;
-        if t.absent_looks == 1 {
-            t.absent_since = t.seen_at;
+        t.absent.looks += 1;
+        if t.absent.looks == 1 {
+            t.absent.since = t.seen_at;
         }
         let expected = t.mem.phase == Phase::TerminateSent;
-        let span = t.seen_at.duration_since(t.absent_since);
+        let span = t.seen_at.duration_since(t.absent.since);
         let timing = absence::Timing {
             min_poll: self.settings.min_poll(),
             poll_interval: self.settings.poll_interval,
         };
-        match absence::judge(expected, t.absent_looks, span, self.evidence, timing) {
+        match absence::judge(expected, t.absent.looks, span, *evidence, timing) {
             Verdict::Gone => true,
             Verdict::LookAgain(gap) => {
-                let looks = t.absent_looks;
+                let looks = t.absent.looks;
                 let id = t.id.clone();
                 tracing::debug!(id = %id, looks, "not listed; confirming it is gone");
                 self.schedule(i, now + gap);
@@ -192,21 +200,19 @@ impl<C: Cloud + 'static> Runner<C> {
         }
     }
 
-    pub(super) fn on_describe_error(&mut self, idxs: &[usize], e: &ApiError, now: Instant, sent_at: Instant) {
+    /// A Describe of the instances `looking` failed: each backs off on its own budget.
+    fn on_describe_error(&mut self, looking: &[(usize, Instant)], e: &ApiError, now: Instant, sent_at: Instant) {
         let class = classify(e, &self.settings.lock_codes);
         if class == RetryClass::Throttled {
             self.pace.throttled(sent_at);
-            self.throttled += 1;
+            self.ends.throttled += 1;
         } else {
             self.pace.succeeded(sent_at);
         }
         // Each instance has its own budget of failed looks (reset by a good one): a burst of
         // failures across many small Describes must not use up everyone's retries at once.
         let mut logged = false;
-        for &i in idxs {
-            if !matches!(self.trackers[i].status, Status::Observe { .. }) {
-                continue;
-            }
+        for &(i, _) in looking {
             let next = if class == RetryClass::Fatal {
                 Next::GiveUp { waited: Duration::ZERO }
             } else if class == RetryClass::Throttled {
@@ -216,7 +222,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 // each of them). The instance timeout still bounds the wait.
                 Next::Retry(throttle_gap(&mut self.rng))
             } else {
-                let episode = Episode::refused(&mut self.trackers[i].look_backoff, now);
+                let episode = Episode::refused(&mut self.trackers.get_mut(i).look_backoff, now);
                 Policy::transient(self.settings.poll_interval).next(episode, now, self.rng.random())
             };
             match next {
@@ -225,9 +231,8 @@ impl<C: Cloud + 'static> Runner<C> {
                         tracing::warn!("{e}; looking again in {}", humantime::format_duration(round(d)));
                         logged = true;
                     }
-                    if let Status::Observe { due, .. } = &mut self.trackers[i].status {
-                        *due = now + d;
-                    }
+                    // Parked: a backoff is not pulled forward by a free early look.
+                    self.trackers.postpone(i, now + d);
                 }
                 Next::GiveUp { waited } => {
                     tracing::error!(id = %self.trackers[i].id, "{e}");
@@ -260,7 +265,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 "it is in {} ({}), outside --region {scope}: not touched",
                 r.region, r.zone
             );
-            self.trackers[i].row = Some(r.clone());
+            self.trackers.get_mut(i).row = Some(r.clone());
             return self.fail(i, error, None);
         }
         let obs = match &row {
@@ -270,17 +275,16 @@ impl<C: Cloud + 'static> Runner<C> {
                 spot: r.is_spot(),
             },
         };
-        let t = &mut self.trackers[i];
-        if let Some(refusal) = t.refused.take() {
-            let unchanged = match (&obs, &t.decided_on) {
-                (Observation::Present { state, .. }, Some(before)) => state == before,
-                _ => false,
-            };
-            if unchanged {
-                tracing::error!(id = %t.id, "{refusal}");
-                return self.fail(i, refusal.to_string(), refusal.request_id());
-            }
+        if let Some(refused) = self.trackers.take_refused(i)
+            && recheck(&refused.decided_on, &obs) == Recheck::Refused
+        {
+            // The one more look after a refusal found the instance where the refused call
+            // found it: the refusal stands.
+            let error = refused.error;
+            tracing::error!(id = %self.trackers[i].id, "{error}");
+            return self.fail(i, error.to_string(), error.request_id());
         }
+        let t = self.trackers.get_mut(i);
         // The guard runs before the first call of *this* run, even for an instance a crashed
         // run had already called: protections may have changed since.
         let first_call = !t.acted;
@@ -304,13 +308,13 @@ impl<C: Cloud + 'static> Runner<C> {
         };
         self.journal(&entry);
         match decision {
-            Decision::Stop { .. } | Decision::Terminate if self.halt.is_some() => {
+            Decision::Stop { .. } | Decision::Terminate if self.ends.halt.is_some() => {
                 let phase = self.trackers[i].mem.phase;
                 self.finish(i, Outcome::Interrupted { phase });
             }
             // A look answered after the instance's time ran out (it was on its way at the
             // limit) starts no new call; news that it is gone is still taken.
-            Decision::Stop { .. } | Decision::Terminate if now >= self.limit(i) => {
+            Decision::Stop { .. } | Decision::Terminate if now >= self.trackers.limit(i) => {
                 let phase = self.trackers[i].mem.phase;
                 self.finish(i, Outcome::TimedOut { phase });
             }
@@ -359,22 +363,13 @@ impl<C: Cloud + 'static> Runner<C> {
         base.mul_f64(self.rng.random_range(0.9..1.1))
     }
 
+    /// Look at `i` again at `due`.
     pub(super) fn schedule(&mut self, i: usize, due: Instant) {
-        self.trackers[i].status = Status::Observe {
-            due,
-            fresh_after: Instant::now(),
-            describing: false,
-            parked: false,
-        };
+        self.trackers.schedule(i, due, false, Instant::now());
     }
 
-    /// Like `schedule`, for a retry time that must be respected (see [`Status::Observe`]).
+    /// Like `schedule`, for a retry time that must be respected (see `tracker::Status::Due`).
     pub(super) fn park(&mut self, i: usize, due: Instant) {
-        self.trackers[i].status = Status::Observe {
-            due,
-            fresh_after: Instant::now(),
-            describing: false,
-            parked: true,
-        };
+        self.trackers.schedule(i, due, true, Instant::now());
     }
 }

@@ -16,29 +16,28 @@
 mod calls;
 mod ends;
 mod looks;
+mod tracker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Semaphore;
 use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::calls::Calls;
+use self::ends::Ends;
+use self::looks::Looks;
+use self::tracker::{Tracker, Trackers};
 use super::Settings;
-use super::absence::{self, Evidence, Verdict};
 use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
-use super::machine::{Call, Decision, Effect, Memory, Observation, Phase, after_call, decide};
-use super::outcome::{InstanceReport, Outcome, Report};
+use super::machine::Call;
+use super::outcome::{Outcome, Report};
 use super::pace::Pace;
-use super::recheck::Recheck;
-use super::retry::{Episode, Next, Policy};
-use crate::api::{
-    ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, State, Target, TerminateAck, classify,
-};
+use crate::api::{ApiError, Cloud, Instance, TerminateAck};
 
 /// What an instance is doing, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,61 +95,6 @@ impl Default for Controls {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Status {
-    /// Needs a look at or after `due`; only a Describe sent at or after `fresh_after` counts.
-    /// A `parked` instance (backing off from a lock, throttling or an error) is never looked
-    /// at early by filling a Describe chunk: a look leads to a call, and its retry time is
-    /// what keeps the lock budget honest.
-    Observe {
-        due: Instant,
-        fresh_after: Instant,
-        describing: bool,
-        parked: bool,
-    },
-    Calling,
-    Done,
-}
-
-struct Tracker {
-    id: String,
-    row: Option<Instance>,
-    mem: Memory,
-    status: Status,
-    /// When our last call on it was answered (run start before any).
-    last_answer: Instant,
-    /// When it entered its current phase, for the adaptive poll gap.
-    phase_since: Instant,
-    calls: u32,
-    /// Lock refusals in a row (see [`Policy::lock`]).
-    lock_backoff: Option<Episode>,
-    /// Transient errors of calls in a row (see [`Policy::transient`]).
-    retry_backoff: Option<Episode>,
-    /// When the Describe behind the latest observation was sent.
-    seen_at: Instant,
-    /// Failed Describes of this instance in a row (see `on_describe_error`).
-    look_backoff: Option<Episode>,
-    in_recycle: Option<String>,
-    outcome: Option<(Outcome, Instant)>,
-    /// The state the call in flight (or last sent) was decided on.
-    decided_on: Option<State>,
-    /// A refusal waiting for one more look before it fails the instance.
-    refused: Option<ApiError>,
-    /// Whether that one more look was already spent since the last accepted call.
-    rechecked: bool,
-    /// A call was sent (or queued) for it in this run: the guard ran. A resumed instance may
-    /// have calls from before the crash, but its first call in this run is guarded all the same.
-    acted: bool,
-    /// Absent looks in a row, and when the first of them was sent (see [`absence`]).
-    absent_looks: u32,
-    absent_since: Instant,
-    /// Since when its call or look has waited in the tool's own queue (a slot, the pace), and
-    /// how long its calls and looks have waited there in all: that time does not count
-    /// against the instance's `--instance-timeout` (see [`Runner::limit`]).
-    waiting_since: Option<Instant>,
-    queued: Duration,
-}
-
 /// What became of a queued call.
 enum Sent {
     /// It went out at this instant; this is the answer.
@@ -188,28 +132,65 @@ enum Halt {
 }
 
 struct Runner<C> {
-    cloud: Arc<C>,
     settings: Settings,
     rules: super::machine::Rules,
-    trackers: Vec<Tracker>,
-    tasks: JoinSet<Event>,
-    slots: Arc<Semaphore>,
+    trackers: Trackers,
+    tasks: Tasks,
+    looks: Looks<C>,
+    calls: Calls<C>,
+    ends: Ends,
     pace: Arc<Pace>,
-    recheck: Arc<Recheck<C>>,
     ctl: Controls,
     rng: StdRng,
     started: Instant,
-    api_calls: BTreeMap<String, u32>,
-    throttled: u32,
-    halt: Option<Halt>,
-    /// Cancelled when the run halts: calls still queued for a slot are then not sent.
-    stop_sending: CancellationToken,
-    journal_error: Option<String>,
-    /// Which instances each running task works for, so a task that panics fails them instead
-    /// of leaving them "calling" forever.
+}
+
+/// The API tasks in flight, and which instances each works for, so a task that panics fails
+/// them instead of leaving them "calling" forever.
+struct Tasks {
+    set: JoinSet<Event>,
     owners: HashMap<TaskId, Vec<usize>>,
-    /// What the run has seen of the gateway's consistency (see [`absence`]).
-    evidence: Evidence,
+}
+
+impl Tasks {
+    fn spawn(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.owners.insert(handle.id(), idxs);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// The next task to end: its event, or the instances of a task that died and why.
+    async fn next(&mut self) -> Option<Result<Event, (Vec<usize>, String)>> {
+        let joined = self.set.join_next_with_id().await?;
+        Some(match joined {
+            Ok((id, event)) => {
+                self.owners.remove(&id);
+                Ok(event)
+            }
+            Err(e) => {
+                let idxs = self.owners.remove(&e.id()).unwrap_or_default();
+                Err((idxs, lost_why(e)))
+            }
+        })
+    }
+}
+
+/// Why a task died (a panic: a bug, ours or a library's).
+fn lost_why(e: tokio::task::JoinError) -> String {
+    if e.is_panic() {
+        let payload = e.into_panic();
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        format!("internal error: an API task panicked: {text}")
+    } else {
+        "internal error: an API task was cancelled".to_owned()
+    }
 }
 
 /// Tear down `ids` (already validated and de-duplicated by the caller). Every id ends in the
@@ -218,64 +199,34 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
     let now = Instant::now();
     let known: HashMap<&str, &Instance> = ctl.known.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
     let resume = ctl.resume.clone().unwrap_or_default();
-    let trackers = ids
+    let all = ids
         .iter()
-        .map(|id| Tracker {
-            id: id.clone(),
-            row: known.get(id.as_str()).map(|i| (*i).clone()),
-            mem: resume.memory.get(id).copied().unwrap_or_default(),
-            status: Status::Observe {
-                due: now,
-                fresh_after: now,
-                describing: false,
-                parked: false,
-            },
-            last_answer: now,
-            phase_since: now,
-            calls: resume.calls.get(id).copied().unwrap_or_default(),
-            lock_backoff: None,
-            retry_backoff: None,
-            look_backoff: None,
-            seen_at: now,
-            in_recycle: None,
-            outcome: None,
-            decided_on: None,
-            refused: None,
-            rechecked: false,
-            acted: false,
-            absent_looks: 0,
-            absent_since: now,
-            waiting_since: None,
-            queued: Duration::ZERO,
+        .map(|id| {
+            let row = known.get(id.as_str()).map(|i| (*i).clone());
+            let mem = resume.memory.get(id).copied().unwrap_or_default();
+            let calls = resume.calls.get(id).copied().unwrap_or_default();
+            Tracker::new(id.clone(), row, mem, calls, now)
         })
         .collect();
+    drop(known);
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
     let pace = Arc::new(Pace::new(settings.rate));
-    let recheck = Recheck::new(
-        Arc::clone(&cloud),
-        Arc::clone(&pace),
-        settings.describe_region.clone(),
-        settings.lock_codes.clone(),
-    );
+    let stop_sending = CancellationToken::new();
     let mut runner = Runner {
-        cloud,
-        rules: settings.rules(),
-        slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
+        looks: Looks::new(Arc::clone(&cloud), Arc::clone(&pace), stop_sending.clone()),
+        calls: Calls::new(cloud, Arc::clone(&pace), stop_sending, &settings),
         pace,
-        recheck: Arc::new(recheck),
+        rules: settings.rules(),
+        trackers: Trackers::new(all, now + settings.instance_timeout),
         settings,
-        trackers,
-        tasks: JoinSet::new(),
+        tasks: Tasks {
+            set: JoinSet::new(),
+            owners: HashMap::new(),
+        },
+        ends: Ends::default(),
         ctl,
         rng: StdRng::seed_from_u64(seed),
         started: now,
-        api_calls: BTreeMap::new(),
-        throttled: 0,
-        halt: None,
-        stop_sending: CancellationToken::new(),
-        journal_error: None,
-        owners: HashMap::new(),
-        evidence: Evidence::default(),
     };
     runner.journal(&Entry::Start {
         version: JOURNAL_VERSION,
@@ -294,72 +245,42 @@ impl<C: Cloud + 'static> Runner<C> {
         loop {
             let now = Instant::now();
             self.expire(now);
-            if self.halt.is_some() {
+            if self.ends.halt.is_some() {
                 if self.tasks.is_empty() {
                     return;
                 }
-            } else if self.trackers.iter().all(|t| t.status == Status::Done) {
+                self.calls.stop_sending();
+            } else if self.trackers.all_done() {
                 return;
             } else {
                 self.start_polls(now);
             }
-            if self.halt.is_some() {
-                self.stop_sending.cancel();
-            }
             let wake = self.next_wake(now);
             tokio::select! {
                 biased;
-                () = cancel.cancelled(), if self.halt.is_none() => {
+                () = cancel.cancelled(), if self.ends.halt.is_none() => {
                     tracing::warn!("interrupted: starting nothing new; waiting for calls in flight");
-                    self.halt = Some(Halt::Interrupted);
+                    self.ends.halt(Halt::Interrupted);
                 }
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
-                    match joined {
-                        Ok((id, event)) => {
-                            self.owners.remove(&id);
-                            match event {
-                                Event::Described { idxs, sent_at, result } => self.on_described(&idxs, sent_at, result),
-                                Event::Called { idx, call, sent } => self.on_called(idx, call, sent),
-                                Event::Unsent { idxs } => self.on_unsent(&idxs),
-                            }
-                        }
-                        Err(e) => self.on_task_lost(e),
-                    }
-                }
+                Some(next) = self.tasks.next(), if !self.tasks.is_empty() => match next {
+                    Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
+                    Ok(Event::Called { idx, call, sent }) => self.on_called(idx, call, sent),
+                    Ok(Event::Unsent { idxs }) => self.on_unsent(&idxs),
+                    Err((idxs, why)) => self.on_task_lost(&idxs, &why),
+                },
                 () = tokio::time::sleep_until(wake) => {}
             }
         }
     }
 
-    /// Run `task` for the instances `idxs`.
-    fn spawn(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
-        let handle = self.tasks.spawn(task);
-        self.owners.insert(handle.id(), idxs);
-        // Nothing else is kept about a task, so its instances are known even if it panics.
-    }
-
     /// A task died (a panic: a bug, ours or a library's): its instances end as failed with
     /// the panic message, so the run still finishes and reports them.
-    fn on_task_lost(&mut self, e: tokio::task::JoinError) {
-        let idxs = self.owners.remove(&e.id()).unwrap_or_default();
-        let why = if e.is_panic() {
-            let payload = e.into_panic();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".to_owned());
-            format!("internal error: an API task panicked: {text}")
-        } else {
-            "internal error: an API task was cancelled".to_owned()
-        };
+    fn on_task_lost(&mut self, idxs: &[usize], why: &str) {
         tracing::error!("{why}");
-        for i in idxs {
-            if self.trackers[i].status != Status::Done {
-                // A call may or may not have left: a resume reads its unanswered intent in
-                // the journal as unsure, and never repeats an accepted Terminate blindly.
-                self.fail(i, why.clone(), None);
-            }
+        for &i in idxs {
+            // A call may or may not have left: a resume reads its unanswered intent in the
+            // journal as unsure, and never repeats an accepted Terminate blindly.
+            self.fail(i, why.to_owned(), None);
         }
     }
 
@@ -368,77 +289,45 @@ impl<C: Cloud + 'static> Runner<C> {
         if let Err(e) = j.write(entry) {
             // Without a journal, a resume could repeat a call: stop starting new ones.
             tracing::error!("{e}; stopping the run");
-            self.journal_error = Some(e.to_string());
-            self.halt.get_or_insert(Halt::JournalFailed);
+            self.ends.journal_failed(e.to_string());
         }
-    }
-
-    fn count(&mut self, action: &str) {
-        *self.api_calls.entry(action.to_owned()).or_default() += 1;
     }
 
     /// Deadlines, per-instance timeouts and halts.
     fn expire(&mut self, now: Instant) {
-        if self.halt.is_none() && self.settings.deadline.is_some_and(|d| now >= self.started + d) {
+        if self.ends.halt.is_none() && self.settings.deadline.is_some_and(|d| now >= self.started + d) {
             tracing::warn!("deadline reached: starting nothing new");
-            self.halt = Some(Halt::Deadline);
+            self.ends.halt(Halt::Deadline);
         }
-        for i in 0..self.trackers.len() {
-            let t = &self.trackers[i];
-            if !matches!(t.status, Status::Observe { .. }) {
-                continue;
+        if self.ends.halt.is_some() {
+            // Every watched instance ends where it stands; calls in flight end with their answers.
+            for i in self.trackers.watched() {
+                if let Some(outcome) = self.ends.halted(self.trackers[i].mem.phase) {
+                    self.finish(i, outcome);
+                }
             }
-            let phase = t.mem.phase;
-            // A look still on its way is let finish: how long it queued is known with its answer.
-            let timed_out = t.waiting_since.is_none() && now >= self.limit(i);
-            match self.halted(phase) {
-                Some(outcome) => self.finish(i, outcome),
-                None if timed_out => self.finish(i, Outcome::TimedOut { phase }),
-                None => {}
-            }
+            return;
+        }
+        // A look still on its way is let finish: how long it queued is known with its answer.
+        for i in self.trackers.timed_out(now) {
+            let phase = self.trackers[i].mem.phase;
+            self.finish(i, Outcome::TimedOut { phase });
         }
     }
 
-    /// When instance `i` times out: `--instance-timeout` after the run started, plus the time
-    /// its calls and looks waited in the tool's own queue (a free slot, the request pace).
-    /// Every instance is watched from the start, so without a queue this is the same limit
-    /// for all; with one (a large batch under a low rate limit) the last in line still get
-    /// the whole timeout for the platform's part of the work.
-    fn limit(&self, i: usize) -> Instant {
-        self.started + self.settings.instance_timeout + self.trackers[i].queued
-    }
-
-    /// Instance `i`'s call or look has left the queue at `left` (or never will: `left` is now).
-    fn left_queue(&mut self, i: usize, left: Instant) {
-        let t = &mut self.trackers[i];
-        if let Some(since) = t.waiting_since.take() {
-            t.queued += left.saturating_duration_since(since);
-        }
-    }
-
+    /// When the loop must wake if no answer comes: the next look or time limit due, or the
+    /// deadline.
     fn next_wake(&self, now: Instant) -> Instant {
         let mut wake = now + Duration::from_secs(3600);
-        for t in &self.trackers {
-            if let Status::Observe {
-                due, describing: false, ..
-            } = t.status
-            {
-                wake = wake.min(due);
-            }
+        if let Some(at) = self.trackers.next_due() {
+            wake = wake.min(at);
         }
-        // Only limits still ahead: once one has passed, what remains is calls in flight, and
-        // their answers wake the loop (a past limit here would wake it at once, forever).
-        let deadline = self.settings.deadline.map(|d| self.started + d);
-        let timeouts = (0..self.trackers.len())
-            .filter(|&i| {
-                let t = &self.trackers[i];
-                matches!(t.status, Status::Observe { .. }) && t.waiting_since.is_none()
-            })
-            .map(|i| self.limit(i));
-        for at in deadline.into_iter().chain(timeouts) {
-            if at > now {
-                wake = wake.min(at);
-            }
+        // Only a deadline still ahead: once it has passed, what remains is calls in flight,
+        // and their answers wake the loop (a past limit here would wake it at once, forever).
+        if let Some(at) = self.settings.deadline.map(|d| self.started + d)
+            && at > now
+        {
+            wake = wake.min(at);
         }
         wake.max(now)
     }

@@ -5,7 +5,8 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::api::DescribePage;
+use crate::api::{DescribePage, DescribeQuery, State, Target};
+use crate::workflow::absence;
 
 /// What the scripted cloud holds true: the state of each instance, and when an instance
 /// whose deletion was accepted stops being listed.

@@ -53,6 +53,10 @@ pub struct Memory {
     pub stop_took_effect: bool,
     /// Stops re-sent because the instance came back up (or our Stop never took hold).
     pub restarts: u32,
+    /// Since our last accepted call, a refused call has already had its one more look (see
+    /// [`after_refusal`]).
+    #[serde(default)]
+    pub refusal_rechecked: bool,
 }
 
 /// What one Describe said about one instance.
@@ -262,6 +266,10 @@ pub enum Effect {
 
 /// Update memory after a call's answer. Also used to rebuild memory from a journal.
 pub fn after_call(mut mem: Memory, call: Call, effect: Effect) -> Memory {
+    if effect == Effect::Accepted {
+        // An accepted call is progress: a later refusal earns its own one more look.
+        mem.refusal_rechecked = false;
+    }
     match (call, effect) {
         (_, Effect::NotApplied) => {}
         (Call::Stop, Effect::Accepted | Effect::Unsure) => {
@@ -277,6 +285,46 @@ pub fn after_call(mut mem: Memory, call: Call, effect: Effect) -> Memory {
         }
     }
     mem
+}
+
+/// What to do after a Stop or Terminate was refused outright (a fatal answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRefusal {
+    /// Look once more before giving up: the refusal may only mean the instance moved between
+    /// our look and the call (someone restarted it).
+    LookAgain,
+    /// The one more look since the last accepted call was spent: fail with the refusal.
+    Fail,
+}
+
+/// A call was refused outright. A refusal such as "state Running does not allow Terminate"
+/// may only mean the instance moved between our look and the call, so it gets one more look
+/// ([`recheck`] then judges it); only one per accepted call, so an API that keeps refusing
+/// cannot keep an instance in a loop of looks and calls.
+pub fn after_refusal(mut mem: Memory) -> (Memory, AfterRefusal) {
+    if mem.refusal_rechecked {
+        return (mem, AfterRefusal::Fail);
+    }
+    mem.refusal_rechecked = true;
+    (mem, AfterRefusal::LookAgain)
+}
+
+/// The judgement of the look after a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Still in the state the refused call was decided on: the refusal stands.
+    Refused,
+    /// It moved (or vanished) since: decide again from this look.
+    Moved,
+}
+
+/// The look after a refusal: did the instance move since the refused call was decided on
+/// `decided_on`? Absence counts as a move (the absence rule decides what it means).
+pub fn recheck(decided_on: &State, obs: &Observation) -> Recheck {
+    match obs {
+        Observation::Present { state, .. } if state == decided_on => Recheck::Refused,
+        _ => Recheck::Moved,
+    }
 }
 
 #[cfg(test)]

@@ -273,3 +273,43 @@ fn after_call_table() {
     };
     assert!(!after_call(m, Call::Stop, Effect::Accepted).stop_took_effect);
 }
+
+/// A refusal earns one more look per accepted call; the look fails it only if the instance
+/// is still where the refused call found it.
+#[test]
+fn refusal_recheck_table() {
+    // (already rechecked since the last accepted call) -> what follows a refusal
+    for (rechecked, want) in [(false, AfterRefusal::LookAgain), (true, AfterRefusal::Fail)] {
+        let m = Memory {
+            refusal_rechecked: rechecked,
+            ..mem(Phase::StopSent)
+        };
+        let (after, step) = after_refusal(m);
+        assert_eq!(step, want, "rechecked {rechecked}");
+        assert!(after.refusal_rechecked, "a refusal always spends the look");
+    }
+    // Only an accepted call gives the look back.
+    let spent = after_refusal(mem(Phase::Fresh)).0;
+    for call in [Call::Stop, Call::Terminate] {
+        assert!(!after_call(spent, call, Effect::Accepted).refusal_rechecked);
+        assert!(after_call(spent, call, Effect::Unsure).refusal_rechecked);
+        assert!(after_call(spent, call, Effect::NotApplied).refusal_rechecked);
+    }
+    // (decided on, seen on the look after the refusal) -> verdict
+    let table = [
+        (State::Stopped, present(State::Stopped), Recheck::Refused),
+        (State::Running, present(State::Running), Recheck::Refused),
+        (State::Stopped, present(State::Starting), Recheck::Moved),
+        (State::Stopped, present(State::Running), Recheck::Moved),
+        (State::Running, present(State::Stopping), Recheck::Moved),
+        (State::Stopped, Observation::Absent, Recheck::Moved),
+        (
+            State::Unknown("X".into()),
+            present(State::Unknown("X".into())),
+            Recheck::Refused,
+        ),
+    ];
+    for (decided_on, seen, want) in table {
+        assert_eq!(recheck(&decided_on, &seen), want, "{decided_on:?} then {seen:?}");
+    }
+}

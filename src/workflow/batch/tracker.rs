@@ -1,0 +1,507 @@
+//! Per-instance records and the indexes over them.
+//!
+//! A [`Tracker`] is what the driver knows of one instance; its [`Status`] says what the
+//! instance is doing, as an enum whose variants carry exactly the data that status needs, so
+//! a combination the code must never produce (an outcome on an instance still being watched,
+//! a pending refusal on one being called, a queue time on one that waits for nothing) cannot
+//! be built. [`Trackers`] owns them all and is the only code that changes a status: it keeps
+//! two ordered indexes over the instances waiting for a look (by when the look is due, and by
+//! when the instance times out) in step with every change, so each tick costs in proportion
+//! to the instances due in it, not to the batch.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::super::machine::Memory;
+use super::super::outcome::Outcome;
+use super::super::retry::Episode;
+use crate::api::{ApiError, DESCRIBE_MAX, Instance, State};
+
+/// What an instance is doing.
+#[derive(Debug)]
+pub(super) enum Status {
+    /// Waiting for a look at `at`. A `parked` instance (backing off from a lock, throttling
+    /// or an error) is never looked at early by filling a Describe chunk: a look leads to a
+    /// call, and its retry time is what keeps the lock budget honest.
+    Due { at: Instant, parked: bool, watch: Watch },
+    /// In a Describe since `since` (waiting for the pace, or on its way).
+    Looking { since: Instant, watch: Watch },
+    /// A call decided on the state `decided_on`, queued (a slot, the pace) or on its way
+    /// since `since`.
+    Calling { decided_on: State, since: Instant },
+    /// Finished, with its outcome, at `at`.
+    Done { outcome: Outcome, at: Instant },
+}
+
+/// What an instance being watched (due or looking) carries from one look to the next.
+#[derive(Debug)]
+pub(super) struct Watch {
+    /// Only a Describe sent at or after this counts: it is when the instance's last change
+    /// (our call's answer) was known, and an older look would decide on a stale state.
+    pub fresh_after: Instant,
+    /// A refused call waiting for its one more look (see `machine::after_refusal`).
+    pub refused: Option<Refused>,
+}
+
+/// A call the API refused, and the state it had been decided on.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub error: ApiError,
+    pub decided_on: State,
+}
+
+/// Absent looks in a row, and when the first of them was sent (see `absence`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Absent {
+    pub looks: u32,
+    pub since: Instant,
+}
+
+/// What the driver knows of one instance.
+#[derive(Debug)]
+pub(super) struct Tracker {
+    pub id: String,
+    /// The latest row Describe gave for it (or the selection's).
+    pub row: Option<Instance>,
+    pub mem: Memory,
+    /// Private: only [`Trackers`] changes it, keeping its indexes in step.
+    status: Status,
+    /// When our last call on it was answered (run start before any).
+    pub last_answer: Instant,
+    /// When it entered its current phase, for the adaptive poll gap.
+    pub phase_since: Instant,
+    /// Calls sent for it (including a resumed run's earlier ones).
+    pub calls: u32,
+    /// Lock refusals in a row (see `Policy::lock`).
+    pub lock_backoff: Option<Episode>,
+    /// Transient errors of calls in a row (see `Policy::transient`).
+    pub retry_backoff: Option<Episode>,
+    /// Failed Describes of this instance in a row.
+    pub look_backoff: Option<Episode>,
+    /// When the Describe behind the latest observation was sent.
+    pub seen_at: Instant,
+    /// What the accepted Terminate's answer said about the recycle bin.
+    pub in_recycle: Option<String>,
+    /// A call was sent (or queued) for it in this run: the guard ran. A resumed instance may
+    /// have calls from before the crash, but its first call in this run is guarded all the same.
+    pub acted: bool,
+    pub absent: Absent,
+    /// How long its calls and looks have waited in the tool's own queue (a slot, the pace):
+    /// that time does not count against its `--instance-timeout` (see [`Trackers::limit`]).
+    pub queued: Duration,
+}
+
+impl Tracker {
+    pub(super) fn new(id: String, row: Option<Instance>, mem: Memory, calls: u32, now: Instant) -> Tracker {
+        Tracker {
+            id,
+            row,
+            mem,
+            status: Status::Due {
+                at: now,
+                parked: false,
+                watch: Watch {
+                    fresh_after: now,
+                    refused: None,
+                },
+            },
+            last_answer: now,
+            phase_since: now,
+            calls,
+            lock_backoff: None,
+            retry_backoff: None,
+            look_backoff: None,
+            seen_at: now,
+            in_recycle: None,
+            acted: false,
+            absent: Absent { looks: 0, since: now },
+            queued: Duration::ZERO,
+        }
+    }
+
+    pub(super) fn is_done(&self) -> bool {
+        matches!(self.status, Status::Done { .. })
+    }
+
+    /// Due or looking: watched, with no call in flight and no outcome yet.
+    pub(super) fn is_watched(&self) -> bool {
+        matches!(self.status, Status::Due { .. } | Status::Looking { .. })
+    }
+
+    /// Its outcome and when it came, once done.
+    pub(super) fn outcome(&self) -> Option<(&Outcome, Instant)> {
+        match &self.status {
+            Status::Done { outcome, at } => Some((outcome, *at)),
+            _ => None,
+        }
+    }
+}
+
+/// Every instance of a run, with the indexes the tick loop reads.
+pub(super) struct Trackers {
+    all: Vec<Tracker>,
+    /// Due instances by the time of their next look.
+    by_due: BTreeSet<(Instant, usize)>,
+    /// Due instances by the time they time out.
+    by_limit: BTreeSet<(Instant, usize)>,
+    /// Instances not done yet.
+    open: usize,
+    /// Run start plus `--instance-timeout`: each instance's limit before its queue time.
+    base_limit: Instant,
+}
+
+impl std::ops::Index<usize> for Trackers {
+    type Output = Tracker;
+    fn index(&self, i: usize) -> &Tracker {
+        &self.all[i]
+    }
+}
+
+impl Trackers {
+    pub(super) fn new(all: Vec<Tracker>, base_limit: Instant) -> Trackers {
+        let mut t = Trackers {
+            open: 0,
+            by_due: BTreeSet::new(),
+            by_limit: BTreeSet::new(),
+            base_limit,
+            all: Vec::with_capacity(all.len()),
+        };
+        for tracker in all {
+            let i = t.all.len();
+            t.all.push(tracker);
+            t.open += 1;
+            t.index(i);
+        }
+        t
+    }
+
+    /// Change anything but the status.
+    pub(super) fn get_mut(&mut self, i: usize) -> &mut Tracker {
+        &mut self.all[i]
+    }
+
+    /// Every instance has an outcome.
+    pub(super) fn all_done(&self) -> bool {
+        self.open == 0
+    }
+
+    pub(super) fn into_vec(self) -> Vec<Tracker> {
+        self.all
+    }
+
+    /// When instance `i` times out: `--instance-timeout` after the run started, plus the time
+    /// its calls and looks waited in the tool's own queue (a free slot, the request pace).
+    /// Every instance is watched from the start, so without a queue this is the same limit
+    /// for all; with one (a large batch under a low rate limit) the last in line still get
+    /// the whole timeout for the platform's part of the work.
+    pub(super) fn limit(&self, i: usize) -> Instant {
+        self.base_limit + self.all[i].queued
+    }
+
+    /// The one place a status changes; the indexes follow.
+    fn set(&mut self, i: usize, status: Status) -> Status {
+        self.unindex(i);
+        let old = std::mem::replace(&mut self.all[i].status, status);
+        match (matches!(old, Status::Done { .. }), self.all[i].is_done()) {
+            (false, true) => self.open -= 1,
+            (true, false) => self.open += 1,
+            _ => {}
+        }
+        self.index(i);
+        old
+    }
+
+    fn index(&mut self, i: usize) {
+        if let Status::Due { at, .. } = self.all[i].status {
+            self.by_due.insert((at, i));
+            self.by_limit.insert((self.limit(i), i));
+        }
+    }
+
+    fn unindex(&mut self, i: usize) {
+        if let Status::Due { at, .. } = self.all[i].status {
+            self.by_due.remove(&(at, i));
+            self.by_limit.remove(&(self.limit(i), i));
+        }
+    }
+
+    /// The watch an instance carries on: its pending refusal while it is watched, none
+    /// after a call or an outcome.
+    fn take_watch(&mut self, i: usize, fresh_after: Instant) -> Watch {
+        let refused = match &mut self.all[i].status {
+            Status::Due { watch, .. } | Status::Looking { watch, .. } => watch.refused.take(),
+            _ => None,
+        };
+        Watch { fresh_after, refused }
+    }
+
+    /// The watch of a watched instance, unchanged (`fresh_after` for one that is not).
+    fn keep_watch(&mut self, i: usize, fresh_after: Instant) -> Watch {
+        let fresh_after = match &self.all[i].status {
+            Status::Due { watch, .. } | Status::Looking { watch, .. } => watch.fresh_after,
+            _ => fresh_after,
+        };
+        self.take_watch(i, fresh_after)
+    }
+
+    /// Look at `i` at `at` (`parked`: not earlier); only a look sent from now on counts.
+    pub(super) fn schedule(&mut self, i: usize, at: Instant, parked: bool, now: Instant) {
+        let watch = self.take_watch(i, now);
+        self.set(i, Status::Due { at, parked, watch });
+    }
+
+    /// Move `i`'s next look to `at` and park it there, keeping what it waits for.
+    pub(super) fn postpone(&mut self, i: usize, at: Instant) {
+        if self.all[i].is_watched() {
+            let watch = self.keep_watch(i, at);
+            self.set(
+                i,
+                Status::Due {
+                    at,
+                    parked: true,
+                    watch,
+                },
+            );
+        }
+    }
+
+    /// A call on `i` was refused: look once more at `at` before judging it.
+    pub(super) fn refused(&mut self, i: usize, refused: Refused, at: Instant, now: Instant) {
+        let watch = Watch {
+            fresh_after: now,
+            refused: Some(refused),
+        };
+        self.set(
+            i,
+            Status::Due {
+                at,
+                parked: false,
+                watch,
+            },
+        );
+    }
+
+    /// The pending refusal of `i`, taken for judging on a fresh look.
+    pub(super) fn take_refused(&mut self, i: usize) -> Option<Refused> {
+        match &mut self.all[i].status {
+            Status::Due { watch, .. } | Status::Looking { watch, .. } => watch.refused.take(),
+            _ => None,
+        }
+    }
+
+    /// `i` goes into a Describe now.
+    pub(super) fn start_look(&mut self, i: usize, now: Instant) {
+        let watch = self.keep_watch(i, now);
+        self.set(i, Status::Looking { since: now, watch });
+    }
+
+    /// `i`'s look is over: it left the tool's queue at `left`. It is due again at once until
+    /// the answer is read; returns when a counting look must have been sent (`None` if the
+    /// instance was not looking, e.g. it was ended by a halt meanwhile).
+    pub(super) fn end_look(&mut self, i: usize, left: Instant) -> Option<Instant> {
+        let Status::Looking { since, watch } = &mut self.all[i].status else {
+            return None;
+        };
+        let since = *since;
+        let fresh_after = watch.fresh_after;
+        let refused = watch.refused.take();
+        self.all[i].queued += left.saturating_duration_since(since);
+        let watch = Watch { fresh_after, refused };
+        self.set(
+            i,
+            Status::Due {
+                at: left,
+                parked: false,
+                watch,
+            },
+        );
+        Some(fresh_after)
+    }
+
+    /// `i` gets a call, decided on `decided_on`, queued from `now`.
+    pub(super) fn start_call(&mut self, i: usize, decided_on: State, now: Instant) {
+        self.set(i, Status::Calling { decided_on, since: now });
+    }
+
+    /// `i`'s call is over: it left the tool's queue at `left`. Returns the state it was
+    /// decided on (`None` if `i` was not calling). The caller gives it its next status.
+    pub(super) fn end_call(&mut self, i: usize, left: Instant) -> Option<State> {
+        let Status::Calling { since, .. } = &self.all[i].status else {
+            return None;
+        };
+        let since = *since;
+        self.all[i].queued += left.saturating_duration_since(since);
+        let old = self.set(
+            i,
+            Status::Due {
+                at: left,
+                parked: false,
+                watch: Watch {
+                    fresh_after: left,
+                    refused: None,
+                },
+            },
+        );
+        match old {
+            Status::Calling { decided_on, .. } => Some(decided_on),
+            _ => None,
+        }
+    }
+
+    /// `i` is done (once: a later outcome is ignored).
+    pub(super) fn finish(&mut self, i: usize, outcome: Outcome, now: Instant) -> bool {
+        if self.all[i].is_done() {
+            return false;
+        }
+        self.set(i, Status::Done { outcome, at: now });
+        true
+    }
+
+    /// The instances to look at now: every unparked one due by `horizon` and every parked
+    /// one due by `now`, soonest first; the last chunk of 100 filled with the unparked ones
+    /// due soonest after them (a free look: the Describe goes out anyway). Empty if none is
+    /// due. Cost: the instances taken, plus parked ones due within the horizon.
+    pub(super) fn due_looks(&self, now: Instant, horizon: Instant) -> Vec<usize> {
+        let mut due = Vec::new();
+        let mut entries = self.by_due.iter();
+        let mut next = None;
+        for &(at, i) in entries.by_ref() {
+            if at > horizon {
+                next = Some((at, i));
+                break;
+            }
+            let parked = matches!(self.all[i].status, Status::Due { parked: true, .. });
+            if !parked || at <= now {
+                due.push(i);
+            }
+        }
+        if due.is_empty() {
+            return due;
+        }
+        let room = (DESCRIBE_MAX - due.len() % DESCRIBE_MAX) % DESCRIBE_MAX;
+        let later = next.into_iter().chain(entries.copied());
+        let free = later
+            .filter(|&(_, i)| matches!(self.all[i].status, Status::Due { parked: false, .. }))
+            .take(room)
+            .map(|(_, i)| i);
+        due.extend(free);
+        due
+    }
+
+    /// Due instances whose time ran out by `now`.
+    pub(super) fn timed_out(&self, now: Instant) -> Vec<usize> {
+        self.by_limit
+            .iter()
+            .take_while(|&&(at, _)| at <= now)
+            .map(|&(_, i)| i)
+            .collect()
+    }
+
+    /// The next instant something is due: a look or an instance's time limit.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        let look = self.by_due.first().map(|&(at, _)| at);
+        let limit = self.by_limit.first().map(|&(at, _)| at);
+        look.into_iter().chain(limit).min()
+    }
+
+    /// Watched instances (due or looking): what a halt ends. Costs the whole batch; only
+    /// read while halting.
+    pub(super) fn watched(&self) -> Vec<usize> {
+        (0..self.all.len()).filter(|&i| self.all[i].is_watched()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn trackers(n: usize, now: Instant) -> Trackers {
+        let all = (0..n)
+            .map(|i| Tracker::new(format!("uhost-{i}"), None, Memory::default(), 0, now))
+            .collect();
+        Trackers::new(all, now + Duration::from_secs(60))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_looks_fill_the_last_chunk_but_never_with_parked_instances() {
+        let now = Instant::now();
+        let mut t = trackers(300, now);
+        for i in 0..300 {
+            let at = now + MS * u32::try_from(i).unwrap() * 10;
+            t.schedule(i, at, i % 2 == 1, now);
+        }
+        // Due within 50 ms: 0..=5; parked 1, 3, 5 are not yet due at `now` (only 0 is at now).
+        let looks = t.due_looks(now, now + 50 * MS);
+        assert_eq!(&looks[..3], &[0, 2, 4], "unparked due ones first, soonest first");
+        assert_eq!(looks.len(), 100, "the chunk is filled");
+        assert!(
+            looks.iter().all(|&i| i % 2 == 0),
+            "no parked instance is pulled forward"
+        );
+        // Nothing due: nothing to look at, even though instances are waiting.
+        let mut t = trackers(3, now);
+        for i in 0..3 {
+            t.schedule(i, now + Duration::from_secs(1), false, now);
+        }
+        assert!(t.due_looks(now, now + 50 * MS).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_indexes_follow_every_change_of_status() {
+        let now = Instant::now();
+        let mut t = trackers(3, now);
+        assert_eq!(t.next_due(), Some(now));
+        t.start_look(0, now);
+        t.start_look(1, now);
+        t.start_call(2, State::Running, now);
+        assert_eq!(t.next_due(), None, "nothing waits for a look or times out while busy");
+        assert!(t.timed_out(now + Duration::from_secs(3600)).is_empty());
+        // A look that queued 5 s moves that instance's limit by 5 s.
+        assert_eq!(t.end_look(0, now + Duration::from_secs(5)), Some(now));
+        t.schedule(0, now + Duration::from_secs(10), false, now);
+        assert_eq!(t.limit(0), now + Duration::from_secs(65));
+        assert_eq!(t.timed_out(now + Duration::from_secs(64)), Vec::<usize>::new());
+        assert_eq!(t.timed_out(now + Duration::from_secs(65)), vec![0]);
+        assert!(t.finish(0, Outcome::Skipped { reason: "x".into() }, now));
+        assert!(
+            !t.finish(0, Outcome::Skipped { reason: "y".into() }, now),
+            "one outcome only"
+        );
+        assert!(t.timed_out(now + Duration::from_secs(3600)).is_empty());
+        assert!(!t.all_done());
+        assert_eq!(t.watched(), vec![1]);
+        t.finish(1, Outcome::Skipped { reason: "x".into() }, now);
+        t.finish(2, Outcome::Skipped { reason: "x".into() }, now);
+        assert!(t.all_done());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_waits_for_its_look_and_goes_with_the_next_call() {
+        let now = Instant::now();
+        let mut t = trackers(1, now);
+        t.start_call(0, State::Stopped, now);
+        assert_eq!(t.end_call(0, now), Some(State::Stopped));
+        let error = ApiError::RetCode {
+            action: "TerminateCompShareInstance".into(),
+            code: 8900,
+            message: "state".into(),
+            request_id: None,
+        };
+        let refused = Refused {
+            error,
+            decided_on: State::Stopped,
+        };
+        t.refused(0, refused, now, now);
+        // Scheduling again (an absence look, a failed Describe) keeps it pending.
+        t.start_look(0, now);
+        t.end_look(0, now);
+        t.postpone(0, now + MS);
+        t.schedule(0, now + MS, false, now);
+        assert!(t.take_refused(0).is_some());
+        assert!(t.take_refused(0).is_none(), "judged once");
+    }
+}
