@@ -130,7 +130,7 @@ impl<C: Cloud + 'static> Runner<C> {
         let started = self.started;
         let end = Instant::now();
         let mut api_calls = self.ends.api_calls;
-        let looks = self.calls.recheck_describes();
+        let looks = self.looks.sent() + self.calls.recheck_describes();
         if looks > 0 {
             *api_calls.entry("DescribeCompShareInstance".to_owned()).or_default() += looks;
         }

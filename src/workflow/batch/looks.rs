@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -30,6 +31,8 @@ pub(super) struct Looks<C> {
     stop_sending: CancellationToken,
     /// What the run has seen of the gateway's consistency (see [`absence`]).
     pub evidence: Evidence,
+    /// Describes sent (past the pace; a look a halt kept waiting is not one).
+    sent: Arc<AtomicU32>,
 }
 
 impl<C: Cloud + 'static> Looks<C> {
@@ -39,6 +42,7 @@ impl<C: Cloud + 'static> Looks<C> {
             pace,
             stop_sending,
             evidence: Evidence::default(),
+            sent: Arc::new(AtomicU32::new(0)),
         }
     }
 
@@ -47,6 +51,7 @@ impl<C: Cloud + 'static> Looks<C> {
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
         let stop_sending = self.stop_sending.clone();
+        let sent = Arc::clone(&self.sent);
         async move {
             // A look still waiting for the pace when the run halts is not sent: the halt has
             // ended its instances, and a throttled pace (half a request a second at worst)
@@ -56,6 +61,7 @@ impl<C: Cloud + 'static> Looks<C> {
                 () = stop_sending.cancelled() => return Event::Unsent { idxs },
             }
             let sent_at = Instant::now();
+            sent.fetch_add(1, Ordering::Relaxed);
             let limit = u32::try_from(ids.len()).unwrap_or(100);
             let query = DescribeQuery {
                 region,
@@ -69,6 +75,11 @@ impl<C: Cloud + 'static> Looks<C> {
             });
             Event::Described { idxs, sent_at, result }
         }
+    }
+
+    /// Describes sent so far.
+    pub(super) fn sent(&self) -> u32 {
+        self.sent.load(Ordering::Relaxed)
     }
 }
 
@@ -102,7 +113,7 @@ impl<C: Cloud + 'static> Runner<C> {
             self.trackers.start_look(i, now);
         }
         let task = self.looks.task(idxs.clone(), ids, region);
-        self.tasks.spawn(idxs, task);
+        self.tasks.spawn_look(idxs, task);
     }
 
     /// A look the halt kept from leaving: its instances are (or will be) ended by the halt.
@@ -120,7 +131,6 @@ impl<C: Cloud + 'static> Runner<C> {
         result: Result<(Vec<Instance>, Option<usize>), ApiError>,
     ) {
         let now = Instant::now();
-        self.ends.count("DescribeCompShareInstance");
         // The fresh-after mark of each instance that was still looking (a halt may have ended
         // some meanwhile: their answer is not read).
         let looking: Vec<(usize, Instant)> = idxs
@@ -295,22 +305,36 @@ impl<C: Cloud + 'static> Runner<C> {
         let before = t.mem.phase;
         let (mem, decision) = decide(t.mem, &obs, since, &self.rules);
         t.mem = mem;
+        if matches!(decision, Decision::Wait(_)) || mem.phase != before {
+            // An error budget belongs to one episode of errors: once the instance waits on
+            // the platform or moves on, a later error starts a new one (a 503 on Stop must
+            // not spend the budget of a Terminate minutes later).
+            t.retry_backoff = None;
+            t.lock_backoff = None;
+        }
         let state = match &obs {
             Observation::Absent => None,
             Observation::Present { state, .. } => Some(state.as_str().to_owned()),
         };
         tracing::debug!(id = %t.id, state = state.as_deref().unwrap_or("absent"), ?decision, "observed");
-        let entry = Entry::Decision {
-            id: t.id.clone(),
-            state: state.clone(),
-            phase: before,
-            decision: format!("{decision:?}"),
-        };
-        self.journal(&entry);
+        // A decision is journaled when it changes, not on every look: a long wait must not
+        // grow the journal past what `--resume` reads.
+        let noted = (state.clone(), before, decision.clone());
+        if t.last_decision.as_ref() != Some(&noted) {
+            t.last_decision = Some(noted);
+            let entry = Entry::Decision {
+                id: t.id.clone(),
+                state: state.clone(),
+                phase: before,
+                decision: format!("{decision:?}"),
+            };
+            self.journal(&entry);
+        }
         match decision {
-            Decision::Stop { .. } | Decision::Terminate if self.ends.halt.is_some() => {
-                let phase = self.trackers[i].mem.phase;
-                self.finish(i, Outcome::Interrupted { phase });
+            Decision::Stop { .. } | Decision::Terminate if let Some(outcome) = self.ends.halted(mem.phase) => {
+                // Halting starts nothing new; the outcome says why (an interrupt, the
+                // deadline, a failed journal write).
+                self.finish(i, outcome);
             }
             // A look answered after the instance's time ran out (it was on its way at the
             // limit) starts no new call; news that it is gone is still taken.

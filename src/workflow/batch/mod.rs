@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::task::{Id as TaskId, JoinSet};
+use tokio::task::{AbortHandle, Id as TaskId, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -118,7 +118,8 @@ enum Event {
         call: Call,
         sent: Sent,
     },
-    /// A look that never left: the run halted while it waited for the pace.
+    /// A look that never left (the run halted while it waited for the pace), or that a halt
+    /// dropped on its way.
     Unsent {
         idxs: Vec<usize>,
     },
@@ -150,12 +151,28 @@ struct Runner<C> {
 struct Tasks {
     set: JoinSet<Event>,
     owners: HashMap<TaskId, Vec<usize>>,
+    /// The Describe tasks among them: read-only, so a halt drops them rather than wait up to
+    /// a request timeout for answers nobody reads.
+    looks: HashMap<TaskId, AbortHandle>,
 }
 
 impl Tasks {
     fn spawn(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
         let handle = self.set.spawn(task);
         self.owners.insert(handle.id(), idxs);
+    }
+
+    fn spawn_look(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.owners.insert(handle.id(), idxs);
+        self.looks.insert(handle.id(), handle);
+    }
+
+    /// Drop every look in flight (a halt: their instances are ended where they stand).
+    fn abort_looks(&mut self) {
+        for (_, look) in self.looks.drain() {
+            look.abort();
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -168,10 +185,15 @@ impl Tasks {
         Some(match joined {
             Ok((id, event)) => {
                 self.owners.remove(&id);
+                self.looks.remove(&id);
                 Ok(event)
             }
             Err(e) => {
                 let idxs = self.owners.remove(&e.id()).unwrap_or_default();
+                let look = self.looks.remove(&e.id()).is_some();
+                if look && e.is_cancelled() {
+                    return Some(Ok(Event::Unsent { idxs })); // dropped by a halt
+                }
                 Err((idxs, lost_why(e)))
             }
         })
@@ -222,6 +244,7 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         tasks: Tasks {
             set: JoinSet::new(),
             owners: HashMap::new(),
+            looks: HashMap::new(),
         },
         ends: Ends::default(),
         ctl,
@@ -250,6 +273,7 @@ impl<C: Cloud + 'static> Runner<C> {
                     return;
                 }
                 self.calls.stop_sending();
+                self.tasks.abort_looks();
             } else if self.trackers.all_done() {
                 return;
             } else {

@@ -403,3 +403,128 @@ async fn a_look_answered_after_the_timeout_starts_no_call() {
     assert!(stops.len() > 3, "{stops:?}");
     assert!(stops.iter().all(|at| *at < Duration::from_secs(100)), "{stops:?}");
 }
+
+/// An error budget is one episode's: a 503 on Stop, then minutes of `Stopping`, then a 503 on
+/// Terminate is a new episode, retried, not a budget spent long ago.
+#[tokio::test(start_paused = true)]
+async fn an_error_budget_ends_with_its_episode() {
+    let t0 = Instant::now();
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.stop = Box::new(|t, target, n| {
+        if n == 0 {
+            return Err(retcode("StopCompShareInstance", 150, "service unavailable"));
+        }
+        t.states.insert(target.uhost_id.clone(), State::Stopping);
+        Ok(())
+    });
+    // Stopping takes four minutes: longer than the three-minute transient budget.
+    script.describe = Box::new(move |t, q, _| {
+        let mut page = honest(t, q);
+        for r in &mut page.uhost_set {
+            if r.state == State::Stopping && t0.elapsed() > Duration::from_secs(240) {
+                r.state = State::Stopped;
+            }
+        }
+        Ok(page)
+    });
+    script.terminate = Box::new(|t, target, n| {
+        if n == 0 {
+            return Err(retcode("TerminateCompShareInstance", 150, "service unavailable"));
+        }
+        t.gone_at.insert(target.uhost_id.clone(), Instant::now());
+        Ok(TerminateAck::default())
+    });
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
+    assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    assert_eq!(cloud.calls(TERMINATE).len(), 2);
+}
+
+/// A journal that cannot be written ends the instances it stops as failed (exit 1), not
+/// interrupted (130 is for a signal).
+#[tokio::test(start_paused = true)]
+async fn a_failed_journal_write_fails_the_instances_it_stops() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("td.journal");
+    // The start line and a few more, then every write fails.
+    let journal = crate::workflow::journal::Journal::open(&path)
+        .expect("journal")
+        .fail_after(4);
+    let cloud = Arc::new(Scripted::new(&[
+        ("uhost-a", State::Running),
+        ("uhost-b", State::Stopped),
+    ]));
+    let ctl = Controls {
+        journal: Some(journal),
+        ..Controls::default()
+    };
+    let report = drive(&cloud, &["uhost-a", "uhost-b"], settings(), ctl).await;
+    assert!(!report.interrupted(), "{report:?}");
+    for i in &report.instances {
+        if !i.outcome.is_ok() {
+            assert!(
+                matches!(&i.outcome, Outcome::Failed { error, .. } if error.starts_with("journal write failed")),
+                "{report:?}"
+            );
+        }
+    }
+    assert!(report.instances.iter().any(|i| !i.outcome.is_ok()), "{report:?}");
+}
+
+/// A halt drops the looks on their way: a Describe that takes 25 s to answer does not keep a
+/// run with a 10 s deadline going, and the instances end timed out.
+#[tokio::test(start_paused = true)]
+async fn the_deadline_drops_looks_in_flight() {
+    let mut script = Scripted::new(&[("uhost-a", State::Starting)]);
+    script.describe_delay = Duration::from_secs(25);
+    let cloud = Arc::new(script);
+    let s = Settings {
+        deadline: Some(Duration::from_secs(10)),
+        ..settings()
+    };
+    let t0 = Instant::now();
+    let report = drive(&cloud, &["uhost-a"], s, Controls::default()).await;
+    assert!(t0.elapsed() < Duration::from_secs(11), "took {:?}", t0.elapsed());
+    assert!(
+        matches!(outcome(&report, "uhost-a"), Outcome::TimedOut { .. }),
+        "{report:?}"
+    );
+    // The Describe that left is counted; none is counted that never left.
+    assert_eq!(report.summary.api_calls.get("DescribeCompShareInstance"), Some(&1));
+}
+
+/// A long wait writes one decision line, not one per look.
+#[tokio::test(start_paused = true)]
+async fn a_long_wait_journals_its_decision_once() {
+    let t0 = Instant::now();
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.stop = Box::new(|t, target, _| {
+        t.states.insert(target.uhost_id.clone(), State::Stopping);
+        Ok(())
+    });
+    // Stopping for ten minutes: about 200 looks at the default poll interval.
+    script.describe = Box::new(move |t, q, _| {
+        let mut page = honest(t, q);
+        for r in &mut page.uhost_set {
+            if r.state == State::Stopping && t0.elapsed() > Duration::from_secs(600) {
+                r.state = State::Stopped;
+            }
+        }
+        Ok(page)
+    });
+    let cloud = Arc::new(script);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("td.journal");
+    let ctl = Controls {
+        journal: Some(crate::workflow::journal::Journal::open(&path).expect("journal")),
+        ..Controls::default()
+    };
+    let report = drive(&cloud, &["uhost-a"], settings(), ctl).await;
+    assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    assert!(cloud.calls(DESCRIBE).len() > 100, "the wait took many looks");
+    let text = std::fs::read_to_string(&path).expect("journal");
+    let decisions = text.lines().filter(|l| l.contains(r#""event":"decision""#)).count();
+    // Stop, wait for the Stop to take effect, wait while stopping, Terminate, wait to leave
+    // Describe, gone: a handful of changes.
+    assert!(decisions <= 8, "{decisions} decision lines:\n{text}");
+}
