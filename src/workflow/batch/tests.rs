@@ -410,12 +410,11 @@ async fn a_look_answered_after_the_timeout_starts_no_call() {
 async fn an_error_budget_ends_with_its_episode() {
     let t0 = Instant::now();
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);
-    script.stop = Box::new(|t, target, n| {
-        if n == 0 {
-            return Err(retcode("StopCompShareInstance", 150, "service unavailable"));
-        }
+    // The Stop is applied, but answered "service unavailable" (a gateway that gave up on
+    // the backend's answer): no accepted call ends that error episode.
+    script.stop = Box::new(|t, target, _| {
         t.states.insert(target.uhost_id.clone(), State::Stopping);
-        Ok(())
+        Err(retcode("StopCompShareInstance", 150, "service unavailable"))
     });
     // Stopping takes four minutes: longer than the three-minute transient budget.
     script.describe = Box::new(move |t, q, _| {
@@ -437,6 +436,7 @@ async fn an_error_budget_ends_with_its_episode() {
     let cloud = Arc::new(script);
     let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
     assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    assert_eq!(cloud.calls(STOP).len(), 1);
     assert_eq!(cloud.calls(TERMINATE).len(), 2);
 }
 
@@ -446,10 +446,11 @@ async fn an_error_budget_ends_with_its_episode() {
 async fn a_failed_journal_write_fails_the_instances_it_stops() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("td.journal");
-    // The start line and a few more, then every write fails.
+    // The start line, the first instance's decision and call; the second's decision fails,
+    // so its Terminate is decided while the run halts.
     let journal = crate::workflow::journal::Journal::open(&path)
         .expect("journal")
-        .fail_after(4);
+        .fail_after(3);
     let cloud = Arc::new(Scripted::new(&[
         ("uhost-a", State::Running),
         ("uhost-b", State::Stopped),
