@@ -31,6 +31,24 @@ const BETA: f64 = 0.7;
 /// The CUBIC scale constant: with it, a rate of 20/s is back at its last maximum 2.5 s after a
 /// decrease, and 200/s after 5.3 s.
 const CUBIC_C: f64 = 0.4;
+/// The fewest requests (at the last maximum) a curve takes to climb back to it: twenty, so at
+/// 1/s it takes twenty seconds (and probes beyond it after forty, each probe costing a few
+/// refusals); above about 20/s CUBIC's own `K` is longer and rules.
+const RECOVER_REQUESTS: f64 = 20.0;
+/// A decrease's new maximum is at most the rate the gateway admitted, divided by this: what
+/// a gateway admits while we probe reads a little low (one with a small burst refuses some
+/// requests even below its limit), and a maximum right at it would ratchet down decrease
+/// after decrease; a maximum far above it would be refused again and again.
+const ADMITTED_SHARE: f64 = 0.9;
+/// Requests that may await their answers at the start, before the gateway's limit is known:
+/// each answer that is not a throttle lets one more out (TCP's slow start: the window doubles
+/// every round trip), so a run at a low limit learns it from a few refusals instead of
+/// sending its whole first wave into it. Ten, as TCP's initial window; the window reaches the
+/// default concurrency (64) within three round trips.
+const INITIAL_WINDOW: u32 = 10;
+/// How long a request waits for an answer to free the window before it goes anyway: answers
+/// can be lost (a task that panicked), and slow start must never stall a run.
+const WINDOW_WAIT: Duration = Duration::from_secs(1);
 /// Never below one request every two seconds: a throttled run must still make progress.
 const FLOOR_RPS: f64 = 0.5;
 /// Answers remembered to tell a rate limit from random throttles.
@@ -39,16 +57,27 @@ const ANSWER_WINDOW: usize = 20;
 /// happen about once every 140 windows; a gateway refusing the excess over its limit sends
 /// them within a second once we are 15% above it.
 const CUT_AFTER: usize = 3;
-/// The send rate is measured over the last second.
+/// The send rate is measured over the last second, or over the last [`MEASURE_EVENTS`] sends
+/// when a second holds fewer (at low rates a second holds one or two sends, and their rate
+/// reads high or not at all), but never over more than [`MEASURE_MAX`].
 const MEASURE: Duration = Duration::from_secs(1);
+/// Sends a low-rate measurement spans: at 1/s about ten seconds, so a look and its Terminate
+/// sent as a pair read as the rate they average, not as one burst.
+const MEASURE_EVENTS: usize = 10;
+/// The oldest send a measurement reads: beyond this the rate it gave has long changed.
+const MEASURE_MAX: Duration = Duration::from_secs(30);
 /// A change of the rate in force by this factor is logged (the curve moves continuously).
 const LOG_STEP: f64 = 1.1;
 
-/// The rate of the events in `times` over the last [`MEASURE`] (dropping older ones); 0 with
-/// fewer than two.
+/// The rate of the events in `times` over the last [`MEASURE`], or over the last
+/// [`MEASURE_EVENTS`] events if that second holds fewer (dropping older ones); 0 with fewer
+/// than two.
 #[expect(clippy::cast_precision_loss, reason = "a count of events in one second")]
 fn rate_of(times: &mut VecDeque<Instant>, now: Instant) -> f64 {
-    while times.front().is_some_and(|t| now.duration_since(*t) > MEASURE) {
+    while times.front().is_some_and(|t| {
+        let age = now.duration_since(*t);
+        age > MEASURE_MAX || (age > MEASURE && times.len() > MEASURE_EVENTS)
+    }) {
         times.pop_front();
     }
     let n = times.len();
@@ -77,12 +106,18 @@ struct Curve {
 }
 
 impl Curve {
-    /// CUBIC: `C·(t − K)³ + last_max` with `K = ∛(last_max·(1 − β)/C)`, which is `β·last_max`
-    /// at the decrease and `last_max` again after `K` seconds.
+    /// CUBIC: `c·(t − K)³ + last_max`, which is `β·last_max` at the decrease and `last_max`
+    /// again after `K` seconds. `K = ∛(last_max·(1 − β)/C)` as in CUBIC, but never shorter
+    /// than [`RECOVER_REQUESTS`] requests at `last_max`, and `c` follows from `K`: at low
+    /// rates seconds hold few requests, and a curve back at its maximum within a request or
+    /// two would spend most of its time above the limit it just found.
     fn rate(&self, now: Instant) -> f64 {
         let t = now.duration_since(self.since).as_secs_f64();
-        let k = (self.last_max * (1.0 - BETA) / CUBIC_C).cbrt();
-        CUBIC_C * (t - k).powi(3) + self.last_max
+        let k = (self.last_max * (1.0 - BETA) / CUBIC_C)
+            .cbrt()
+            .max(RECOVER_REQUESTS / self.last_max);
+        let c = self.last_max * (1.0 - BETA) / k.powi(3);
+        c * (t - k).powi(3) + self.last_max
     }
 }
 
@@ -104,7 +139,25 @@ struct Inner {
     last_cut: Option<Instant>,
     /// The rate last logged.
     logged: Option<f64>,
+    /// Slow start until the first decrease (and only without `--rate`).
+    start: Option<SlowStart>,
     stats: PaceSummary,
+}
+
+/// The slow-start window (see [`INITIAL_WINDOW`]).
+#[derive(Debug, Clone, Copy)]
+struct SlowStart {
+    window: u32,
+    /// Requests sent and not answered yet.
+    outstanding: u32,
+}
+
+/// Why a request cannot go yet.
+enum Wait {
+    /// For the next token.
+    For(Duration),
+    /// For an answer to free the slow-start window.
+    Answer,
 }
 
 /// Shared pace for every request of a run.
@@ -114,6 +167,8 @@ pub struct Pace {
     /// queue behind it instead of all waking for every token.
     turn: tokio::sync::Mutex<()>,
     inner: Mutex<Inner>,
+    /// Woken by every answer (for a request waiting on the slow-start window).
+    answered: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -142,6 +197,12 @@ impl Inner {
     }
 
     fn record_answer(&mut self, sent_at: Instant, throttled: bool) {
+        if let Some(start) = self.start.as_mut() {
+            start.outstanding = start.outstanding.saturating_sub(1);
+            if !throttled {
+                start.window = start.window.saturating_add(1);
+            }
+        }
         if self.answers.len() == ANSWER_WINDOW {
             self.answers.pop_front();
         }
@@ -149,8 +210,14 @@ impl Inner {
     }
 
     /// Take a token if there is one; else how long until there is.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
+    fn take(&mut self, now: Instant) -> Result<(), Wait> {
         let Some(rate) = self.rate(now) else {
+            if let Some(start) = self.start.as_mut() {
+                if start.outstanding >= start.window {
+                    return Err(Wait::Answer);
+                }
+                start.outstanding += 1;
+            }
             self.record_send(now);
             return Ok(());
         };
@@ -165,7 +232,9 @@ impl Inner {
             self.record_send(now);
             return Ok(());
         }
-        Err(Duration::from_secs_f64((1.0 - self.tokens) / rate).max(Duration::from_millis(1)))
+        Err(Wait::For(
+            Duration::from_secs_f64((1.0 - self.tokens) / rate).max(Duration::from_millis(1)),
+        ))
     }
 
     fn log_change(&mut self, rate: f64) {
@@ -184,6 +253,7 @@ impl Pace {
         let ceiling = (ceiling > 0).then_some(f64::from(ceiling));
         Pace {
             turn: tokio::sync::Mutex::new(()),
+            answered: tokio::sync::Notify::new(),
             inner: Mutex::new(Inner {
                 ceiling,
                 curve: None,
@@ -194,6 +264,10 @@ impl Pace {
                 answers: VecDeque::with_capacity(ANSWER_WINDOW),
                 last_cut: None,
                 logged: None,
+                start: ceiling.is_none().then_some(SlowStart {
+                    window: INITIAL_WINDOW,
+                    outstanding: 0,
+                }),
                 stats: PaceSummary {
                     final_rate: ceiling,
                     ..PaceSummary::default()
@@ -215,23 +289,57 @@ impl Pace {
         }
         let _turn = self.turn.lock().await;
         loop {
+            let answered = self.answered.notified();
             let wait = match self.lock().take(Instant::now()) {
                 Ok(()) => return,
                 Err(wait) => wait,
             };
-            tokio::time::sleep(wait).await;
+            match wait {
+                Wait::For(d) => tokio::time::sleep(d).await,
+                Wait::Answer => {
+                    if tokio::time::timeout(WINDOW_WAIT, answered).await.is_err() {
+                        // No answer for a second: go anyway (and widen the window for it).
+                        let mut inner = self.lock();
+                        if let Some(start) = inner.start.as_mut() {
+                            start.window += 1;
+                        }
+                    }
+                }
+            }
         }
     }
 
-    /// Count a request that must go now (a last look right before Terminates that already
-    /// waited their turn): it takes a token, borrowing it if there is none, so the requests
-    /// after it wait for it to be paid back.
-    pub fn charge(&self) {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        if inner.take(now).is_err() {
-            inner.tokens -= 1.0;
-            inner.record_send(now);
+    /// A request that must go right before one that already has its turn (the last look
+    /// before a Terminate): it borrows a token, then waits until the debt is paid back, so
+    /// the two leave as a pair after a gap worth both. The gap is the point: sent at once, a
+    /// look would take the only token a gateway at its limit has left, and the Terminate it
+    /// licenses would be refused, looked at again and refused again, forever. Nothing else is
+    /// sent meanwhile (the bucket is in debt).
+    pub async fn pair(&self) {
+        let wait = {
+            let now = Instant::now();
+            let mut inner = self.lock();
+            match inner.take(now) {
+                Ok(()) => return,
+                Err(Wait::Answer) => {
+                    // Slow start: the look goes now, counted like any request.
+                    if let Some(start) = inner.start.as_mut() {
+                        start.outstanding += 1;
+                    }
+                    inner.record_send(now);
+                    None
+                }
+                Err(Wait::For(_)) => {
+                    inner.tokens -= 1.0;
+                    inner.record_send(now);
+                    inner
+                        .rate(now)
+                        .map(|rate| Duration::from_secs_f64(-inner.tokens.min(0.0) / rate))
+                }
+            }
+        };
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -241,6 +349,7 @@ impl Pace {
         let mut inner = self.lock();
         inner.stats.throttles += 1;
         inner.record_answer(sent_at, true);
+        self.answered.notify_waiters();
         // At the very instant of a decrease (paused time answers at once), "before" wins.
         if inner.last_cut.is_some_and(|cut| sent_at <= cut) {
             return; // sent before the last decrease: already accounted for
@@ -259,16 +368,17 @@ impl Pace {
         let current = inner.rate(now);
         // The rate we were throttled at: what we actually sent, or the limit if it was lower.
         let mut last_max = current.map_or(measured, |c| c.min(measured));
-        // And the rate right after the decrease no faster than what the gateway let through
-        // meanwhile: at low rates a second holds few sends, and their rate reads high. (Not
-        // the admitted rate itself: a gateway with a small burst refuses some requests even
-        // below its limit, so what it admits while we probe reads low.)
+        // And no faster than what the gateway let through meanwhile: the curve returns to
+        // `last_max` and dwells there, so a maximum above what the gateway admits would be
+        // refused again and again. (A gateway with a small burst may refuse a few requests
+        // below its limit, so this can read a little low; the curve probes beyond it.)
         let admitted = rate_of(&mut inner.admitted, now);
         if admitted > 0.0 {
-            last_max = last_max.min(admitted / BETA);
+            last_max = last_max.min(admitted / ADMITTED_SHARE);
         }
         let last_max = last_max.max(FLOOR_RPS);
         inner.curve = Some(Curve { since: now, last_max });
+        inner.start = None; // the curve rules from now on
         inner.last_cut = Some(now);
         let rate = inner.rate(now).unwrap_or(FLOOR_RPS);
         // Slower from now on: no saved-up burst at the old rate.
@@ -290,6 +400,7 @@ impl Pace {
     pub fn succeeded(&self, sent_at: Instant) {
         let mut inner = self.lock();
         inner.record_answer(sent_at, false);
+        self.answered.notify_waiters();
         inner.admitted.push_back(Instant::now());
         // Trimmed here too: a run that is never throttled must not grow this without end.
         let _ = rate_of(&mut inner.admitted, Instant::now());
@@ -332,33 +443,81 @@ mod tests {
         );
     }
 
+    /// A request that already has its turn and the look paired with it leave together after
+    /// a gap worth both; nothing else leaves in that gap.
     #[tokio::test(start_paused = true)]
-    async fn a_charged_request_is_paid_back_by_the_next_ones() {
-        let pace = Pace::new(10);
+    async fn a_pair_leaves_after_a_gap_worth_both() {
+        let pace = Pace::new(1);
+        pace.ready().await; // the first token
         let start = Instant::now();
-        for _ in 0..5 {
-            pace.charge();
-        }
+        pace.ready().await; // the call's turn: a second later
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        pace.pair().await; // its look: borrowed, then a second of debt paid back
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        pace.ready().await; // the next request: a second after the pair
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        // Without a limit a pair costs nothing.
+        let free = Pace::new(0);
+        let start = Instant::now();
+        free.ready().await;
+        free.pair().await;
         assert_eq!(start.elapsed(), Duration::ZERO);
-        pace.ready().await;
-        // Four tokens borrowed and one more needed at 10/s.
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(490) && took <= Duration::from_millis(510),
-            "{took:?}"
-        );
     }
 
+    /// The measured rate at one request a second, sent as pairs, reads as the average, not
+    /// as the burst of each pair.
+    #[tokio::test(start_paused = true)]
+    async fn a_low_rate_is_measured_over_enough_sends() {
+        let mut times = VecDeque::new();
+        let start = Instant::now();
+        for k in 0..10u32 {
+            let at = start + Duration::from_secs(2) * k;
+            times.push_back(at);
+            times.push_back(at + Duration::from_millis(5));
+        }
+        let now = start + Duration::from_secs(19);
+        let rate = rate_of(&mut times, now);
+        assert!((0.9..1.3).contains(&rate), "{rate}");
+        // At high rates the last second is enough.
+        let mut fast: VecDeque<Instant> = (0..400u32).map(|k| start + Duration::from_millis(5) * k).collect();
+        let rate = rate_of(&mut fast, start + Duration::from_secs(2));
+        assert!((190.0..=210.0).contains(&rate), "{rate}");
+    }
+
+    /// No rate limit until throttled: requests wait only for answers, ten at first, each
+    /// answer letting one more out (slow start).
     #[tokio::test(start_paused = true)]
     async fn no_limit_until_throttled() {
         let pace = Pace::new(0);
         let start = Instant::now();
         for _ in 0..1000 {
             pace.ready().await;
+            pace.succeeded(Instant::now());
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         assert_eq!(pace.current(), None);
         assert_eq!(pace.summary(), PaceSummary::default());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_lets_ten_wait_for_answers_then_one_more_per_answer() {
+        let pace = std::sync::Arc::new(Pace::new(0));
+        let start = Instant::now();
+        for _ in 0..INITIAL_WINDOW {
+            pace.ready().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        let answers = std::sync::Arc::clone(&pace);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answers.succeeded(start);
+        });
+        pace.ready().await; // the eleventh waits for the answer
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        pace.ready().await; // the answer widened the window by one
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        pace.ready().await; // no answer: it goes after a second anyway
+        assert_eq!(start.elapsed(), Duration::from_millis(100) + WINDOW_WAIT);
     }
 
     /// Send at the pace for `secs` against a gateway admitting `limit` requests a second (a
@@ -430,20 +589,20 @@ mod tests {
     async fn a_burst_of_throttles_lowers_the_rate_once() {
         let pace = Pace::new(0);
         let sent = Instant::now();
-        for _ in 0..100 {
+        for _ in 0..INITIAL_WINDOW {
             pace.ready().await;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // 100 requests sent together, all refused: one decrease.
-        for _ in 0..100 {
+        // The first window's requests sent together, all refused: one decrease.
+        for _ in 0..INITIAL_WINDOW {
             pace.throttled(sent);
         }
         let s = pace.summary();
-        assert_eq!((s.throttles, s.decreases), (100, 1), "{s:?}");
-        // 100 sends at once read as 99 gaps in 50 ms (the shortest span measured): 1980/s,
+        assert_eq!((s.throttles, s.decreases), (10, 1), "{s:?}");
+        // 10 sends at once read as 9 gaps in 50 ms (the shortest span measured): 180/s,
         // and the rate is 70% of it.
         let rate = pace.current().unwrap();
-        assert!((rate - 1386.0).abs() < 1.0, "{rate}");
+        assert!((rate - 126.0).abs() < 1.0, "{rate}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -104,7 +104,7 @@ impl<C: Cloud> Recheck<C> {
         // Dropped at the end (or if this task is cancelled mid-way): passes the lead on.
         let _handover = Handover(self);
         tokio::time::sleep_until(until).await;
-        self.pace.charge();
+        self.pace.pair().await;
         let others: Vec<(String, oneshot::Sender<Msg>)> = {
             let mut q = self.queue();
             let n = q.waiting.len().min(DESCRIBE_MAX - 1);

@@ -33,7 +33,7 @@ pub(crate) fn settings() -> Settings {
     }
 }
 
-async fn teardown(sim: &SimHandle, ids: Vec<String>, settings: Settings, ctl: Controls) -> Report {
+pub(crate) async fn teardown(sim: &SimHandle, ids: Vec<String>, settings: Settings, ctl: Controls) -> Report {
     workflow::run(Arc::new(sim.clone()), ids, settings, ctl).await
 }
 

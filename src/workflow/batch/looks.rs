@@ -86,7 +86,13 @@ impl<C: Cloud + 'static> Looks<C> {
 impl<C: Cloud + 'static> Runner<C> {
     /// Start Describe calls for every instance that is due, in chunks of 100.
     pub(super) fn start_polls(&mut self, now: Instant) {
-        let horizon = now + self.settings.min_poll() / 2;
+        // Instances due within half a `min_poll` ride in the same Describe; under a request
+        // pace, those due before the next request could leave anyway, too (at one request a
+        // second, one Describe then carries what would have been several).
+        let spacing = self.pace.current().map_or(Duration::ZERO, |rate| {
+            Duration::from_secs_f64(1.0 / rate.max(0.1)).min(self.settings.poll_interval)
+        });
+        let horizon = now + (self.settings.min_poll() / 2).max(spacing);
         let idxs = self.trackers.due_looks(now, horizon);
         if idxs.is_empty() {
             return;

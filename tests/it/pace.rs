@@ -1,0 +1,68 @@
+//! The request pace at the lowest limits a gateway may set: behind a bucket of one request a
+//! second (burst 2), a teardown at default settings finishes, with few refusals, close to the
+//! time its admitted requests take at that rate. A look and the Terminate it licenses are
+//! sent as a pair, so the look cannot take the only token the Terminate needs.
+
+use compshare_teardown::sim::{Scenario, SimHandle};
+use compshare_teardown::workflow::{Controls, Settings};
+
+use crate::workflow::{all_gone, assert_safe, teardown};
+
+/// `count` running instances behind a gateway that admits `per_sec` requests a second with a
+/// burst of `burst`; the run at default settings.
+async fn behind_a_low_limit(count: usize, seed: u64, per_sec: u32, burst: u32) -> (usize, usize, f64) {
+    let mut s = Scenario::generated(count, seed);
+    s.rate_limit_per_sec = per_sec;
+    s.rate_limit_burst = burst;
+    if let Some(g) = s.generate.as_mut() {
+        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    }
+    let sim = SimHandle::new(s);
+    let ids = sim.ids();
+    let settings = Settings {
+        jitter_seed: Some(seed),
+        ..Settings::default()
+    };
+    let report = teardown(&sim, ids.clone(), settings, Controls::default()).await;
+    all_gone(&report, &sim);
+    let state = sim.snapshot();
+    assert_safe(&state, &ids);
+    let refused = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
+    let admitted = state.calls.len() - refused;
+    eprintln!(
+        "{count} instances behind {per_sec}/s (burst {burst}), seed {seed}: {admitted} admitted, {refused} refused, {:.0} s",
+        report.summary.seconds
+    );
+    (admitted, refused, report.summary.seconds)
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_request_a_second_tears_everything_down_without_livelock() {
+    for seed in [1, 2, 3] {
+        let (admitted, refused, seconds) = behind_a_low_limit(30, seed, 1, 2).await;
+        let sent = admitted + refused;
+        assert!(refused * 5 <= sent, "seed {seed}: {refused} of {sent} requests refused");
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let bound = 1.3 * admitted as f64;
+        assert!(
+            seconds <= bound,
+            "seed {seed}: {seconds:.0} s for {admitted} admitted requests at 1/s"
+        );
+    }
+}
+
+/// A few requests a second: the same bounds hold.
+#[tokio::test(start_paused = true)]
+async fn two_and_five_requests_a_second_hold_the_same_bounds() {
+    for (per_sec, burst) in [(2, 2), (5, 3)] {
+        let (admitted, refused, seconds) = behind_a_low_limit(60, 4, per_sec, burst).await;
+        let sent = admitted + refused;
+        assert!(refused * 5 <= sent, "{per_sec}/s: {refused} of {sent} requests refused");
+        #[expect(clippy::cast_precision_loss, reason = "small counts")]
+        let bound = 1.3 * admitted as f64 / f64::from(per_sec);
+        assert!(
+            seconds <= bound,
+            "{per_sec}/s: {seconds:.0} s for {admitted} admitted requests"
+        );
+    }
+}
