@@ -2,6 +2,7 @@
 
 mod cli;
 mod docs;
+mod freshness;
 mod pace;
 mod sim_http;
 mod sweep;

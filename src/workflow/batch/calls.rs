@@ -24,6 +24,14 @@ use super::tracker::Refused;
 use super::{Activity, Event, Halt, Runner, Sent, round, throttle_gap};
 use crate::api::{ApiError, Cloud, RetryClass, State, Target, TerminateAck, classify};
 
+/// How long after the answer that showed `Stopped` a Terminate may still leave on it: one
+/// that waited longer (for a slot, for the pace) looks again first. The window between that
+/// answer and the Terminate is then the look's own round trip plus at most this: a
+/// millisecond, so only a Terminate that did not wait at all skips the look (someone
+/// restarting an instance 2 s after it stops, run at 1/100 time, leaves 20 ms; a wait of
+/// 5 ms for the pace was seen to lose that race).
+const FRESH: Duration = Duration::from_millis(1);
+
 /// The Stop/Terminate side of a run.
 pub(super) struct Calls<C> {
     cloud: Arc<C>,
@@ -33,10 +41,9 @@ pub(super) struct Calls<C> {
     /// Cancelled when the run halts: calls still queued for a slot or the pace are not sent.
     stop_sending: CancellationToken,
     release_udisk: bool,
-    /// How long a decided Terminate may wait for its turn before it looks again: `min_poll`,
-    /// clamped to 50 ms-1 s (long enough to gather a shared look, short enough that the
-    /// look licensing a Terminate is fresh).
-    stale_after: Duration,
+    /// How long the first of several Terminates that must look again waits for the others
+    /// to join its look: `min_poll`, clamped to 50 ms-1 s.
+    gather: Duration,
 }
 
 impl<C: Cloud + 'static> Calls<C> {
@@ -59,7 +66,7 @@ impl<C: Cloud + 'static> Calls<C> {
             recheck: Arc::new(recheck),
             stop_sending,
             release_udisk: settings.release_udisk,
-            stale_after: settings
+            gather: settings
                 .min_poll()
                 .clamp(Duration::from_millis(50), Duration::from_secs(1)),
         }
@@ -76,14 +83,14 @@ impl<C: Cloud + 'static> Calls<C> {
     }
 
     /// The task that sends `call` for instance `i` once it has a slot and the pace allows,
-    /// `decided_at` being when the look it was decided on was sent.
+    /// `answered_at` being when the look it was decided on was answered.
     fn task(
         &self,
         i: usize,
         call: Call,
         target: Target,
         force: bool,
-        decided_at: Instant,
+        answered_at: Instant,
     ) -> impl Future<Output = Event> + use<C> {
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
@@ -91,7 +98,7 @@ impl<C: Cloud + 'static> Calls<C> {
         let slots = Arc::clone(&self.slots);
         let release = self.release_udisk;
         let stop_sending = self.stop_sending.clone();
-        let stale_after = self.stale_after;
+        let gather = self.gather;
         async move {
             // Wait for a slot and the pace, unless the run halts meanwhile: then the call
             // never leaves, which is what "start nothing new" means.
@@ -104,13 +111,13 @@ impl<C: Cloud + 'static> Calls<C> {
                 slot = ready => slot,
                 () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted },
             };
-            if call == Call::Terminate && decided_at.elapsed() > stale_after {
+            if call == Call::Terminate && answered_at.elapsed() > FRESH {
                 // Queued long enough for the world to move: look again right before sending,
                 // so Terminate still follows a fresh `Stopped`. The look is shared with the
                 // other Terminates in the same situation (one Describe for up to 100).
                 // The look waits for the pace too: a halt meanwhile means the call is not sent.
                 let looked = tokio::select! {
-                    looked = recheck.still_stopped(&target.uhost_id, stale_after) => looked,
+                    looked = recheck.still_stopped(&target.uhost_id, gather) => looked,
                     () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted },
                 };
                 if let Err(why) = looked {
@@ -168,8 +175,7 @@ impl<C: Cloud + 'static> Runner<C> {
         self.trackers.get_mut(i).acted = true;
         tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
         self.ctl.observer.activity(&id, &Activity::Calling(call));
-        let decided_at = self.trackers[i].seen_at;
-        let task = self.calls.task(i, call, target, force, decided_at);
+        let task = self.calls.task(i, call, target, force, now);
         self.tasks.spawn(vec![i], task);
     }
 
