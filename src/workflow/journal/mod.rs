@@ -27,12 +27,20 @@ use super::outcome::Outcome;
 use crate::credentials::{Account, sha1_hex};
 use crate::textfile;
 
+mod decision;
 mod replay;
 
+pub use decision::{Decided, DecisionField, Refused};
 pub use replay::{Resume, replay};
 
-/// Version of the journal format (2: the start line carries `account` and `checksum`).
-pub const JOURNAL_VERSION: u32 = 2;
+/// Version of the journal format this build writes (2: the start line carries `account` and
+/// `checksum`; 3: a decision line's `decision` is a [`Decided`] object, no longer text).
+pub const JOURNAL_VERSION: u32 = 3;
+
+/// The oldest version this build still reads: version 2 differs only in the decision text,
+/// which resume never used, so a run interrupted before an upgrade can still be resumed (and
+/// its unsure Terminates are not forgotten).
+pub const OLDEST_READ_VERSION: u32 = 2;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +59,7 @@ pub enum Entry {
         id: String,
         state: Option<String>,
         phase: super::machine::Phase,
-        decision: String,
+        decision: DecisionField,
     },
     /// About to send a mutating call (written and flushed before sending).
     Call {

@@ -206,3 +206,55 @@ fn a_later_start_line_cannot_change_the_selection() {
         "{err}"
     );
 }
+
+/// Version 3 writes a decision as a stated object; a version-2 journal (decision text) is
+/// still resumed; text under a version-3 start line, and versions outside 2..=3, are refused.
+#[test]
+fn decisions_are_stated_and_version_2_text_is_read_only_under_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let versioned = |version| Entry::Start {
+        version,
+        ids: vec!["u-a".into()],
+        release_udisk: false,
+        force_stop: false,
+        resumed: false,
+    };
+    let decision = |field| Entry::Decision {
+        id: "u-a".into(),
+        state: Some("Running".into()),
+        phase: Phase::Fresh,
+        decision: field,
+    };
+    let text = || decision(DecisionField::Text("Stop { force: false }".into()));
+    let stated = decision((&super::super::machine::Decision::Stop { force: false }).into());
+
+    write_all(&path, &[versioned(JOURNAL_VERSION), stated.clone(), call("u-a")]);
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains(r#""decision":{"kind":"stop","force":false}"#),
+        "{written}"
+    );
+    assert_eq!(replay(&path).unwrap().calls["u-a"], 1);
+
+    // A run interrupted under version 2, resumed by this build: both parts read.
+    std::fs::remove_file(&path).unwrap();
+    write_all(&path, &[versioned(2), text(), call("u-a")]);
+    assert_eq!(replay(&path).unwrap().memory["u-a"].phase, Phase::StopSent);
+    write_all(&path, &[versioned(JOURNAL_VERSION), stated]);
+    assert_eq!(replay(&path).unwrap().calls["u-a"], 1);
+    // Text after the version-3 start line is not what this build writes.
+    write_all(&path, &[text()]);
+    let err = replay(&path).unwrap_err().to_string();
+    assert!(err.contains("line 6: a decision written as text"), "{err}");
+
+    for version in [1, JOURNAL_VERSION + 1] {
+        std::fs::remove_file(&path).unwrap();
+        write_all(&path, &[versioned(version)]);
+        let err = replay(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("journal version {version}, this build reads versions 2 to 3")),
+            "{err}"
+        );
+    }
+}
