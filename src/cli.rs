@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::credentials::PrivateKey;
+use crate::defaults;
 use crate::logging::LogFormat;
 use crate::output::OutputFormat;
 
@@ -213,34 +214,32 @@ pub struct RunArgs {
     /// Do not ask for confirmation (required without a terminal)
     #[arg(short, long)]
     pub yes: bool,
-    /// Mutating calls in flight at once, 1 to 1024 [default: 64]
-    #[arg(long, value_name = "N", value_parser = number(CONCURRENCY), allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = number(CONCURRENCY), allow_negative_numbers = true,
+        help = with_default("Mutating calls in flight at once, 1 to 1024", defaults::CONCURRENCY))]
     pub concurrency: Option<usize>,
-    /// Hard ceiling on requests per second, 0 = none (the pace adapts below it), up to 1000 [default: 0]
-    #[arg(long, value_name = "R", value_parser = number(RATE), allow_negative_numbers = true)]
+    #[arg(long, value_name = "R", value_parser = number(RATE), allow_negative_numbers = true,
+        help = with_default("Hard ceiling on requests per second, 0 = none (the pace adapts below it), up to 1000", defaults::RATE))]
     pub rate: Option<u32>,
-    /// Longest gap between looks at a waiting instance, 10ms to 5m [default: 3s]
-    #[arg(long, value_name = "DURATION", value_parser = duration(POLL_INTERVAL))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(POLL_INTERVAL),
+        help = with_default("Longest gap between looks at a waiting instance, 10ms to 5m", as_flag(defaults::POLL_INTERVAL)))]
     pub poll_interval: Option<Duration>,
-    /// How long to retry through the operation lock (its TTL is 10m), counted from the first refusal, with a last attempt at its end; up to 1d [default: 11m]
-    #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT),
+        help = with_default("How long to retry through the operation lock (its TTL is 10m), counted from the first refusal, with a last attempt at its end; up to 1d", as_flag(defaults::LOCK_WAIT)))]
     pub lock_wait: Option<Duration>,
-    /// Time limit for each instance, counted from the start of the run without the time it
-    /// waited in the tool's own queue (concurrency, request pace), 1s to 7d [default: 30m]
-    #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME),
+        help = with_default("Time limit for each instance, counted from the start of the run without the time it waited in the tool's own queue (concurrency, request pace), 1s to 7d", as_flag(defaults::INSTANCE_TIMEOUT)))]
     pub instance_timeout: Option<Duration>,
     /// Time limit for the whole run, 1s to 7d
     #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
     pub deadline: Option<Duration>,
-    /// How long to wait for a terminated instance to leave Describe, 1s to 1d [default: 3m]
-    #[arg(long, value_name = "DURATION", value_parser = duration(CONFIRM_TIMEOUT))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(CONFIRM_TIMEOUT),
+        help = with_default("How long to wait for a terminated instance to leave Describe, 1s to 1d", as_flag(defaults::CONFIRM_TIMEOUT)))]
     pub confirm_timeout: Option<Duration>,
-    /// After a Terminate whose answer was lost, how long the instance must stay listed
-    /// before Terminate is sent again, up to 1h [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = duration(SETTLE))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(SETTLE),
+        help = with_default("After a Terminate whose answer was lost, how long the instance must stay listed before Terminate is sent again, up to 1h", as_flag(defaults::SETTLE)))]
     pub settle: Option<Duration>,
-    /// Refuse to act on more instances than this, 1 to 100000 [default: 20]
-    #[arg(long, value_name = "N", value_parser = number(MAX_COUNT), allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = number(MAX_COUNT), allow_negative_numbers = true,
+        help = with_default("Refuse to act on more instances than this, 1 to 100000", defaults::MAX_COUNT))]
     pub max_count: Option<usize>,
     /// Append every decision and call result to this JSON-lines file
     #[arg(long, value_name = "FILE")]
@@ -377,6 +376,17 @@ where
     }
 }
 
+/// A flag's help with its default from [`defaults`], the one definition a run also uses, so
+/// `--help` and the reference generated from it cannot show another.
+fn with_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// A duration as a flag takes it (`3s`, `11m`).
+fn as_flag(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
 /// A duration flag's parser.
 fn duration(range: (Duration, Duration)) -> impl Fn(&str) -> Result<Duration, String> + Clone + Send + Sync + 'static {
     move |text: &str| duration_in_range(parse_duration(text)?, range)
@@ -433,5 +443,34 @@ mod tests {
             .to_string();
         assert!(err.contains("use 10ms to 5m"), "{err}");
         assert!(Cli::try_parse_from(["compshare-teardown", "sim", "--time-scale", "0.01"]).is_ok());
+    }
+
+    /// `--help`, and the reference generated from it (`tests/it/docs.rs` pins that), shows the
+    /// values a run falls back to (`Settings::default`, what `app` uses without a flag or a
+    /// config key; `--max-count` is `app::run`'s guard).
+    #[test]
+    fn help_shows_the_defaults_a_run_uses() {
+        use clap::CommandFactory;
+        let d = crate::workflow::Settings::default();
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        for (id, default) in [
+            ("concurrency", d.concurrency.to_string()),
+            ("rate", d.rate.to_string()),
+            ("poll_interval", as_flag(d.poll_interval).to_string()),
+            ("lock_wait", as_flag(d.lock_wait).to_string()),
+            ("instance_timeout", as_flag(d.instance_timeout).to_string()),
+            ("confirm_timeout", as_flag(d.confirm_timeout).to_string()),
+            ("settle", as_flag(d.terminate_settle).to_string()),
+            ("max_count", defaults::MAX_COUNT.to_string()),
+        ] {
+            let arg = run.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            assert!(help.ends_with(&format!(" [default: {default}]")), "--{id}: {help}");
+            assert!(
+                arg.get_long_help().is_none(),
+                "--{id}: a long help would hide the default"
+            );
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`workflow`]: the teardown state machine and the batch driver (pace, journal, outcomes).
 //! - [`api`]: signing, wire model, errors and their retry classes, the HTTP client.
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
+//! - `defaults`: the default of every `run` setting, defined once (help, docs and runs read it).
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - [`sweep`]: the seed sweep, deterministic simulation testing of the whole engine.
 //! - [`output`], [`progress`], [`logging`], [`metrics`]: what people and cron see.
@@ -19,6 +20,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+mod defaults;
 pub mod logging;
 pub mod metrics;
 pub mod output;

@@ -23,6 +23,7 @@ pub mod retry;
 use std::time::Duration;
 
 use crate::api::LockCodes;
+use crate::defaults;
 
 pub use batch::{Activity, Controls, Guard, NoObserver, Observer, run};
 pub use outcome::{InstanceReport, Outcome, PaceSummary, Report, Summary};
@@ -72,17 +73,16 @@ impl Default for Settings {
         Settings {
             release_udisk: false,
             force_stop: false,
-            // Each call is answered in well under a second, so 64 in flight carry several
-            // hundred calls a second: more than any account's limit we have seen.
-            concurrency: 64,
-            rate: 0,
-            poll_interval: Duration::from_secs(3),
-            lock_wait: Duration::from_secs(11 * 60),
-            instance_timeout: Duration::from_secs(30 * 60),
+            // One definition per default (the flags' help and the reference show the same).
+            concurrency: defaults::CONCURRENCY,
+            rate: defaults::RATE,
+            poll_interval: defaults::POLL_INTERVAL,
+            lock_wait: defaults::LOCK_WAIT,
+            instance_timeout: defaults::INSTANCE_TIMEOUT,
             deadline: None,
-            confirm_timeout: Duration::from_secs(3 * 60),
-            terminate_settle: Duration::from_secs(60),
-            max_restarts: 3,
+            confirm_timeout: defaults::CONFIRM_TIMEOUT,
+            terminate_settle: defaults::SETTLE,
+            max_restarts: defaults::MAX_RESTARTS,
             lock_codes: LockCodes::default(),
             jitter_seed: None,
             describe_region: None,
