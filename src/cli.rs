@@ -295,7 +295,7 @@ pub struct SimArgs {
 }
 
 /// Durations like `90s`, `11m`, `1h30m`, `7d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     // humantime quotes what it could not read: cut it, as any echoed value.
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
@@ -310,25 +310,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 // run into one that never looks again.
 
 /// Mutating calls in flight: more than the gateway would ever accept at once is a typo.
-pub const CONCURRENCY: (usize, usize) = (1, 1024);
+pub(crate) const CONCURRENCY: (usize, usize) = (1, 1024);
 /// Requests per second (0 = unlimited).
-pub const RATE: (u32, u32) = (0, 1000);
+pub(crate) const RATE: (u32, u32) = (0, 1000);
 /// Instances one run may act on.
-pub const MAX_COUNT: (usize, usize) = (1, 100_000);
+pub(crate) const MAX_COUNT: (usize, usize) = (1, 100_000);
 /// Under 10 ms is a busy loop; over 5 minutes an instance is practically not watched.
-pub const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(300));
+pub(crate) const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(300));
 /// Retrying through the operation lock (TTL 10 minutes): up to a day.
-pub const LOCK_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(86_400));
+pub(crate) const LOCK_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(86_400));
 /// Per-instance and whole-run time limits: a second to a week.
-pub const RUN_TIME: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+pub(crate) const RUN_TIME: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
 /// Waiting for a terminated instance to leave Describe: a second to a day.
-pub const CONFIRM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
+pub(crate) const CONFIRM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
 /// The settle after a lost Terminate answer: up to an hour.
-pub const SETTLE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+pub(crate) const SETTLE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
 /// `--older-than`: up to 100 years (anything older predates the service).
-pub const OLDER_THAN: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(36_500 * 86_400));
+pub(crate) const OLDER_THAN: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(36_500 * 86_400));
 /// RetCodes are positive 32-bit numbers.
-pub const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
+pub(crate) const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
 /// The demo world lives in memory and on a terminal: ten thousand is plenty.
 const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
 /// The simulator's world lives in memory.
@@ -339,7 +339,7 @@ const SEED: (u64, u64) = (0, u64::MAX);
 const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
 
 /// Check a number against its range; the error names the range.
-pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {
     if value >= min && value <= max {
         Ok(value)
     } else {
@@ -348,7 +348,7 @@ pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): 
 }
 
 /// Check a duration against its range; the error names the range.
-pub fn duration_in_range(value: Duration, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+pub(crate) fn duration_in_range(value: Duration, (min, max): (Duration, Duration)) -> Result<Duration, String> {
     if value >= min && value <= max {
         Ok(value)
     } else {

@@ -11,22 +11,26 @@
 //! - [`journal`]: append-only JSON lines and resume.
 //! - [`outcome`]: outcomes and the report, as data.
 
-pub mod absence;
-pub mod batch;
+pub(crate) mod absence;
+pub(crate) mod batch;
 pub mod journal;
 pub mod machine;
-pub mod outcome;
-pub mod pace;
-pub mod recheck;
-pub mod retry;
+pub(crate) mod outcome;
+pub(crate) mod pace;
+pub(crate) mod recheck;
+pub(crate) mod retry;
 
 use std::time::Duration;
 
 use crate::api::LockCodes;
 use crate::defaults;
 
-pub use batch::{Activity, Controls, Guard, NoObserver, Observer, run};
-pub use outcome::{InstanceReport, Outcome, PaceSummary, Report, Summary};
+#[cfg(feature = "sweep")]
+pub(crate) use batch::NoObserver;
+pub(crate) use batch::{Activity, Guard, Observer};
+pub use batch::{Controls, run};
+pub(crate) use outcome::InstanceReport;
+pub use outcome::{Outcome, Report};
 
 /// Everything that shapes a run, validated (the CLI builds it from flags and config).
 #[derive(Debug, Clone)]
@@ -93,13 +97,13 @@ impl Default for Settings {
 impl Settings {
     /// The shortest gap between looks at an instance: a twelfth of the poll interval (250 ms
     /// at the default 3 s), so a state change right after a call is seen quickly.
-    pub fn min_poll(&self) -> Duration {
+    pub(crate) fn min_poll(&self) -> Duration {
         (self.poll_interval / 12).max(Duration::from_millis(5))
     }
 
     /// The machine's rules derived from these settings. The stop grace scales with the poll
     /// interval ("a few looks"); the terminate settle does not (see `terminate_settle`).
-    pub fn rules(&self) -> machine::Rules {
+    pub(crate) fn rules(&self) -> machine::Rules {
         machine::Rules {
             force_stop: self.force_stop,
             max_restarts: self.max_restarts,

@@ -12,7 +12,6 @@ use crate::credentials::{Account, sha1_hex};
 use crate::selection::{IdSource, check_ids};
 use crate::textfile;
 use crate::workflow::machine::{Call, Effect, Memory, after_call};
-use crate::workflow::outcome::Outcome;
 
 /// What a journal says about a run that did not finish.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,8 +25,6 @@ pub struct Resume {
     pub memory: BTreeMap<String, Memory>,
     /// Calls already sent per instance.
     pub calls: BTreeMap<String, u32>,
-    /// The last outcome written per instance.
-    pub outcomes: BTreeMap<String, Outcome>,
 }
 
 /// The parts of a start line outside [`Entry`].
@@ -118,8 +115,9 @@ impl Reader {
                 *m = after_call(*m, call, effect);
                 self.pending.remove(&id);
             }
-            Entry::Outcome { id, outcome } => {
-                self.resume()?.outcomes.insert(id, outcome);
+            // For people and audits: a resumed run decides each outcome afresh.
+            Entry::Outcome { .. } => {
+                self.resume()?;
             }
             // Only version 2 wrote a decision as text: under a later start line, text is a
             // line this build did not write.

@@ -171,16 +171,17 @@ fn the_account_is_recorded_and_intents_are_synced() {
     // The runner's own start line is not written twice.
     j.write(&start()).unwrap();
     j.write(&call("u-a")).unwrap();
-    j.write(&Entry::Result {
+    let result = Entry::Result {
         id: "u-a".into(),
         call: Call::Stop,
         effect: Effect::Accepted,
         error: None,
-    })
-    .unwrap();
-    // The start line and the call intent reached the disk; the result only the OS.
-    assert_eq!(j.synced, 2);
+    };
+    j.write(&result).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+    // The start line and the call intent are synced to disk; the result only flushed.
+    let synced: Vec<bool> = [start(), call("u-a"), result].iter().map(durable).collect();
+    assert_eq!(synced, [true, true, false]);
     assert_eq!(replay(&path).unwrap().account, account);
 }
 
