@@ -2,6 +2,7 @@
 
 mod cli;
 mod docs;
+mod manifest;
 mod sim_http;
 mod sweep;
 mod truth;
