@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::credentials::PrivateKey;
+use crate::defaults;
 use crate::logging::LogFormat;
 use crate::output::OutputFormat;
 
@@ -213,34 +214,32 @@ pub struct RunArgs {
     /// Do not ask for confirmation (required without a terminal)
     #[arg(short, long)]
     pub yes: bool,
-    /// Mutating calls in flight at once, 1 to 1024 [default: 64]
-    #[arg(long, value_name = "N", value_parser = number(CONCURRENCY), allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = number(CONCURRENCY), allow_negative_numbers = true,
+        help = with_default("Mutating calls in flight at once, 1 to 1024", defaults::CONCURRENCY))]
     pub concurrency: Option<usize>,
-    /// Hard ceiling on requests per second, 0 = none (the pace adapts below it), up to 1000 [default: 0]
-    #[arg(long, value_name = "R", value_parser = number(RATE), allow_negative_numbers = true)]
+    #[arg(long, value_name = "R", value_parser = number(RATE), allow_negative_numbers = true,
+        help = with_default("Hard ceiling on requests per second, 0 = none (the pace adapts below it), up to 1000", defaults::RATE))]
     pub rate: Option<u32>,
-    /// Longest gap between looks at a waiting instance, 10ms to 5m [default: 3s]
-    #[arg(long, value_name = "DURATION", value_parser = duration(POLL_INTERVAL))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(POLL_INTERVAL),
+        help = with_default("Longest gap between looks at a waiting instance, 10ms to 5m", as_flag(defaults::POLL_INTERVAL)))]
     pub poll_interval: Option<Duration>,
-    /// How long to retry through the operation lock (its TTL is 10m), counted from the first refusal, with a last attempt at its end; up to 1d [default: 11m]
-    #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(LOCK_WAIT),
+        help = with_default("How long to retry through the operation lock (its TTL is 10m), counted from the first refusal, with a last attempt at its end; up to 1d", as_flag(defaults::LOCK_WAIT)))]
     pub lock_wait: Option<Duration>,
-    /// Time limit for each instance, counted from the start of the run without the time it
-    /// waited in the tool's own queue (concurrency, request pace), 1s to 7d [default: 30m]
-    #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME),
+        help = with_default("Time limit for each instance, counted from the start of the run without the time it waited in the tool's own queue (concurrency, request pace), 1s to 7d", as_flag(defaults::INSTANCE_TIMEOUT)))]
     pub instance_timeout: Option<Duration>,
     /// Time limit for the whole run, 1s to 7d
     #[arg(long, value_name = "DURATION", value_parser = duration(RUN_TIME))]
     pub deadline: Option<Duration>,
-    /// How long to wait for a terminated instance to leave Describe, 1s to 1d [default: 3m]
-    #[arg(long, value_name = "DURATION", value_parser = duration(CONFIRM_TIMEOUT))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(CONFIRM_TIMEOUT),
+        help = with_default("How long to wait for a terminated instance to leave Describe, 1s to 1d", as_flag(defaults::CONFIRM_TIMEOUT)))]
     pub confirm_timeout: Option<Duration>,
-    /// After a Terminate whose answer was lost, how long the instance must stay listed
-    /// before Terminate is sent again, up to 1h [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = duration(SETTLE))]
+    #[arg(long, value_name = "DURATION", value_parser = duration(SETTLE),
+        help = with_default("After a Terminate whose answer was lost, how long the instance must stay listed before Terminate is sent again, up to 1h", as_flag(defaults::SETTLE)))]
     pub settle: Option<Duration>,
-    /// Refuse to act on more instances than this, 1 to 100000 [default: 20]
-    #[arg(long, value_name = "N", value_parser = number(MAX_COUNT), allow_negative_numbers = true)]
+    #[arg(long, value_name = "N", value_parser = number(MAX_COUNT), allow_negative_numbers = true,
+        help = with_default("Refuse to act on more instances than this, 1 to 100000", defaults::MAX_COUNT))]
     pub max_count: Option<usize>,
     /// Append every decision and call result to this JSON-lines file
     #[arg(long, value_name = "FILE")]
@@ -296,7 +295,7 @@ pub struct SimArgs {
 }
 
 /// Durations like `90s`, `11m`, `1h30m`, `7d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     // humantime quotes what it could not read: cut it, as any echoed value.
     humantime::parse_duration(text.trim()).map_err(|e| {
         format!(
@@ -311,25 +310,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 // run into one that never looks again.
 
 /// Mutating calls in flight: more than the gateway would ever accept at once is a typo.
-pub const CONCURRENCY: (usize, usize) = (1, 1024);
+pub(crate) const CONCURRENCY: (usize, usize) = (1, 1024);
 /// Requests per second (0 = unlimited).
-pub const RATE: (u32, u32) = (0, 1000);
+pub(crate) const RATE: (u32, u32) = (0, 1000);
 /// Instances one run may act on.
-pub const MAX_COUNT: (usize, usize) = (1, 100_000);
+pub(crate) const MAX_COUNT: (usize, usize) = (1, 100_000);
 /// Under 10 ms is a busy loop; over 5 minutes an instance is practically not watched.
-pub const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(300));
+pub(crate) const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(300));
 /// Retrying through the operation lock (TTL 10 minutes): up to a day.
-pub const LOCK_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(86_400));
+pub(crate) const LOCK_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(86_400));
 /// Per-instance and whole-run time limits: a second to a week.
-pub const RUN_TIME: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
+pub(crate) const RUN_TIME: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(7 * 86_400));
 /// Waiting for a terminated instance to leave Describe: a second to a day.
-pub const CONFIRM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
+pub(crate) const CONFIRM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(86_400));
 /// The settle after a lost Terminate answer: up to an hour.
-pub const SETTLE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+pub(crate) const SETTLE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
 /// `--older-than`: up to 100 years (anything older predates the service).
-pub const OLDER_THAN: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(36_500 * 86_400));
+pub(crate) const OLDER_THAN: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(36_500 * 86_400));
 /// RetCodes are positive 32-bit numbers.
-pub const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
+pub(crate) const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
 /// The demo world lives in memory and on a terminal: ten thousand is plenty.
 const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
 /// The simulator's world lives in memory.
@@ -340,7 +339,7 @@ const SEED: (u64, u64) = (0, u64::MAX);
 const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
 
 /// Check a number against its range; the error names the range.
-pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {
     if value >= min && value <= max {
         Ok(value)
     } else {
@@ -349,7 +348,7 @@ pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): 
 }
 
 /// Check a duration against its range; the error names the range.
-pub fn duration_in_range(value: Duration, (min, max): (Duration, Duration)) -> Result<Duration, String> {
+pub(crate) fn duration_in_range(value: Duration, (min, max): (Duration, Duration)) -> Result<Duration, String> {
     if value >= min && value <= max {
         Ok(value)
     } else {
@@ -375,6 +374,17 @@ where
             .map_err(|_| format!("not a number: use {} to {}", range.0, range.1))?;
         in_range(value, range)
     }
+}
+
+/// A flag's help with its default from [`defaults`], the one definition a run also uses, so
+/// `--help` and the reference generated from it cannot show another.
+fn with_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// A duration as a flag takes it (`3s`, `11m`).
+fn as_flag(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
 }
 
 /// A duration flag's parser.
@@ -433,5 +443,34 @@ mod tests {
             .to_string();
         assert!(err.contains("use 10ms to 5m"), "{err}");
         assert!(Cli::try_parse_from(["compshare-teardown", "sim", "--time-scale", "0.01"]).is_ok());
+    }
+
+    /// `--help`, and the reference generated from it (`tests/it/docs.rs` pins that), shows the
+    /// values a run falls back to (`Settings::default`, what `app` uses without a flag or a
+    /// config key; `--max-count` is `app::run`'s guard).
+    #[test]
+    fn help_shows_the_defaults_a_run_uses() {
+        use clap::CommandFactory;
+        let d = crate::workflow::Settings::default();
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").unwrap();
+        for (id, default) in [
+            ("concurrency", d.concurrency.to_string()),
+            ("rate", d.rate.to_string()),
+            ("poll_interval", as_flag(d.poll_interval).to_string()),
+            ("lock_wait", as_flag(d.lock_wait).to_string()),
+            ("instance_timeout", as_flag(d.instance_timeout).to_string()),
+            ("confirm_timeout", as_flag(d.confirm_timeout).to_string()),
+            ("settle", as_flag(d.terminate_settle).to_string()),
+            ("max_count", defaults::MAX_COUNT.to_string()),
+        ] {
+            let arg = run.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let help = arg.get_help().unwrap().to_string();
+            assert!(help.ends_with(&format!(" [default: {default}]")), "--{id}: {help}");
+            assert!(
+                arg.get_long_help().is_none(),
+                "--{id}: a long help would hide the default"
+            );
+        }
     }
 }

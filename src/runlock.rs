@@ -19,7 +19,6 @@ use crate::credentials::Account;
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
-    pub path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,10 +181,7 @@ pub fn acquire(path: &Path) -> Result<RunLock, RunLockError> {
             .set_len(0)
             .and_then(|()| writeln!(file, "pid {}", std::process::id()));
     }
-    Ok(RunLock {
-        _file: file,
-        path: path.to_path_buf(),
-    })
+    Ok(RunLock { _file: file })
 }
 
 #[cfg(test)]

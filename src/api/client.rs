@@ -12,7 +12,7 @@ use super::{Transport, model::lenient};
 use crate::credentials::Credentials;
 
 /// Header carrying the gateway's request id; quoted in every error for support tickets.
-pub const REQUEST_ID_HEADER: &str = "X-UCLOUD-REQUEST-UUID";
+pub(crate) const REQUEST_ID_HEADER: &str = "X-UCLOUD-REQUEST-UUID";
 
 /// How to reach the API.
 #[derive(Debug, Clone)]
@@ -54,10 +54,6 @@ impl Client {
             .timeout(config.timeout)
             .build()?;
         Ok(Client { http, config })
-    }
-
-    pub fn base_url(&self) -> &Url {
-        &self.config.base_url
     }
 
     /// Sign and send one action; returns the decoded JSON body of a `RetCode: 0` answer.
@@ -107,7 +103,7 @@ impl Transport for Client {
 }
 
 /// Decode `{RetCode, Message?, ...}`; `RetCode` may be a number or a numeric string.
-pub fn decode_envelope(action: &str, body: &[u8], request_id: Option<String>) -> Result<Value, ApiError> {
+pub(crate) fn decode_envelope(action: &str, body: &[u8], request_id: Option<String>) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::Decode {
         action: action.to_owned(),
         detail: format!("{e}: {}", snippet(body)),

@@ -137,7 +137,7 @@ impl Default for LockCodes {
 }
 
 /// The message marker of the lock error.
-pub const LOCK_MARKER: &str = "InstanceOperationInProgress";
+pub(crate) const LOCK_MARKER: &str = "InstanceOperationInProgress";
 
 /// Classify an error. Pure: same input, same class.
 // Arms with equal results stay apart: each documents why its codes get that class.

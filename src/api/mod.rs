@@ -2,9 +2,9 @@
 //! trait the workflow is written against (implemented by the HTTP [`Client`] and, for
 //! paused-time tests, by the simulator's in-memory world).
 
-pub mod client;
-pub mod error;
-pub mod listing;
+pub(crate) mod client;
+pub(crate) mod error;
+pub(crate) mod listing;
 pub mod model;
 pub mod sign;
 
@@ -12,8 +12,9 @@ use std::future::Future;
 
 pub use client::{Client, ClientConfig};
 pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
-pub use listing::{ListingError, describe_all, describe_ids, describe_ids_in};
-pub use model::{DESCRIBE_MAX, DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
+pub use listing::{ListingError, describe_all, describe_ids};
+pub(crate) use model::DESCRIBE_MAX;
+pub use model::{DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
 
 /// The calls a teardown needs, and only those: a teardown never starts an instance, so
 /// `StartCompShareInstance` lives with the simulator ([`crate::sim::SimHandle::start`]).

@@ -97,7 +97,7 @@ pub mod lenient {
     }
 
     /// Like [`i64`], but `None` when missing, `null` or unreadable (with `#[serde(default)]`).
-    pub fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    pub(crate) fn opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
         Ok(value_to_i64(&Value::deserialize(d)?))
     }
 
@@ -125,7 +125,7 @@ pub mod lenient {
     }
 
     /// Integer value of a JSON number or numeric string.
-    pub fn value_to_i64(v: &Value) -> Option<i64> {
+    pub(crate) fn value_to_i64(v: &Value) -> Option<i64> {
         match v {
             Value::Number(n) => n.as_i64().or_else(|| {
                 #[expect(
@@ -161,7 +161,7 @@ pub struct Disk {
 
 impl Disk {
     /// Data disks are the ones `ReleaseUDisk` decides about; the boot disk always goes.
-    pub fn is_data(&self) -> bool {
+    pub(crate) fn is_data(&self) -> bool {
         !self.is_boot.eq_ignore_ascii_case("true")
     }
 }
@@ -229,12 +229,12 @@ pub struct Instance {
 
 impl Instance {
     /// Spot (preemptible) instances cannot be stopped without `Force=true`.
-    pub fn is_spot(&self) -> bool {
+    pub(crate) fn is_spot(&self) -> bool {
         self.charge_type.eq_ignore_ascii_case("spot")
     }
 
     /// The data disks `ReleaseUDisk` governs.
-    pub fn data_disks(&self) -> impl Iterator<Item = &Disk> {
+    pub(crate) fn data_disks(&self) -> impl Iterator<Item = &Disk> {
         self.disk_set.iter().filter(|d| d.is_data())
     }
 }
@@ -250,7 +250,7 @@ pub struct Target {
 
 impl Target {
     /// `Region`, `Zone` and `UHostId`: the parameters of every lifecycle call.
-    pub fn params(&self) -> super::sign::Params {
+    pub(crate) fn params(&self) -> super::sign::Params {
         [
             ("Region", &self.region),
             ("Zone", &self.zone),
@@ -318,7 +318,7 @@ pub struct DescribeQuery {
 
 impl DescribeQuery {
     /// The flat parameters: optional `Region`/`Zone`, `UHostIds.N`, `Limit`, `Offset`.
-    pub fn params(&self) -> super::sign::Params {
+    pub(crate) fn params(&self) -> super::sign::Params {
         let mut p = super::sign::Params::new();
         if let Some(r) = &self.region {
             p.insert("Region".into(), r.clone());
@@ -336,7 +336,7 @@ impl DescribeQuery {
 }
 
 /// The documented per-call maximum for both `Limit` and `UHostIds.N`.
-pub const DESCRIBE_MAX: usize = 100;
+pub(crate) const DESCRIBE_MAX: usize = 100;
 
 #[cfg(test)]
 mod tests {

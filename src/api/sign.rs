@@ -48,7 +48,7 @@ fn flatten_into(out: &mut Params, key: &str, value: &Value) {
 }
 
 /// Flatten a JSON object of top-level parameters.
-pub fn flatten(object: &serde_json::Map<String, Value>) -> Params {
+pub(crate) fn flatten(object: &serde_json::Map<String, Value>) -> Params {
     let mut out = Params::new();
     for (key, value) in object {
         flatten_into(&mut out, key, value);
@@ -71,7 +71,7 @@ pub(crate) fn number_text(n: &serde_json::Number) -> String {
 
 /// The string that is hashed: every `key` + `value` in byte order, unescaped, then the
 /// private key. Exposed for tests and for the simulator's verifier.
-pub fn string_to_sign(params: &Params, private_key: &PrivateKey) -> String {
+pub(crate) fn string_to_sign(params: &Params, private_key: &PrivateKey) -> String {
     let mut s = String::new();
     for (k, v) in params {
         if k == "Signature" {

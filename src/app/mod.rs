@@ -19,6 +19,7 @@ mod sim;
 mod source;
 mod terminal;
 
+#[cfg(feature = "sweep")]
 pub(crate) use terminal::json;
 // The benchmark rebuilds the demo world.
 pub use demo::demo_scenario;
@@ -55,7 +56,7 @@ impl From<Exit> for ExitCode {
 
 /// An error that ends the command before anything changed.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Exit 2.
     Usage(anyhow::Error),
     /// Exit 3.

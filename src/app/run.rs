@@ -26,6 +26,7 @@ use super::{CmdResult, Ctx, Exit, Failure, exit_for};
 use crate::api::{Client, Instance};
 use crate::cli::{self, RunArgs};
 use crate::credentials::Account;
+use crate::defaults;
 use crate::output::{self, OutputFormat};
 use crate::plan::Plan;
 use crate::selection::{Candidate, Protections, Verdict};
@@ -84,7 +85,7 @@ impl Ctx {
     fn prepare(&self, a: &RunArgs) -> CmdResult<Prepared> {
         let r = &self.config.run;
         let source = Source::read(self, a)?;
-        let max_count = a.max_count.or(r.max_count).unwrap_or(20);
+        let max_count = a.max_count.or(r.max_count).unwrap_or(defaults::MAX_COUNT);
         cli::in_range(max_count, cli::MAX_COUNT).map_err(|e| anyhow!("--max-count (or run.max_count): {e}"))?;
         if let Source::Fresh(req) = &source {
             named_within(req, max_count)?;

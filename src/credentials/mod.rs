@@ -21,7 +21,7 @@ use url::Url;
 
 /// The default and only production endpoint. (The UCloud SDKs default to `api.ucloud.cn`,
 /// which rejects CompShare keys with RetCode 171.)
-pub const DEFAULT_BASE_URL: &str = "https://api.compshare.cn";
+pub(crate) const DEFAULT_BASE_URL: &str = "https://api.compshare.cn";
 
 /// A private key. `Debug` and `Display` print `***`; the only way to the text is
 /// [`PrivateKey::expose`], which the signer alone calls.
@@ -83,7 +83,7 @@ pub enum CredentialError {
 }
 
 /// Inputs to credential resolution; the environment is passed in so tests need not mutate it.
-pub struct Sources<'a> {
+pub(crate) struct Sources<'a> {
     pub flag_public: Option<String>,
     pub flag_private: Option<String>,
     pub profile: Option<String>,
@@ -159,7 +159,7 @@ const UCLOUD_CONFIG_SHAPE: &str = r#"[{"profile": "...", "active": true}]"#;
     clippy::too_many_lines,
     reason = "One linear walk down the precedence list reads best as one function."
 )]
-pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
+pub(crate) fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
     let mut looked = vec![
         "--public-key/--private-key".to_owned(),
         "COMPSHARE_PUBLIC_KEY/COMPSHARE_PRIVATE_KEY".to_owned(),
@@ -361,7 +361,7 @@ impl Account {
     }
 
     /// What differs between the account a file was made for (`self`) and `now`.
-    pub fn differences(&self, now: &Account) -> Vec<String> {
+    pub(crate) fn differences(&self, now: &Account) -> Vec<String> {
         let mut out = Vec::new();
         for (what, a, b) in [
             ("endpoint", &self.endpoint, &now.endpoint),
@@ -390,7 +390,7 @@ impl Account {
 }
 
 /// Lower-case hex SHA-1.
-pub fn sha1_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha1_hex(bytes: &[u8]) -> String {
     use sha1::Digest;
     use std::fmt::Write as _;
     sha1::Sha1::digest(bytes).iter().fold(String::new(), |mut s, b| {

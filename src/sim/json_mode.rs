@@ -14,7 +14,7 @@ use crate::credentials::PrivateKey;
 /// keys in byte order, each followed by its value text, where an array is the concatenation of
 /// its items' texts with no indices and an object is its `k`+`v` pairs in key order; then the
 /// private key. `Signature` is skipped. Flat payloads give the same string as form mode.
-pub fn string_to_sign(object: &serde_json::Map<String, Value>, private_key: &PrivateKey) -> String {
+pub(crate) fn string_to_sign(object: &serde_json::Map<String, Value>, private_key: &PrivateKey) -> String {
     let sorted: BTreeMap<&String, &Value> = object.iter().filter(|(k, _)| k.as_str() != "Signature").collect();
     let mut s = String::new();
     for (k, v) in sorted {

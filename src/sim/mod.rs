@@ -16,17 +16,22 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
-pub use scenario::{
-    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioError, ScenarioInstance,
-};
-pub use server::{Server, serve};
+pub use ledger::{CallRecord, SimState, rule};
+pub use scenario::{Faults, Latency, LockHold, Scenario};
+#[cfg(feature = "sweep")]
+pub(crate) use scenario::{Generate, LockConfig};
+pub use server::Server;
+pub(crate) use server::serve;
 pub use world::code;
 
 use crate::api::client::decode_envelope;
-use crate::api::sign::{Params, sign_in_place};
+use crate::api::sign::Params;
+#[cfg(feature = "sweep")]
+use crate::api::sign::sign_in_place;
 use crate::api::{ApiError, Instance, State, Transport, TransportKind};
-use crate::credentials::{Credentials, PrivateKey};
+#[cfg(feature = "sweep")]
+use crate::credentials::Credentials;
+use crate::credentials::PrivateKey;
 use world::{Arrival, Auth, Reply, Request, World};
 
 /// Cheap-to-clone handle to one shared world.
@@ -134,7 +139,8 @@ impl SimHandle {
     /// A transport that signs every call with `credentials` like the HTTP client does and has
     /// the gateway check the signature, without sockets: the caller holds a real private key
     /// (for the seed sweep's "the key is never printed" check) and paused time still works.
-    pub fn signed(&self, credentials: Credentials) -> SignedSim {
+    #[cfg(feature = "sweep")]
+    pub(crate) fn signed(&self, credentials: Credentials) -> SignedSim {
         SignedSim {
             sim: self.clone(),
             credentials,
@@ -171,14 +177,16 @@ impl Transport for SimHandle {
     }
 }
 
-/// [`SimHandle::signed`]: in memory, but signed and verified.
+/// [`SimHandle::signed`]: in memory, but signed and verified (only the seed sweep uses it).
+#[cfg(feature = "sweep")]
 #[derive(Clone)]
-pub struct SignedSim {
+pub(crate) struct SignedSim {
     sim: SimHandle,
     credentials: Credentials,
 }
 
 /// The key stays hidden: [`Credentials`] prints it as `***`.
+#[cfg(feature = "sweep")]
 impl std::fmt::Debug for SignedSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SignedSim")
@@ -187,6 +195,7 @@ impl std::fmt::Debug for SignedSim {
     }
 }
 
+#[cfg(feature = "sweep")]
 impl Transport for SignedSim {
     async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
         params.insert("Action".into(), action.into());

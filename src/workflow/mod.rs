@@ -11,21 +11,26 @@
 //! - [`journal`]: append-only JSON lines and resume.
 //! - [`outcome`]: outcomes and the report, as data.
 
-pub mod absence;
-pub mod batch;
+pub(crate) mod absence;
+pub(crate) mod batch;
 pub mod journal;
 pub mod machine;
-pub mod outcome;
-pub mod pace;
-pub mod recheck;
-pub mod retry;
+pub(crate) mod outcome;
+pub(crate) mod pace;
+pub(crate) mod recheck;
+pub(crate) mod retry;
 
 use std::time::Duration;
 
 use crate::api::LockCodes;
+use crate::defaults;
 
-pub use batch::{Activity, Controls, Guard, NoObserver, Observer, run};
-pub use outcome::{InstanceReport, Outcome, PaceSummary, Report, Summary};
+#[cfg(feature = "sweep")]
+pub(crate) use batch::NoObserver;
+pub(crate) use batch::{Activity, Guard, Observer};
+pub use batch::{Controls, run};
+pub(crate) use outcome::InstanceReport;
+pub use outcome::{Outcome, Report};
 
 /// Everything that shapes a run, validated (the CLI builds it from flags and config).
 #[derive(Debug, Clone)]
@@ -72,17 +77,16 @@ impl Default for Settings {
         Settings {
             release_udisk: false,
             force_stop: false,
-            // Each call is answered in well under a second, so 64 in flight carry several
-            // hundred calls a second: more than any account's limit we have seen.
-            concurrency: 64,
-            rate: 0,
-            poll_interval: Duration::from_secs(3),
-            lock_wait: Duration::from_secs(11 * 60),
-            instance_timeout: Duration::from_secs(30 * 60),
+            // One definition per default (the flags' help and the reference show the same).
+            concurrency: defaults::CONCURRENCY,
+            rate: defaults::RATE,
+            poll_interval: defaults::POLL_INTERVAL,
+            lock_wait: defaults::LOCK_WAIT,
+            instance_timeout: defaults::INSTANCE_TIMEOUT,
             deadline: None,
-            confirm_timeout: Duration::from_secs(3 * 60),
-            terminate_settle: Duration::from_secs(60),
-            max_restarts: 3,
+            confirm_timeout: defaults::CONFIRM_TIMEOUT,
+            terminate_settle: defaults::SETTLE,
+            max_restarts: defaults::MAX_RESTARTS,
             lock_codes: LockCodes::default(),
             jitter_seed: None,
             describe_region: None,
@@ -93,13 +97,13 @@ impl Default for Settings {
 impl Settings {
     /// The shortest gap between looks at an instance: a twelfth of the poll interval (250 ms
     /// at the default 3 s), so a state change right after a call is seen quickly.
-    pub fn min_poll(&self) -> Duration {
+    pub(crate) fn min_poll(&self) -> Duration {
         (self.poll_interval / 12).max(Duration::from_millis(5))
     }
 
     /// The machine's rules derived from these settings. The stop grace scales with the poll
     /// interval ("a few looks"); the terminate settle does not (see `terminate_settle`).
-    pub fn rules(&self) -> machine::Rules {
+    pub(crate) fn rules(&self) -> machine::Rules {
         machine::Rules {
             force_stop: self.force_stop,
             max_restarts: self.max_restarts,

@@ -60,7 +60,7 @@ impl Outcome {
     }
 
     /// A short word for tables and bars.
-    pub fn word(&self) -> &'static str {
+    pub(crate) fn word(&self) -> &'static str {
         match self {
             Outcome::Terminated { confirmed: true, .. } => "terminated",
             Outcome::Terminated { confirmed: false, .. } => "terminated (unconfirmed)",
@@ -74,7 +74,7 @@ impl Outcome {
     }
 
     /// The detail worth printing beside the word.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         match self {
             Outcome::Failed { error, .. } => error.clone(),
             Outcome::TimedOut { phase } | Outcome::Interrupted { phase } => format!("while {}", phase.label()),
@@ -168,7 +168,7 @@ pub struct PaceSummary {
 }
 
 /// The report's JSON schema version.
-pub const REPORT_SCHEMA: u32 = 1;
+pub(crate) const REPORT_SCHEMA: u32 = 1;
 
 impl Report {
     pub fn new(

@@ -1429,6 +1429,24 @@ fn snapshot_report_table() {
 
 // Interrupt and resume ------------------------------------------------------------------------
 
+/// The runs of a journal wrote their decisions in the stated format, not as text
+/// (docs/report-schema.md#journal): a Stop and a Terminate among them.
+fn decisions_are_stated(journal: &Path) {
+    let lines = std::fs::read_to_string(journal).unwrap();
+    let decided: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["event"] == "decision")
+        .map(|l| l["decision"].clone())
+        .collect();
+    assert!(decided.iter().all(|d| d["kind"].is_string()), "{lines}");
+    assert!(
+        decided.contains(&serde_json::json!({"kind": "stop", "force": false})),
+        "{lines}"
+    );
+    assert!(decided.contains(&serde_json::json!({"kind": "terminate"})), "{lines}");
+}
+
 /// Ctrl-C (SIGINT) mid-run: calls in flight finish, every instance is reported, exit 130.
 /// `run --resume` on the journal then finishes the job without repeating a Stop or Terminate
 /// that was accepted. A new run refuses to reuse the journal.
@@ -1521,6 +1539,7 @@ fn interrupted_run_reports_everything_and_resumes() {
     let report: Value = serde_json::from_str(&resumed.stdout).unwrap();
     assert!(outcomes(&report).values().all(|o| kind(o) == "terminated"), "{report}");
     assert!(w.handle().ids().is_empty());
+    decisions_are_stated(&journal);
     let state = w.snapshot();
     assert!(state.violations.is_empty(), "{:?}", state.violations);
     for id in &ids {

@@ -3,6 +3,7 @@
 mod cli;
 mod docs;
 mod freshness;
+mod manifest;
 mod pace;
 mod sim_http;
 mod sweep;

@@ -80,14 +80,14 @@ impl Scenario {
     }
 
     /// Parse and validate a scenario file.
-    pub fn from_json(text: &str) -> Result<Scenario, ScenarioError> {
+    pub(crate) fn from_json(text: &str) -> Result<Scenario, ScenarioError> {
         let scenario: Scenario = serde_json::from_str(text)?;
         scenario.validate()?;
         Ok(scenario)
     }
 
     /// Rates must be probabilities and the time scale positive, or the world makes no sense.
-    pub fn validate(&self) -> Result<(), ScenarioError> {
+    pub(crate) fn validate(&self) -> Result<(), ScenarioError> {
         if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
             return Err(ScenarioError::Invalid(format!(
                 "time_scale must be > 0, got {}",
@@ -304,7 +304,7 @@ impl ScenarioInstance {
     }
 
     /// A row from a typed instance plus extra wire fields.
-    pub fn from_instance(instance: &Instance, extra: Map<String, Value>) -> ScenarioInstance {
+    pub(crate) fn from_instance(instance: &Instance, extra: Map<String, Value>) -> ScenarioInstance {
         let mut row = extra;
         if let Value::Object(typed) = serde_json::to_value(instance).unwrap_or(Value::Null) {
             row.extend(typed);

@@ -332,7 +332,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 id: t.id.clone(),
                 state: state.clone(),
                 phase: before,
-                decision: format!("{decision:?}"),
+                decision: (&decision).into(),
             };
             self.journal(&entry);
         }

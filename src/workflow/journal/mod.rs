@@ -27,12 +27,20 @@ use super::outcome::Outcome;
 use crate::credentials::{Account, sha1_hex};
 use crate::textfile;
 
+mod decision;
 mod replay;
 
+pub use decision::{Decided, DecisionField, Refused};
 pub use replay::{Resume, replay};
 
-/// Version of the journal format (2: the start line carries `account` and `checksum`).
-pub const JOURNAL_VERSION: u32 = 2;
+/// Version of the journal format this build writes (2: the start line carries `account` and
+/// `checksum`; 3: a decision line's `decision` is a [`Decided`] object, no longer text).
+pub const JOURNAL_VERSION: u32 = 3;
+
+/// The oldest version this build still reads: version 2 differs only in the decision text,
+/// which resume never used, so a run interrupted before an upgrade can still be resumed (and
+/// its unsure Terminates are not forgotten).
+pub(crate) const OLDEST_READ_VERSION: u32 = 2;
 
 /// One line of the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,7 +59,7 @@ pub enum Entry {
         id: String,
         state: Option<String>,
         phase: super::machine::Phase,
-        decision: String,
+        decision: DecisionField,
     },
     /// About to send a mutating call (written and flushed before sending).
     Call {
@@ -97,8 +105,6 @@ pub struct Journal {
     account: Account,
     /// This run's start line is written (by [`Journal::begin`]).
     started: bool,
-    /// Lines synced to disk so far.
-    synced: usize,
 }
 
 impl Journal {
@@ -131,7 +137,6 @@ impl Journal {
             budget: None,
             account: Account::default(),
             started: false,
-            synced: 0,
         };
         journal.repair()?;
         Ok(journal)
@@ -220,7 +225,7 @@ impl Journal {
             _ => serde_json::to_vec(entry).expect("journal entries serialize"),
         };
         line.push(b'\n');
-        let durable = matches!(entry, Entry::Start { .. } | Entry::Call { .. });
+        let durable = durable(entry);
         self.file
             .write_all(&line)
             .and_then(|()| self.file.flush())
@@ -228,14 +233,15 @@ impl Journal {
             .map_err(|source| JournalError::Io {
                 path: self.path.display().to_string(),
                 error: source,
-            })?;
-        self.synced += usize::from(durable);
-        Ok(())
+            })
     }
+}
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+/// Whether a line is synced to disk, not only flushed to the OS: the start line and call
+/// intents must survive a power loss (a lost intent could hide a call that reached the API);
+/// losing any other line costs a repeated look, never a repeated call.
+fn durable(entry: &Entry) -> bool {
+    matches!(entry, Entry::Start { .. } | Entry::Call { .. })
 }
 
 /// A start line as written: the entry, the account, and a checksum over both.

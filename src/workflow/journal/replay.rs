@@ -7,12 +7,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{Entry, JOURNAL_VERSION, JournalError, stamped};
+use super::{DecisionField, Entry, JOURNAL_VERSION, JournalError, OLDEST_READ_VERSION, stamped};
 use crate::credentials::{Account, sha1_hex};
 use crate::selection::{IdSource, check_ids};
 use crate::textfile;
 use crate::workflow::machine::{Call, Effect, Memory, after_call};
-use crate::workflow::outcome::Outcome;
 
 /// What a journal says about a run that did not finish.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -26,8 +25,6 @@ pub struct Resume {
     pub memory: BTreeMap<String, Memory>,
     /// Calls already sent per instance.
     pub calls: BTreeMap<String, u32>,
-    /// The last outcome written per instance.
-    pub outcomes: BTreeMap<String, Outcome>,
 }
 
 /// The parts of a start line outside [`Entry`].
@@ -60,6 +57,7 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
     let mut reader = Reader {
         path: p,
         resume: None,
+        version: JOURNAL_VERSION,
         pending: BTreeMap::new(),
     };
     for (n, line) in lines.iter().enumerate() {
@@ -82,6 +80,8 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
 struct Reader {
     path: String,
     resume: Option<Resume>,
+    /// The version of the last start line read: the format of the lines after it.
+    version: u32,
     /// Calls whose intent was written and whose result was not (yet).
     pending: BTreeMap<String, Call>,
 }
@@ -115,8 +115,23 @@ impl Reader {
                 *m = after_call(*m, call, effect);
                 self.pending.remove(&id);
             }
-            Entry::Outcome { id, outcome } => {
-                self.resume()?.outcomes.insert(id, outcome);
+            // For people and audits: a resumed run decides each outcome afresh.
+            Entry::Outcome { .. } => {
+                self.resume()?;
+            }
+            // Only version 2 wrote a decision as text: under a later start line, text is a
+            // line this build did not write.
+            Entry::Decision {
+                decision: DecisionField::Text(_),
+                ..
+            } if self.version > 2 => {
+                return Err(self.malformed(
+                    n,
+                    format!(
+                        "a decision written as text, which only version 2 wrote, under a version {} start line",
+                        self.version
+                    ),
+                ));
             }
             Entry::Decision { .. } => {}
         }
@@ -146,12 +161,15 @@ impl Reader {
                 "the start line's checksum does not match: the selection was not written by `run` (edited or damaged); start a new run instead".to_owned(),
             ));
         }
-        if *version != JOURNAL_VERSION {
+        if !(OLDEST_READ_VERSION..=JOURNAL_VERSION).contains(version) {
             return Err(self.malformed(
                 n,
-                format!("journal version {version}, this build reads {JOURNAL_VERSION}"),
+                format!(
+                    "journal version {version}, this build reads versions {OLDEST_READ_VERSION} to {JOURNAL_VERSION}"
+                ),
             ));
         }
+        self.version = *version;
         if self.resume.as_ref().is_some_and(|r| r.account != account) {
             return Err(self.malformed(n, "a later start line names another account".to_owned()));
         }

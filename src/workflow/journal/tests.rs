@@ -171,16 +171,17 @@ fn the_account_is_recorded_and_intents_are_synced() {
     // The runner's own start line is not written twice.
     j.write(&start()).unwrap();
     j.write(&call("u-a")).unwrap();
-    j.write(&Entry::Result {
+    let result = Entry::Result {
         id: "u-a".into(),
         call: Call::Stop,
         effect: Effect::Accepted,
         error: None,
-    })
-    .unwrap();
-    // The start line and the call intent reached the disk; the result only the OS.
-    assert_eq!(j.synced, 2);
+    };
+    j.write(&result).unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+    // The start line and the call intent are synced to disk; the result only flushed.
+    let synced: Vec<bool> = [start(), call("u-a"), result].iter().map(durable).collect();
+    assert_eq!(synced, [true, true, false]);
     assert_eq!(replay(&path).unwrap().account, account);
 }
 
@@ -205,4 +206,56 @@ fn a_later_start_line_cannot_change_the_selection() {
         err.ends_with("line 3: a later start line changes the selection or its options"),
         "{err}"
     );
+}
+
+/// Version 3 writes a decision as a stated object; a version-2 journal (decision text) is
+/// still resumed; text under a version-3 start line, and versions outside 2..=3, are refused.
+#[test]
+fn decisions_are_stated_and_version_2_text_is_read_only_under_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j");
+    let versioned = |version| Entry::Start {
+        version,
+        ids: vec!["u-a".into()],
+        release_udisk: false,
+        force_stop: false,
+        resumed: false,
+    };
+    let decision = |field| Entry::Decision {
+        id: "u-a".into(),
+        state: Some("Running".into()),
+        phase: Phase::Fresh,
+        decision: field,
+    };
+    let text = || decision(DecisionField::Text("Stop { force: false }".into()));
+    let stated = decision((&super::super::machine::Decision::Stop { force: false }).into());
+
+    write_all(&path, &[versioned(JOURNAL_VERSION), stated.clone(), call("u-a")]);
+    let written = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        written.contains(r#""decision":{"kind":"stop","force":false}"#),
+        "{written}"
+    );
+    assert_eq!(replay(&path).unwrap().calls["u-a"], 1);
+
+    // A run interrupted under version 2, resumed by this build: both parts read.
+    std::fs::remove_file(&path).unwrap();
+    write_all(&path, &[versioned(2), text(), call("u-a")]);
+    assert_eq!(replay(&path).unwrap().memory["u-a"].phase, Phase::StopSent);
+    write_all(&path, &[versioned(JOURNAL_VERSION), stated]);
+    assert_eq!(replay(&path).unwrap().calls["u-a"], 1);
+    // Text after the version-3 start line is not what this build writes.
+    write_all(&path, &[text()]);
+    let err = replay(&path).unwrap_err().to_string();
+    assert!(err.contains("line 6: a decision written as text"), "{err}");
+
+    for version in [1, JOURNAL_VERSION + 1] {
+        std::fs::remove_file(&path).unwrap();
+        write_all(&path, &[versioned(version)]);
+        let err = replay(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("journal version {version}, this build reads versions 2 to 3")),
+            "{err}"
+        );
+    }
 }

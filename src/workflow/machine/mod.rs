@@ -205,8 +205,9 @@ pub fn decide(mut mem: Memory, obs: &Observation, since_call: Duration, rules: &
             // Running again after our Stop: stop it again. It counts as a restart by someone
             // else only if we saw our Stop take effect (or a Terminate may have gone out, which
             // needs Stopped): a Stop that was refused, locked or lost is merely retried, within
-            // the lock budget, the retry limits and the instance timeout.
-            Phase::StopSent | Phase::TerminateUnsure | Phase::TerminateSent => {
+            // the lock budget, the retry limits and the instance timeout. (`StopSent` or
+            // `TerminateUnsure`: `TerminateSent` was decided above, before the state.)
+            _ => {
                 if mem.stop_took_effect || mem.phase == Phase::TerminateUnsure {
                     if mem.restarts >= rules.max_restarts {
                         return (mem, Decision::Fail(Refusal::KeepsRestarting { restarts: mem.restarts }));
