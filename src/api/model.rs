@@ -241,7 +241,7 @@ impl Instance {
 
 /// Where an instance lives: every mutating call needs its `Region` and `Zone`, which are
 /// always taken from Describe, never from a configured default.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Target {
     pub uhost_id: String,
     pub region: String,

@@ -154,7 +154,7 @@ impl<C: Cloud + 'static> Runner<C> {
             let error = format!("internal: refused to terminate from state {}", row.state);
             return self.fail(i, error, None);
         }
-        let target = Target::of(row);
+        let target = row.target.clone();
         let decided_on = row.state.clone();
         let id = self.trackers[i].id.clone();
         self.journal(&Entry::Call {

@@ -20,6 +20,7 @@ use super::super::machine::{Call, Decision, Observation, Phase, Recheck, decide,
 use super::super::outcome::Outcome;
 use super::super::pace::Pace;
 use super::super::retry::{Episode, Next, Policy};
+use super::tracker::Seen;
 use super::{Activity, Event, Runner, round, throttle_gap};
 use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, classify};
 
@@ -281,7 +282,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 "it is in {} ({}), outside --region {scope}: not touched",
                 r.region, r.zone
             );
-            self.trackers.get_mut(i).row = Some(r.clone());
+            self.trackers.get_mut(i).row = Some(Seen::of(r));
             return self.fail(i, error, None);
         }
         let obs = match &row {
@@ -304,8 +305,8 @@ impl<C: Cloud + 'static> Runner<C> {
         // The guard runs before the first call of *this* run, even for an instance a crashed
         // run had already called: protections may have changed since.
         let first_call = !t.acted;
-        if let Some(r) = row {
-            t.row = Some(r);
+        if let Some(r) = &row {
+            t.row = Some(Seen::of(r));
         }
         let since = now.duration_since(t.last_answer);
         let before = t.mem.phase;
@@ -349,13 +350,13 @@ impl<C: Cloud + 'static> Runner<C> {
                 self.finish(i, Outcome::TimedOut { phase });
             }
             Decision::Stop { force } => {
-                if first_call && let Some(reason) = self.guard_refuses(i) {
+                if first_call && let Some(reason) = self.guard_refuses(row.as_ref()) {
                     return self.finish(i, Outcome::Skipped { reason });
                 }
                 self.send(i, Call::Stop, force);
             }
             Decision::Terminate => {
-                if first_call && let Some(reason) = self.guard_refuses(i) {
+                if first_call && let Some(reason) = self.guard_refuses(row.as_ref()) {
                     return self.finish(i, Outcome::Skipped { reason });
                 }
                 self.send(i, Call::Terminate, false);
@@ -382,9 +383,10 @@ impl<C: Cloud + 'static> Runner<C> {
         }
     }
 
-    pub(super) fn guard_refuses(&self, i: usize) -> Option<String> {
+    /// The guard's verdict on the fresh row a first call was decided on.
+    fn guard_refuses(&self, row: Option<&Instance>) -> Option<String> {
         let guard = self.ctl.guard.as_ref()?;
-        self.trackers[i].row.as_ref().and_then(guard)
+        row.and_then(guard)
     }
 
     /// A sixth of the time spent in the phase, between `min_poll` and `poll_interval`, ±10%.

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use self::calls::Calls;
 use self::ends::Ends;
 use self::looks::Looks;
-use self::tracker::{Tracker, Trackers};
+use self::tracker::{Seen, Tracker, Trackers};
 use super::Settings;
 use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
 use super::machine::Call;
@@ -217,20 +217,24 @@ fn lost_why(e: tokio::task::JoinError) -> String {
 
 /// Tear down `ids` (already validated and de-duplicated by the caller). Every id ends in the
 /// report with an outcome.
-pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: Settings, ctl: Controls) -> Report {
+pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: Settings, mut ctl: Controls) -> Report {
     let now = Instant::now();
-    let known: HashMap<&str, &Instance> = ctl.known.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
+    // The selection's rows name the instances until their first look; the compact records
+    // made of them are all that is kept.
+    let rows = std::mem::take(&mut ctl.known);
+    let known: HashMap<&str, &Instance> = rows.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
     let resume = ctl.resume.clone().unwrap_or_default();
     let all = ids
         .iter()
         .map(|id| {
-            let row = known.get(id.as_str()).map(|i| (*i).clone());
+            let row = known.get(id.as_str()).map(|i| Seen::of(i));
             let mem = resume.memory.get(id).copied().unwrap_or_default();
             let calls = resume.calls.get(id).copied().unwrap_or_default();
             Tracker::new(id.clone(), row, mem, calls, now)
         })
         .collect();
     drop(known);
+    drop(rows);
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
     let pace = Arc::new(Pace::new(settings.rate));
     let stop_sending = CancellationToken::new();

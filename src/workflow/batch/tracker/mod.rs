@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use super::super::machine::{Decision, Memory, Phase};
 use super::super::outcome::Outcome;
 use super::super::retry::Episode;
-use crate::api::{ApiError, DESCRIBE_MAX, Instance, State};
+use crate::api::{ApiError, DESCRIBE_MAX, Instance, State, Target};
 
 /// What an instance is doing.
 #[derive(Debug)]
@@ -59,12 +59,38 @@ pub(super) struct Absent {
     pub since: Instant,
 }
 
+/// What the driver keeps of an instance's latest Describe row: what it acts on and reports.
+/// A whole row (disks, addresses, monitor data, tags) is several times this, and a batch of
+/// 100,000 keeps one per instance for the whole run.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Seen {
+    pub name: String,
+    /// As the row gave it (empty when the row had no `Region`).
+    pub region: String,
+    pub zone: String,
+    pub state: State,
+    /// Where its calls go (`Target::of`: a missing `Region` is taken from the zone).
+    pub target: Target,
+}
+
+impl Seen {
+    pub(super) fn of(row: &Instance) -> Seen {
+        Seen {
+            name: row.name.clone(),
+            region: row.region.clone(),
+            zone: row.zone.clone(),
+            state: row.state.clone(),
+            target: Target::of(row),
+        }
+    }
+}
+
 /// What the driver knows of one instance.
 #[derive(Debug)]
 pub(super) struct Tracker {
     pub id: String,
-    /// The latest row Describe gave for it (or the selection's).
-    pub row: Option<Instance>,
+    /// What the latest row Describe gave for it said (or the selection's).
+    pub row: Option<Seen>,
     pub mem: Memory,
     /// Private: only [`Trackers`] changes it, keeping its indexes in step.
     status: Status,
@@ -96,7 +122,7 @@ pub(super) struct Tracker {
 }
 
 impl Tracker {
-    pub(super) fn new(id: String, row: Option<Instance>, mem: Memory, calls: u32, now: Instant) -> Tracker {
+    pub(super) fn new(id: String, row: Option<Seen>, mem: Memory, calls: u32, now: Instant) -> Tracker {
         Tracker {
             id,
             row,
