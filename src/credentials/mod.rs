@@ -37,6 +37,18 @@ impl PrivateKey {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// `text` with every occurrence of the key replaced by `***`: for text from outside (an
+    /// answer, a header, a file) before it is logged or stored, since a server or a user may
+    /// echo the key back. Keys shorter than 8 characters are left alone: they could match
+    /// innocent text, and no real key is that short.
+    pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        if self.0.len() >= 8 && text.contains(self.0.as_str()) {
+            std::borrow::Cow::Owned(text.replace(self.0.as_str(), "***"))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        }
+    }
 }
 
 impl std::str::FromStr for PrivateKey {
