@@ -130,8 +130,10 @@ fn plausible(t: f64, now: f64) -> bool {
     t.is_finite() && t >= EARLIEST_SUCCESS && t <= now
 }
 
-/// Replace the metrics file atomically.
+/// Replace the metrics file atomically. Only a regular file is replaced: the rename would
+/// otherwise turn a device node, a FIFO or a symbolic link into a regular file.
 pub fn write(path: &Path, m: &RunMetrics) -> std::io::Result<()> {
+    crate::pathset::writable("--metrics-file", path).map_err(std::io::Error::other)?;
     let text = render(m, previous_success(path).filter(|t| plausible(*t, m.ended)));
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

@@ -117,13 +117,13 @@ impl Client {
 async fn capped_body(mut response: reqwest::Response, action: &str) -> Result<Vec<u8>, ApiError> {
     let too_large = || ApiError::Decode {
         action: action.to_owned(),
-        detail: format!("the answer is larger than {} MiB; refusing to read it", MAX_ANSWER >> 20),
+        detail: format!(
+            "the answer is larger than {} MiB; refusing to read it",
+            MAX_ANSWER >> 20
+        ),
         request_id: None,
     };
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_ANSWER as u64)
-    {
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
         return Err(too_large());
     }
     let mut body = Vec::new();

@@ -42,7 +42,8 @@ impl Ctx {
         let (release, force) = self.effect(e);
         let plan = Plan::build(&cands, &account, release, force);
         if let Some(path) = save {
-            std::fs::write(path, json(&plan)).map_err(|e| anyhow!("cannot write plan {}: {e}", path.display()))?;
+            pathset::write_file(path, json(&plan).as_bytes())
+                .map_err(|e| anyhow!("cannot write plan {}: {e}", path.display()))?;
             tracing::info!("plan saved to {}", path.display());
         }
         match self.output() {

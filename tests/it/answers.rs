@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use compshare_teardown::api::sign::Params;
 use compshare_teardown::api::{ApiError, Client, ClientConfig};
 use compshare_teardown::credentials::{Credentials, PrivateKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,7 +17,9 @@ async fn serve(head: String, body_len: usize) -> url::Url {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let Ok((mut sock, _)) = listener.accept().await else { return };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
         let mut buf = vec![0u8; 64 << 10];
         let _ = sock.read(&mut buf).await;
         if sock.write_all(head.as_bytes()).await.is_err() {
@@ -57,7 +60,10 @@ async fn a_huge_answer_fails_the_request_clearly() {
         HUGE,
     )
     .await;
-    let err = client(url).call("DescribeCompShareInstance", Default::default()).await.unwrap_err();
+    let err = client(url)
+        .call("DescribeCompShareInstance", Params::default())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
     // Unannounced (read to the connection's end): refused as soon as it passes the cap.
     let url = serve(
@@ -65,7 +71,10 @@ async fn a_huge_answer_fails_the_request_clearly() {
         HUGE,
     )
     .await;
-    let err = client(url).call("DescribeCompShareInstance", Default::default()).await.unwrap_err();
+    let err = client(url)
+        .call("DescribeCompShareInstance", Params::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ApiError::Decode { .. }), "{err}");
     assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
 }
@@ -78,7 +87,7 @@ async fn a_key_echoed_by_the_server_is_masked() {
         body.len()
     );
     let err = client(serve(head, 0).await)
-        .call("StopCompShareInstance", Default::default())
+        .call("StopCompShareInstance", Params::default())
         .await
         .unwrap_err();
     let text = format!("{err} {err:?}");
@@ -92,7 +101,7 @@ async fn a_key_echoed_by_the_server_is_masked() {
         body.len()
     );
     let err = client(serve(head, 0).await)
-        .call("DescribeCompShareInstance", Default::default())
+        .call("DescribeCompShareInstance", Params::default())
         .await
         .unwrap_err();
     assert!(!format!("{err} {err:?}").contains(KEY), "{err}");

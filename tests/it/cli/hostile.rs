@@ -1,0 +1,156 @@
+//! Files, terminals and signals turned against the host: outputs that are not regular files,
+//! inputs that are named pipes, a run blocked where its runtime cannot hear a signal.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{World, filter_world, run};
+
+fn mkfifo(path: &Path) {
+    use rustix::fs::{FileType, Mode, mknodat};
+    mknodat(rustix::fs::CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+}
+
+/// What a path is, to tell that a refused run left it as it was.
+fn kind(path: &Path) -> String {
+    let m = std::fs::symlink_metadata(path).unwrap();
+    format!("{:?} {}", m.file_type(), m.len())
+}
+
+/// The things an output flag may not write: a symbolic link (to someone else's file), a
+/// FIFO, a socket, a directory and, where this process may make one, a device node.
+fn traps(w: &World) -> Vec<(std::path::PathBuf, &'static str)> {
+    let precious = w.path("precious");
+    std::fs::write(&precious, "someone else's\n").unwrap();
+    let link = w.path("link");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let fifo = w.path("fifo");
+    mkfifo(&fifo);
+    let sock = w.path("sock");
+    // Leaked on purpose: the socket stays bound until the test process ends.
+    std::mem::forget(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let dir = w.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let mut traps = vec![
+        (link, "a symbolic link"),
+        (fifo, "a named pipe (FIFO)"),
+        (sock, "a socket"),
+        (dir, "a directory"),
+    ];
+    // A null device of our own (root only): replacing it harms nothing.
+    let dev = w.path("null");
+    let made = rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &dev,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    );
+    if made.is_ok() {
+        traps.push((dev, "a device"));
+    }
+    traps
+}
+
+#[test]
+fn outputs_that_are_not_regular_files_are_refused_before_the_lock() {
+    let w = filter_world();
+    let traps = traps(&w);
+    for (path, what) in &traps {
+        let before = kind(path);
+        let p = path.to_str().unwrap();
+        for flag in ["--report", "--journal", "--metrics-file"] {
+            let out = run(w.cmd().args(["run", "--yes", "uhost-f1", flag, p]).args(w.fast()));
+            assert_eq!(out.code, Some(2), "{flag} {what}: {out:?}");
+            assert!(out.stderr.contains(what), "{flag} {what}: {out:?}");
+            assert_eq!(kind(path), before, "{flag} changed {what}");
+        }
+        let out = run(w.cmd().args(["plan", "uhost-f1", "--save", p]));
+        assert_eq!(out.code, Some(2), "--save {what}: {out:?}");
+        assert_eq!(kind(path), before, "--save changed {what}");
+    }
+    assert_eq!(std::fs::read_to_string(w.path("precious")).unwrap(), "someone else's\n");
+    // Refused offline: no lock taken, nothing sent.
+    assert!(!w.path("lock").exists());
+    assert!(w.snapshot().calls.is_empty(), "{:?}", w.snapshot().calls);
+}
+
+#[test]
+fn inputs_that_are_named_pipes_are_refused_at_once() {
+    let w = filter_world();
+    let fifo = w.path("fifo");
+    mkfifo(&fifo);
+    let f = fifo.to_str().unwrap();
+    let fast = w.fast();
+    let fast: Vec<&str> = fast.iter().map(String::as_str).collect();
+    let cases: [Vec<&str>; 5] = [
+        [&["run", "--yes", "--from-file", f][..], &fast].concat(),
+        vec!["--config", f, "plan", "--all"],
+        [&["run", "--yes", "--plan", f][..], &fast].concat(),
+        [&["run", "--yes", "--resume", f][..], &fast].concat(),
+        vec!["plan", "--from-file", f],
+    ];
+    for args in cases {
+        // assert_cmd's timeout ends a run that blocks in `open`.
+        let out = run(w.cmd().args(&args).timeout(Duration::from_secs(10)));
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains("named pipe"), "{args:?}: {out:?}");
+    }
+    assert!(w.snapshot().calls.is_empty());
+    // `-` is standard input, read as the stream it is.
+    let out = run(w
+        .cmd()
+        .args(["plan", "--output", "json", "--from-file", "-"])
+        .write_stdin("uhost-f1\n"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("uhost-f1"), "{out:?}");
+}
+
+/// SIGTERM ends a run whose thread is blocked (here reading an ID list from a stdin that
+/// never ends) with 130 within a second, holding no lock after.
+#[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "The binary runs in real time in its own process: waiting for it needs the real clock."
+)]
+fn sigterm_ends_a_blocked_run_within_a_second() {
+    let w = filter_world();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_compshare-teardown"))
+        .args(["run", "--yes", "--from-file", "-"])
+        .args(w.fast())
+        .env("HOME", w.dir.path())
+        .env("XDG_RUNTIME_DIR", w.dir.path())
+        .env("COMPSHARE_BASE_URL", w.server.url.as_str())
+        .env("COMPSHARE_PUBLIC_KEY", w.handle().public_key())
+        .env("COMPSHARE_PRIVATE_KEY", w.handle().private_key().expose())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open and never written: the read blocks.
+    let stdin = child.stdin.take();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = started + Duration::from_secs(5);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("still running 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    drop(stdin);
+    assert_eq!(code, Some(130));
+    assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    assert!(w.snapshot().calls.is_empty());
+}
