@@ -1,6 +1,11 @@
 //! Plans: what `run` would do to each candidate, shown by `plan`, saved with `plan --save`, and
 //! replayed exactly by `run --plan`, which re-checks each instance right before acting and
 //! skips any that drifted in a way that matters.
+//!
+//! A saved plan is protected like a journal's start line: a SHA-1 checksum over everything
+//! else in it, and every field validated on load. An entry added by hand would otherwise be
+//! terminated although `plan` never selected it, and a flipped `release_udisk` would delete
+//! data disks the plan said it would keep.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,10 +89,12 @@ pub struct Plan {
     pub release_udisk: bool,
     pub force_stop: bool,
     pub entries: Vec<Item>,
+    /// SHA-1 (hex) of the plan's compact JSON with this field empty.
+    pub checksum: String,
 }
 
-/// The plan file's schema version (2: `project_id` and `key_fingerprint`).
-pub const PLAN_SCHEMA: u32 = 2;
+/// The plan file's schema version (2: `project_id` and `key_fingerprint`; 3: `checksum`).
+pub const PLAN_SCHEMA: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -105,7 +112,7 @@ pub enum PlanError {
 impl Plan {
     pub fn build(candidates: &[Candidate], account: &Account, release_udisk: bool, force_stop: bool) -> Plan {
         let entries = candidates.iter().map(|c| entry(c, release_udisk, force_stop)).collect();
-        Plan {
+        let mut plan = Plan {
             schema: PLAN_SCHEMA,
             base_url: account.endpoint.clone(),
             project_id: account.project_id.clone(),
@@ -113,7 +120,24 @@ impl Plan {
             release_udisk,
             force_stop,
             entries,
-        }
+            checksum: String::new(),
+        };
+        plan.seal();
+        plan
+    }
+
+    /// The checksum the plan should carry.
+    fn sum(&self) -> String {
+        let unsealed = Plan {
+            checksum: String::new(),
+            ..self.clone()
+        };
+        crate::credentials::sha1_hex(&serde_json::to_vec(&unsealed).expect("serializes"))
+    }
+
+    /// Set the checksum over the plan as it is now.
+    pub fn seal(&mut self) {
+        self.checksum = self.sum();
     }
 
     /// IDs `run` will act on: every entry not skipped. Instances not found are watched until
@@ -170,12 +194,23 @@ impl Plan {
             })
             .collect();
         check_ids(&sources).map_err(|e| malformed(e.to_string()))?;
+        for (n, e) in plan.entries.iter().enumerate() {
+            e.validate(plan.release_udisk)
+                .map_err(|detail| malformed(format!("{detail} (entry {})", n + 1)))?;
+        }
         let differences = plan.account().differences(account);
         if !differences.is_empty() && !allow_other_account {
             return Err(PlanError::OtherAccount {
                 path: path.into(),
                 differences,
             });
+        }
+        // Last, so that the errors above name what is wrong; but nothing edited gets past it.
+        if plan.checksum != plan.sum() {
+            return Err(malformed(
+                "its checksum does not match: it was not written by `plan --save` (edited or damaged); make a new plan"
+                    .into(),
+            ));
         }
         Ok(plan)
     }
@@ -204,6 +239,53 @@ impl Plan {
             ));
         }
         None
+    }
+}
+
+impl Item {
+    /// Whether the entry is one `plan` could have written: a known state, an action that
+    /// follows from it, a disk fate that follows from `release_udisk`, sane numbers.
+    fn validate(&self, release_udisk: bool) -> Result<(), String> {
+        let state = State::parse(&self.state);
+        if let State::Unknown(s) = &state
+            && !s.is_empty()
+        {
+            return Err(format!("unknown state {:?}", textfile::excerpt(s)));
+        }
+        let fits = match self.action {
+            // Not found: no row, so no state.
+            Action::AlreadyGone => self.state.is_empty(),
+            Action::Skip => true,
+            Action::StopThenTerminate | Action::NeedsForceStop => state == State::Running,
+            Action::TerminateOnly => matches!(state, State::Stopped | State::InstallFail),
+            Action::WaitThenTerminate => !matches!(
+                state,
+                State::Running | State::Stopped | State::InstallFail | State::Unknown(_)
+            ),
+        };
+        if !fits {
+            return Err(format!(
+                "action {:?} does not follow from state {:?}",
+                self.action.text(),
+                self.state
+            ));
+        }
+        let disks = match (self.data_disks.is_empty(), release_udisk) {
+            (true, _) => "none",
+            (false, true) => "released",
+            (false, false) => "kept",
+        };
+        if self.disks != disks {
+            return Err(format!(
+                "disks {:?} does not follow from release_udisk={release_udisk} and {} data disk(s)",
+                textfile::excerpt(&self.disks),
+                self.data_disks.len()
+            ));
+        }
+        if !(self.price.is_finite() && self.price >= 0.0) || self.gpu < 0 {
+            return Err("price or gpu out of range".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -365,10 +447,12 @@ mod tests {
         assert!(Plan::load(path, &other, true).is_ok());
         let mut bad = plan.clone();
         bad.entries[1].uhost_id = "a-1".into();
+        bad.seal();
         save(&bad);
         let err = Plan::load(path, &mine, false).unwrap_err().to_string();
         assert!(err.contains("given twice (entry 2)"), "{err}");
         bad.entries[1].uhost_id = "bad;id".into();
+        bad.seal();
         save(&bad);
         assert!(
             Plan::load(path, &mine, false)
@@ -376,5 +460,64 @@ mod tests {
                 .to_string()
                 .contains("malformed")
         );
+    }
+
+    #[test]
+    fn an_edited_plan_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        let path = path.to_str().unwrap();
+        let mine = Account::default();
+        let cands = [
+            cand("a-1", State::Stopped, "Postpay", Verdict::Act),
+            cand("a-2", State::Running, "Postpay", Verdict::Act),
+        ];
+        let plan = Plan::build(&cands, &mine, false, false);
+        let load = |p: &Plan| {
+            std::fs::write(path, serde_json::to_string_pretty(p).unwrap()).unwrap();
+            Plan::load(path, &mine, false).map_err(|e| e.to_string())
+        };
+        assert_eq!(load(&plan).unwrap(), plan);
+        // Edited without resealing: an entry added, `release_udisk` flipped (with the disk
+        // fates to match), a price changed.
+        let mut added = plan.clone();
+        let mut extra = added.entries[0].clone();
+        extra.uhost_id = "a-9".into();
+        added.entries.push(extra);
+        let mut flipped = plan.clone();
+        flipped.release_udisk = true;
+        for e in &mut flipped.entries {
+            e.disks = "released".into();
+        }
+        let mut priced = plan.clone();
+        priced.entries[0].price = 0.0;
+        for edited in [added, flipped, priced] {
+            let err = load(&edited).unwrap_err();
+            assert!(err.contains("checksum does not match"), "{err}");
+        }
+        // Resealed, but not what `plan` writes: each field is checked.
+        let cases: [(fn(&mut Plan), &str); 5] = [
+            (
+                |p| p.entries[0].state = "Hacked".into(),
+                "unknown state \"Hacked\" (entry 1)",
+            ),
+            (
+                |p| p.entries[1].state = "Stopped".into(),
+                "does not follow from state \"Stopped\" (entry 2)",
+            ),
+            (|p| p.release_udisk = true, "does not follow from release_udisk=true"),
+            (|p| p.entries[0].price = -1.0, "out of range"),
+            (
+                |p| p.entries[0].state = String::new(),
+                "does not follow from state \"\"",
+            ),
+        ];
+        for (edit, want) in cases {
+            let mut p = plan.clone();
+            edit(&mut p);
+            p.seal();
+            let err = load(&p).unwrap_err();
+            assert!(err.contains(want), "{want}: {err}");
+        }
     }
 }

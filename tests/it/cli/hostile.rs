@@ -154,3 +154,42 @@ fn sigterm_ends_a_blocked_run_within_a_second() {
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     assert!(w.snapshot().calls.is_empty());
 }
+
+/// A saved plan edited by hand is refused with exit 2, nothing sent.
+#[test]
+fn an_edited_saved_plan_is_refused() {
+    let w = filter_world();
+    let saved = w.path("plan.json");
+    let out = run(w.cmd().args(["plan", "uhost-f1", "--save", saved.to_str().unwrap()]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let plan: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    let mut added = plan.clone();
+    let mut extra = plan["entries"][0].clone();
+    extra["uhost_id"] = "uhost-f3".into();
+    added["entries"].as_array_mut().unwrap().push(extra);
+    let mut flipped = plan.clone();
+    flipped["release_udisk"] = true.into();
+    // With the disk fates to match, so only the checksum can tell.
+    for e in flipped["entries"].as_array_mut().unwrap() {
+        if e["disks"] == "kept" {
+            e["disks"] = "released".into();
+        }
+    }
+    let mut unknown = plan.clone();
+    unknown["entries"][0]["state"] = "Whatever".into();
+    for (name, edited, want) in [
+        ("added", added, "checksum does not match"),
+        ("flipped", flipped, "checksum does not match"),
+        ("unknown", unknown, "unknown state"),
+    ] {
+        let path = w.path(&format!("plan-{name}.json"));
+        std::fs::write(&path, edited.to_string()).unwrap();
+        let out = run(w
+            .cmd()
+            .args(["run", "--yes", "--plan", path.to_str().unwrap()])
+            .args(w.fast()));
+        assert_eq!(out.code, Some(2), "{name}: {out:?}");
+        assert!(out.stderr.contains(want), "{name}: {out:?}");
+    }
+    assert!(w.mutating_calls().is_empty());
+}
