@@ -496,7 +496,8 @@ mod tests {
             assert!(err.contains("checksum does not match"), "{err}");
         }
         // Resealed, but not what `plan` writes: each field is checked.
-        let cases: [(fn(&mut Plan), &str); 5] = [
+        type Edit = fn(&mut Plan);
+        let cases: [(Edit, &str); 5] = [
             (
                 |p| p.entries[0].state = "Hacked".into(),
                 "unknown state \"Hacked\" (entry 1)",
