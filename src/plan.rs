@@ -462,6 +462,8 @@ mod tests {
         );
     }
 
+    type Edit = fn(&mut Plan);
+
     #[test]
     fn an_edited_plan_is_refused() {
         let dir = tempfile::tempdir().unwrap();
@@ -496,7 +498,6 @@ mod tests {
             assert!(err.contains("checksum does not match"), "{err}");
         }
         // Resealed, but not what `plan` writes: each field is checked.
-        type Edit = fn(&mut Plan);
         let cases: [(Edit, &str); 5] = [
             (
                 |p| p.entries[0].state = "Hacked".into(),
