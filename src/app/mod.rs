@@ -219,7 +219,8 @@ fn fail(f: &Failure) -> Exit {
     {
         text = text.replace(key, "***");
     }
-    let _ = writeln!(std::io::stderr(), "error: {text}");
+    // An API message quoted in the error must not drive the terminal either.
+    let _ = writeln!(std::io::stderr(), "error: {}", crate::output::printable(&text));
     code
 }
 

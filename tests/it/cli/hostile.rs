@@ -193,3 +193,31 @@ fn an_edited_saved_plan_is_refused() {
     }
     assert!(w.mutating_calls().is_empty());
 }
+
+/// Names from the API reach the terminal escaped (tables, the log), whole in JSON.
+#[test]
+fn names_with_control_characters_are_escaped_on_the_terminal() {
+    let evil = "ok\u{1b}[2J\r\nuhost-fake  forged\u{7}";
+    let w = World::with_rows(vec![super::row(
+        "uhost-e1",
+        evil,
+        "ci",
+        compshare_teardown::api::State::Running,
+    )]);
+    let out = run(w.cmd().args(["list"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let both = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !both.contains('\u{1b}') && !both.contains('\r') && !both.contains('\u{7}'),
+        "{both:?}"
+    );
+    assert!(
+        out.stdout.contains(r"ok\u{1b}[2J\r\nuhost-fake  forged\u{7}"),
+        "{out:?}"
+    );
+    let out = run(w.cmd().args(["plan", "--all", "-v"]));
+    let both = format!("{}{}", out.stdout, out.stderr);
+    assert!(!both.contains('\u{1b}') && !both.contains('\r'), "{both:?}");
+    let out = run(w.cmd().args(["list", "--output", "json"]));
+    assert_eq!(out.json()[0]["Name"], evil, "{out:?}");
+}
