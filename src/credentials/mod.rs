@@ -86,7 +86,8 @@ pub enum CredentialError {
         "no CompShare {missing} found; looked in: {looked}. Set COMPSHARE_PUBLIC_KEY and COMPSHARE_PRIVATE_KEY, or pass --public-key/--private-key"
     )]
     Missing { missing: &'static str, looked: String },
-    #[error("profile {profile:?} not found in {file}")]
+    /// `profile` is quoted, or says where the name came from when it is not shown.
+    #[error("profile {profile} not found in {file}")]
     UnknownProfile { profile: String, file: String },
     #[error("cannot read {file}: {detail}")]
     Unreadable { file: String, detail: String },
@@ -227,8 +228,16 @@ pub fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError> {
                     // A profile someone named (the user, or the file's own current_profile)
                     // and that is missing is an error, not a reason to look elsewhere.
                     None if !named_by.is_empty() || profile.is_some() => {
+                        // A name the user gave is theirs to see; the file's own
+                        // current_profile is a value from a file that holds keys, and may be
+                        // one pasted into the wrong field: never quoted.
+                        let profile = if profile.is_some() {
+                            format!("{:?}", crate::textfile::excerpt(&name))
+                        } else {
+                            "named by current_profile".to_owned()
+                        };
                         return Err(CredentialError::UnknownProfile {
-                            profile: crate::textfile::excerpt(&name),
+                            profile,
                             file: format!("{}{named_by}", file.display()),
                         });
                     }

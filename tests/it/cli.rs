@@ -1231,7 +1231,7 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
                 ("COMPSHARE_PRIVATE_KEY", None),
                 ("COMPSHARE_CONFIG_FILE", Some("{dir}/cs-current.json")),
             ],
-            "profile \"work\" not found in",
+            "profile named by current_profile not found in",
         ),
         bad_env(
             &["--profile", "nosuch", "list", "--all"],

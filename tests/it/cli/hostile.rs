@@ -221,3 +221,40 @@ fn names_with_control_characters_are_escaped_on_the_terminal() {
     let out = run(w.cmd().args(["list", "--output", "json"]));
     assert_eq!(out.json()[0]["Name"], evil, "{out:?}");
 }
+
+/// A key pasted into the wrong flag is not echoed back by the argument parser, nor is a key
+/// left in the CompShare CLI file's `current_profile`.
+#[test]
+fn the_parser_and_the_profile_never_echo_a_key() {
+    let w = filter_world();
+    let key = w.handle().private_key().expose().to_owned();
+    for args in [
+        vec!["run", "--concurrency", key.as_str()],
+        vec!["run", "--poll-interval", key.as_str()],
+        vec!["list", "--output", key.as_str()],
+    ] {
+        let out = run(w.cmd().args(&args));
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(!out.stderr.contains(&key), "{args:?}: {out:?}");
+        let out = run(w.bare().args(["--private-key", key.as_str()]).args(&args));
+        assert!(!out.stderr.contains(&key), "{args:?}: {out:?}");
+    }
+    let file = w.path("cs.json");
+    std::fs::write(
+        &file,
+        format!(r#"{{"current_profile":"{key}","profiles":{{"default":{{"public_key":"p","private_key":"q"}}}}}}"#),
+    )
+    .unwrap();
+    let out = run(w
+        .bare()
+        .env("COMPSHARE_CONFIG_FILE", &file)
+        .env("COMPSHARE_BASE_URL", w.server.url.as_str())
+        .args(["list", "--all"]));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(!out.stderr.contains(&key), "{out:?}");
+    // Numbers of the wrong kind are out of range, named as typed.
+    let out = run(w.cmd().args(["run", "--concurrency", "-1"]));
+    assert!(out.stderr.contains("-1 is out of range: use 1 to 1024"), "{out:?}");
+    let out = run(w.cmd().args(["sim", "--time-scale", "1e308"]));
+    assert!(out.stderr.contains("1e308 is out of range"), "{out:?}");
+}
