@@ -198,7 +198,7 @@ pub struct PlanArgs {
     pub save: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,

@@ -15,6 +15,7 @@ use crate::plan::Plan;
 impl Ctx {
     pub(super) async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> CmdResult<Exit> {
         let req = self.request(a)?;
+        self.check_run_section()?;
         if let Some(path) = save {
             let config = self.global.config.clone();
             let from_file = a.from_file.clone().or_else(|| self.config.selection.from_file.clone());

@@ -258,3 +258,23 @@ fn the_parser_and_the_profile_never_echo_a_key() {
     let out = run(w.cmd().args(["sim", "--time-scale", "1e308"]));
     assert!(out.stderr.contains("1e308 is out of range"), "{out:?}");
 }
+
+/// `plan --config job.toml`, the documented check of a job file, refuses a `[run]` section
+/// that `run` would refuse.
+#[test]
+fn plan_checks_the_whole_job_file() {
+    let w = filter_world();
+    for (section, want) in [
+        ("max_count = 0", "run.max_count: 0 is out of range"),
+        ("deadline = \"garbage\"", "run.deadline"),
+        ("concurrency = 5000", "5000 is out of range"),
+        ("report = \"/dev/null\"", "run.report /dev/null is a device"),
+    ] {
+        let job = w.path("job.toml");
+        std::fs::write(&job, format!("[run]\n{section}\n")).unwrap();
+        let out = run(w.cmd().args(["--config", job.to_str().unwrap(), "plan", "--all"]));
+        assert_eq!(out.code, Some(2), "{section}: {out:?}");
+        assert!(out.stderr.contains(want), "{section}: {out:?}");
+    }
+    assert!(w.snapshot().calls.is_empty());
+}
