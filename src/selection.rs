@@ -236,16 +236,60 @@ impl Protections {
             return Some(format!("protected: name matches {:?}", g.glob().glob()));
         }
         if !self.allow_self {
+            let own: Vec<IpAddr> = self.own_addresses.iter().map(IpAddr::to_canonical).collect();
             for ip in &row.ip_set {
-                if let Ok(addr) = ip.ip.parse::<IpAddr>()
-                    && self.own_addresses.contains(&addr)
-                {
+                if let Some(addr) = address_readings(&ip.ip).into_iter().find(|a| own.contains(a)) {
                     return Some(format!("this machine (it holds {addr}); pass --allow-self to override"));
                 }
             }
         }
         None
     }
+}
+
+/// Every address an API address field can mean, canonical (an IPv4-mapped IPv6 address as
+/// its IPv4 address), so self-protection compares addresses, not spellings: a `/24` suffix,
+/// brackets, a `%zone`, and IPv4 parts with leading zeros are accepted. `010.002.000.001` is
+/// read both as decimal and, as `inet_aton` would, as octal: protecting on either reading
+/// errs on the safe side.
+fn address_readings(text: &str) -> Vec<IpAddr> {
+    let text = text.trim();
+    let text = text.split('/').next().unwrap_or_default();
+    let text = text.trim_start_matches('[').trim_end_matches(']');
+    let text = text.split('%').next().unwrap_or_default();
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return vec![addr.to_canonical()];
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    if parts.len() != 4
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 4 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Vec::new();
+    }
+    let mut readings = Vec::new();
+    for radix in [10, 8] {
+        let octets: Option<Vec<u8>> = parts
+            .iter()
+            .map(|p| {
+                // Octal only for parts written with a leading zero, as `inet_aton` reads them.
+                let radix = if radix == 8 && p.len() > 1 && p.starts_with('0') {
+                    8
+                } else {
+                    10
+                };
+                u8::from_str_radix(p, radix).ok()
+            })
+            .collect();
+        if let Some(o) = octets {
+            let addr = IpAddr::from([o[0], o[1], o[2], o[3]]);
+            if !readings.contains(&addr) {
+                readings.push(addr);
+            }
+        }
+    }
+    readings
 }
 
 /// This machine's non-loopback addresses. If they cannot be read (e.g. a sandbox without
@@ -477,6 +521,35 @@ mod tests {
         assert!(reasons[1].contains("keep"));
         assert!(reasons[2].contains("this machine"));
         assert!(reasons[3].contains("excluded"));
+        // Unusual spellings of the same address are the same address.
+        for spelling in [
+            "::ffff:10.9.8.7",
+            "010.009.008.007",
+            "10.9.8.7/24",
+            " 10.9.8.7 ",
+            "[::ffff:a09:807]",
+        ] {
+            let mut me = row("uhost-me", "box", "", State::Running);
+            me.ip_set = vec![Ip {
+                ip: spelling.into(),
+                ..Ip::default()
+            }];
+            assert!(p.refuse(&me).is_some_and(|r| r.contains("this machine")), "{spelling}");
+        }
+        // This machine's own address may be the mapped one.
+        let mapped = Protections {
+            own_addresses: vec!["::ffff:192.0.2.2".parse().unwrap()],
+            ..Protections::default()
+        };
+        let mut me = row("uhost-me", "box", "", State::Running);
+        me.ip_set = vec![Ip {
+            ip: "192.0.2.2".into(),
+            ..Ip::default()
+        }];
+        assert!(mapped.refuse(&me).is_some());
+        me.ip_set[0].ip = "192.0.2.3".into();
+        assert!(mapped.refuse(&me).is_none());
+        assert!(address_readings("not an address").is_empty());
         let allowed = Protections { allow_self: true, ..p };
         assert_eq!(
             select(&rows, Some(&ids[2..3]), &Filters::default(), &allowed, 0)[0].verdict,
