@@ -333,11 +333,11 @@ pub const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
 /// The demo world lives in memory and on a terminal: ten thousand is plenty.
 const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
 /// The simulator's world lives in memory.
-const SIM_INSTANCES: (usize, usize) = (0, 100_000);
+pub(crate) const SIM_INSTANCES: (usize, usize) = (0, 100_000);
 /// Seeds: any 64-bit number.
 const SEED: (u64, u64) = (0, u64::MAX);
 /// Simulator time factor: beyond these, latencies overflow or round to nothing.
-const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
+pub(crate) const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
 
 /// Check a number against its range; the error names the range.
 pub fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {

@@ -20,7 +20,7 @@ pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violati
 pub use scenario::{
     DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioError, ScenarioInstance,
 };
-pub use server::{Server, serve};
+pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, Server, serve};
 pub use world::code;
 
 use crate::api::client::decode_envelope;
