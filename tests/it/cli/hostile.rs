@@ -278,3 +278,26 @@ fn plan_checks_the_whole_job_file() {
     }
     assert!(w.snapshot().calls.is_empty());
 }
+
+/// On a pseudo-terminal, a name built to forge a row above the prompt (and to clear the
+/// screen) shows as its escapes, on its own row.
+#[test]
+fn the_prompt_cannot_be_forged_by_a_name() {
+    let evil = "ok\u{1b}[2J\r\n uhost-fake   FORGED-ROW";
+    let w = World::with_rows(vec![
+        super::row("uhost-p1", evil, "ci", compshare_teardown::api::State::Running),
+        super::row("uhost-p2", "plain", "ci", compshare_teardown::api::State::Running),
+    ]);
+    let mut args: Vec<String> = ["run", "--all"].map(str::to_owned).to_vec();
+    args.extend(w.fast());
+    let (code, screen) = super::on_terminal(&w, &args, "0\n");
+    assert_eq!(code, Some(2), "{screen}");
+    assert!(screen.contains("Type 2 to tear down 2 instance(s)"), "{screen}");
+    assert!(!screen.contains("\u{1b}[2J"), "{screen:?}");
+    assert!(screen.contains("FORGED-ROW"), "{screen}");
+    for line in screen.lines().filter(|l| l.contains("FORGED-ROW")) {
+        assert!(line.contains(r"ok\u{1b}[2J\r\n uhost-fake   FORGED-ROW"), "{line:?}");
+        assert!(line.contains("uhost-p1"), "{line:?}");
+    }
+    assert!(w.mutating_calls().is_empty());
+}
