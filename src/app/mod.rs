@@ -260,6 +260,12 @@ fn fail(f: &Failure) -> Exit {
 /// The private key, once resolved, to scrub from error messages.
 static SECRET: std::sync::OnceLock<credentials::PrivateKey> = std::sync::OnceLock::new();
 
+/// The private key, once resolved: to mask in text read from files before it is shown or
+/// stored.
+pub(crate) fn secret() -> Option<&'static credentials::PrivateKey> {
+    SECRET.get()
+}
+
 fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

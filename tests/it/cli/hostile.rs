@@ -301,3 +301,37 @@ fn the_prompt_cannot_be_forged_by_a_name() {
     }
     assert!(w.mutating_calls().is_empty());
 }
+
+/// A key inside a saved plan's text (a name, here) is masked before it is shown or stored:
+/// the drift reason quoting the planned name, the table, the report.
+#[test]
+fn a_key_inside_a_plan_file_is_masked() {
+    let w = filter_world();
+    let key = w.handle().private_key().expose().to_owned();
+    let saved = w.path("plan.json");
+    let out = run(w.cmd().args(["plan", "uhost-f1", "--save", saved.to_str().unwrap()]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut plan: compshare_teardown::plan::Plan =
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
+    plan.entries[0].name = format!("old-{key}");
+    plan.seal();
+    std::fs::write(&saved, serde_json::to_string(&plan).unwrap()).unwrap();
+    let report = w.path("report.json");
+    let out = run(w
+        .cmd()
+        .args(["run", "--yes", "--plan", saved.to_str().unwrap()])
+        .args(["--report", report.to_str().unwrap()])
+        .args(w.fast()));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    // Renamed since the plan: skipped, with the planned name in the reason.
+    assert!(out.stdout.contains("renamed"), "{out:?}");
+    let everything = format!(
+        "{}{}{}",
+        out.stdout,
+        out.stderr,
+        std::fs::read_to_string(&report).unwrap()
+    );
+    assert!(!everything.contains(&key), "{everything}");
+    assert!(everything.contains("old-***"), "{everything}");
+    assert!(w.mutating_calls().is_empty());
+}
