@@ -199,7 +199,7 @@ pub struct PlanArgs {
     pub save: Option<PathBuf>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 pub struct RunArgs {
     #[command(flatten)]
     pub select: SelectArgs,
@@ -332,11 +332,11 @@ pub(crate) const LOCK_CODE: (i64, i64) = (1, i32::MAX as i64);
 /// The demo world lives in memory and on a terminal: ten thousand is plenty.
 const DEMO_INSTANCES: (usize, usize) = (1, 10_000);
 /// The simulator's world lives in memory.
-const SIM_INSTANCES: (usize, usize) = (0, 100_000);
+pub(crate) const SIM_INSTANCES: (usize, usize) = (0, 100_000);
 /// Seeds: any 64-bit number.
 const SEED: (u64, u64) = (0, u64::MAX);
 /// Simulator time factor: beyond these, latencies overflow or round to nothing.
-const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
+pub(crate) const TIME_SCALE: (f64, f64) = (0.0001, 1000.0);
 
 /// Check a number against its range; the error names the range.
 pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(value: T, (min, max): (T, T)) -> Result<T, String> {
@@ -368,11 +368,24 @@ where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
 {
     move |text: &str| {
-        let value = text
-            .trim()
-            .parse::<T>()
-            .map_err(|_| format!("not a number: use {} to {}", range.0, range.1))?;
-        in_range(value, range)
+        let text = text.trim();
+        // The value is echoed as typed (shortened), not as parsed: `1e308` must not come
+        // back as a 309-digit number.
+        let out_of_range = || {
+            format!(
+                "{} is out of range: use {} to {}",
+                crate::textfile::excerpt(text),
+                range.0,
+                range.1
+            )
+        };
+        match text.parse::<T>() {
+            Ok(value) => in_range(value, range).map_err(|_| out_of_range()),
+            // A number of the wrong kind (`-1` for a count, `1e20` for a count) is a number
+            // out of range, not "not a number".
+            Err(_) if text.parse::<f64>().is_ok_and(|v| !v.is_nan()) => Err(out_of_range()),
+            Err(_) => Err(format!("not a number: use {} to {}", range.0, range.1)),
+        }
     }
 }
 
@@ -406,6 +419,23 @@ mod tests {
             Some("S3CRET-xyz")
         );
         assert!(!format!("{cli:?}").contains("S3CRET"), "{cli:?}");
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_named_as_typed() {
+        let concurrency = number(CONCURRENCY);
+        assert_eq!(concurrency("-1").unwrap_err(), "-1 is out of range: use 1 to 1024");
+        assert_eq!(
+            concurrency("1e308").unwrap_err(),
+            "1e308 is out of range: use 1 to 1024"
+        );
+        assert_eq!(concurrency("5000").unwrap_err(), "5000 is out of range: use 1 to 1024");
+        assert_eq!(concurrency("lots").unwrap_err(), "not a number: use 1 to 1024");
+        assert_eq!(concurrency(" 8 "), Ok(8));
+        let scale = number(TIME_SCALE);
+        assert_eq!(scale("1e308").unwrap_err(), "1e308 is out of range: use 0.0001 to 1000");
+        assert_eq!(scale("inf").unwrap_err(), "inf is out of range: use 0.0001 to 1000");
+        assert!(scale("NaN").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ mod logging;
 mod metrics;
 mod output;
 mod pathset;
-mod plan;
+pub mod plan;
 mod progress;
 pub mod reference;
 mod runlock;

@@ -1,6 +1,10 @@
 //! Logs: `tracing` to stderr, as text (printed above the progress bars without tearing them)
 //! or as JSON lines for journald and log collectors. The filter comes from
 //! `COMPSHARE_TEARDOWN_LOG` or `RUST_LOG` (`EnvFilter` syntax) when set, else from `-q`/`-v`.
+//!
+//! Text lines show every field through [`crate::output::printable`]: a message may quote an
+//! instance name or an API message, and a control character in it must not drive the
+//! terminal. JSON lines escape them by themselves.
 
 use std::io::{self, Write};
 
@@ -52,6 +56,22 @@ fn default_filter(verbosity: i8, bars_visible: bool) -> String {
     format!("warn,compshare_teardown={level}")
 }
 
+/// The text format's fields, as the default writes them (the message bare, other fields as
+/// `name=value`), each made printable.
+fn printable_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = crate::output::printable(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
 /// Install the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat, verbosity: i8, multi: &MultiProgress, color: bool) {
     let env = std::env::var("COMPSHARE_TEARDOWN_LOG")
@@ -63,6 +83,7 @@ pub fn init(format: LogFormat, verbosity: i8, multi: &MultiProgress, color: bool
     let writer = BarWriter { multi: multi.clone() };
     let result = match format {
         LogFormat::Text => tracing_subscriber::fmt()
+            .fmt_fields(printable_fields())
             .with_env_filter(filter)
             .with_writer(writer)
             .with_ansi(color)
@@ -83,6 +104,38 @@ pub fn init(format: LogFormat, verbosity: i8, multi: &MultiProgress, color: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_lines_escape_control_characters() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(printable_fields())
+            .with_ansi(false)
+            .with_writer(move || out.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let name = "evil\x1b[2J\r\nFAKE LINE";
+            tracing::warn!(id = "uhost-1", name, "skipping {name}");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+        assert!(text.contains("skipping evil\\u{1b}[2J\\r\\nFAKE LINE"), "{text}");
+        assert!(text.contains("id=\"uhost-1\""), "{text}");
+    }
 
     #[test]
     fn filters_by_verbosity() {

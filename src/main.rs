@@ -5,5 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    compshare_teardown::app::main(compshare_teardown::cli::Cli::parse())
+    match compshare_teardown::cli::Cli::try_parse() {
+        Ok(cli) => compshare_teardown::app::main(cli),
+        Err(e) => compshare_teardown::app::refused(e),
+    }
 }

@@ -119,9 +119,22 @@ fn previous_success(path: &Path) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Replace the metrics file atomically.
+/// 2020-01-01 in Unix seconds: no run of this tool succeeded before it.
+const EARLIEST_SUCCESS: f64 = 1_577_836_800.0;
+
+/// Whether a carried last-success time can be true: finite, not before the tool existed and
+/// not after this run ended. Anything else (`NaN`, `inf`, negative, far future: an edited or
+/// damaged file) would be copied forever and keep the "no success in 26 h" alert from ever
+/// firing, so it is dropped and the gauge stays absent until the next success.
+fn plausible(t: f64, now: f64) -> bool {
+    t.is_finite() && t >= EARLIEST_SUCCESS && t <= now
+}
+
+/// Replace the metrics file atomically. Only a regular file is replaced: the rename would
+/// otherwise turn a device node, a FIFO or a symbolic link into a regular file.
 pub fn write(path: &Path, m: &RunMetrics) -> std::io::Result<()> {
-    let text = render(m, previous_success(path));
+    crate::pathset::writable("--metrics-file", path).map_err(std::io::Error::other)?;
+    let text = render(m, previous_success(path).filter(|t| plausible(*t, m.ended)));
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -150,26 +163,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.prom");
         let ok = RunMetrics {
-            started: 100.0,
-            ended: 160.0,
+            started: 1_700_000_100.0,
+            ended: 1_700_000_160.0,
             exit_code: 0,
             report: None,
         };
         write(&path, &ok).unwrap();
         let failed = RunMetrics {
-            started: 200.0,
-            ended: 210.0,
+            started: 1_700_000_200.0,
+            ended: 1_700_000_210.0,
             exit_code: 1,
             report: None,
         };
         write(&path, &failed).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
-            text.contains("compshare_teardown_last_success_timestamp_seconds 160\n"),
+            text.contains("compshare_teardown_last_success_timestamp_seconds 1700000160\n"),
             "{text}"
         );
         assert!(text.contains("compshare_teardown_last_run_exit_code 1\n"), "{text}");
         // Only the metrics file is left: the temporary file was renamed over it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_impossible_last_success_is_not_carried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.prom");
+        let now = 1_800_000_000.0;
+        let failed = RunMetrics {
+            started: now - 10.0,
+            ended: now,
+            exit_code: 1,
+            report: None,
+        };
+        let name = "compshare_teardown_last_success_timestamp_seconds";
+        for bad in ["NaN", "inf", "+Inf", "-5", "0", "1e300", "1800000999"] {
+            std::fs::write(&path, format!("{name} {bad}\n")).unwrap();
+            write(&path, &failed).unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(!text.contains(name), "{bad} was carried:\n{text}");
+        }
+        std::fs::write(&path, format!("{name} 1799990000\n")).unwrap();
+        write(&path, &failed).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(&format!("{name} 1799990000\n")), "{text}");
     }
 }

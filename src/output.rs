@@ -1,6 +1,12 @@
 //! Rendering results for stdout: tables for people, JSON for programs. Pure functions from
 //! data to text, so snapshot tests pin the output.
+//!
+//! Text from the API (names, tags, messages) reaches a terminal only through [`printable`]:
+//! an escape sequence, carriage return or newline in an instance name could otherwise clear
+//! the screen, hide a row or forge one in the table the operator confirms. JSON output keeps
+//! the exact strings (JSON escapes them itself).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use comfy_table::{ContentArrangement, Table, TableComponent, presets};
@@ -15,6 +21,52 @@ use crate::workflow::Report;
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+/// Characters a terminal acts on instead of showing: C0 and C1 controls (ESC, CR, LF, BS,
+/// ...), and the bidirectional overrides and isolates that reorder what is shown.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` safe to put on a terminal: every character a terminal would act on, written as
+/// its escape (`\n`, `\u{1b}`).
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts_on_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if acts_on_terminal(c) {
+            // `\n`, `\u{1b}`; a mark that `escape_debug` would leave as it is, as `\u{..}`.
+            let escaped = c.escape_debug();
+            if escaped.len() > 1 {
+                out.extend(escaped);
+            } else {
+                out.extend(c.escape_unicode());
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Characters of a name or tag shown in a table: a 50,000-character name would make every
+/// row that wide. Names on CompShare are far shorter; JSON output keeps the whole name.
+const NAME_CHARS: usize = 64;
+/// Characters of any other cell (an error message in DETAIL, a reason): a line, not a page.
+const CELL_CHARS: usize = 300;
+
+/// A table cell: printable, and cut to `max` characters with the cut shown.
+fn cell(text: &str, max: usize) -> String {
+    let text = printable(text);
+    if text.chars().count() <= max {
+        return text.into_owned();
+    }
+    let head: String = text.chars().take(max - 1).collect();
+    format!("{head}…")
 }
 
 fn table(header: &[&str]) -> Table {
@@ -56,17 +108,17 @@ pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
     let mut t = table(&["ID", "NAME", "STATE", "ZONE", "GPU", "CHARGE", "TAG", "AGE", "PRICE/H"]);
     for r in rows {
         t.add_row(vec![
-            r.uhost_id.clone(),
-            r.name.clone(),
-            r.state.to_string(),
-            r.zone.clone(),
+            cell(&r.uhost_id, CELL_CHARS),
+            cell(&r.name, NAME_CHARS),
+            cell(&r.state.to_string(), CELL_CHARS),
+            cell(&r.zone, CELL_CHARS),
             if r.gpu > 0 {
-                format!("{}x{}", r.gpu, r.gpu_type)
+                cell(&format!("{}x{}", r.gpu, r.gpu_type), CELL_CHARS)
             } else {
                 "-".into()
             },
-            r.charge_type.clone(),
-            r.tag.clone(),
+            cell(&r.charge_type, CELL_CHARS),
+            cell(&r.tag, NAME_CHARS),
             age(now_unix, r.create_time),
             price(r.instance_price),
         ]);
@@ -84,18 +136,18 @@ pub fn plan_table(plan: &Plan) -> String {
             format!("{} {}", e.data_disks.len(), e.disks)
         };
         t.add_row(vec![
-            e.uhost_id.clone(),
-            e.name.clone(),
+            cell(&e.uhost_id, CELL_CHARS),
+            cell(&e.name, NAME_CHARS),
             if e.state.is_empty() {
                 "-".into()
             } else {
-                e.state.clone()
+                cell(&e.state, CELL_CHARS)
             },
-            e.zone.clone(),
+            cell(&e.zone, CELL_CHARS),
             e.action.text().to_owned(),
             disks,
             price(e.price),
-            e.reason.clone().unwrap_or_default(),
+            cell(e.reason.as_deref().unwrap_or_default(), CELL_CHARS),
         ]);
     }
     format!("{t}\n{}\n", plan_summary(plan))
@@ -151,12 +203,12 @@ pub fn report_table(report: &Report) -> String {
     let mut t = table(&["ID", "NAME", "OUTCOME", "TIME", "CALLS", "DETAIL"]);
     for i in &report.instances {
         t.add_row(vec![
-            i.uhost_id.clone(),
-            i.name.clone(),
+            cell(&i.uhost_id, CELL_CHARS),
+            cell(&i.name, NAME_CHARS),
             i.outcome.word().to_owned(),
             format!("{:.1}s", i.seconds),
             i.calls.to_string(),
-            i.outcome.detail(),
+            cell(&i.outcome.detail(), CELL_CHARS),
         ]);
     }
     let s = &report.summary;
@@ -242,6 +294,44 @@ mod tests {
             s.contains("1 not found") && s.contains("1 spot") && s.contains("1 skipped"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn names_from_the_api_cannot_drive_the_terminal() {
+        let forged = "ok\x1b[2J\r\nuhost-fake  forged row\u{202e}\u{9b}31m";
+        let row = Instance {
+            uhost_id: "uhost-1".into(),
+            name: forged.into(),
+            tag: "t\x07".into(),
+            ..Instance::default()
+        };
+        let long = Instance {
+            uhost_id: "uhost-2".into(),
+            name: "n".repeat(50_000),
+            ..Instance::default()
+        };
+        let text = list_table(&[row, long], 0);
+        assert!(text.lines().all(|l| !l.chars().any(acts_on_terminal)), "{text:?}");
+        assert!(
+            text.contains("ok\\u{1b}[2J\\r\\nuhost-fake  forged row\\u{202e}\\u{9b}31m"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 7, "{text}");
+        assert!(text.lines().all(|l| l.chars().count() < 200), "{text}");
+        let cands = [Candidate {
+            id: "uhost-1".into(),
+            row: Some(Instance {
+                uhost_id: "uhost-1".into(),
+                name: forged.into(),
+                ..Instance::default()
+            }),
+            verdict: Verdict::Skip {
+                reason: "r\x1b]0;title\x07".into(),
+            },
+        }];
+        let text = plan_table(&Plan::build(&cands, &Account::default(), false, false));
+        assert!(text.lines().all(|l| !l.chars().any(acts_on_terminal)), "{text:?}");
+        assert_eq!(printable("plain"), Cow::Borrowed("plain"));
     }
 
     #[test]

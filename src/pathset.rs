@@ -4,7 +4,15 @@
 //! breaks resume. Files are compared by identity (device and inode) when they exist, else by
 //! canonical directory and name, so `./x`, `dir/../x`, a symlink or a hard link to the same
 //! file all count as the same.
+//!
+//! It also owns the rule for every file the tool writes (`--journal`, `--report`,
+//! `--metrics-file`, `plan --save`, the lock file): it is a regular file or absent. A device,
+//! FIFO, socket, directory or symbolic link is refused before the lock and the API (exit 2),
+//! because writing would replace a device node, block forever on a FIFO, or follow a link
+//! planted in a shared directory into someone else's file. [`write_file`] is the one way the
+//! tool writes such a file, with the same rule checked again on the open file.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// One file a command uses.
@@ -17,12 +25,75 @@ pub struct Role<'a> {
     pub written: bool,
 }
 
+/// Why a command's files are refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{first} and {second} name the same file {path}; choose different files (nothing was changed)")]
-pub struct Overlap {
-    pub first: &'static str,
-    pub second: &'static str,
-    pub path: String,
+pub enum PathError {
+    #[error("{first} and {second} name the same file {path}; choose different files (nothing was changed)")]
+    Overlap {
+        first: &'static str,
+        second: &'static str,
+        path: String,
+    },
+    #[error("{flag} {path} is {kind}; the tool writes only regular files (nothing was changed)")]
+    NotRegular {
+        flag: &'static str,
+        path: String,
+        kind: &'static str,
+    },
+}
+
+/// Refuse a file the tool would write unless it is a regular file (not a link to one) or
+/// absent.
+pub fn writable(flag: &'static str, path: &Path) -> Result<(), PathError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) => Err(PathError::NotRegular {
+            flag,
+            path: path.display().to_string(),
+            kind: crate::textfile::kind_name(m.file_type()),
+        }),
+        // Absent (or not reachable: then the write itself reports why).
+        Err(_) => Ok(()),
+    }
+}
+
+/// Create or replace the contents of a file the tool writes, never through a symbolic link,
+/// never blocking on a FIFO, never truncating anything but a regular file: the checks of
+/// [`writable`], made again on the open file, since the path may have changed since.
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    #[cfg(unix)]
+    let mut file = {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        match rustix::fs::open(path, flags, Mode::from_raw_mode(0o644)) {
+            Ok(fd) => std::fs::File::from(fd),
+            // ELOOP (O_NOFOLLOW on a link), ENXIO (a FIFO nobody reads, a socket), EISDIR:
+            // say what is there.
+            Err(e) => {
+                return Err(match std::fs::symlink_metadata(path) {
+                    Ok(m) if !m.file_type().is_file() => not_regular(crate::textfile::kind_name(m.file_type())),
+                    _ => e.into(),
+                });
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(crate::textfile::kind_name(kind)));
+    }
+    file.set_len(0)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn not_regular(kind: &str) -> std::io::Error {
+    std::io::Error::other(format!("it is {kind}; the tool writes only regular files"))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,8 +121,12 @@ fn identity(path: &Path) -> Identity {
     Identity::Path(dir.join(path.file_name().unwrap_or_default()))
 }
 
-/// Refuse any written file that is also another of the roles.
-pub fn check(roles: &[Role<'_>]) -> Result<(), Overlap> {
+/// Refuse any written file that is not a regular file or absent, or that is also another of
+/// the roles.
+pub fn check(roles: &[Role<'_>]) -> Result<(), PathError> {
+    for r in roles.iter().filter(|r| r.written) {
+        writable(r.flag, r.path)?;
+    }
     // `-` is stdin for `--from-file`, not a file.
     let roles: Vec<(&Role<'_>, Identity)> = roles
         .iter()
@@ -61,7 +136,7 @@ pub fn check(roles: &[Role<'_>]) -> Result<(), Overlap> {
     for (i, (a, ia)) in roles.iter().enumerate() {
         for (b, ib) in &roles[i + 1..] {
             if (a.written || b.written) && ia == ib {
-                return Err(Overlap {
+                return Err(PathError::Overlap {
                     first: a.flag,
                     second: b.flag,
                     path: b.path.display().to_string(),
@@ -88,12 +163,19 @@ mod tests {
         let other = dir.path().join("sub/../a");
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let err = check(&[role("--config", &a, false), role("--report", &other, true)]).unwrap_err();
-        assert_eq!((err.first, err.second), ("--config", "--report"));
+        assert!(matches!(
+            err,
+            PathError::Overlap {
+                first: "--config",
+                second: "--report",
+                ..
+            }
+        ));
         #[cfg(unix)]
         {
             let link = dir.path().join("link");
             std::os::unix::fs::symlink(&a, &link).unwrap();
-            assert!(check(&[role("--journal", &a, true), role("--report", &link, true)]).is_err());
+            assert!(check(&[role("--journal", &a, true), role("--config", &link, false)]).is_err());
             let hard = dir.path().join("hard");
             std::fs::hard_link(&a, &hard).unwrap();
             assert!(check(&[role("--journal", &a, true), role("--lock-file", &hard, true)]).is_err());
@@ -105,5 +187,53 @@ mod tests {
         // Two files only read may be the same; different files are fine.
         assert!(check(&[role("--config", &a, false), role("--from-file", &a, false)]).is_ok());
         assert!(check(&[role("--journal", &a, true), role("--report", &new, true)]).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_are_written() {
+        use rustix::fs::{FileType, Mode, mknodat};
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("someone-elses");
+        std::fs::write(&target, "precious").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = dir.path().join("fifo");
+        mknodat(rustix::fs::CWD, &fifo, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        let sock = dir.path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let cases = [
+            (link.as_path(), "a symbolic link"),
+            (fifo.as_path(), "a named pipe (FIFO)"),
+            (sock.as_path(), "a socket"),
+            (dir.path(), "a directory"),
+            (Path::new("/dev/null"), "a device"),
+        ];
+        for (path, kind) in cases {
+            let err = check(&[role("--report", path, true)]).unwrap_err();
+            assert!(err.to_string().contains(kind), "{}: {err}", path.display());
+            // Only read: not this rule's business.
+            assert!(check(&[role("--config", path, false)]).is_ok());
+            // Written anyway (the path changed after the check): refused on the open file,
+            // without blocking on the FIFO.
+            let err = write_file(path, b"x").unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("it is {kind}; the tool writes only regular files")
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        // A regular file is replaced whole; a new one is created.
+        let out = dir.path().join("out");
+        write_file(&out, b"long text").unwrap();
+        write_file(&out, b"short").unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "short");
+        assert!(
+            check(&[
+                role("--report", &out, true),
+                role("--journal", &dir.path().join("new"), true)
+            ])
+            .is_ok()
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! Plans: what `run` would do to each candidate, shown by `plan`, saved with `plan --save`, and
 //! replayed exactly by `run --plan`, which re-checks each instance right before acting and
 //! skips any that drifted in a way that matters.
+//!
+//! A saved plan is protected like a journal's start line: a SHA-1 checksum over everything
+//! else in it, and every field validated on load. An entry added by hand would otherwise be
+//! terminated although `plan` never selected it, and a flipped `release_udisk` would delete
+//! data disks the plan said it would keep.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,10 +89,12 @@ pub struct Plan {
     pub release_udisk: bool,
     pub force_stop: bool,
     pub entries: Vec<Item>,
+    /// SHA-1 (hex) of the plan's compact JSON with this field empty.
+    pub checksum: String,
 }
 
-/// The plan file's schema version (2: `project_id` and `key_fingerprint`).
-pub const PLAN_SCHEMA: u32 = 2;
+/// The plan file's schema version (2: `project_id` and `key_fingerprint`; 3: `checksum`).
+pub const PLAN_SCHEMA: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -105,7 +112,7 @@ pub enum PlanError {
 impl Plan {
     pub fn build(candidates: &[Candidate], account: &Account, release_udisk: bool, force_stop: bool) -> Plan {
         let entries = candidates.iter().map(|c| entry(c, release_udisk, force_stop)).collect();
-        Plan {
+        let mut plan = Plan {
             schema: PLAN_SCHEMA,
             base_url: account.endpoint.clone(),
             project_id: account.project_id.clone(),
@@ -113,7 +120,49 @@ impl Plan {
             release_udisk,
             force_stop,
             entries,
+            checksum: String::new(),
+        };
+        plan.seal();
+        plan
+    }
+
+    /// The checksum the plan should carry.
+    fn sum(&self) -> String {
+        let unsealed = Plan {
+            checksum: String::new(),
+            ..self.clone()
+        };
+        crate::credentials::sha1_hex(&serde_json::to_vec(&unsealed).expect("serializes"))
+    }
+
+    /// Replace the private key by `***` in every text of the entries (after the checksum was
+    /// checked): a plan file is text from outside, and a key in a name or a reason would
+    /// otherwise reach the table, the report and the log.
+    pub fn mask(&mut self, key: &crate::credentials::PrivateKey) {
+        for e in &mut self.entries {
+            for text in [
+                &mut e.name,
+                &mut e.tag,
+                &mut e.state,
+                &mut e.region,
+                &mut e.zone,
+                &mut e.charge_type,
+                &mut e.gpu_type,
+            ]
+            .into_iter()
+            .chain(e.reason.as_mut())
+            .chain(e.data_disks.iter_mut())
+            {
+                if let std::borrow::Cow::Owned(masked) = key.mask(text) {
+                    *text = masked;
+                }
+            }
         }
+    }
+
+    /// Set the checksum over the plan as it is now.
+    pub fn seal(&mut self) {
+        self.checksum = self.sum();
     }
 
     /// IDs `run` will act on: every entry not skipped. Instances not found are watched until
@@ -170,12 +219,23 @@ impl Plan {
             })
             .collect();
         check_ids(&sources).map_err(|e| malformed(e.to_string()))?;
+        for (n, e) in plan.entries.iter().enumerate() {
+            e.validate(plan.release_udisk)
+                .map_err(|detail| malformed(format!("{detail} (entry {})", n + 1)))?;
+        }
         let differences = plan.account().differences(account);
         if !differences.is_empty() && !allow_other_account {
             return Err(PlanError::OtherAccount {
                 path: path.into(),
                 differences,
             });
+        }
+        // Last, so that the errors above name what is wrong; but nothing edited gets past it.
+        if plan.checksum != plan.sum() {
+            return Err(malformed(
+                "its checksum does not match: it was not written by `plan --save` (edited or damaged); make a new plan"
+                    .into(),
+            ));
         }
         Ok(plan)
     }
@@ -204,6 +264,53 @@ impl Plan {
             ));
         }
         None
+    }
+}
+
+impl Item {
+    /// Whether the entry is one `plan` could have written: a known state, an action that
+    /// follows from it, a disk fate that follows from `release_udisk`, sane numbers.
+    fn validate(&self, release_udisk: bool) -> Result<(), String> {
+        let state = State::parse(&self.state);
+        if let State::Unknown(s) = &state
+            && !s.is_empty()
+        {
+            return Err(format!("unknown state {:?}", textfile::excerpt(s)));
+        }
+        let fits = match self.action {
+            // Not found: no row, so no state.
+            Action::AlreadyGone => self.state.is_empty(),
+            Action::Skip => true,
+            Action::StopThenTerminate | Action::NeedsForceStop => state == State::Running,
+            Action::TerminateOnly => matches!(state, State::Stopped | State::InstallFail),
+            Action::WaitThenTerminate => !matches!(
+                state,
+                State::Running | State::Stopped | State::InstallFail | State::Unknown(_)
+            ),
+        };
+        if !fits {
+            return Err(format!(
+                "action {:?} does not follow from state {:?}",
+                self.action.text(),
+                self.state
+            ));
+        }
+        let disks = match (self.data_disks.is_empty(), release_udisk) {
+            (true, _) => "none",
+            (false, true) => "released",
+            (false, false) => "kept",
+        };
+        if self.disks != disks {
+            return Err(format!(
+                "disks {:?} does not follow from release_udisk={release_udisk} and {} data disk(s)",
+                textfile::excerpt(&self.disks),
+                self.data_disks.len()
+            ));
+        }
+        if !(self.price.is_finite() && self.price >= 0.0) || self.gpu < 0 {
+            return Err("price or gpu out of range".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -250,131 +357,4 @@ fn entry(c: &Candidate, release_udisk: bool, force_stop: bool) -> Item {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::model::Disk;
-
-    fn cand(id: &str, state: State, charge: &str, verdict: Verdict) -> Candidate {
-        let row = Instance {
-            uhost_id: id.into(),
-            name: format!("n-{id}"),
-            state,
-            charge_type: charge.into(),
-            instance_price: 2.5,
-            disk_set: vec![
-                Disk {
-                    disk_id: "boot".into(),
-                    is_boot: "True".into(),
-                    ..Disk::default()
-                },
-                Disk {
-                    disk_id: "bsi-data".into(),
-                    is_boot: "False".into(),
-                    ..Disk::default()
-                },
-            ],
-            ..Instance::default()
-        };
-        Candidate {
-            id: id.into(),
-            row: Some(row),
-            verdict,
-        }
-    }
-
-    #[test]
-    fn actions_by_state_and_options() {
-        let cands = vec![
-            cand("a-1", State::Running, "Postpay", Verdict::Act),
-            cand("a-2", State::Stopped, "Postpay", Verdict::Act),
-            cand("a-3", State::Stopping, "Postpay", Verdict::Act),
-            cand("a-4", State::Running, "Spot", Verdict::Act),
-            cand(
-                "a-5",
-                State::Running,
-                "Postpay",
-                Verdict::Skip {
-                    reason: "protected".into(),
-                },
-            ),
-            Candidate {
-                id: "a-6".into(),
-                row: None,
-                verdict: Verdict::NotFound,
-            },
-        ];
-        let p = Plan::build(&cands, &Account::default(), false, false);
-        let actions: Vec<Action> = p.entries.iter().map(|e| e.action).collect();
-        assert_eq!(
-            actions,
-            vec![
-                Action::StopThenTerminate,
-                Action::TerminateOnly,
-                Action::WaitThenTerminate,
-                Action::NeedsForceStop,
-                Action::Skip,
-                Action::AlreadyGone
-            ]
-        );
-        assert_eq!(p.acting_ids(), vec!["a-1", "a-2", "a-3", "a-4", "a-6"]);
-        assert!((p.hourly_price() - 7.5).abs() < 1e-9);
-        assert_eq!(p.entries[0].disks, "kept");
-        assert_eq!(p.entries[0].data_disks, vec!["bsi-data"]);
-        let forced = Plan::build(&cands, &Account::default(), true, true);
-        assert_eq!(forced.entries[3].action, Action::StopThenTerminate);
-        assert_eq!(forced.entries[0].disks, "released");
-    }
-
-    #[test]
-    fn drift_detection() {
-        let p = Plan::build(
-            &[cand("a-1", State::Stopped, "Postpay", Verdict::Act)],
-            &Account::default(),
-            false,
-            false,
-        );
-        let mut row = cand("a-1", State::Stopped, "Postpay", Verdict::Act).row.unwrap();
-        assert_eq!(p.drift(&row), None);
-        row.state = State::Running;
-        assert!(p.drift(&row).unwrap().contains("restarted"));
-        row.state = State::Stopped;
-        row.tag = "new".into();
-        assert!(p.drift(&row).unwrap().contains("re-tagged"));
-        row.name = "other".into();
-        assert!(p.drift(&row).unwrap().contains("renamed"));
-    }
-
-    #[test]
-    fn loading_checks_ids_and_the_account() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.json");
-        let path = path.to_str().unwrap();
-        let url = url::Url::parse("https://api.compshare.cn").unwrap();
-        let mine = Account::new(&url, Some("proj-a"), "pub");
-        let cands = [
-            cand("a-1", State::Stopped, "Postpay", Verdict::Act),
-            cand("a-2", State::Stopped, "Postpay", Verdict::Act),
-        ];
-        let save = |p: &Plan| std::fs::write(path, serde_json::to_string(p).unwrap()).unwrap();
-        let plan = Plan::build(&cands, &mine, false, false);
-        save(&plan);
-        assert_eq!(Plan::load(path, &mine, false).unwrap(), plan);
-        let other = Account::new(&url, Some("proj-b"), "pub");
-        let err = Plan::load(path, &other, false).unwrap_err().to_string();
-        assert!(err.contains("project proj-a (now proj-b)"), "{err}");
-        assert!(Plan::load(path, &other, true).is_ok());
-        let mut bad = plan.clone();
-        bad.entries[1].uhost_id = "a-1".into();
-        save(&bad);
-        let err = Plan::load(path, &mine, false).unwrap_err().to_string();
-        assert!(err.contains("given twice (entry 2)"), "{err}");
-        bad.entries[1].uhost_id = "bad;id".into();
-        save(&bad);
-        assert!(
-            Plan::load(path, &mine, false)
-                .unwrap_err()
-                .to_string()
-                .contains("malformed")
-        );
-    }
-}
+mod tests;

@@ -30,6 +30,8 @@ pub enum RunLockError {
     Io { path: String, error: std::io::Error },
     #[error("refusing lock file {path}: {detail}")]
     Unsafe { path: String, detail: String },
+    #[error("refusing lock directory {path}: {detail}")]
+    UnsafeDir { path: String, detail: String },
 }
 
 /// The default lock path for `account`: `compshare-teardown-<account>.lock` in
@@ -61,7 +63,7 @@ fn private_dir() -> Result<PathBuf, RunLockError> {
             d
         }
     };
-    let refuse = |detail: &str| RunLockError::Unsafe {
+    let refuse = |detail: &str| RunLockError::UnsafeDir {
         path: dir.display().to_string(),
         detail: format!("{detail}; pass --lock-file in a directory only you can write"),
     };

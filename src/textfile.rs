@@ -1,10 +1,15 @@
 //! The text files the tool reads and trusts (ID lists, the config, plans, journals, key
 //! files): bounded reads, and parse-error details that never quote a value.
 //!
-//! Every read is capped, because a path can name `/dev/zero`, `/dev/urandom` or a runaway log:
-//! the tool must refuse it in milliseconds, not grow to gigabytes. Non-UTF-8 input is refused
+//! Every read is capped, because a path can name a runaway log (or, through a race, an
+//! endless stream): the tool must refuse it in milliseconds, not grow to gigabytes. Non-UTF-8 input is refused
 //! at once. Values echoed back in errors are shortened, and parse errors from files that can
 //! hold a key say where and what was expected, never what was found.
+//!
+//! Only regular files are read. The file is opened without blocking and its type checked on
+//! the open file before a byte is read: a named pipe would otherwise block the `open` itself
+//! forever (holding the run lock, deaf to signals), and a device or socket is no text file.
+//! `--from-file -` reads standard input as the stream it is, through [`read_from`].
 
 use std::io::Read;
 use std::path::Path;
@@ -27,6 +32,9 @@ pub enum TextFileError {
     Io(std::io::Error),
     #[error("is a directory")]
     Directory,
+    /// A FIFO, device, socket: never read (see the module header).
+    #[error("is {0}, not a regular file")]
+    NotRegular(&'static str),
     #[error("larger than {} KiB; refusing to read it", .0 / 1024)]
     TooLarge(u64),
     #[error("not UTF-8 text (invalid byte at offset {0})")]
@@ -42,11 +50,55 @@ pub fn read(path: &Path, limit: u64) -> Result<String, TextFileError> {
 /// Read a whole file of at most `limit` bytes, as bytes (a journal torn by a crash may end in
 /// half a character).
 pub fn read_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, TextFileError> {
+    capped(open_regular(path)?, limit)
+}
+
+/// Open a file for reading, refusing anything but a regular file. On Unix the open itself
+/// never blocks (`O_NONBLOCK`: a FIFO with no writer opens at once, and is then refused by
+/// its type); the flag changes nothing for the regular file that is read.
+pub fn open_regular(path: &Path) -> Result<std::fs::File, TextFileError> {
+    #[cfg(unix)]
+    let file = {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        std::fs::File::from(rustix::fs::open(path, flags, Mode::empty()).map_err(|e| TextFileError::Io(e.into()))?)
+    };
+    #[cfg(not(unix))]
     let file = std::fs::File::open(path).map_err(TextFileError::Io)?;
-    if file.metadata().map_err(TextFileError::Io)?.is_dir() {
+    let kind = file.metadata().map_err(TextFileError::Io)?.file_type();
+    if kind.is_dir() {
         return Err(TextFileError::Directory);
     }
-    capped(file, limit)
+    if !kind.is_file() {
+        return Err(TextFileError::NotRegular(kind_name(kind)));
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, for an error ("is a named pipe").
+pub fn kind_name(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() || kind.is_block_device() {
+            return "a device";
+        }
+    }
+    if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
 }
 
 fn capped(reader: impl Read, limit: u64) -> Result<Vec<u8>, TextFileError> {
@@ -112,6 +164,26 @@ mod tests {
         ));
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(read(dir.path(), 10), Err(TextFileError::Directory)));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn pipes_and_devices_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // A blocking open of a FIFO with no writer would hang this test forever.
+        let err = read(&fifo, 10).unwrap_err();
+        assert_eq!(err.to_string(), "is a named pipe (FIFO), not a regular file");
+        let err = read(Path::new("/dev/null"), 10).unwrap_err();
+        assert!(matches!(err, TextFileError::NotRegular("a device")), "{err}");
     }
 
     #[test]

@@ -14,6 +14,10 @@ use crate::credentials::Credentials;
 /// Header carrying the gateway's request id; quoted in every error for support tickets.
 pub(crate) const REQUEST_ID_HEADER: &str = "X-UCLOUD-REQUEST-UUID";
 
+/// 4 MiB: the largest answer read. A full 100-row Describe page is ~200 KiB; a body far
+/// beyond that is a broken or hostile server, and reading it whole could exhaust memory.
+pub const MAX_ANSWER: usize = 4 << 20;
+
 /// How to reach the API.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -78,12 +82,20 @@ impl Client {
         // The very map that was signed is the one sent.
         let response = self.http.post(url).form(&params).send().await.map_err(transport)?;
         let status = response.status();
+        // What the server sends is masked before anything keeps it: a server that echoes the
+        // private key (in an error message, a name, a header) must not put it in a report,
+        // a journal or a log.
+        let key = &self.config.credentials.private_key;
         let request_id = response
             .headers()
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = response.bytes().await.map_err(transport)?;
+            .map(|v| key.mask(v).into_owned());
+        let body = capped_body(response, action).await?;
+        let body = match String::from_utf8_lossy(&body) {
+            text if text.contains(key.expose()) => key.mask(&text).into_owned().into_bytes(),
+            _ => body,
+        };
         if status.as_u16() >= 400 {
             return Err(ApiError::Http {
                 action: action.to_owned(),
@@ -94,6 +106,34 @@ impl Client {
         }
         decode_envelope(action, &body, request_id)
     }
+}
+
+/// The answer's body, refused beyond [`MAX_ANSWER`] (before reading it, when the server says
+/// its length; else as soon as it grows past the cap).
+async fn capped_body(mut response: reqwest::Response, action: &str) -> Result<Vec<u8>, ApiError> {
+    let too_large = || ApiError::Decode {
+        action: action.to_owned(),
+        detail: format!(
+            "the answer is larger than {} MiB; refusing to read it",
+            MAX_ANSWER >> 20
+        ),
+        request_id: None,
+    };
+    if response.content_length().is_some_and(|n| n > MAX_ANSWER as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| ApiError::Transport {
+        action: action.to_owned(),
+        kind: transport_kind(&e),
+        detail: error_chain(&e),
+    })? {
+        if body.len() + chunk.len() > MAX_ANSWER {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 impl Transport for Client {

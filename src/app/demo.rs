@@ -94,6 +94,7 @@ impl Ctx {
             ..Controls::default()
         };
         let report = workflow::run(Arc::new(client), ids, demo_settings(), ctl).await;
+        super::terminal::drained();
         bars.finish();
         let after = handle.snapshot();
         match self.output() {

@@ -137,6 +137,39 @@ pub fn main(cli: Cli) -> ExitCode {
     finish(metrics_file.as_deref(), started, exit, report)
 }
 
+/// A command line the parser refused (or `--help`, `--version`): clap's message and exit
+/// code (2), with the value it quotes shortened and any private key given on the command line
+/// or in the environment masked, since a key pasted into the wrong flag would come back as
+/// typed.
+pub fn refused(mut e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue};
+    let args: Vec<String> = std::env::args().collect();
+    let mut keys: Vec<credentials::PrivateKey> = ["COMPSHARE_PRIVATE_KEY", "UCLOUD_PRIVATE_KEY"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .map(credentials::PrivateKey::new)
+        .collect();
+    for (i, a) in args.iter().enumerate() {
+        if let Some(k) = a.strip_prefix("--private-key=") {
+            keys.push(credentials::PrivateKey::new(k));
+        } else if a == "--private-key"
+            && let Some(k) = args.get(i + 1)
+        {
+            keys.push(credentials::PrivateKey::new(k.clone()));
+        }
+    }
+    for kind in [ContextKind::InvalidValue, ContextKind::InvalidArg] {
+        if let Some(ContextValue::String(v)) = e.get(kind) {
+            let mut shown = crate::textfile::excerpt(v);
+            for key in &keys {
+                shown = key.mask(&shown).into_owned();
+            }
+            e.insert(kind, ContextValue::String(shown));
+        }
+    }
+    e.exit()
+}
+
 /// The metrics file of a `run`, unless it is also one of the command's other files: then the
 /// run refuses (exit 2), and the metrics must not be written over that file either.
 fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
@@ -220,12 +253,19 @@ fn fail(f: &Failure) -> Exit {
     {
         text = text.replace(key, "***");
     }
-    let _ = writeln!(std::io::stderr(), "error: {text}");
+    // An API message quoted in the error must not drive the terminal either.
+    let _ = writeln!(std::io::stderr(), "error: {}", crate::output::printable(&text));
     code
 }
 
 /// The private key, once resolved, to scrub from error messages.
 static SECRET: std::sync::OnceLock<credentials::PrivateKey> = std::sync::OnceLock::new();
+
+/// The private key, once resolved: to mask in text read from files before it is shown or
+/// stored.
+pub(crate) fn secret() -> Option<&'static credentials::PrivateKey> {
+    SECRET.get()
+}
 
 fn now_secs() -> f64 {
     std::time::SystemTime::now()

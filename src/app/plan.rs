@@ -15,6 +15,7 @@ use crate::plan::Plan;
 impl Ctx {
     pub(super) async fn plan(&self, a: &SelectArgs, e: &EffectArgs, save: Option<&Path>) -> CmdResult<Exit> {
         let req = self.request(a)?;
+        self.check_run_section()?;
         if let Some(path) = save {
             let config = self.global.config.clone();
             let from_file = a.from_file.clone().or_else(|| self.config.selection.from_file.clone());
@@ -42,7 +43,8 @@ impl Ctx {
         let (release, force) = self.effect(e);
         let plan = Plan::build(&cands, &account, release, force);
         if let Some(path) = save {
-            std::fs::write(path, json(&plan)).map_err(|e| anyhow!("cannot write plan {}: {e}", path.display()))?;
+            pathset::write_file(path, json(&plan).as_bytes())
+                .map_err(|e| anyhow!("cannot write plan {}: {e}", path.display()))?;
             tracing::info!("plan saved to {}", path.display());
         }
         match self.output() {

@@ -140,10 +140,9 @@ impl Ctx {
             .clone()
             .or_else(|| a.journal.clone())
             .or_else(|| self.config.run.journal.clone());
-        if let Some(path) = &path
-            && path.is_dir()
-        {
-            return Err(Failure::Usage(anyhow!("journal {} is a directory", path.display())));
+        if let Some(path) = &path {
+            let flag = if a.resume.is_some() { "--resume" } else { "--journal" };
+            pathset::writable(flag, path)?;
         }
         if a.resume.is_none()
             && let Some(path) = &path
@@ -199,7 +198,9 @@ impl Ctx {
         }
         runlock::acquire(&lock_path).map_err(|e| match e {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
-            runlock::RunLockError::Io { .. } | runlock::RunLockError::Unsafe { .. } => Failure::Usage(e.into()),
+            runlock::RunLockError::Io { .. }
+            | runlock::RunLockError::Unsafe { .. }
+            | runlock::RunLockError::UnsafeDir { .. } => Failure::Usage(e.into()),
         })
     }
 
@@ -354,6 +355,7 @@ impl Ctx {
         };
         let release = settings.release_udisk;
         let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
+        super::terminal::drained();
         bars.finish();
         add_skipped(&mut report, &skipped, release);
         report
@@ -362,7 +364,7 @@ impl Ctx {
     fn finish_report(&self, report: &Report, file: Option<&Path>) -> Exit {
         if let Some(path) = file {
             // The run already happened: a report that cannot be written is logged, not fatal.
-            if let Err(e) = std::fs::write(path, json(report)) {
+            if let Err(e) = pathset::write_file(path, json(report).as_bytes()) {
                 tracing::error!("cannot write report {}: {e}", path.display());
             }
         }

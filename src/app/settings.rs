@@ -178,6 +178,29 @@ impl Ctx {
         )
     }
 
+    /// The config file's `[run]` section checked as `run` would check it with no flags: `plan
+    /// --config job.toml` is the documented check of a job file, so it must check the whole
+    /// file, not pass a section the nightly `run` then refuses.
+    pub(super) fn check_run_section(&self) -> CmdResult<()> {
+        let a = RunArgs::default();
+        let (release, force) = self.effect(&a.effect);
+        self.settings(&a, release, force)?;
+        let max_count = self.config.run.max_count.unwrap_or(cli::MAX_COUNT.0);
+        cli::in_range(max_count, cli::MAX_COUNT).map_err(|e| anyhow!("run.max_count: {e}"))?;
+        let r = &self.config.run;
+        for (flag, path) in [
+            ("run.journal", &r.journal),
+            ("run.report", &r.report),
+            ("run.metrics_file", &r.metrics_file),
+            ("run.lock_file", &r.lock_file),
+        ] {
+            if let Some(path) = path {
+                crate::pathset::writable(flag, path)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn settings(&self, a: &RunArgs, release_udisk: bool, force_stop: bool) -> CmdResult<Settings> {
         let r = &self.config.run;
         let dur = |flag: Option<Duration>, conf: &Option<String>, key: &str| -> CmdResult<Option<Duration>> {

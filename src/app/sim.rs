@@ -13,7 +13,7 @@ impl Ctx {
     pub(super) async fn sim(&self, a: SimArgs) -> CmdResult<Exit> {
         let mut scenario = match &a.scenario {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
+                let text = crate::textfile::read(path, crate::textfile::PLAN_FILE)
                     .with_context(|| format!("cannot read scenario {}", path.display()))?;
                 Scenario::from_json(&text).with_context(|| format!("scenario {}", path.display()))?
             }

@@ -39,7 +39,14 @@ impl<'a> Source<&'a str> {
     pub(super) fn bind(self, a: &RunArgs, account: &Account) -> CmdResult<Source> {
         Ok(match self {
             Source::Fresh(req) => Source::Fresh(req),
-            Source::SavedPlan(path) => Source::SavedPlan(Plan::load(path, account, a.allow_other_account)?),
+            Source::SavedPlan(path) => {
+                let mut plan = Plan::load(path, account, a.allow_other_account)?;
+                // A plan's text reaches the table, the report and drift reasons.
+                if let Some(key) = super::secret() {
+                    plan.mask(key);
+                }
+                Source::SavedPlan(plan)
+            }
             Source::Journal(res) => {
                 let differences = res.account.differences(account);
                 if !differences.is_empty() && !a.allow_other_account {

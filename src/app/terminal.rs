@@ -88,10 +88,79 @@ pub(super) async fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
     Ok(())
 }
 
+/// Whether a run is draining: calls were sent, and the first interrupt lets those in flight
+/// finish and still reports (see [`spawn_signal_handler`]). Outside of it an interrupt ends
+/// the process.
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long the command has to end by itself after an interrupt (and write its metrics)
+/// before the watchdog ends the process: under the one second a signal is promised to take.
+const WATCHDOG_GRACE: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Start, once, the thread that guarantees an interrupt ends the process with 130 whatever
+/// the command's thread is blocked on (a stdin that never closes, a write to a stalled
+/// pipe): the command's own handlers run on its runtime, which a blocked thread starves. The
+/// thread has a runtime of its own; tokio delivers each signal to every listener, so the
+/// command still sees it first and normally ends itself well within the grace.
+fn start_watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
+        // Registered here, before the thread starts, so they hold from now on.
+        #[cfg(unix)]
+        let signals = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let _guard = rt.enter();
+            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(int), Ok(term)) => (int, term),
+                _ => return,
+            }
+        };
+        let _ = std::thread::Builder::new().name("interrupts".into()).spawn(move || {
+            rt.block_on(async move {
+                #[cfg(unix)]
+                let (mut int, mut term) = signals;
+                let mut count = 0;
+                loop {
+                    #[cfg(unix)]
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    #[cfg(not(unix))]
+                    if tokio::signal::ctrl_c().await.is_err() {
+                        return;
+                    }
+                    count += 1;
+                    if count >= 2 || !DRAINING.load(std::sync::atomic::Ordering::SeqCst) {
+                        tokio::spawn(async move {
+                            if count < 2 {
+                                tokio::time::sleep(WATCHDOG_GRACE).await;
+                                if DRAINING.load(std::sync::atomic::Ordering::SeqCst) {
+                                    return;
+                                }
+                            }
+                            std::process::exit(Exit::Interrupted as i32);
+                        });
+                    }
+                }
+            });
+        });
+    });
+}
+
+/// The run's calls are done (or were never sent): an interrupt ends the process again.
+pub(super) fn drained() {
+    DRAINING.store(false, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// A token cancelled by the first Ctrl-C or SIGTERM while nothing has been sent yet. The
 /// handlers are installed here, synchronously, so they hold from this point on, also when
 /// the signal was inherited as ignored.
 pub(super) fn interrupt_token() -> CancellationToken {
+    start_watchdog();
     let cancel = CancellationToken::new();
     #[cfg(unix)]
     {
@@ -133,6 +202,8 @@ pub(super) async fn interruptible<T>(
 
 /// First Ctrl-C or SIGTERM: cancel (finish calls in flight, report). Second: exit at once.
 pub(super) fn spawn_signal_handler(cancel: CancellationToken) {
+    start_watchdog();
+    DRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(async move {
         let mut count = 0;
         loop {

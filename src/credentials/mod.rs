@@ -37,6 +37,18 @@ impl PrivateKey {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// `text` with every occurrence of the key replaced by `***`: for text from outside (an
+    /// answer, a header, a file) before it is logged or stored, since a server or a user may
+    /// echo the key back. Keys shorter than 8 characters are left alone: they could match
+    /// innocent text, and no real key is that short.
+    pub fn mask<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
+        if self.0.len() >= 8 && text.contains(self.0.as_str()) {
+            std::borrow::Cow::Owned(text.replace(self.0.as_str(), "***"))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        }
+    }
 }
 
 impl std::str::FromStr for PrivateKey {
@@ -74,7 +86,8 @@ pub enum CredentialError {
         "no CompShare {missing} found; looked in: {looked}. Set COMPSHARE_PUBLIC_KEY and COMPSHARE_PRIVATE_KEY, or pass --public-key/--private-key"
     )]
     Missing { missing: &'static str, looked: String },
-    #[error("profile {profile:?} not found in {file}")]
+    /// `profile` is quoted, or says where the name came from when it is not shown.
+    #[error("profile {profile} not found in {file}")]
     UnknownProfile { profile: String, file: String },
     #[error("cannot read {file}: {detail}")]
     Unreadable { file: String, detail: String },
@@ -215,8 +228,16 @@ pub(crate) fn resolve(src: &Sources<'_>) -> Result<Credentials, CredentialError>
                     // A profile someone named (the user, or the file's own current_profile)
                     // and that is missing is an error, not a reason to look elsewhere.
                     None if !named_by.is_empty() || profile.is_some() => {
+                        // A name the user gave is theirs to see; the file's own
+                        // current_profile is a value from a file that holds keys, and may be
+                        // one pasted into the wrong field: never quoted.
+                        let profile = if profile.is_some() {
+                            format!("{:?}", crate::textfile::excerpt(&name))
+                        } else {
+                            "named by current_profile".to_owned()
+                        };
                         return Err(CredentialError::UnknownProfile {
-                            profile: crate::textfile::excerpt(&name),
+                            profile,
                             file: format!("{}{named_by}", file.display()),
                         });
                     }

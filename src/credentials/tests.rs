@@ -150,7 +150,7 @@ fn parse_errors_in_key_files_never_quote_values() {
 }
 
 #[test]
-fn a_missing_current_profile_is_named() {
+fn a_missing_current_profile_is_reported_but_not_quoted() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cs.json");
     std::fs::write(
@@ -160,7 +160,7 @@ fn a_missing_current_profile_is_named() {
     .unwrap();
     let vars = env(&[("COMPSHARE_CONFIG_FILE", file.to_str().unwrap())]);
     let err = resolve_with((None, None), None, &vars, None).unwrap_err().to_string();
-    assert!(err.contains("\"work\"") && err.contains("current_profile"), "{err}");
+    assert!(!err.contains("work") && err.contains("current_profile"), "{err}");
 }
 
 #[test]
@@ -173,4 +173,26 @@ fn accounts_differ_by_endpoint_project_and_key_only() {
     assert_ne!(a.slug(), Account::new(&u, Some("p2"), "pub").slug());
     assert_ne!(a.slug(), Account::new(&u, Some("p1"), "pub2").slug());
     assert_eq!(a.differences(&Account::new(&u, None, "pub")).len(), 1);
+}
+
+#[test]
+fn a_key_in_current_profile_is_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join(".config/compshare");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::write(
+        cfg.join("config.json"),
+        r#"{"current_profile":"Pasted-Private-Key-0123","profiles":{"default":{"public_key":"p","private_key":"q"}}}"#,
+    )
+    .unwrap();
+    let err = resolve_with((None, None), None, &env(&[]), Some(dir.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("Pasted-Private-Key"), "{err}");
+    assert!(err.contains("profile named by current_profile not found"), "{err}");
+    // A name the user gave is shown.
+    let err = resolve_with((None, None), Some("mine"), &env(&[]), Some(dir.path()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("profile \"mine\" not found"), "{err}");
 }

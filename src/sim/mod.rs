@@ -16,12 +16,11 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
-pub use ledger::{CallRecord, SimState, rule};
-pub use scenario::{Faults, Latency, LockHold, Scenario};
-#[cfg(feature = "sweep")]
-pub(crate) use scenario::{Generate, LockConfig};
-pub use server::Server;
-pub(crate) use server::serve;
+pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
+pub use scenario::{
+    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioError, ScenarioInstance,
+};
+pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, Server, serve};
 pub use world::code;
 
 use crate::api::client::decode_envelope;

@@ -2,12 +2,19 @@
 //! ledger) behind our own accept loop, which exists so that a call can end with the connection
 //! closed and no answer at all (the `drop` and `lost_response` faults), something a handler
 //! cannot do on its own.
+//!
+//! It may listen on every address (`sim --listen 0.0.0.0:...`), so it defends itself like a
+//! server: a connection must send its request head within [`HEADER_TIMEOUT`] and its body
+//! within [`BODY_TIMEOUT`], bodies are capped, and at most [`MAX_CONNECTIONS`] are served at
+//! once (more are closed at once rather than queued): a client holding a thousand half-open
+//! connections cannot exhaust it.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Extension, RawQuery, State};
@@ -15,7 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
@@ -26,6 +33,17 @@ use super::SimHandle;
 use super::world::{Auth, Reply, Request};
 use crate::api::client::REQUEST_ID_HEADER;
 use crate::api::sign::{Params, flatten};
+
+/// Time for a connection to send a request head: a client sends it at once; 5 s is ample
+/// even across a slow network, and bounds what an idle or half-open connection holds.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time to send a request body once the head is in (a signed call is a few hundred bytes).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body read: a signed call is far below 64 KiB.
+const BODY_LIMIT: usize = 64 << 10;
+/// Connections served at once: a teardown's largest concurrency (64 by default, 1024 at
+/// most; reqwest shares connections), well below what exhausts file descriptors.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// A running simulator on its own thread and tokio runtime, so a test that blocks (on a child
 /// process, say) cannot starve it. Dropping it shuts it down.
@@ -93,13 +111,22 @@ pub async fn serve(
     let router = router(handle);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut connections = tokio::task::JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection(stream, router.clone()));
-                }
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let router = router.clone();
+                        connections.spawn(async move {
+                            connection(stream, router).await;
+                            drop(slot);
+                        });
+                    }
+                    // Full: closed at once (the client sees a reset and may retry).
+                    Err(_) => drop(stream),
+                },
                 // Per-connection accept errors (reset before accept, fd pressure) are transient.
                 Err(e) => tracing::debug!(error = %e, "accept failed"),
             },
@@ -122,7 +149,10 @@ async fn connection(stream: TcpStream, router: Router) {
         let mut router = router.clone();
         async move { router.call(req).await }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}
         // Dropping the connection future closes the socket with nothing written.
@@ -148,8 +178,13 @@ async fn api(
     method: Method,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
+    let body: Bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large or broken").into_response(),
+        Err(_) => return (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response(),
+    };
     let mut params = Params::new();
     if let Some(q) = query {
         params.extend(url::form_urlencoded::parse(q.as_bytes()).into_owned());

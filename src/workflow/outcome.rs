@@ -74,7 +74,7 @@ impl Outcome {
     }
 
     /// The detail worth printing beside the word.
-    pub(crate) fn detail(&self) -> String {
+    pub fn detail(&self) -> String {
         match self {
             Outcome::Failed { error, .. } => error.clone(),
             Outcome::TimedOut { phase } | Outcome::Interrupted { phase } => format!("while {}", phase.label()),

@@ -1,5 +1,6 @@
 //! Integration tests.
 
+mod answers;
 mod cli;
 mod docs;
 mod freshness;

@@ -467,3 +467,50 @@ async fn python_sdk_request_shape_is_accepted() {
     let wrong = python_sdk_call(&server, "not-the-key", &[("Action", "DescribeCompShareInstance")]).await;
     assert_eq!(wrong["RetCode"], 171, "{wrong}");
 }
+
+/// Half-open connections cannot hold the simulator: past the cap they are closed at once,
+/// and each is closed when it sends no request head in time; then calls are served again.
+#[test]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "The server runs in real time on its own thread: waiting for its timeout needs the real clock."
+)]
+fn half_open_connections_are_capped_and_timed_out() {
+    use compshare_teardown::sim::{HEADER_TIMEOUT, MAX_CONNECTIONS};
+    use std::io::Read;
+    let server = server(scenario(1));
+    let addr = format!("{}:{}", server.url.host_str().unwrap(), server.url.port().unwrap());
+    let extra = 50;
+    let mut idle: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS + extra)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // Past the cap: closed at once (EOF or reset), not queued.
+    let closed = |s: &mut std::net::TcpStream, wait: Duration| {
+        s.set_read_timeout(Some(wait)).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(n) => n == 0,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    };
+    let closed_now = idle
+        .iter_mut()
+        .filter_map(|s| closed(s, Duration::from_millis(1)).then_some(()))
+        .count();
+    assert!(closed_now >= extra, "{closed_now} closed at once");
+    // After the head timeout every idle connection is closed, and calls are served again.
+    std::thread::sleep(HEADER_TIMEOUT + Duration::from_secs(1));
+    for s in &mut idle {
+        assert!(
+            closed(s, Duration::from_secs(2)),
+            "an idle connection outlived the head timeout"
+        );
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rows = rt.block_on(all(&client(&server))).unwrap();
+    assert_eq!(rows.len(), 1);
+}

@@ -884,3 +884,17 @@ async fn the_pace_follows_a_raised_limit() {
         .count();
     assert!(admitted >= 320, "{admitted} admitted between 30 s and 40 s");
 }
+
+/// An instance that ended before its first call was accepted was not "before stop": a
+/// stopped instance's first call is a Terminate.
+#[test]
+fn nothing_accepted_yet_is_not_called_before_stop() {
+    use compshare_teardown::workflow::Outcome;
+    use compshare_teardown::workflow::machine::Phase;
+    for outcome in [
+        Outcome::Interrupted { phase: Phase::Fresh },
+        Outcome::TimedOut { phase: Phase::Fresh },
+    ] {
+        assert_eq!(outcome.detail(), "while waiting to start");
+    }
+}

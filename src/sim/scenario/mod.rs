@@ -86,13 +86,46 @@ impl Scenario {
         Ok(scenario)
     }
 
-    /// Rates must be probabilities and the time scale positive, or the world makes no sense.
-    pub(crate) fn validate(&self) -> Result<(), ScenarioError> {
-        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
-            return Err(ScenarioError::Invalid(format!(
-                "time_scale must be > 0, got {}",
-                self.time_scale
-            )));
+    /// Rates must be probabilities and every number in the range its flag has, or the world
+    /// makes no sense: a scenario file must not reach what `sim`'s flags refuse (a time scale
+    /// of 1e308 or a TTL of 1e30 s overflow a duration and panic on the first request, a count
+    /// of 1e11 aborts on allocation, a negative latency or a jitter above 1 turns time back).
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let invalid = |m: String| Err(ScenarioError::Invalid(m));
+        let (lo, hi) = crate::cli::TIME_SCALE;
+        if !(self.time_scale >= lo && self.time_scale <= hi) {
+            return invalid(format!("time_scale must be in {lo}..={hi}, got {:e}", self.time_scale));
+        }
+        let max_rows = crate::cli::SIM_INSTANCES.1;
+        let rows = self
+            .generate
+            .as_ref()
+            .map_or(0, |g| g.count)
+            .saturating_add(self.instances.len());
+        if rows > max_rows {
+            return invalid(format!(
+                "at most {max_rows} instances (generate.count and instances), got {rows}"
+            ));
+        }
+        for (name, secs) in [
+            ("lock.ttl_secs", self.lock.ttl_secs),
+            ("latency.stop_secs", self.latency.stop_secs),
+            ("latency.start_secs", self.latency.start_secs),
+            ("latency.terminate_secs", self.latency.terminate_secs),
+            ("faults.slow_secs", self.faults.slow_secs),
+            ("faults.restart_after_secs", self.faults.restart_after_secs),
+            ("faults.vanish_within_secs", self.faults.vanish_within_secs),
+        ] {
+            // Nominal seconds, up to a day (the lock's TTL is 10 minutes, a stop 15-20 s).
+            if !(0.0..=MAX_NOMINAL_SECS).contains(&secs) {
+                return invalid(format!("{name} must be in 0..={MAX_NOMINAL_SECS}, got {secs:e}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.latency.jitter) {
+            return invalid(format!(
+                "latency.jitter must be in 0..=1, got {:e}",
+                self.latency.jitter
+            ));
         }
         for (name, rate) in self.faults.rates() {
             if !(0.0..=1.0).contains(&rate) {
@@ -102,6 +135,9 @@ impl Scenario {
             }
         }
         if let Some(g) = &self.generate {
+            if let Some((state, w)) = g.mix.iter().find(|(_, w)| !(w.is_finite() && **w >= 0.0)) {
+                return invalid(format!("generate.mix.{state} must be a weight >= 0, got {w:e}"));
+            }
             for (name, f) in [
                 ("spot_fraction", g.spot_fraction),
                 ("locked_fraction", g.locked_fraction),
@@ -121,6 +157,9 @@ impl Scenario {
         Ok(())
     }
 }
+
+/// The longest nominal duration a scenario may set: a day.
+const MAX_NOMINAL_SECS: f64 = 86_400.0;
 
 /// The per-instance operation lock (`InstanceOperationInProgress`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -336,6 +375,26 @@ mod tests {
         ));
         let s = Scenario::from_json("{}").unwrap();
         assert_eq!(s, Scenario::default());
+    }
+
+    #[test]
+    fn numbers_are_held_to_the_ranges_of_the_flags() {
+        for (text, want) in [
+            (r#"{"time_scale": 1e308}"#, "time_scale"),
+            (r#"{"time_scale": 0}"#, "time_scale"),
+            (r#"{"lock": {"ttl_secs": 1e30}}"#, "lock.ttl_secs"),
+            (r#"{"generate": {"count": 100000000000}}"#, "at most 100000 instances"),
+            (r#"{"latency": {"stop_secs": -1}}"#, "latency.stop_secs"),
+            (r#"{"latency": {"jitter": 5}}"#, "latency.jitter"),
+            (r#"{"faults": {"slow_secs": -3}}"#, "faults.slow_secs"),
+            (r#"{"generate": {"mix": {"Running": -1}}}"#, "generate.mix.Running"),
+        ] {
+            match Scenario::from_json(text) {
+                Err(ScenarioError::Invalid(m)) => assert!(m.contains(want), "{text}: {m}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        assert!(Scenario::from_json(r#"{"time_scale": 0.001, "latency": {"jitter": 1}}"#).is_ok());
     }
 
     #[test]

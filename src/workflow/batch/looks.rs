@@ -171,7 +171,7 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             // The look is as old as the Describe's sending, not its processing.
             self.trackers.get_mut(i).seen_at = sent_at;
-            self.observe(i, row, now);
+            self.observe(i, row.as_ref(), now);
         }
     }
 
@@ -267,12 +267,12 @@ impl<C: Cloud + 'static> Runner<C> {
         }
     }
 
-    pub(super) fn observe(&mut self, i: usize, row: Option<Instance>, now: Instant) {
+    pub(super) fn observe(&mut self, i: usize, row: Option<&Instance>, now: Instant) {
         // Absence is confirmed, never assumed: until then the instance is still watched.
         if !self.absence_confirmed(i, row.is_some(), now) {
             return;
         }
-        if let (Some(r), Some(scope)) = (&row, &self.settings.describe_region)
+        if let (Some(r), Some(scope)) = (row, &self.settings.describe_region)
             && !r.region.is_empty()
             && r.region != *scope
         {
@@ -285,7 +285,7 @@ impl<C: Cloud + 'static> Runner<C> {
             self.trackers.get_mut(i).row = Some(Seen::of(r));
             return self.fail(i, error, None);
         }
-        let obs = match &row {
+        let obs = match row {
             None => Observation::Absent,
             Some(r) => Observation::Present {
                 state: r.state.clone(),
@@ -305,7 +305,7 @@ impl<C: Cloud + 'static> Runner<C> {
         // The guard runs before the first call of *this* run, even for an instance a crashed
         // run had already called: protections may have changed since.
         let first_call = !t.acted;
-        if let Some(r) = &row {
+        if let Some(r) = row {
             t.row = Some(Seen::of(r));
         }
         let since = now.duration_since(t.last_answer);
@@ -350,13 +350,13 @@ impl<C: Cloud + 'static> Runner<C> {
                 self.finish(i, Outcome::TimedOut { phase });
             }
             Decision::Stop { force } => {
-                if first_call && let Some(reason) = self.guard_refuses(row.as_ref()) {
+                if first_call && let Some(reason) = self.guard_refuses(row) {
                     return self.finish(i, Outcome::Skipped { reason });
                 }
                 self.send(i, Call::Stop, force);
             }
             Decision::Terminate => {
-                if first_call && let Some(reason) = self.guard_refuses(row.as_ref()) {
+                if first_call && let Some(reason) = self.guard_refuses(row) {
                     return self.finish(i, Outcome::Skipped { reason });
                 }
                 self.send(i, Call::Terminate, false);

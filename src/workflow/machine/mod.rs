@@ -35,7 +35,8 @@ impl Phase {
     /// A short human label.
     pub fn label(self) -> &'static str {
         match self {
-            Phase::Fresh => "before stop",
+            // Not "before stop": a stopped instance's first call is a Terminate.
+            Phase::Fresh => "waiting to start",
             Phase::StopSent => "stopping",
             Phase::TerminateUnsure => "terminating (unconfirmed call)",
             Phase::TerminateSent => "confirming deletion",
