@@ -156,7 +156,7 @@ impl Filters {
     /// Where a row lives, if that is outside `--region`/`--zone`: an ID named there must be
     /// refused by name, never reported as gone.
     pub fn outside_scope(&self, row: &Instance) -> Option<String> {
-        let region = self.region.as_ref().filter(|r| **r != row.region);
+        let region = self.region.as_ref().filter(|r| **r != row.home_region());
         let zone = self.zone.as_ref().filter(|z| **z != row.zone);
         if region.is_none() && zone.is_none() {
             return None;
@@ -168,7 +168,7 @@ impl Filters {
         Some(format!(
             "{} is in {} ({}), outside {}",
             row.uhost_id,
-            row.region,
+            row.home_region(),
             row.zone,
             scope.join(" ")
         ))
@@ -181,8 +181,8 @@ impl Filters {
         if !self.tags.is_empty() && !self.tags.contains(&row.tag) {
             return Some(format!("tag {:?} is not selected", row.tag));
         }
-        if self.region.as_ref().is_some_and(|r| r != &row.region) {
-            return Some(format!("region {} is not selected", row.region));
+        if self.region.as_ref().is_some_and(|r| r != row.home_region()) {
+            return Some(format!("region {} is not selected", row.home_region()));
         }
         if self.zone.as_ref().is_some_and(|z| z != &row.zone) {
             return Some(format!("zone {} is not selected", row.zone));
@@ -432,6 +432,37 @@ mod tests {
             ..Filters::default()
         };
         assert_eq!(select(&rows, None, &states, &none, 10_000).len(), 1);
+    }
+
+    /// One region rule: a row without `Region` lives where its zone says, for the filter and
+    /// for the scope check of named IDs alike.
+    #[test]
+    fn a_row_without_region_lives_where_its_zone_says() {
+        let placed = |id: &str, region: &str, zone: &str| Instance {
+            region: region.into(),
+            zone: zone.into(),
+            ..row(id, id, "", State::Running)
+        };
+        let rows = vec![
+            placed("uhost-a", "", "cn-sh2-02"),
+            placed("uhost-b", "cn-sh2", "cn-sh2-02"),
+            placed("uhost-c", "", "cn-wlcb-01"),
+            placed("uhost-d", "cn-wlcb", "cn-wlcb-01"),
+        ];
+        let f = Filters {
+            region: Some("cn-sh2".into()),
+            ..Filters::default()
+        };
+        let chosen: Vec<String> = select(&rows, None, &f, &Protections::default(), 10_000)
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(chosen, ["uhost-a", "uhost-b"]);
+        assert_eq!(f.outside_scope(&rows[0]), None);
+        assert_eq!(
+            f.outside_scope(&rows[2]).as_deref(),
+            Some("uhost-c is in cn-wlcb (cn-wlcb-01), outside --region cn-sh2")
+        );
     }
 
     #[test]

@@ -226,8 +226,7 @@ mod tests {
         }
     }
     /// The gateway's own 503 page as the HTTP client excerpts it (tags stripped).
-    const GATEWAY_PAGE_503: &str =
-        "503 Service Temporarily Unavailable 503 Service Temporarily Unavailable nginx";
+    const GATEWAY_PAGE_503: &str = "503 Service Temporarily Unavailable 503 Service Temporarily Unavailable nginx";
     fn tr(action: &str, kind: TransportKind) -> ApiError {
         ApiError::Transport {
             action: action.into(),
@@ -273,7 +272,10 @@ mod tests {
             (http(S, 503), Ambiguous),
             (http_body(T, 503, GATEWAY_PAGE_503), Transient),
             (http_body(S, 503, GATEWAY_PAGE_503), Transient),
-            (http_body(T, 503, "503 Service Unavailable upstream overloaded"), Ambiguous),
+            (
+                http_body(T, 503, "503 Service Unavailable upstream overloaded"),
+                Ambiguous,
+            ),
             (http(D, 503), Transient),
             (http(D, 504), Transient),
             (http(S, 504), Ambiguous),

@@ -44,9 +44,13 @@ impl<C: Cloud + 'static> Runner<C> {
         // every answer so far) is looked for everywhere: its absence from one region's answer
         // would prove nothing.
         let scope = self.settings.describe_region.clone();
-        let (scoped, everywhere): (Vec<usize>, Vec<usize>) = idxs
-            .into_iter()
-            .partition(|&i| scope.is_none() || self.trackers[i].row.as_ref().is_some_and(|r| !r.region.is_empty()));
+        let (scoped, everywhere): (Vec<usize>, Vec<usize>) = idxs.into_iter().partition(|&i| {
+            scope.is_none()
+                || self.trackers[i]
+                    .row
+                    .as_ref()
+                    .is_some_and(|r| !r.home_region().is_empty())
+        });
         for chunk in scoped.chunks(DESCRIBE_MAX) {
             self.describe(chunk.to_vec(), scope.clone());
         }
@@ -251,14 +255,15 @@ impl<C: Cloud + 'static> Runner<C> {
             return;
         }
         if let (Some(r), Some(scope)) = (&row, &self.settings.describe_region)
-            && !r.region.is_empty()
-            && r.region != *scope
+            && !r.home_region().is_empty()
+            && r.home_region() != scope
         {
             // A named ID the selection could not see turned up in another region: the user's
             // scope says not to touch it, and reporting it gone would be a lie.
             let error = format!(
                 "it is in {} ({}), outside --region {scope}: not touched",
-                r.region, r.zone
+                r.home_region(),
+                r.zone
             );
             self.trackers[i].row = Some(r.clone());
             return self.fail(i, error, None);
