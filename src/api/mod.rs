@@ -12,7 +12,7 @@ use std::future::Future;
 
 pub use client::{Client, ClientConfig};
 pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
-pub use listing::{ListingError, describe_all, describe_ids, describe_ids_in};
+pub use listing::{ListingError, describe_all, describe_all_above, describe_ids, describe_ids_in};
 pub use model::{DESCRIBE_MAX, DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
 
 /// The calls a teardown needs, and only those: a teardown never starts an instance, so
