@@ -44,7 +44,7 @@ pub fn demo_scenario(instances: usize, seed: u64) -> Scenario {
         ..Faults::default()
     };
     // A modest account rate limit, which the default pace must find by itself.
-    s.rate_limit_per_sec = DEMO_RATE_LIMIT;
+    s.rate_limit_per_sec = f64::from(DEMO_RATE_LIMIT);
     s.rate_limit_burst = DEMO_RATE_LIMIT / 2;
     s
 }
