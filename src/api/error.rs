@@ -141,12 +141,13 @@ pub const LOCK_MARKER: &str = "InstanceOperationInProgress";
 
 /// The title of the page the gateway's nginx answers by itself while it refuses requests
 /// (overload, maintenance, `limit_req`): such a request never reached the API. The upstream's
-/// own 503, passed through, carries its own body instead.
+/// own 503, passed through, carries its own body instead. The title is nginx's own wording
+/// and comes first in its page, so even a short excerpt of the body shows it.
 const GATEWAY_503: &str = "503 Service Temporarily Unavailable";
 
 /// Whether a 503's body (or its excerpt) is the gateway's own refusal page.
 fn is_gateway_503(snippet: &str) -> bool {
-    snippet.contains(GATEWAY_503) && snippet.contains("nginx")
+    snippet.contains(GATEWAY_503)
 }
 
 /// Classify an error. Pure: same input, same class.
