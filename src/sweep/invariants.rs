@@ -232,3 +232,68 @@ pub(crate) fn check(e: &Evidence<'_>) -> Vec<Failure> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::CallRecord;
+    use crate::sweep::Options;
+
+    /// The first seed whose world selects by listing.
+    fn listing_world() -> World {
+        (0..)
+            .map(|seed| {
+                World::build(
+                    seed,
+                    Options {
+                        max_instances: 20,
+                        ..Options::default()
+                    },
+                )
+            })
+            .find(|w| w.lists && w.ids.len() >= 2)
+            .expect("a fifth of the worlds list")
+    }
+
+    fn listing_failures(w: &World, state: &SimState, listed: Result<&[String], String>) -> Vec<Failure> {
+        check(&Evidence {
+            world: w,
+            state,
+            report: None,
+            exit: None,
+            outputs: &[],
+            listed: Some(listed),
+        })
+        .into_iter()
+        .filter(|f| f.invariant == name::LISTING)
+        .collect()
+    }
+
+    #[test]
+    fn a_listing_the_run_acted_on_must_hold_every_instance() {
+        let w = listing_world();
+        let state = SimState::default();
+        assert!(listing_failures(&w, &state, Ok(&w.ids)).is_empty());
+        let short = &w.ids[1..];
+        let failures = listing_failures(&w, &state, Ok(short));
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].uhost_id.as_deref(), Some(w.ids[0].as_str()));
+    }
+
+    #[test]
+    fn a_listing_that_failed_allows_no_call() {
+        let w = listing_world();
+        let mut state = SimState::default();
+        assert!(listing_failures(&w, &state, Err("incomplete".into())).is_empty());
+        state.calls.push(CallRecord {
+            at_secs: 0.0,
+            action: "StopCompShareInstance".into(),
+            ids: vec![w.ids[0].clone()],
+            ret_code: Some(0),
+            http_status: 200,
+            fault: None,
+            public_key: String::new(),
+        });
+        assert_eq!(listing_failures(&w, &state, Err("incomplete".into())).len(), 1);
+    }
+}
