@@ -175,7 +175,7 @@ fn row(a: &Args) {
             s
         }
     };
-    scenario.rate_limit_per_sec = a.limit;
+    scenario.rate_limit_per_sec = f64::from(a.limit);
     scenario.rate_limit_burst = a.burst;
     if a.faults {
         scenario.faults.throttle = 0.02;

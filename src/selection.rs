@@ -156,7 +156,7 @@ impl Filters {
     /// Where a row lives, if that is outside `--region`/`--zone`: an ID named there must be
     /// refused by name, never reported as gone.
     pub fn outside_scope(&self, row: &Instance) -> Option<String> {
-        let region = self.region.as_ref().filter(|r| **r != row.region);
+        let region = self.region.as_ref().filter(|r| **r != row.home_region());
         let zone = self.zone.as_ref().filter(|z| **z != row.zone);
         if region.is_none() && zone.is_none() {
             return None;
@@ -168,7 +168,7 @@ impl Filters {
         Some(format!(
             "{} is in {} ({}), outside {}",
             row.uhost_id,
-            row.region,
+            row.home_region(),
             row.zone,
             scope.join(" ")
         ))
@@ -181,8 +181,8 @@ impl Filters {
         if !self.tags.is_empty() && !self.tags.contains(&row.tag) {
             return Some(format!("tag {:?} is not selected", row.tag));
         }
-        if self.region.as_ref().is_some_and(|r| r != &row.region) {
-            return Some(format!("region {} is not selected", row.region));
+        if self.region.as_ref().is_some_and(|r| r != row.home_region()) {
+            return Some(format!("region {} is not selected", row.home_region()));
         }
         if self.zone.as_ref().is_some_and(|z| z != &row.zone) {
             return Some(format!("zone {} is not selected", row.zone));

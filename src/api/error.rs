@@ -139,7 +139,24 @@ impl Default for LockCodes {
 /// The message marker of the lock error.
 pub(crate) const LOCK_MARKER: &str = "InstanceOperationInProgress";
 
+/// The title of the page the gateway's nginx answers by itself while it refuses requests
+/// (overload, maintenance, `limit_req`): such a request never reached the API. The upstream's
+/// own 503, passed through, carries its own body instead. The title is nginx's own wording
+/// and comes first in its page, so even a short excerpt of the body shows it.
+const GATEWAY_503: &str = "503 Service Temporarily Unavailable";
+
+/// Whether a 503's body (or its excerpt) is the gateway's own refusal page.
+fn is_gateway_503(snippet: &str) -> bool {
+    snippet.contains(GATEWAY_503)
+}
+
 /// Classify an error. Pure: same input, same class.
+///
+/// Only an answer that proves nothing was done may be retried at once: a RetCode from the API,
+/// the gateway's own 503 page, a 429, a connection that was never opened. Every answer to a
+/// Stop or Terminate that may have followed the work (500, 502, 504, another 503, a timeout, a
+/// connection closed after the request left, an unreadable body) is [`RetryClass::Ambiguous`]:
+/// look first, and resend only by the settle rule.
 // Arms with equal results stay apart: each documents why its codes get that class.
 pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
     let mutating = error.is_mutating();
@@ -158,9 +175,13 @@ pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
                 _ => RetryClass::Fatal,
             }
         }
-        ApiError::Http { status, .. } => match status {
-            // A 500, or a gateway timeout, may come after the backend acted.
-            500 | 504 if mutating => RetryClass::Ambiguous,
+        ApiError::Http { status, snippet, .. } => match status {
+            // A 500, a 502 ("upstream closed") or a gateway timeout may come after the backend
+            // acted: a proxy reports the lost upstream answer, not what the upstream did.
+            500 | 502 | 504 if mutating => RetryClass::Ambiguous,
+            // A 503 proves nothing was done only when it is the gateway's own page (it refused
+            // the request itself); one passed through from upstream may follow the work.
+            503 if mutating && !is_gateway_503(snippet) => RetryClass::Ambiguous,
             429 | 500 | 502 | 503 | 504 => RetryClass::Transient,
             _ => RetryClass::Fatal,
         },
@@ -197,6 +218,16 @@ mod tests {
             request_id: None,
         }
     }
+    fn http_body(action: &str, status: u16, snippet: &str) -> ApiError {
+        ApiError::Http {
+            action: action.into(),
+            status,
+            snippet: snippet.into(),
+            request_id: None,
+        }
+    }
+    /// The gateway's own 503 page as the HTTP client excerpts it (tags stripped).
+    const GATEWAY_PAGE_503: &str = "503 Service Temporarily Unavailable 503 Service Temporarily Unavailable nginx";
     fn tr(action: &str, kind: TransportKind) -> ApiError {
         ApiError::Transport {
             action: action.into(),
@@ -234,8 +265,19 @@ mod tests {
             (rc(T, 226_601, "arrears"), Fatal),
             (rc(T, 999_999, "who knows"), Fatal),
             (http(D, 429), Transient),
-            (http(T, 502), Transient),
-            (http(T, 503), Transient),
+            (http(T, 429), Transient),
+            (http(T, 502), Ambiguous),
+            (http(S, 502), Ambiguous),
+            (http(D, 502), Transient),
+            (http(T, 503), Ambiguous),
+            (http(S, 503), Ambiguous),
+            (http_body(T, 503, GATEWAY_PAGE_503), Transient),
+            (http_body(S, 503, GATEWAY_PAGE_503), Transient),
+            (
+                http_body(T, 503, "503 Service Unavailable upstream overloaded"),
+                Ambiguous,
+            ),
+            (http(D, 503), Transient),
             (http(D, 504), Transient),
             (http(S, 504), Ambiguous),
             (http(T, 504), Ambiguous),

@@ -12,7 +12,7 @@ use std::future::Future;
 
 pub use client::{Client, ClientConfig};
 pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
-pub use listing::{ListingError, describe_all, describe_ids};
+pub use listing::{ListingError, describe_all, describe_all_above, describe_ids};
 pub(crate) use model::DESCRIBE_MAX;
 pub use model::{DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
 

@@ -233,6 +233,18 @@ impl Instance {
         self.charge_type.eq_ignore_ascii_case("spot")
     }
 
+    /// Where the instance lives: the one rule that selection, scope checks and the engine
+    /// share. `Region` is not in the SDKs' row model (the docs list it, and the gateway has
+    /// been seen to send it, and to leave it out); without it the zone names it, since UCloud
+    /// zones are `<region>-<nn>` (`cn-wlcb-01` is in `cn-wlcb`). Empty when neither says.
+    pub fn home_region(&self) -> &str {
+        if self.region.is_empty() {
+            self.zone.rsplit_once('-').map_or("", |(r, _)| r)
+        } else {
+            &self.region
+        }
+    }
+
     /// The data disks `ReleaseUDisk` governs.
     pub(crate) fn data_disks(&self) -> impl Iterator<Item = &Disk> {
         self.disk_set.iter().filter(|d| d.is_data())
@@ -261,22 +273,11 @@ impl Target {
         .collect()
     }
 
+    /// The call parameters of a row, its region by [`Instance::home_region`].
     pub fn of(instance: &Instance) -> Target {
-        // `Region` is not in the SDKs' row model (the docs list it, and the gateway has been
-        // seen to send it). Without it, the zone names it: UCloud zones are `<region>-<nn>`
-        // (`cn-wlcb-01` is in `cn-wlcb`).
-        let region = if instance.region.is_empty() {
-            instance
-                .zone
-                .rsplit_once('-')
-                .map(|(r, _)| r.to_owned())
-                .unwrap_or_default()
-        } else {
-            instance.region.clone()
-        };
         Target {
             uhost_id: instance.uhost_id.clone(),
-            region,
+            region: instance.home_region().to_owned(),
             zone: instance.zone.clone(),
         }
     }

@@ -1,6 +1,8 @@
 //! The selection Describe that `list`, `plan` and `run` share: the rows read (with a few
-//! quick retries), named IDs outside the scope refused, every row judged.
+//! quick retries, a listing never shorter than a count already seen), named IDs outside the
+//! scope refused, every row judged.
 
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -16,10 +18,16 @@ impl Ctx {
     /// never taken for gone.
     pub(super) async fn candidates(&self, client: &Client, req: &Request) -> CmdResult<Vec<Candidate>> {
         use backon::Retryable;
+        // The largest count any answer gave, kept across the retries below: a listing read
+        // again must not come back shorter than one already seen (see `api::listing`).
+        let floor = AtomicUsize::new(0);
         let fetch = || async {
             match &req.ids {
                 Some(ids) => api::describe_ids(client, ids).await.map_err(ListingError::from),
-                None => api::describe_all(client, req.filters.region.as_deref(), req.filters.zone.as_deref()).await,
+                None => {
+                    let (region, zone) = (req.filters.region.as_deref(), req.filters.zone.as_deref());
+                    api::describe_all_above(client, region, zone, &floor).await
+                }
             }
         };
         // A read-only call: retry a few quick times through a 5xx, a dropped connection or
@@ -31,8 +39,9 @@ impl Ctx {
         let rows: Vec<Instance> = fetch
             .retry(policy)
             .sleep(tokio::time::sleep)
+            // A listing that disagreed with itself may agree when read again.
             .when(|e| {
-                e.api().is_some_and(|e| {
+                e.api().is_none_or(|e| {
                     matches!(
                         api::classify(e, &LockCodes::default()),
                         RetryClass::Transient | RetryClass::Throttled

@@ -41,10 +41,14 @@ pub fn demo_scenario(instances: usize, seed: u64) -> Scenario {
         // or lacks `TotalCount`. Low rates, as a healthy gateway would show.
         drop_row: 0.02,
         omit_total_count: 0.05,
+        // The gateway's rougher edges, mildly: a Stop or Terminate done and then answered
+        // 502 (the engine must look before any resend), and rows that never say `Region`.
+        applied_then_502: 0.02,
+        omit_region: 0.2,
         ..Faults::default()
     };
     // A modest account rate limit, which the default pace must find by itself.
-    s.rate_limit_per_sec = DEMO_RATE_LIMIT;
+    s.rate_limit_per_sec = f64::from(DEMO_RATE_LIMIT);
     s.rate_limit_burst = DEMO_RATE_LIMIT / 2;
     s
 }

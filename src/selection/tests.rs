@@ -170,3 +170,32 @@ fn protections_win() {
         Verdict::Act
     );
 }
+
+#[test]
+fn a_row_without_region_lives_where_its_zone_says() {
+    let placed = |id: &str, region: &str, zone: &str| Instance {
+        region: region.into(),
+        zone: zone.into(),
+        ..row(id, id, "", State::Running)
+    };
+    let rows = vec![
+        placed("uhost-a", "", "cn-sh2-02"),
+        placed("uhost-b", "cn-sh2", "cn-sh2-02"),
+        placed("uhost-c", "", "cn-wlcb-01"),
+        placed("uhost-d", "cn-wlcb", "cn-wlcb-01"),
+    ];
+    let f = Filters {
+        region: Some("cn-sh2".into()),
+        ..Filters::default()
+    };
+    let chosen: Vec<String> = select(&rows, None, &f, &Protections::default(), 10_000)
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(chosen, ["uhost-a", "uhost-b"]);
+    assert_eq!(f.outside_scope(&rows[0]), None);
+    assert_eq!(
+        f.outside_scope(&rows[2]).as_deref(),
+        Some("uhost-c is in cn-wlcb (cn-wlcb-01), outside --region cn-sh2")
+    );
+}

@@ -18,6 +18,10 @@ pub mod rule {
     /// A mutating call for an instance whose Terminate was already accepted (also while it is
     /// still listed, disappearing).
     pub const AFTER_TERMINATE: &str = "after-terminate";
+    /// A Terminate re-sent to an instance whose earlier Terminate was applied, however that
+    /// one was answered (accepted, lost, or 502 after the work): always a violation, never a
+    /// race, since the client could have looked first.
+    pub const TERMINATE_RESENT: &str = "terminate-resent";
     /// A mutating call for an instance someone else deleted.
     pub const AFTER_DELETE: &str = "after-delete";
     /// A mutating call on an instance the scenario marks protected.

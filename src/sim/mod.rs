@@ -96,9 +96,9 @@ impl SimHandle {
     }
 
     /// Change the gateway's rate limit mid-run: `per_sec` requests a second per key (0 = no
-    /// limit), `burst` at once (0 = one second's worth).
-    pub fn set_rate_limit(&self, per_sec: u32, burst: u32) {
-        self.lock().set_rate_limit(per_sec, burst);
+    /// limit; fractions allowed), `burst` at once (0 = one second's worth).
+    pub fn set_rate_limit(&self, per_sec: impl Into<f64>, burst: u32) {
+        self.lock().set_rate_limit(per_sec.into(), burst);
     }
 
     pub fn set_faults(&self, faults: Faults) {

@@ -22,8 +22,9 @@ pub mod name {
     pub const REFUSED: &str = "mutating call on an excluded/protected/self instance";
     /// The tool never starts an instance.
     pub const START: &str = "Start sent";
-    /// A second Terminate after one was accepted.
-    pub const TERMINATE_TWICE: &str = "accepted Terminate sent again";
+    /// A second Terminate after one was applied, however it was answered (accepted, a lost
+    /// answer, a 502 after the work: the call record keeps the RetCode the backend gave).
+    pub const TERMINATE_TWICE: &str = "applied Terminate sent again";
     /// The report says gone (terminated, already gone, deleted by someone else) but the
     /// simulator still has the instance, with no Terminate accepted.
     pub const GONE: &str = "reported gone but still exists";
@@ -35,6 +36,10 @@ pub mod name {
     pub const HANG: &str = "run did not end";
     /// The private key appeared in a log line, the journal, the report or its table.
     pub const SECRET: &str = "private key printed";
+    /// A `run --all` acted on a listing that missed an instance of the account, or a listing
+    /// that could not be read was followed by a call anyway (it must end with exit 4 before
+    /// any change).
+    pub const LISTING: &str = "listing the run acted on is incomplete";
 }
 
 const MUTATING: [&str; 3] = [
@@ -52,6 +57,9 @@ pub(crate) struct Evidence<'a> {
     pub exit: Option<Exit>,
     /// Everything the run wrote where a person or a file could see it.
     pub outputs: &'a [(&'static str, String)],
+    /// `run --all` worlds: the IDs the selection listing handed to the run, or why it could
+    /// not be read.
+    pub listed: Option<Result<&'a [String], String>>,
 }
 
 fn fail(out: &mut Vec<Failure>, invariant: &'static str, id: Option<&str>, detail: String) {
@@ -82,6 +90,42 @@ pub(crate) fn check(e: &Evidence<'_>) -> Vec<Failure> {
             Some(&v.uhost_id),
             format!("{} {} at {:.1}s: {}", v.rule, v.action, v.at_secs, v.detail),
         );
+    }
+
+    match &e.listed {
+        Some(Ok(ids)) => {
+            for row in w.rows.iter().filter(|r| !w.refused.contains(&r.uhost_id)) {
+                if !ids.contains(&row.uhost_id) {
+                    fail(
+                        &mut out,
+                        name::LISTING,
+                        Some(&row.uhost_id),
+                        format!(
+                            "missing from a listing of {} rows; the account had {}",
+                            ids.len(),
+                            w.rows.len()
+                        ),
+                    );
+                }
+            }
+        }
+        Some(Err(why)) => {
+            let sent = e
+                .state
+                .calls
+                .iter()
+                .filter(|c| MUTATING.contains(&c.action.as_str()))
+                .count();
+            if sent > 0 || e.report.is_some() {
+                fail(
+                    &mut out,
+                    name::LISTING,
+                    None,
+                    format!("the listing failed ({why}), yet {sent} mutating call(s) were sent"),
+                );
+            }
+        }
+        None => {}
     }
 
     let mut accepted: BTreeMap<&str, f64> = BTreeMap::new();
@@ -187,4 +231,70 @@ pub(crate) fn check(e: &Evidence<'_>) -> Vec<Failure> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::CallRecord;
+    use crate::sweep::Options;
+
+    /// The first seed whose world selects by listing.
+    fn listing_world() -> World {
+        // A fifth of the worlds list: the first hundred seeds hold some.
+        (0..100)
+            .map(|seed| {
+                World::build(
+                    seed,
+                    Options {
+                        max_instances: 20,
+                        ..Options::default()
+                    },
+                )
+            })
+            .find(|w| w.lists && w.ids.len() >= 2)
+            .expect("a fifth of the worlds list")
+    }
+
+    fn listing_failures(w: &World, state: &SimState, listed: Result<&[String], String>) -> Vec<Failure> {
+        check(&Evidence {
+            world: w,
+            state,
+            report: None,
+            exit: None,
+            outputs: &[],
+            listed: Some(listed),
+        })
+        .into_iter()
+        .filter(|f| f.invariant == name::LISTING)
+        .collect()
+    }
+
+    #[test]
+    fn a_listing_the_run_acted_on_must_hold_every_instance() {
+        let w = listing_world();
+        let state = SimState::default();
+        assert!(listing_failures(&w, &state, Ok(&w.ids)).is_empty());
+        let short = &w.ids[1..];
+        let failures = listing_failures(&w, &state, Ok(short));
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].uhost_id.as_deref(), Some(w.ids[0].as_str()));
+    }
+
+    #[test]
+    fn a_listing_that_failed_allows_no_call() {
+        let w = listing_world();
+        let mut state = SimState::default();
+        assert!(listing_failures(&w, &state, Err("incomplete".into())).is_empty());
+        state.calls.push(CallRecord {
+            at_secs: 0.0,
+            action: "StopCompShareInstance".into(),
+            ids: vec![w.ids[0].clone()],
+            ret_code: Some(0),
+            http_status: 200,
+            fault: None,
+            public_key: String::new(),
+        });
+        assert_eq!(listing_failures(&w, &state, Err("incomplete".into())).len(), 1);
+    }
 }

@@ -98,6 +98,8 @@ pub struct Stats {
     pub races: u64,
     /// Calls that reached an instance someone else had just deleted (races, not failures).
     pub after_delete: u64,
+    /// `run --all` worlds whose listing could not be read completely (exit 4, nothing sent).
+    pub listings_refused: u64,
     /// Runs by exit code: 0, 1, 130.
     pub exit_ok: u64,
     pub exit_failed: u64,
@@ -118,6 +120,7 @@ impl Stats {
         self.resumes += o.resumes;
         self.races += o.races;
         self.after_delete += o.after_delete;
+        self.listings_refused += o.listings_refused;
         self.exit_ok += o.exit_ok;
         self.exit_failed += o.exit_failed;
         self.exit_interrupted += o.exit_interrupted;
@@ -198,6 +201,22 @@ pub fn run_seed_logged(seed: u64, opts: Options) -> (SeedRun, String) {
     (run.0, logs)
 }
 
+/// The selection listing of `run --all`, retried as `app::candidates` does (a few times a
+/// second apart, the largest count seen kept as the floor).
+async fn list_all(cloud: &impl crate::api::Cloud) -> Result<Vec<Instance>, crate::api::ListingError> {
+    let floor = std::sync::atomic::AtomicUsize::new(0);
+    let mut tries = 0;
+    loop {
+        match crate::api::describe_all_above(cloud, None, None, &floor).await {
+            Ok(rows) => return Ok(rows),
+            // Four reads in all, as the command's selection makes.
+            Err(e) if tries == 3 => return Err(e),
+            Err(_) => tries += 1,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Wakeups allowed to one run segment at a single virtual instant. Paused time only
 /// advances when every task waits, so a loop that keeps waking without waiting (a timer set
 /// in the past, say) stops the virtual clock and hangs the sweep out of reach of any timeout;
@@ -252,7 +271,25 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
     let cap = world.settings.deadline.unwrap_or_default() + DEADLINE_GRACE;
     let mut report: Option<Report> = None;
     let mut segment = 0usize;
+    // `run --all`: the selection is what a listing reads; one that cannot be read completely
+    // ends the run before any call (exit 4).
+    let listing = if world.lists {
+        Some(list_all(cloud.as_ref()).await.map(|rows| {
+            rows.into_iter()
+                .map(|r| r.uhost_id)
+                .filter(|id| !world.refused.contains(id))
+                .collect::<Vec<String>>()
+        }))
+    } else {
+        None
+    };
+    if let Some(Err(_)) = &listing {
+        stats.listings_refused += 1;
+    }
     loop {
+        if let Some(Err(_)) = &listing {
+            break;
+        }
         let resume = if segment == 0 {
             None
         } else {
@@ -270,7 +307,11 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         };
         // As `run --resume` does: the journal fixes the selection, the protections still
         // apply, and instances are named by ID only.
-        let ids = resume.as_ref().map_or_else(|| world.ids.clone(), |r| r.ids.clone());
+        let first = match &listing {
+            Some(Ok(ids)) => ids.clone(),
+            _ => world.ids.clone(),
+        };
+        let ids = resume.as_ref().map_or(first, |r| r.ids.clone());
         let known: Vec<Instance> = if resume.is_some() {
             ids.iter()
                 .map(|id| Instance {
@@ -354,7 +395,12 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
     stats.eventual = state
         .calls
         .iter()
-        .filter(|c| matches!(c.fault.as_deref(), Some("drop_row" | "omit_total_count")))
+        .filter(|c| {
+            matches!(
+                c.fault.as_deref(),
+                Some("drop_row" | "omit_total_count" | "lagging_replica")
+            )
+        })
         .count() as u64;
     stats.races = state.races.len() as u64;
     stats.after_delete = state
@@ -362,7 +408,10 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         .iter()
         .filter(|v| v.rule == crate::sim::rule::AFTER_DELETE)
         .count() as u64;
-    let exit = report.as_ref().map(exit_for);
+    let exit = match &listing {
+        Some(Err(_)) => Some(Exit::Unavailable),
+        _ => report.as_ref().map(exit_for),
+    };
     match exit {
         Some(Exit::Ok) => stats.exit_ok += 1,
         Some(Exit::Interrupted) => stats.exit_interrupted += 1,
@@ -383,6 +432,7 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         report: report.as_ref(),
         exit,
         outputs: &outputs,
+        listed: listing.as_ref().map(|l| l.as_deref().map_err(ToString::to_string)),
     }));
     (SeedRun { seed, failures, stats }, world.private_key.clone())
 }

@@ -43,6 +43,9 @@ pub(crate) struct World {
     /// resumed from its journal; one entry per kill.
     pub kills: Vec<Duration>,
     pub private_key: String,
+    /// The selection is the whole account, read by a listing (as `run --all` does) rather
+    /// than handed over as IDs: the listing must be complete, or the run must not start.
+    pub lists: bool,
 }
 
 /// Sizes 1..=max, log-uniform.
@@ -123,6 +126,9 @@ impl World {
             ..LockConfig::default()
         };
         let ec = opts.eventual_consistency;
+        // The gateway behaviours of issue 14 come from their own dice, so every draw above
+        // and below (and thus every world without them) stays what it was.
+        let mut gw = StdRng::seed_from_u64(seed ^ 0x1319_8a2e_0370_7344);
         let faults = Faults {
             http_502: maybe(&mut rng, 0.1),
             http_503: maybe(&mut rng, 0.1),
@@ -141,14 +147,26 @@ impl World {
             // Drawn whether or not they are used, so turning them on changes nothing else.
             drop_row: Some(maybe(&mut rng, 0.1)).filter(|_| ec).unwrap_or(0.0),
             omit_total_count: Some(maybe(&mut rng, 0.3)).filter(|_| ec).unwrap_or(0.0),
+            lagging_replica: Some(maybe(&mut gw, 0.5)).filter(|_| ec).unwrap_or(0.0),
+            lagging_share: gw.random_range(0.01..=0.5),
+            omit_region: maybe(&mut gw, 1.0),
+            applied_then_502: maybe(&mut gw, 0.25),
         };
-        let rate_limit_per_sec = if rng.random_bool(0.3) {
+        let rate_limit: u32 = if rng.random_bool(0.3) {
             rng.random_range(3..=50)
         } else {
             0
         };
         // 0 = a bucket as large as a second's worth.
-        let rate_limit_burst = rng.random_range(0..=rate_limit_per_sec);
+        let rate_limit_burst = rng.random_range(0..=rate_limit);
+        // A tenth of the limited worlds go down to the lowest limits seen: 0.5-2 requests a
+        // second, with a bucket of 1-2.
+        let low = rate_limit > 0 && gw.random_bool(0.1);
+        let (rate_limit_per_sec, rate_limit_burst) = if low {
+            (gw.random_range(0.5..=2.0), gw.random_range(1..=2))
+        } else {
+            (f64::from(rate_limit), rate_limit_burst)
+        };
         let private_key = format!("sweep-secret-{seed:016x}-{:08x}", rng.random::<u32>());
         let scenario = Scenario {
             seed,
@@ -266,16 +284,33 @@ impl World {
         } else {
             Vec::new()
         };
+        // A fifth of the worlds select the whole account by a listing (`run --all`): every
+        // row is selected, the protected ones refused, the rest handed over as the listing
+        // reads them.
+        let lists = gw.random_bool(0.2);
+        let (ids, selected, refused) = if lists {
+            let all: BTreeSet<String> = rows.iter().map(|r| r.uhost_id.clone()).collect();
+            let refused: BTreeSet<String> = rows
+                .iter()
+                .filter(|r| protections.exclude.contains(&r.uhost_id) || protections.refuse(r).is_some())
+                .map(|r| r.uhost_id.clone())
+                .collect();
+            let ids = all.iter().filter(|id| !refused.contains(*id)).cloned().collect();
+            (ids, all, refused)
+        } else {
+            (ids, selected.into_iter().collect(), refused)
+        };
         World {
             sim,
             rows,
             ids,
-            selected: selected.into_iter().collect(),
+            selected,
             refused,
             protections,
             settings,
             kills,
             private_key,
+            lists,
         }
     }
 }

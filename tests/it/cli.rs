@@ -2206,3 +2206,123 @@ fn an_inconsistent_gateway_leaves_nothing_running_even_across_a_kill() {
         assert_eq!(out.code, Some(0), "{}", out.stderr);
     }
 }
+
+// Truth at the API's edges (issue 14) --------------------------------------------------------
+
+/// 250 instances whose later listing pages come from a lagging replica 40% of the time: each
+/// such answer lacks a fifth of the rows and counts only what it has.
+fn lagging_world(seed: u64) -> World {
+    let mut s = Scenario::generated(250, seed);
+    s.time_scale = SCALE;
+    s.faults.lagging_replica = 0.4;
+    World::new(s)
+}
+
+/// `list --all` returns every instance or exits 4, in every one of 20 tries; `run --all`
+/// leaves nothing running behind an exit 0 (and changes nothing behind an exit 4).
+#[test]
+fn a_lagging_replica_never_shortens_a_listing() {
+    let w = lagging_world(1401);
+    let all: BTreeSet<String> = w.handle().ids().into_iter().collect();
+    let (mut complete, mut refused) = (0, 0);
+    for _ in 0..20 {
+        let out = run(w.cmd().args(["--output", "json", "list", "--all"]));
+        match out.code {
+            Some(0) => {
+                let got = listed(&out);
+                assert!(
+                    got == all,
+                    "exit 0 with {} of {} instances listed",
+                    got.len(),
+                    all.len()
+                );
+                complete += 1;
+            }
+            Some(4) => {
+                assert!(
+                    out.stderr.starts_with(
+                        "error: cannot describe instances: the instance list could not be read completely"
+                    ),
+                    "{out:?}"
+                );
+                refused += 1;
+            }
+            _ => panic!("{out:?}"),
+        }
+    }
+    assert_eq!(complete + refused, 20);
+    assert!(complete > 0, "the listing never got through");
+    // The gateway really lagged: answers with fewer rows than the account has were seen.
+    assert!(
+        w.snapshot()
+            .calls
+            .iter()
+            .any(|c| c.fault.as_deref() == Some("lagging_replica"))
+    );
+    assert!(w.mutating_calls().is_empty());
+    for seed in [1402, 1403] {
+        let w = lagging_world(seed);
+        let mut args: Vec<String> = ["run", "--yes", "--all", "--output", "json", "--max-count", "250"]
+            .map(str::to_owned)
+            .to_vec();
+        args.extend(w.fast());
+        let out = run(w.cmd().args(&args));
+        match out.code {
+            Some(0) => assert!(w.handle().ids().is_empty(), "exit 0 with {:?} left", w.handle().ids()),
+            Some(4) => assert!(w.mutating_calls().is_empty(), "exit 4 after a change"),
+            _ => panic!("{out:?}"),
+        }
+    }
+}
+
+/// With half the rows lacking `Region`, `--region R --all` tears down every instance in R and
+/// touches none elsewhere; an ID in R named with `--region R` is not refused, whatever its row
+/// says.
+#[test]
+fn rows_without_region_are_in_their_zones_region() {
+    let mut s = Scenario::generated(40, 1404);
+    s.time_scale = SCALE;
+    s.faults.omit_region = 0.5;
+    let w = World::new(s);
+    let truth: Vec<Instance> = w
+        .snapshot()
+        .instances
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+    let in_sh2: BTreeSet<String> = truth
+        .iter()
+        .filter(|i| i.region == "cn-sh2")
+        .map(|i| i.uhost_id.clone())
+        .collect();
+    // What the gateway shows: some cn-sh2 rows without `Region`.
+    let out = run(w.cmd().args(["--output", "json", "list", "--all"]));
+    let bare: BTreeSet<String> = out
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r.get("Region").is_none_or(|v| v.as_str() == Some("")))
+        .map(|r| r["UHostId"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        in_sh2.iter().any(|id| bare.contains(id)) && in_sh2.len() >= 4,
+        "{in_sh2:?} {bare:?}"
+    );
+    let named = in_sh2.iter().find(|id| bare.contains(*id)).unwrap().clone();
+    let out = run(w.cmd().args(["plan", "--region", "cn-sh2", &named]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let mut args: Vec<String> = ["run", "--yes", "--region", "cn-sh2", "--all", "--output", "json"]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(w.fast());
+    let out = run(w.cmd().args(&args));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let left: BTreeSet<String> = w.handle().ids().into_iter().collect();
+    assert!(in_sh2.iter().all(|id| !left.contains(id)), "cn-sh2 left: {left:?}");
+    let elsewhere = truth.len() - in_sh2.len();
+    assert_eq!(left.len(), elsewhere);
+    for call in w.mutating_calls() {
+        assert!(call.ids.iter().all(|id| in_sh2.contains(id)), "{call:?}");
+    }
+}

@@ -17,7 +17,7 @@ async fn restarted_two_seconds_after_stopping(scale: f64, limit: u32, seed: u64)
     };
     s.faults.restart = 1.0;
     s.faults.restart_after_secs = 2.0;
-    s.rate_limit_per_sec = limit;
+    s.rate_limit_per_sec = f64::from(limit);
     s.rate_limit_burst = limit / 4;
     if let Some(g) = s.generate.as_mut() {
         g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();

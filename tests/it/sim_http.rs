@@ -148,7 +148,7 @@ async fn lock_error_is_classified_locked() {
 #[tokio::test]
 async fn rate_limit_answers_153() {
     let mut s = scenario(5);
-    s.rate_limit_per_sec = 2;
+    s.rate_limit_per_sec = 2.0;
     let server = server(s);
     let c = client(&server);
     let mut codes = Vec::new();

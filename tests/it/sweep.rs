@@ -62,7 +62,9 @@ fn a_seed_names_one_world_and_a_broken_invariant_names_its_seed() {
 /// - 20864: a halt at `--deadline` with looks queued behind a throttled pace (and its debt
 ///   from last looks before Terminates) kept the run alive past its deadline and grace; looks
 ///   waiting for the pace are now not sent once the run halts.
-const ONCE_FAILED: &[u64] = &[20864];
+/// - 295, 312: `run --all` worlds whose later listing pages came from a lagging replica; with
+///   the listing's count kept per page (before issue 14) the run acted on a short listing.
+const ONCE_FAILED: &[u64] = &[20864, 295, 312];
 
 #[test]
 fn seeds_that_once_failed_pass() {

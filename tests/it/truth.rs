@@ -355,3 +355,32 @@ async fn the_instance_timeout_ends_with_a_last_attempt() {
         "attempts at {stops:?}"
     );
 }
+
+/// Stop and Terminate applied and then answered HTTP 502 a quarter of the time: such an
+/// answer may follow the work, so the engine looks before any resend, and no instance gets a
+/// Terminate after one was applied. Everything still goes.
+#[tokio::test(start_paused = true)]
+async fn a_502_after_the_work_never_leads_to_a_second_terminate() {
+    for seed in 0..3 {
+        let sim = world(
+            40,
+            1410 + seed,
+            Faults {
+                applied_then_502: 0.25,
+                ..Faults::default()
+            },
+        );
+        let ids = sim.ids();
+        let report = workflow::run(Arc::new(sim.clone()), ids.clone(), settings(), Controls::default()).await;
+        let state = sim.snapshot();
+        let answered_502 = state
+            .calls
+            .iter()
+            .filter(|c| c.action == "TerminateCompShareInstance" && c.fault.as_deref() == Some("applied_then_502"))
+            .count();
+        assert!(answered_502 > 0, "seed {seed}: no Terminate met the fault");
+        assert_safe(&state, &ids);
+        truthful(&report, &sim);
+        all_gone(&report, &sim);
+    }
+}

@@ -166,7 +166,7 @@ async fn a_lock_outliving_the_budget_fails_plainly() {
 #[tokio::test(start_paused = true)]
 async fn throttling_lowers_the_rate_and_everything_still_goes() {
     let mut s = Scenario::generated(120, 4);
-    s.rate_limit_per_sec = 5;
+    s.rate_limit_per_sec = 5.0;
     let sim = SimHandle::new(s);
     let ids = sim.ids();
     let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
@@ -635,7 +635,7 @@ async fn a_region_scoped_run_sends_its_region_with_every_describe() {
 async fn a_tight_rate_limit_does_not_fail_instances() {
     for seed in 0..4 {
         let mut s = Scenario::generated(12, 60 + seed);
-        s.rate_limit_per_sec = 2;
+        s.rate_limit_per_sec = 2.0;
         converges(s).await;
     }
 }
@@ -822,7 +822,7 @@ async fn queued_terminates_share_their_last_look() {
 #[tokio::test(start_paused = true)]
 async fn a_gateway_rate_limit_is_found_and_held() {
     let mut s = Scenario::generated(300, 130);
-    s.rate_limit_per_sec = 20;
+    s.rate_limit_per_sec = 20.0;
     s.rate_limit_burst = 5;
     if let Some(g) = s.generate.as_mut() {
         g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
@@ -856,7 +856,7 @@ async fn a_gateway_rate_limit_is_found_and_held() {
 #[tokio::test(start_paused = true)]
 async fn the_pace_follows_a_raised_limit() {
     let mut s = Scenario::generated(600, 140);
-    s.rate_limit_per_sec = 10;
+    s.rate_limit_per_sec = 10.0;
     s.rate_limit_burst = 5;
     if let Some(g) = s.generate.as_mut() {
         g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();

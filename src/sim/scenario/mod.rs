@@ -27,11 +27,11 @@ pub struct Scenario {
     pub lock: LockConfig,
     pub latency: Latency,
     pub faults: Faults,
-    /// Requests per second per `PublicKey` (a token bucket); 0 = unlimited. Excess calls get
-    /// RetCode 153.
-    pub rate_limit_per_sec: u32,
+    /// Requests per second per `PublicKey` (a token bucket), fractions allowed (0.5 = one
+    /// request every 2 s); 0 = unlimited. Excess calls get RetCode 153.
+    pub rate_limit_per_sec: f64,
     /// The bucket's size: calls that may come at once after a quiet spell; 0 = one second's
-    /// worth (`rate_limit_per_sec`).
+    /// worth (`rate_limit_per_sec` rounded up, at least 1).
     pub rate_limit_burst: u32,
     /// Rows to generate (added before the explicit `instances`).
     pub generate: Option<Generate>,
@@ -49,7 +49,7 @@ impl Default for Scenario {
             lock: LockConfig::default(),
             latency: Latency::default(),
             faults: Faults::default(),
-            rate_limit_per_sec: 0,
+            rate_limit_per_sec: 0.0,
             rate_limit_burst: 0,
             generate: None,
             instances: Vec::new(),
@@ -126,6 +126,12 @@ impl Scenario {
                 "latency.jitter must be in 0..=1, got {:e}",
                 self.latency.jitter
             ));
+        }
+        if !(self.rate_limit_per_sec.is_finite() && self.rate_limit_per_sec >= 0.0) {
+            return Err(ScenarioError::Invalid(format!(
+                "rate_limit_per_sec must be >= 0, got {}",
+                self.rate_limit_per_sec
+            )));
         }
         for (name, rate) in self.faults.rates() {
             if !(0.0..=1.0).contains(&rate) {
@@ -256,11 +262,24 @@ pub struct Faults {
     pub drop_row: f64,
     /// Per Describe answer: `TotalCount` is missing from the body.
     pub omit_total_count: f64,
+    /// Per Describe answer for a later page (`Offset` > 0): the answer comes from a lagging
+    /// replica that lacks `lagging_share` of the rows, with a `TotalCount` that agrees with
+    /// its short answer (and an `Offset` past its end refused, RetCode 230).
+    pub lagging_replica: f64,
+    /// The share of rows the lagging replica lacks (the same rows every time); 0 = 0.2.
+    pub lagging_share: f64,
+    /// The share of rows whose Describe rows never carry `Region` (the same rows every time;
+    /// only `Zone` says where they live). The world still knows their region.
+    pub omit_region: f64,
+    /// Per mutating call (Stop, Start, Terminate): the call is processed (applied, if the
+    /// state allows it), then answered HTTP 502 with nginx's page, as a proxy reports an
+    /// upstream that closed after doing the work.
+    pub applied_then_502: f64,
 }
 
 impl Faults {
     /// Every rate with its key, for validation.
-    fn rates(&self) -> [(&'static str, f64); 13] {
+    fn rates(&self) -> [(&'static str, f64); 17] {
         [
             ("http_502", self.http_502),
             ("http_503", self.http_503),
@@ -275,7 +294,22 @@ impl Faults {
             ("null_lists", self.null_lists),
             ("drop_row", self.drop_row),
             ("omit_total_count", self.omit_total_count),
+            ("lagging_replica", self.lagging_replica),
+            ("lagging_share", self.lagging_share),
+            ("omit_region", self.omit_region),
+            ("applied_then_502", self.applied_then_502),
         ]
+    }
+
+    /// The share of rows a lagging replica lacks when `lagging_share` is unset: about what a
+    /// replica a few minutes behind a busy account misses (52 of 250 in the report that
+    /// found it).
+    pub(crate) fn lagging_share(&self) -> f64 {
+        if self.lagging_share > 0.0 {
+            self.lagging_share
+        } else {
+            0.2
+        }
     }
 
     /// Nominal seconds a slow answer takes when `slow_secs` is unset: long enough to trip a

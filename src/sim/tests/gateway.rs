@@ -125,7 +125,7 @@ async fn slow_answers_take_slow_secs_scaled() {
 #[tokio::test(start_paused = true)]
 async fn rate_limit_throttles_per_key() {
     let mut scenario = Scenario::generated(5, 1);
-    scenario.rate_limit_per_sec = 3;
+    scenario.rate_limit_per_sec = 3.0;
     let sim = SimHandle::new(scenario);
     let q = DescribeQuery {
         limit: 10,
@@ -153,7 +153,7 @@ async fn admitted(sim: &SimHandle, q: &DescribeQuery) -> u32 {
 #[tokio::test(start_paused = true)]
 async fn rate_limit_has_a_burst_and_changes_mid_run() {
     let mut scenario = Scenario::generated(5, 1);
-    scenario.rate_limit_per_sec = 10;
+    scenario.rate_limit_per_sec = 10.0;
     scenario.rate_limit_burst = 2;
     let sim = SimHandle::new(scenario);
     let q = DescribeQuery {
@@ -313,4 +313,106 @@ async fn eventual_consistency_dice_do_not_shift_the_other_faults() {
     let (one, thirty) = (faults_seen(1).await, faults_seen(30).await);
     assert!(one.iter().flatten().count() > 0);
     assert_eq!(one, thirty);
+}
+
+/// A lagging replica answers later pages: rows missing, a `TotalCount` that agrees with the
+/// short answer, and an `Offset` past its end refused; the first page is never from it.
+#[tokio::test(start_paused = true)]
+async fn a_lagging_replica_answers_later_pages_short_and_self_consistent() {
+    let mut scenario = Scenario::generated(250, 4);
+    scenario.faults.lagging_replica = 1.0;
+    let sim = SimHandle::new(scenario);
+    let page = |offset| DescribeQuery {
+        limit: 100,
+        offset,
+        ..DescribeQuery::default()
+    };
+    let first = sim.describe(&page(0)).await.unwrap();
+    assert_eq!((first.total_count, first.uhost_set.len()), (Some(250), 100));
+    let second = sim.describe(&page(100)).await.unwrap();
+    let short = usize::try_from(second.total_count.unwrap()).unwrap();
+    // The default share: a fifth of the rows, give or take the dice.
+    assert!((170..=230).contains(&short), "{short}");
+    assert_eq!(second.uhost_set.len(), 100);
+    assert_eq!(
+        code_of(sim.describe(&page(u32::try_from(short).unwrap() + 1)).await),
+        code::BAD_PARAM
+    );
+    // The same rows are missing every time.
+    assert_eq!(sim.describe(&page(100)).await.unwrap().uhost_set, second.uhost_set);
+    assert_eq!(sim.snapshot().calls[1].fault.as_deref(), Some("lagging_replica"));
+    // The listing sees through it: every row, or an error.
+    assert!(describe_all(&sim, None, None).await.is_err());
+}
+
+/// Rows without `Region`: the same rows every time, and the world still knows where they are
+/// (a `Region` filter finds them; the snapshot lists the truth).
+#[tokio::test(start_paused = true)]
+async fn rows_without_region_are_found_by_their_region() {
+    let mut scenario = Scenario::generated(60, 5);
+    scenario.faults.omit_region = 0.5;
+    let sim = SimHandle::new(scenario);
+    let all = describe_all(&sim, None, None).await.unwrap();
+    let bare: Vec<&Instance> = all.iter().filter(|i| i.region.is_empty()).collect();
+    assert!((15..=45).contains(&bare.len()), "{}", bare.len());
+    assert!(bare.iter().all(|i| !i.home_region().is_empty()));
+    let again = describe_all(&sim, None, None).await.unwrap();
+    assert_eq!(all, again);
+    let region = bare[0].home_region().to_owned();
+    let scoped = describe_all(&sim, Some(&region), None).await.unwrap();
+    assert!(scoped.iter().any(|i| i.uhost_id == bare[0].uhost_id));
+    assert!(scoped.iter().all(|i| i.home_region() == region));
+    assert!(
+        sim.snapshot()
+            .instances
+            .iter()
+            .all(|r| r.get("Region").is_some_and(|v| !v.as_str().unwrap_or("").is_empty()))
+    );
+}
+
+/// A mutating call applied, then answered 502: the work is done, the ledger knows it, and a
+/// second Terminate is a violation, not a race.
+#[tokio::test(start_paused = true)]
+async fn an_applied_call_answered_502_is_done_and_a_resend_is_a_violation() {
+    let sim = world(&[("uhost-a", "Stopped")]);
+    sim.set_faults(Faults {
+        applied_then_502: 1.0,
+        ..Faults::default()
+    });
+    let e = sim.terminate(&target("uhost-a"), true).await.unwrap_err();
+    assert!(matches!(e, ApiError::Http { status: 502, .. }), "{e}");
+    assert_eq!(classify(&e, &LockCodes::default()), RetryClass::Ambiguous);
+    let state = sim.snapshot();
+    assert_eq!(state.terminated.len(), 1);
+    let call = &state.calls[0];
+    assert_eq!(
+        (call.ret_code, call.http_status, call.fault.as_deref()),
+        (Some(0), 502, Some("applied_then_502"))
+    );
+    // Describe is not a mutating call: answered as usual.
+    assert_eq!(state_of(&sim, "uhost-a").await, Some(State::Stopped));
+    assert!(sim.terminate(&target("uhost-a"), true).await.is_err());
+    assert_eq!(rules(&sim), vec![rule::TERMINATE_RESENT]);
+    assert!(sim.snapshot().races.is_empty());
+}
+
+/// A fractional limit: 0.5 requests a second is one call every 2 s, with a bucket of one.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_below_one_a_second() {
+    let mut scenario = Scenario::generated(5, 1);
+    scenario.rate_limit_per_sec = 0.5;
+    let sim = SimHandle::new(scenario);
+    let q = DescribeQuery {
+        limit: 10,
+        ..DescribeQuery::default()
+    };
+    assert_eq!(admitted(&sim, &q).await, 1);
+    advance(Duration::from_millis(1_900)).await;
+    assert_eq!(admitted(&sim, &q).await, 0);
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(admitted(&sim, &q).await, 1);
+    assert!(Scenario::from_json(r#"{"rate_limit_per_sec": -1}"#).is_err());
+    // An integer, as older scenario files have it, is still a rate.
+    let parsed = Scenario::from_json(r#"{"rate_limit_per_sec": 20}"#).unwrap();
+    assert!((parsed.rate_limit_per_sec - 20.0).abs() < f64::EPSILON);
 }

@@ -245,7 +245,7 @@ async fn calls_after_terminate_or_delete_and_on_protected_are_violations() {
     assert_eq!(
         rules(&sim),
         vec![
-            rule::AFTER_TERMINATE,
+            rule::TERMINATE_RESENT,
             rule::AFTER_TERMINATE,
             rule::AFTER_DELETE,
             rule::PROTECTED

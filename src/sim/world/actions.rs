@@ -26,6 +26,9 @@ impl World {
         let not_found = || (code::NOT_FOUND, format!("UHost not found: {id}"));
         if let Some(gone) = self.gone.get(&id).copied() {
             let (rule, detail) = match gone {
+                Removal::Terminated if action == Verb::Terminate => {
+                    (rule::TERMINATE_RESENT, "the instance was already terminated")
+                }
                 Removal::Terminated => (rule::AFTER_TERMINATE, "the instance was already terminated"),
                 Removal::Deleted => (rule::AFTER_DELETE, "the instance was deleted by someone else"),
             };
@@ -48,13 +51,12 @@ impl World {
             );
         }
         if terminating {
-            self.violate(
-                now,
-                &id,
-                &name,
-                rule::AFTER_TERMINATE,
-                "a Terminate was already accepted".into(),
-            );
+            let rule = if action == Verb::Terminate {
+                rule::TERMINATE_RESENT
+            } else {
+                rule::AFTER_TERMINATE
+            };
+            self.violate(now, &id, &name, rule, "a Terminate was already applied".into());
         } else if action == Verb::Terminate && !matches!(state, State::Stopped | State::InstallFail) {
             let rule = if self.looked_terminable(&id, sent) {
                 rule::TERMINATE_RACED

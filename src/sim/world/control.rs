@@ -81,7 +81,7 @@ impl World {
     }
 
     /// A new gateway limit from now on (0 = none); every key starts with a full bucket.
-    pub(crate) fn set_rate_limit(&mut self, per_sec: u32, burst: u32) {
+    pub(crate) fn set_rate_limit(&mut self, per_sec: f64, burst: u32) {
         self.scenario.rate_limit_per_sec = per_sec;
         self.scenario.rate_limit_burst = burst;
         self.limiters.clear();

@@ -1,6 +1,8 @@
 //! The gateway: what happens to a request on arrival (faults, slow answers) and when it is
 //! processed (signature, rate limit, dispatch), and Describe with its paging and dropped rows.
 
+use std::time::Duration;
+
 use super::{
     Arrival, Auth, BTreeSet, Dice, HTML_502, HTML_503, Instant, LOOKS_KEPT, Look, Map, NonZeroU32, Params, Quota,
     RateLimiter, Rejection, Reply, Request, Rng, State, TokioClock, Value, Verb, World, code, json, json_signature,
@@ -76,6 +78,16 @@ impl World {
             self.record(req, now, Some(ret_code), 0, Some("lost_response"));
             return Reply::Close;
         }
+        // Rolled on every processed call (own stream), used on mutating ones: the backend did
+        // its part, and the proxy in front reports the upstream as gone.
+        let applied_then_502 = self.gw_rng.random::<f64>() < self.scenario.faults.applied_then_502;
+        if applied_then_502 && Verb::parse(&name).is_some_and(|v| v != Verb::Describe) {
+            self.record(req, now, Some(ret_code), 502, Some("applied_then_502"));
+            return Reply::Html {
+                status: 502,
+                body: HTML_502,
+            };
+        }
         let fault = fault.or(if plan.retcode_as_string {
             Some("retcode_as_string")
         } else if plan.null_lists {
@@ -108,9 +120,22 @@ impl World {
             .get("PublicKey")
             .cloned()
             .unwrap_or_else(|| self.scenario.public_key.clone());
-        if let Some(rate) = NonZeroU32::new(self.scenario.rate_limit_per_sec) {
-            let burst = NonZeroU32::new(self.scenario.rate_limit_burst).unwrap_or(rate);
-            let quota = Quota::per_second(rate).allow_burst(burst);
+        let rate = self.scenario.rate_limit_per_sec;
+        // One token every 1/rate seconds: a fractional rate (0.5 = one call every 2 s) is a
+        // period, which governor takes as it is.
+        if let Some(period) = (rate.is_finite() && rate > 0.0)
+            .then(|| Duration::from_secs_f64(1.0 / rate))
+            .and_then(Quota::with_period)
+        {
+            // One second's worth by default, and never less than one call.
+            #[expect(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "a positive finite rate, rounded up and clamped to u32"
+            )]
+            let second = NonZeroU32::new(rate.ceil().min(f64::from(u32::MAX)) as u32).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(self.scenario.rate_limit_burst).unwrap_or(second);
+            let quota = period.allow_burst(burst);
             let limiter = self
                 .limiters
                 .entry(key)
@@ -197,12 +222,18 @@ impl World {
             Some(v) => v.parse::<usize>().map_err(|_| bad("Offset"))?,
         };
         let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+        // A later page may be answered by a replica that lacks some rows and counts only what
+        // it has: nothing in that answer admits the gap (one die per Describe, always rolled).
+        let faults = &self.scenario.faults;
+        let lagging = self.gw_rng.random::<f64>() < faults.lagging_replica && offset > 0;
+        let lacks = if lagging { faults.lagging_share() } else { 0.0 };
         let matches: Vec<String> = self
             .rows
             .values()
             .filter(|r| region.is_none_or(|x| *x == r.instance.region))
             .filter(|r| zone.is_none_or(|x| *x == r.instance.zone))
             .filter(|r| wanted.is_empty() || wanted.contains(r.instance.uhost_id.as_str()))
+            .filter(|r| r.lag_die >= lacks)
             .map(|r| r.instance.uhost_id.clone())
             .collect();
         // "Offset must not exceed the total count, else an error" (compshare.cn docs).
@@ -222,8 +253,15 @@ impl World {
                 dropped += 1;
                 continue;
             }
+            let omit_region = self.scenario.faults.omit_region;
             let Some(row) = self.rows.get_mut(id) else { continue };
-            listed.push(row_json(row, plan.null_lists));
+            let mut json_row = row_json(row, plan.null_lists);
+            if row.region_die < omit_region
+                && let Value::Object(fields) = &mut json_row
+            {
+                fields.remove("Region");
+            }
+            listed.push(json_row);
             // A look counts only if the client receives it.
             if !plan.lost_response {
                 if row.looks.len() == LOOKS_KEPT {
@@ -238,7 +276,9 @@ impl World {
         }
         let omit_total = self.ec_rng.random::<f64>() < self.scenario.faults.omit_total_count;
         if fault.is_none() {
-            *fault = if dropped > 0 {
+            *fault = if lagging {
+                Some("lagging_replica")
+            } else if dropped > 0 {
                 Some("drop_row")
             } else if omit_total {
                 Some("omit_total_count")

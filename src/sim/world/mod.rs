@@ -213,6 +213,11 @@ struct Row {
     terminating: bool,
     /// The latest delivered Describe answers that listed it, oldest first.
     looks: VecDeque<Look>,
+    /// Fixed uniform draws that make the row one of the `lagging_share` a lagging replica
+    /// lacks, or of the `omit_region` share listed without `Region`: the same rows every time,
+    /// whatever the rates are set to later.
+    lag_die: f64,
+    region_die: f64,
 }
 
 /// Why an ID is no longer in the world.
@@ -238,6 +243,10 @@ pub(crate) struct World {
     /// the per-call fault dice nor jitter and interference, and worlds that leave both rates
     /// at 0 behave exactly as before they existed.
     ec_rng: StdRng,
+    /// The gateway behaviours (a lagging replica, rows without `Region`, answers lost after
+    /// the work was done) have their own stream for the same reason: worlds that leave them
+    /// off behave exactly as before they existed.
+    gw_rng: StdRng,
     rows: BTreeMap<String, Row>,
     gone: HashMap<String, Removal>,
     regions: BTreeSet<String>,
@@ -257,6 +266,8 @@ impl World {
         let id_rng = rng_for(scenario.seed ^ 0x9e37_79b9_7f4a_7c15);
         // Another arbitrary constant, for the same reason.
         let ec_rng = rng_for(scenario.seed ^ 0x5851_f42d_4c95_7f2d);
+        // And another.
+        let gw_rng = rng_for(scenario.seed ^ 0x1405_7b7e_f767_814f);
         let mut world = World {
             private_key: PrivateKey::new(scenario.private_key.clone()),
             start: now,
@@ -271,6 +282,7 @@ impl World {
             races: Vec::new(),
             id_rng,
             ec_rng,
+            gw_rng,
             rng: rng_for(0),
             scenario,
         };
@@ -324,6 +336,7 @@ impl World {
             }],
             None => Vec::new(),
         };
+        let (lag_die, region_die) = (self.gw_rng.random::<f64>(), self.gw_rng.random::<f64>());
         let lat = &self.scenario.latency;
         self.rows.insert(
             instance.uhost_id.clone(),
@@ -339,6 +352,8 @@ impl World {
                 events,
                 terminating: false,
                 looks: VecDeque::new(),
+                lag_die,
+                region_die,
                 instance,
             },
         );

@@ -273,14 +273,15 @@ impl<C: Cloud + 'static> Runner<C> {
             return;
         }
         if let (Some(r), Some(scope)) = (row, &self.settings.describe_region)
-            && !r.region.is_empty()
-            && r.region != *scope
+            && !r.home_region().is_empty()
+            && r.home_region() != scope
         {
             // A named ID the selection could not see turned up in another region: the user's
             // scope says not to touch it, and reporting it gone would be a lie.
             let error = format!(
                 "it is in {} ({}), outside --region {scope}: not touched",
-                r.region, r.zone
+                r.home_region(),
+                r.zone
             );
             self.trackers.get_mut(i).row = Some(Seen::of(r));
             return self.fail(i, error, None);

@@ -1,8 +1,10 @@
 //! Reading a journal back into a [`Resume`]: one pass over the lines, the start line checked
 //! (checksum, version, account, IDs) before anything it says is believed, calls without a
-//! written result counted as unsure.
+//! written result counted as unsure. A line that could not have come from the run the start
+//! line describes (a result without its call, any line for an ID outside the selection) makes
+//! the journal damaged: it is refused, never half believed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -59,6 +61,7 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
         resume: None,
         version: JOURNAL_VERSION,
         pending: BTreeMap::new(),
+        selected: BTreeSet::new(),
     };
     for (n, line) in lines.iter().enumerate() {
         if line.trim_ascii().is_empty() {
@@ -84,6 +87,8 @@ struct Reader {
     version: u32,
     /// Calls whose intent was written and whose result was not (yet).
     pending: BTreeMap<String, Call>,
+    /// The first start line's IDs.
+    selected: BTreeSet<String>,
 }
 
 impl Reader {
@@ -103,6 +108,18 @@ impl Reader {
 
     /// Line `n` (0-based), whose text is `line`.
     fn read(&mut self, n: usize, line: &[u8], entry: Entry) -> Result<(), JournalError> {
+        if let Entry::Call { id, .. }
+        | Entry::Result { id, .. }
+        | Entry::Outcome { id, .. }
+        | Entry::Decision { id, .. } = &entry
+        {
+            // Only the selection's instances have lines: any other ID was written by someone
+            // else, and believing it could end an instance the run never looked at.
+            self.resume()?;
+            if !self.selected.contains(id) {
+                return Err(self.malformed(n, format!("a line for {id}, which is not in the selection")));
+            }
+        }
         match entry {
             Entry::Start { .. } => self.start(n, line, &entry)?,
             Entry::Call { id, call, .. } => {
@@ -110,6 +127,15 @@ impl Reader {
                 self.pending.insert(id, call);
             }
             Entry::Result { id, call, effect, .. } => {
+                // A result is written only after its call line, by the same process: one with
+                // no call pending would make an instance "terminate accepted" with no
+                // Terminate ever sent.
+                if self.pending.get(&id) != Some(&call) {
+                    return Err(self.malformed(
+                        n,
+                        format!("a {} result for {id} without its call line before it", call.action()),
+                    ));
+                }
                 let r = self.resume()?;
                 let m = r.memory.entry(id.clone()).or_default();
                 *m = after_call(*m, call, effect);
@@ -184,6 +210,7 @@ impl Reader {
                 })
                 .collect();
             let ids = check_ids(&sources).map_err(|e| self.malformed(n, e.to_string()))?;
+            self.selected = ids.iter().cloned().collect();
             self.resume = Some(Resume {
                 account,
                 ids,
@@ -222,5 +249,92 @@ impl Reader {
             m.seen = true;
         }
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Journal;
+    use super::*;
+
+    /// A journal holding a start line for `u-a` and `u-b`, then `lines`.
+    fn journal_with(lines: &[Entry]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        let mut j = Journal::open(&path).unwrap();
+        j.write(&Entry::Start {
+            version: JOURNAL_VERSION,
+            ids: vec!["u-a".into(), "u-b".into()],
+            release_udisk: true,
+            force_stop: false,
+            resumed: false,
+        })
+        .unwrap();
+        for e in lines {
+            j.write(e).unwrap();
+        }
+        (dir, path)
+    }
+
+    fn call(id: &str, call: Call) -> Entry {
+        Entry::Call {
+            id: id.into(),
+            call,
+            region: "r".into(),
+            zone: "z".into(),
+        }
+    }
+
+    fn result(id: &str, call: Call) -> Entry {
+        Entry::Result {
+            id: id.into(),
+            call,
+            effect: Effect::Accepted,
+            error: None,
+        }
+    }
+
+    fn refusal(lines: &[Entry]) -> String {
+        let (_dir, path) = journal_with(lines);
+        match replay(&path) {
+            Err(e @ JournalError::Malformed { .. }) => e.to_string(),
+            other => panic!("accepted a damaged journal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_result_without_its_call_is_refused() {
+        let e = refusal(&[result("u-a", Call::Terminate)]);
+        assert!(
+            e.ends_with("line 2: a TerminateCompShareInstance result for u-a without its call line before it"),
+            "{e}"
+        );
+        // The call of another kind, or of another instance, is not its call.
+        refusal(&[call("u-a", Call::Stop), result("u-a", Call::Terminate)]);
+        refusal(&[call("u-b", Call::Terminate), result("u-a", Call::Terminate)]);
+        // Nor is a call whose result was already written.
+        refusal(&[
+            call("u-a", Call::Terminate),
+            result("u-a", Call::Terminate),
+            result("u-a", Call::Terminate),
+        ]);
+        // Its own call line before it: believed.
+        let (_dir, path) = journal_with(&[call("u-a", Call::Stop), result("u-a", Call::Stop)]);
+        assert_eq!(replay(&path).unwrap().calls["u-a"], 1);
+    }
+
+    #[test]
+    fn lines_for_ids_outside_the_selection_are_refused() {
+        let outcome = Entry::Outcome {
+            id: "u-zz".into(),
+            outcome: crate::workflow::outcome::Outcome::Skipped { reason: String::new() },
+        };
+        for line in [call("u-zz", Call::Stop), outcome] {
+            let e = refusal(&[call("u-a", Call::Stop), line]);
+            assert!(
+                e.ends_with("line 3: a line for u-zz, which is not in the selection"),
+                "{e}"
+            );
+        }
     }
 }

@@ -65,7 +65,8 @@ pub(super) struct Absent {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Seen {
     pub name: String,
-    /// As the row gave it (empty when the row had no `Region`).
+    /// Where it lives: its `Region`, or its zone's when the row had none (one rule,
+    /// `Instance::home_region`, for selection, scope checks and the engine).
     pub region: String,
     pub zone: String,
     pub state: State,
@@ -77,7 +78,7 @@ impl Seen {
     pub(super) fn of(row: &Instance) -> Seen {
         Seen {
             name: row.name.clone(),
-            region: row.region.clone(),
+            region: row.home_region().to_owned(),
             zone: row.zone.clone(),
             state: row.state.clone(),
             target: Target::of(row),
