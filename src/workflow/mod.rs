@@ -5,7 +5,8 @@
 //! - [`absence`]: the pure rule for when an instance missing from Describe is gone.
 //! - [`batch`]: the async driver: batched polling, calls under a concurrency bound and a
 //!   request pace, lock and retry backoff, deadlines, interruption, the journal.
-//! - [`pace`]: the global request rate: none until the API throttles, then adaptive.
+//! - [`pace`]: the global request rate: a slow start and no rate limit until the API
+//!   throttles, then adaptive.
 //! - [`retry`]: retry budgets in time (pure: when to try again, when to give up).
 //! - [`recheck`]: the shared last look before a delayed Terminate.
 //! - [`journal`]: append-only JSON lines and resume.

@@ -1,7 +1,9 @@
 //! The global request pace: it finds the account's rate limit instead of being told one.
 //!
-//! CompShare does not publish its rate limits, so the pace starts with no client-side limit
-//! (only `--rate`, a hard ceiling, if the user gave one). When the API throttles (RetCode 153)
+//! CompShare does not publish its rate limits, so the pace starts with no client-side rate
+//! limit (only `--rate`, a hard ceiling, if the user gave one), but with TCP's slow start: at
+//! most [`INITIAL_WINDOW`] requests await their answers, and each answer lets one more out.
+//! When the API throttles (RetCode 153)
 //! it starts a token bucket and lowers its rate; afterwards the rate follows a CUBIC curve back
 //! up: fast at first, flat near the last good rate, then probing beyond it. This is the
 //! adaptive retry mode of the AWS SDKs (smithy-rs's client rate limiter), with two rules from
@@ -13,6 +15,9 @@
 //! - **Isolated throttles are noise**: a decrease needs [`CUT_AFTER`] throttles among the last
 //!   [`ANSWER_WINDOW`] answers (of requests sent since the last decrease). A gateway at its limit
 //!   refuses a good share of the excess; a random 153 now and then does not collapse the rate.
+//! - **Pairs**: a look that licenses a call already holding its turn leaves with it after a
+//!   gap worth both ([`Pace::pair`]), so at one request a second the look cannot take the
+//!   token its Terminate needs.
 //!
 //! The bucket is hand-rolled rather than a `governor` limiter because its rate changes with
 //! every request (the curve is a function of time); it runs on `tokio::time`, so paused-time

@@ -5,23 +5,16 @@
 //! time: the tool's own waits (a slot, the pace) are the only gap between a look's answer and
 //! the Terminate, so a Terminate that waited at all must look again right before it leaves.
 
-use compshare_teardown::sim::{Scenario, SimHandle};
+use compshare_teardown::sim::SimHandle;
 use compshare_teardown::workflow::{Controls, Outcome, Settings};
 
-use crate::workflow::teardown;
+use crate::workflow::{running_behind, teardown};
 
 async fn restarted_two_seconds_after_stopping(scale: f64, limit: u32, seed: u64) {
-    let mut s = Scenario {
-        time_scale: scale,
-        ..Scenario::generated(12, seed)
-    };
+    let mut s = running_behind(12, seed, f64::from(limit), limit / 4);
+    s.time_scale = scale;
     s.faults.restart = 1.0;
     s.faults.restart_after_secs = 2.0;
-    s.rate_limit_per_sec = f64::from(limit);
-    s.rate_limit_burst = limit / 4;
-    if let Some(g) = s.generate.as_mut() {
-        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
-    }
     let sim = SimHandle::new(s);
     let ids = sim.ids();
     // At 1/100 time a stop and the restart after it both fit between two looks, so most

@@ -3,20 +3,15 @@
 //! time its admitted requests take at that rate. A look and the Terminate it licenses are
 //! sent as a pair, so the look cannot take the only token the Terminate needs.
 
-use compshare_teardown::sim::{Scenario, SimHandle};
+use compshare_teardown::sim::SimHandle;
 use compshare_teardown::workflow::{Controls, Settings};
 
-use crate::workflow::{all_gone, assert_safe, teardown};
+use crate::workflow::{all_gone, assert_safe, refused_and_admitted, running_behind, teardown};
 
 /// `count` running instances behind a gateway that admits `per_sec` requests a second with a
 /// burst of `burst`; the run at default settings.
 async fn behind_a_low_limit(count: usize, seed: u64, per_sec: f64, burst: u32) -> (usize, usize, f64) {
-    let mut s = Scenario::generated(count, seed);
-    s.rate_limit_per_sec = per_sec;
-    s.rate_limit_burst = burst;
-    if let Some(g) = s.generate.as_mut() {
-        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
-    }
+    let s = running_behind(count, seed, per_sec, burst);
     let sim = SimHandle::new(s);
     let ids = sim.ids();
     let settings = Settings {
@@ -27,8 +22,7 @@ async fn behind_a_low_limit(count: usize, seed: u64, per_sec: f64, burst: u32) -
     all_gone(&report, &sim);
     let state = sim.snapshot();
     assert_safe(&state, &ids);
-    let refused = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
-    let admitted = state.calls.len() - refused;
+    let (refused, admitted) = refused_and_admitted(&state);
     eprintln!(
         "{count} instances behind {per_sec}/s (burst {burst}), seed {seed}: {admitted} admitted, {refused} refused, {:.0} s",
         report.summary.seconds

@@ -33,6 +33,24 @@ pub(crate) fn settings() -> Settings {
     }
 }
 
+/// `count` running instances behind a gateway admitting `per_sec` requests a second (0: no
+/// limit) with bursts of `burst`.
+pub(crate) fn running_behind(count: usize, seed: u64, per_sec: f64, burst: u32) -> Scenario {
+    let mut s = Scenario::generated(count, seed);
+    s.rate_limit_per_sec = per_sec;
+    s.rate_limit_burst = burst;
+    if let Some(g) = s.generate.as_mut() {
+        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    }
+    s
+}
+
+/// Requests the gateway refused for its rate limit (RetCode 153), and the ones it admitted.
+pub(crate) fn refused_and_admitted(state: &SimState) -> (usize, usize) {
+    let refused = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
+    (refused, state.calls.len() - refused)
+}
+
 pub(crate) async fn teardown(sim: &SimHandle, ids: Vec<String>, settings: Settings, ctl: Controls) -> Report {
     workflow::run(Arc::new(sim.clone()), ids, settings, ctl).await
 }
@@ -821,12 +839,7 @@ async fn queued_terminates_share_their_last_look() {
 /// the limit and holds it: most of the run goes at the limit, and few calls are refused.
 #[tokio::test(start_paused = true)]
 async fn a_gateway_rate_limit_is_found_and_held() {
-    let mut s = Scenario::generated(300, 130);
-    s.rate_limit_per_sec = 20.0;
-    s.rate_limit_burst = 5;
-    if let Some(g) = s.generate.as_mut() {
-        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
-    }
+    let s = running_behind(300, 130, 20.0, 5);
     let sim = SimHandle::new(s);
     let ids = sim.ids();
     let d = Settings::default();
@@ -838,8 +851,7 @@ async fn a_gateway_rate_limit_is_found_and_held() {
     all_gone(&report, &sim);
     let state = sim.snapshot();
     assert_safe(&state, &ids);
-    let refused = state.calls.iter().filter(|c| c.ret_code == Some(153)).count();
-    let admitted = state.calls.len() - refused;
+    let (refused, admitted) = refused_and_admitted(&state);
     #[expect(
         clippy::cast_precision_loss,
         reason = "counts and small integers far below 2^52 convert to f64 exactly"

@@ -169,6 +169,20 @@ impl Cloud for Scripted {
     }
 }
 
+/// A Describe that shows a `Stopping` instance as `Stopped` once `d` has passed from now.
+fn stopping_for(d: Duration) -> DescribeHook {
+    let t0 = Instant::now();
+    Box::new(move |t, q, _| {
+        let mut page = honest(t, q);
+        for r in &mut page.uhost_set {
+            if r.state == State::Stopping && t0.elapsed() > d {
+                r.state = State::Stopped;
+            }
+        }
+        Ok(page)
+    })
+}
+
 fn settings() -> Settings {
     Settings {
         jitter_seed: Some(3),
@@ -408,7 +422,6 @@ async fn a_look_answered_after_the_timeout_starts_no_call() {
 /// Terminate is a new episode, retried, not a budget spent long ago.
 #[tokio::test(start_paused = true)]
 async fn an_error_budget_ends_with_its_episode() {
-    let t0 = Instant::now();
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);
     // The Stop is applied, but answered "service unavailable" (a gateway that gave up on
     // the backend's answer): no accepted call ends that error episode.
@@ -417,15 +430,7 @@ async fn an_error_budget_ends_with_its_episode() {
         Err(retcode("StopCompShareInstance", 150, "service unavailable"))
     });
     // Stopping takes four minutes: longer than the three-minute transient budget.
-    script.describe = Box::new(move |t, q, _| {
-        let mut page = honest(t, q);
-        for r in &mut page.uhost_set {
-            if r.state == State::Stopping && t0.elapsed() > Duration::from_secs(240) {
-                r.state = State::Stopped;
-            }
-        }
-        Ok(page)
-    });
+    script.describe = stopping_for(Duration::from_secs(240));
     script.terminate = Box::new(|t, target, n| {
         if n == 0 {
             return Err(retcode("TerminateCompShareInstance", 150, "service unavailable"));
@@ -497,22 +502,13 @@ async fn the_deadline_drops_looks_in_flight() {
 /// A long wait writes one decision line, not one per look.
 #[tokio::test(start_paused = true)]
 async fn a_long_wait_journals_its_decision_once() {
-    let t0 = Instant::now();
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);
     script.stop = Box::new(|t, target, _| {
         t.states.insert(target.uhost_id.clone(), State::Stopping);
         Ok(())
     });
     // Stopping for ten minutes: about 200 looks at the default poll interval.
-    script.describe = Box::new(move |t, q, _| {
-        let mut page = honest(t, q);
-        for r in &mut page.uhost_set {
-            if r.state == State::Stopping && t0.elapsed() > Duration::from_secs(600) {
-                r.state = State::Stopped;
-            }
-        }
-        Ok(page)
-    });
+    script.describe = stopping_for(Duration::from_secs(600));
     let cloud = Arc::new(script);
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("td.journal");
