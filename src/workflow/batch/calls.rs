@@ -32,6 +32,14 @@ use crate::api::{ApiError, Cloud, RetryClass, State, Target, TerminateAck, class
 /// 5 ms for the pace was seen to lose that race).
 const FRESH: Duration = Duration::from_millis(1);
 
+/// How long the first of several Terminates that must look again waits for others to join
+/// its look when no request pace is in force: Terminates then wait only for a concurrency
+/// slot, a few milliseconds, and they hold it while they look; a long gathering window would
+/// make the slots, not the API, the limit (64 slots held 250 ms each carry 256 calls a
+/// second). Under a pace the full window applies: Terminates arrive at the pace's rate, and
+/// one look shared among them saves requests the limit counts.
+const UNPACED_GATHER: Duration = Duration::from_millis(10);
+
 /// The Stop/Terminate side of a run.
 pub(super) struct Calls<C> {
     cloud: Arc<C>,
@@ -42,7 +50,7 @@ pub(super) struct Calls<C> {
     stop_sending: CancellationToken,
     release_udisk: bool,
     /// How long the first of several Terminates that must look again waits for the others
-    /// to join its look: `min_poll`, clamped to 50 ms-1 s.
+    /// to join its look under a request pace: `min_poll`, clamped to 50 ms-1 s.
     gather: Duration,
 }
 
@@ -98,7 +106,14 @@ impl<C: Cloud + 'static> Calls<C> {
         let slots = Arc::clone(&self.slots);
         let release = self.release_udisk;
         let stop_sending = self.stop_sending.clone();
-        let gather = self.gather;
+        let paced_gather = self.gather;
+        let gather = move |pace: &Pace| {
+            if pace.current().is_some() {
+                paced_gather
+            } else {
+                UNPACED_GATHER
+            }
+        };
         async move {
             // Wait for a slot and the pace, unless the run halts meanwhile: then the call
             // never leaves, which is what "start nothing new" means.
@@ -117,7 +132,7 @@ impl<C: Cloud + 'static> Calls<C> {
                 // other Terminates in the same situation (one Describe for up to 100).
                 // The look waits for the pace too: a halt meanwhile means the call is not sent.
                 let looked = tokio::select! {
-                    looked = recheck.still_stopped(&target.uhost_id, gather) => looked,
+                    looked = recheck.still_stopped(&target.uhost_id, gather(&pace)) => looked,
                     () = stop_sending.cancelled() => return Event::Called { idx: i, call, sent: Sent::Halted },
                 };
                 if let Err(why) = looked {
