@@ -144,17 +144,20 @@ impl World {
             due: settle,
             kind: EventKind::Settle(after),
         });
+        self.due.insert((settle, id.to_owned()));
         if let Some(due) = restart_at {
             row.events.push(Event {
                 due,
                 kind: EventKind::RestartByOther,
             });
+            self.due.insert((due, id.to_owned()));
         }
         if let Some(due) = vanish_at {
             row.events.push(Event {
                 due,
                 kind: EventKind::VanishByOther,
             });
+            self.due.insert((due, id.to_owned()));
         }
     }
 
@@ -170,6 +173,7 @@ impl World {
             due: gone_at,
             kind: EventKind::Disappear,
         });
+        self.due.insert((gone_at, id.to_owned()));
         if !release_udisk {
             for disk in row.instance.data_disks() {
                 self.orphan_disks.push(OrphanDisk {
