@@ -10,7 +10,7 @@ pub mod sign;
 
 use std::future::Future;
 
-pub use client::{Client, ClientConfig};
+pub use client::{Answer, Client, ClientConfig};
 pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
 pub use listing::{ListingError, describe_all, describe_all_above, describe_ids};
 pub(crate) use model::DESCRIBE_MAX;
@@ -36,22 +36,13 @@ pub trait Cloud: Send + Sync {
 pub trait Transport: Send + Sync {
     /// Send `action` with `params` (without `Action`, `PublicKey` or `Signature`); the decoded
     /// body of a `RetCode: 0` answer.
-    fn call(
-        &self,
-        action: &str,
-        params: sign::Params,
-    ) -> impl Future<Output = Result<serde_json::Value, ApiError>> + Send;
+    fn call(&self, action: &str, params: sign::Params) -> impl Future<Output = Result<Answer, ApiError>> + Send;
 }
 
 impl<T: Transport> Cloud for T {
     async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
         let action = "DescribeCompShareInstance";
-        let body = self.call(action, q.params()).await?;
-        serde_json::from_value(body).map_err(|e| ApiError::Decode {
-            action: action.into(),
-            detail: e.to_string(),
-            request_id: None,
-        })
+        self.call(action, q.params()).await?.parse(action)
     }
 
     async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {
@@ -69,8 +60,9 @@ impl<T: Transport> Cloud for T {
         // Always sent, explicitly, so the server's default never decides the fate of the
         // user's data disks.
         p.insert("ReleaseUDisk".into(), release_udisk.to_string());
-        let body = self.call("TerminateCompShareInstance", p).await?;
+        let action = "TerminateCompShareInstance";
+        let body = self.call(action, p).await?;
         // Accepted is accepted: an odd body does not turn it into a failure.
-        Ok(serde_json::from_value(body).unwrap_or_default())
+        Ok(body.parse(action).unwrap_or_default())
     }
 }

@@ -13,7 +13,7 @@ mod world;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde_json::Value;
+use crate::api::Answer;
 use tokio::time::Instant;
 
 pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
@@ -147,12 +147,12 @@ impl SimHandle {
     }
 
     /// An in-memory call, answered as the HTTP client would have decoded it.
-    async fn call_in_memory(&self, action: &str, mut params: Params, auth: Auth) -> Result<Value, ApiError> {
+    async fn call_in_memory(&self, action: &str, mut params: Params, auth: Auth) -> Result<Answer, ApiError> {
         params.insert("Action".into(), action.into());
         match self.handle(Request { params, auth }).await {
             Reply::Json { body, request_id } => {
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
-                decode_envelope(action, &bytes, Some(request_id))
+                decode_envelope(action, bytes, Some(request_id))
             }
             Reply::Html { status, body } => Err(ApiError::Http {
                 action: action.into(),
@@ -171,7 +171,7 @@ impl SimHandle {
 
 /// The in-memory transport: the engine's paused-time tests run against this.
 impl Transport for SimHandle {
-    async fn call(&self, action: &str, params: Params) -> Result<Value, ApiError> {
+    async fn call(&self, action: &str, params: Params) -> Result<Answer, ApiError> {
         self.call_in_memory(action, params, Auth::Trusted).await
     }
 }
@@ -196,7 +196,7 @@ impl std::fmt::Debug for SignedSim {
 
 #[cfg(feature = "sweep")]
 impl Transport for SignedSim {
-    async fn call(&self, action: &str, mut params: Params) -> Result<Value, ApiError> {
+    async fn call(&self, action: &str, mut params: Params) -> Result<Answer, ApiError> {
         params.insert("Action".into(), action.into());
         sign_in_place(&mut params, &self.credentials.public_key, &self.credentials.private_key);
         self.sim.call_in_memory(action, params, Auth::Form).await

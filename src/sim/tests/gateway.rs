@@ -222,7 +222,7 @@ async fn raw_describe(sim: &SimHandle, ids: &[&str]) -> serde_json::Value {
     for (i, id) in ids.iter().enumerate() {
         p.insert(format!("UHostIds.{i}"), (*id).to_owned());
     }
-    sim.call("DescribeCompShareInstance", p).await.unwrap()
+    sim.call("DescribeCompShareInstance", p).await.unwrap().value()
 }
 
 fn listed(body: &serde_json::Value) -> Vec<String> {
