@@ -336,12 +336,15 @@ impl Ctx {
                 ..Instance::default()
             })
             .collect();
-        // Skipped entries never reach the runner; the bars count them as done.
+        // Skipped entries never reach the runner; the bars count them as done. (A set: a
+        // scan of `ids` per entry would cost the batch's size squared.)
+        let running: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         let skipped: Vec<&crate::plan::Item> = plan
             .entries
             .iter()
-            .filter(|e| e.action == crate::plan::Action::Skip && !ids.contains(&e.uhost_id))
+            .filter(|e| e.action == crate::plan::Action::Skip && !running.contains(e.uhost_id.as_str()))
             .collect();
+        drop(running);
         for e in &skipped {
             bars.finished_elsewhere(&e.uhost_id, &Outcome::Skipped { reason: String::new() });
         }
