@@ -51,6 +51,18 @@ fn client(url: url::Url) -> Client {
     Client::new(config).unwrap()
 }
 
+/// The error `action` gets from a server answering `status` with `headers` and `body`.
+async fn refused_by(status: &str, headers: &str, body: &str, action: &str) -> ApiError {
+    let head = format!(
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    client(serve(head, 0).await)
+        .call(action, Params::default())
+        .await
+        .unwrap_err()
+}
+
 #[tokio::test]
 async fn a_huge_answer_fails_the_request_clearly() {
     const HUGE: usize = 200 << 20;
@@ -82,27 +94,14 @@ async fn a_huge_answer_fails_the_request_clearly() {
 #[tokio::test]
 async fn a_key_echoed_by_the_server_is_masked() {
     let body = format!(r#"{{"RetCode":160,"Message":"bad signature for key {KEY}"}}"#);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nX-UCLOUD-REQUEST-UUID: rid-{KEY}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let err = client(serve(head, 0).await)
-        .call("StopCompShareInstance", Params::default())
-        .await
-        .unwrap_err();
+    let headers = format!("content-type: application/json\r\nX-UCLOUD-REQUEST-UUID: rid-{KEY}\r\n");
+    let err = refused_by("200 OK", &headers, &body, "StopCompShareInstance").await;
     let text = format!("{err} {err:?}");
     assert!(!text.contains(KEY), "{text}");
     assert!(text.contains("bad signature for key ***"), "{text}");
     assert_eq!(err.request_id(), Some("rid-***"));
     // An error page (HTTP 500) quoting it, too.
     let body = format!("<html>internal error: {KEY}</html>");
-    let head = format!(
-        "HTTP/1.1 500 Internal Server Error\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let err = client(serve(head, 0).await)
-        .call("DescribeCompShareInstance", Params::default())
-        .await
-        .unwrap_err();
+    let err = refused_by("500 Internal Server Error", "", &body, "DescribeCompShareInstance").await;
     assert!(!format!("{err} {err:?}").contains(KEY), "{err}");
 }

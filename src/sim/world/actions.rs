@@ -2,8 +2,8 @@
 //! lock, and the ledger of calls and violations.
 
 use super::{
-    CallRecord, Event, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, OrphanDisk, Params, Rejection,
-    Removal, Request, Rng, State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
+    CallRecord, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, OrphanDisk, Params, Rejection, Removal,
+    Request, Rng, State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
 };
 
 impl World {
@@ -140,24 +140,12 @@ impl World {
         self.take_lock(id, now);
         let Some(row) = self.rows.get_mut(id) else { return };
         row.instance.state = during;
-        row.events.push(Event {
-            due: settle,
-            kind: EventKind::Settle(after),
-        });
-        self.due.insert((settle, id.to_owned()));
+        self.schedule(id, settle, EventKind::Settle(after));
         if let Some(due) = restart_at {
-            row.events.push(Event {
-                due,
-                kind: EventKind::RestartByOther,
-            });
-            self.due.insert((due, id.to_owned()));
+            self.schedule(id, due, EventKind::RestartByOther);
         }
         if let Some(due) = vanish_at {
-            row.events.push(Event {
-                due,
-                kind: EventKind::VanishByOther,
-            });
-            self.due.insert((due, id.to_owned()));
+            self.schedule(id, due, EventKind::VanishByOther);
         }
     }
 
@@ -169,11 +157,6 @@ impl World {
         let Some(row) = self.rows.get_mut(id) else { return };
         row.terminating = true;
         row.events.retain(|e| matches!(e.kind, EventKind::VanishByOther));
-        row.events.push(Event {
-            due: gone_at,
-            kind: EventKind::Disappear,
-        });
-        self.due.insert((gone_at, id.to_owned()));
         if !release_udisk {
             for disk in row.instance.data_disks() {
                 self.orphan_disks.push(OrphanDisk {
@@ -183,6 +166,7 @@ impl World {
                 });
             }
         }
+        self.schedule(id, gone_at, EventKind::Disappear);
         self.terminated.push(Terminated {
             uhost_id: id.to_owned(),
             at_secs,

@@ -6,6 +6,7 @@
 mod actions;
 mod control;
 mod gateway;
+mod time;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::num::NonZeroU32;
@@ -335,20 +336,12 @@ impl World {
             State::Starting | State::Rebooting => Some((State::Running, rows_latency.1)),
             _ => None,
         };
-        let events = match settle {
-            Some((to, nominal)) => vec![Event {
-                due: now + self.jittered(nominal),
-                kind: EventKind::Settle(to),
-            }],
-            None => Vec::new(),
-        };
-        for e in &events {
-            self.due.insert((e.due, instance.uhost_id.clone()));
-        }
+        let settle = settle.map(|(to, nominal)| (to, now + self.jittered(nominal)));
         let (lag_die, region_die) = (self.gw_rng.random::<f64>(), self.gw_rng.random::<f64>());
         let lat = &self.scenario.latency;
+        let id = instance.uhost_id.clone();
         self.rows.insert(
-            instance.uhost_id.clone(),
+            id.clone(),
             Row {
                 extra,
                 protected: si.protected,
@@ -358,7 +351,7 @@ impl World {
                     terminate: si.terminate_secs.unwrap_or(lat.terminate_secs),
                 },
                 lock,
-                events,
+                events: Vec::new(),
                 terminating: false,
                 looks: VecDeque::new(),
                 lag_die,
@@ -366,6 +359,9 @@ impl World {
                 instance,
             },
         );
+        if let Some((to, due)) = settle {
+            self.schedule(&id, due, EventKind::Settle(to));
+        }
     }
 
     pub(crate) fn public_key(&self) -> &str {
@@ -394,87 +390,6 @@ impl World {
 
     fn secs(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.start).as_secs_f64()
-    }
-
-    // ---- lazy time -------------------------------------------------------------------------
-
-    /// Apply every transition due by `now`, each at its own due instant, in order.
-    pub(crate) fn settle(&mut self, now: Instant) {
-        // The rows with an event due by now, in the rows' own (ID) order, as a scan of every
-        // row would find them: events applied here schedule others, and the order of their
-        // jitter draws is the world's.
-        let later = self.due.split_off(&(now + Duration::from_nanos(1), String::new()));
-        let due = std::mem::replace(&mut self.due, later);
-        let ids: BTreeSet<String> = due
-            .into_iter()
-            .map(|(_, id)| id)
-            .filter(|id| self.rows.get(id).is_some_and(|r| r.events.iter().any(|e| e.due <= now)))
-            .collect();
-        for id in ids {
-            while let Some(row) = self.rows.get_mut(&id) {
-                let Some(next) = (0..row.events.len())
-                    .filter(|&i| row.events[i].due <= now)
-                    .min_by_key(|&i| row.events[i].due)
-                else {
-                    break;
-                };
-                let event = row.events.remove(next);
-                self.apply(&id, event);
-            }
-        }
-    }
-
-    fn apply(&mut self, id: &str, event: Event) {
-        let at = event.due;
-        let ttl = self.scaled(self.scenario.lock.ttl_secs);
-        let until_complete = self.scenario.lock.hold == LockHold::UntilComplete;
-        match event.kind {
-            EventKind::Settle(state) => {
-                let Some(row) = self.rows.get_mut(id) else { return };
-                row.instance.state = state;
-                if row.lock.as_ref().is_some_and(|l| l.release_on_complete) {
-                    row.lock = None;
-                }
-            }
-            EventKind::Disappear => {
-                self.rows.remove(id);
-                self.gone.insert(id.to_owned(), Removal::Terminated);
-            }
-            EventKind::RestartByOther => {
-                let start_lat = match self.rows.get(id) {
-                    Some(row) if !row.terminating && row.instance.state == State::Stopped => row.latency.start,
-                    _ => return,
-                };
-                let settle = at + self.jittered(start_lat);
-                let Some(row) = self.rows.get_mut(id) else { return };
-                row.instance.state = State::Starting;
-                row.lock = Some(Lock {
-                    until: at + ttl,
-                    by_other: true,
-                    release_on_complete: until_complete,
-                });
-                row.events.push(Event {
-                    due: settle,
-                    kind: EventKind::Settle(State::Running),
-                });
-                self.due.insert((settle, id.to_owned()));
-            }
-            EventKind::VanishByOther => {
-                self.delete(id, at);
-            }
-        }
-    }
-
-    fn delete(&mut self, id: &str, at: Instant) {
-        if self.rows.remove(id).is_some() {
-            self.gone.insert(id.to_owned(), Removal::Deleted);
-            self.terminated.push(Terminated {
-                uhost_id: id.to_owned(),
-                at_secs: self.secs(at),
-                release_udisk: true,
-                by_other: true,
-            });
-        }
     }
 
     // ---- requests ----------------------------------------------------------------------------

@@ -260,11 +260,10 @@ impl Trackers {
     /// The watch an instance carries on: its pending refusal while it is watched, none
     /// after a call or an outcome.
     fn take_watch(&mut self, i: usize, fresh_after: Instant) -> Watch {
-        let refused = match &mut self.all[i].status {
-            Status::Due { watch, .. } | Status::Looking { watch, .. } => watch.refused.take(),
-            _ => None,
-        };
-        Watch { fresh_after, refused }
+        Watch {
+            fresh_after,
+            refused: self.take_refused(i),
+        }
     }
 
     /// The watch of a watched instance, unchanged (`fresh_after` for one that is not).
@@ -331,14 +330,12 @@ impl Trackers {
     /// the answer is read; returns when a counting look must have been sent (`None` if the
     /// instance was not looking, e.g. it was ended by a halt meanwhile).
     pub(super) fn end_look(&mut self, i: usize, left: Instant) -> Option<Instant> {
-        let Status::Looking { since, watch } = &mut self.all[i].status else {
+        let Status::Looking { since, watch } = &self.all[i].status else {
             return None;
         };
-        let since = *since;
-        let fresh_after = watch.fresh_after;
-        let refused = watch.refused.take();
+        let (since, fresh_after) = (*since, watch.fresh_after);
         self.all[i].queued += left.saturating_duration_since(since);
-        let watch = Watch { fresh_after, refused };
+        let watch = self.keep_watch(i, left);
         self.set(
             i,
             Status::Due {
