@@ -34,6 +34,7 @@ pub mod reference;
 mod runlock;
 mod selection;
 pub mod sim;
+pub mod state;
 #[cfg(feature = "sweep")]
 pub mod sweep;
 mod textfile;
