@@ -1,6 +1,7 @@
 //! The CompShare simulator: a seeded, fault-injecting world that answers the three teardown
-//! actions (and Start, for its own tests and interference) like the real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the
-//! [`crate::api::Cloud`] impl on [`SimHandle`], for paused-time tests). The scenario format is
+//! actions (and Start, for its own tests and interference), and the GPU monitor, like the
+//! real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the [`crate::api::Cloud`]
+//! impl on [`SimHandle`], for paused-time tests). The scenario format is
 //! documented in `docs/simulator.md`.
 
 mod faults;
@@ -18,7 +19,8 @@ use tokio::time::Instant;
 
 pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
 pub use scenario::{
-    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioError, ScenarioInstance,
+    DEFAULT_ZONES, Faults, Generate, GpuLoad, Latency, LockConfig, LockHold, Monitoring, Scenario, ScenarioError,
+    ScenarioInstance,
 };
 pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, Server, serve};
 pub use world::code;
@@ -108,6 +110,22 @@ impl SimHandle {
 
     pub fn set_protected(&self, id: &str, protected: bool) {
         self.lock().set_protected(id, protected);
+    }
+
+    /// The world's wall clock in unix seconds: the scenario's `epoch` plus the nominal seconds
+    /// elapsed (tokio time divided by `time_scale`). Monitor samples are stamped with it.
+    pub fn unix_now(&self) -> i64 {
+        self.lock().unix_now(Instant::now())
+    }
+
+    /// What an instance's GPUs do, as the monitor reports it (`None`: no such row).
+    pub fn gpu_load(&self, id: &str) -> Option<GpuLoad> {
+        self.lock().gpu_load(id)
+    }
+
+    /// What an instance's GPUs do from now on, as the monitor reports it.
+    pub fn set_gpu_load(&self, id: &str, load: GpuLoad) {
+        self.lock().set_gpu_load(id, load);
     }
 
     /// IDs currently listed by Describe, in order.
