@@ -64,3 +64,16 @@ pub const IDLE_MEM_MAX: f64 = 10.0;
 /// period is unknown (the simulator uses a minute); 20 minutes forgives a few lost samples but
 /// not a blind spot long enough to hide a short job.
 pub const IDLE_MAX_GAP: Duration = Duration::from_secs(20 * 60);
+
+/// Between marking an idle instance and tearing it down: an hour for its owner to answer the
+/// notice (keep it, or start using it again). With the two-hour idle window that is three
+/// idle hours before anything is changed, and four looks by a job run every 15 minutes.
+pub const GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// How long one notice delivery (a webhook request, a command) may take before it counts as
+/// failed and is retried.
+pub const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a scheduled run spends delivering notices at its end: what is not delivered by
+/// then is retried by the next run, so a dead receiver never holds a cron job for long.
+pub const NOTICE_DEADLINE: Duration = Duration::from_secs(60);

@@ -36,6 +36,7 @@ pub mod reference;
 mod runlock;
 mod selection;
 pub mod sim;
+pub mod schedule;
 pub mod state;
 #[cfg(feature = "sweep")]
 pub mod sweep;

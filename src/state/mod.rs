@@ -139,6 +139,15 @@ impl Store {
         Ok(Some(store))
     }
 
+    /// An empty store in memory, for a dry run on a machine that has none yet.
+    pub fn in_memory(account: &Account) -> Result<Store, StateError> {
+        let path = ":memory:".to_owned();
+        let conn = Connection::open_in_memory().map_err(|e| classify(&path, &e))?;
+        let mut store = Store::wrap(conn, path)?;
+        schema::check_and_migrate(&mut store.conn, &store.path, account, true)?;
+        Ok(store)
+    }
+
     fn wrap(conn: Connection, path: String) -> Result<Store, StateError> {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| classify(&path, &e))?;
         Ok(Store {

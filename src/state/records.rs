@@ -37,14 +37,7 @@ impl Kind {
     }
 }
 
-/// One GPU sample (until the `monitor` room lands, its shape lives here).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Sample {
-    pub at: i64,
-    pub device: String,
-    pub util: f64,
-    pub mem: Option<f64>,
-}
+pub use crate::monitor::Sample;
 
 /// The last look at an instance, kept between runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
