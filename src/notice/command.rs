@@ -183,3 +183,16 @@ impl Drop for Group {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_becomes_one_short_line() {
+        assert_eq!(one_line(b"  error:\n\tforged log line\r\n"), "error: forged log line");
+        let long = one_line(&[b'x'; 5000]);
+        assert_eq!(long.chars().count(), 301, "300 characters and an ellipsis");
+        assert_eq!(one_line(b"bad \xff byte"), "bad \u{fffd} byte");
+    }
+}

@@ -172,6 +172,9 @@ impl Notifier {
     /// sink: Ok). A failure is logged here, with the event ID and the sink, masked.
     pub async fn deliver(&self, e: &Event) -> Result<(), NoticeError> {
         let config = &self.inner.config;
+        if config.is_empty() {
+            return Ok(());
+        }
         let body = payload(e).to_string().into_bytes();
         let body = body.as_slice();
         let to_webhook = async {
@@ -273,5 +276,48 @@ impl Notifier {
                 attempts: tries.load(Ordering::Relaxed),
                 failure,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, retry_after: Option<u64>) -> Failure {
+        Failure::Status {
+            status,
+            body: String::new(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn what_is_retried() {
+        for (failure, retried) in [
+            (status(500, None), true),
+            (status(502, None), true),
+            (status(503, Some(30)), true),
+            (status(408, None), true),
+            (status(429, Some(1)), true),
+            (status(429, Some(31)), false),
+            (status(400, None), false),
+            (status(403, None), false),
+            (status(404, None), false),
+            (status(410, None), false),
+            (Failure::Redirect(301), false),
+            (Failure::Timeout(Duration::from_secs(1)), true),
+            (Failure::Transport("connection refused".into()), true),
+            (
+                Failure::Exit {
+                    status: "exit status: 1".into(),
+                    output: String::new(),
+                },
+                true,
+            ),
+            (Failure::Spawn("no such file".into()), false),
+            (Failure::Client("no TLS".into()), false),
+        ] {
+            assert_eq!(failure.is_retryable(), retried, "{failure}");
+        }
     }
 }

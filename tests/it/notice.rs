@@ -500,3 +500,21 @@ async fn the_deadline_bounds_many_deliveries_and_kills_their_commands() {
     let pid = std::fs::read_to_string(pid).unwrap();
     assert!(!running(&pid), "the command's child {pid} outlived the deadline");
 }
+
+#[tokio::test]
+async fn a_chatty_failing_command_neither_blocks_nor_floods_the_error() {
+    // 1 MiB on each pipe, far beyond a pipe's buffer and the 4 KiB kept: a reader that
+    // stopped reading would block the command until the timeout, or (closing the pipe) kill
+    // its writer with SIGPIPE, and the line would exit 9 instead of 7.
+    let line = "head -c 1048576 /dev/zero | tr '\\0' a || exit 9; \
+                head -c 1048576 /dev/zero | tr '\\0' b >&2 || exit 9; exit 7";
+    let started = Instant::now();
+    let err = notifier(None, Some(line), 5000, 1)
+        .deliver(&event(EventKind::Marked, "uhost-13"))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let said = err.to_string();
+    assert!(said.contains("exited with exit status: 7"), "{said}");
+    assert!(said.len() < 800, "{} bytes", said.len());
+}
