@@ -13,6 +13,7 @@
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
 //! - `sweep` (feature `sweep`, on in tests and examples only): the seed sweep, deterministic
 //!   simulation testing of the whole engine.
+//! - [`notice`]: notices of the scheduled job to a webhook and/or a command.
 //! - `output`, `progress`, `logging`, `metrics`: what people and cron see.
 //! - `runlock`, `pathset`, `textfile`: the files a run locks, writes and reads, guarded.
 //! - [`reference`]: the flag/config reference and man pages, generated from [`cli`].
@@ -28,6 +29,7 @@ mod defaults;
 mod logging;
 mod metrics;
 pub mod monitor;
+pub mod notice;
 mod output;
 mod pathset;
 pub mod plan;

@@ -5,6 +5,7 @@ mod cli;
 mod docs;
 mod freshness;
 mod manifest;
+mod notice;
 mod pace;
 mod sim_http;
 mod sweep;
