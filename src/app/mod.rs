@@ -188,7 +188,7 @@ fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
             ("--config", cli.global.config.clone()),
             ("--report", a.report.clone()),
             ("--lock-file", a.lock_file.clone()),
-            ("--state", a.state.path.clone()),
+            ("--state-file", a.state.path.clone()),
         ];
         let mut roles = vec![pathset::Role {
             flag: "--metrics-file",

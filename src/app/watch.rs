@@ -56,7 +56,7 @@ impl Ctx {
         pathset::check(
             &[
                 pathset::Role {
-                    flag: "--state",
+                    flag: "--state-file",
                     path: &state_path,
                     written: !a.dry_run,
                 },
@@ -192,7 +192,7 @@ impl Ctx {
             }
         }
         let (path, account) = self.state_for(&a.state)?;
-        pathset::writable("--state", &path)?;
+        pathset::writable("--state-file", &path)?;
         let lock_path = crate::runlock::default_path(&account)?;
         let _lock = crate::runlock::acquire(&lock_path).map_err(|e| match e {
             crate::runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
