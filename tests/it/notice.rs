@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use compshare_teardown::notice::{Event, EventKind, Failure, NoticeConfig, NoticeError, Notifier, Target};
+use compshare_teardown::notice::{Event, EventKind, Failure, Inbox, NoticeConfig, NoticeError, Notifier, Target};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -517,4 +517,63 @@ async fn a_chatty_failing_command_neither_blocks_nor_floods_the_error() {
     let said = err.to_string();
     assert!(said.contains("exited with exit status: 7"), "{said}");
     assert!(said.len() < 800, "{} bytes", said.len());
+}
+
+/// The in-memory inbox: no I/O, so paused time can check the backoff's schedule exactly.
+fn inbox_notifier(inbox: &Inbox, attempts: u32) -> Notifier {
+    let config = NoticeConfig::new(None, None, NoticeConfig::DEFAULT_TIMEOUT)
+        .unwrap()
+        .with_attempts(attempts)
+        .unwrap()
+        .with_inbox(inbox.clone());
+    Notifier::new(config)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_wait_on_tokios_clock_with_a_doubling_backoff() {
+    let inbox = Inbox::new();
+    inbox.refuse_next(2);
+    let e = event(EventKind::Marked, "uhost-14");
+    let started = Instant::now();
+    inbox_notifier(&inbox, 3).deliver(&e).await.unwrap();
+    // Waits of 1 s and 2 s, each plus a jitter below itself.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    assert_eq!(inbox.attempts(), 3);
+    assert_eq!(inbox.ids(), [e.id.clone()], "delivered once");
+
+    let down = Inbox::new();
+    down.refuse_all(true);
+    let err = inbox_notifier(&down, 4).deliver(&e).await.unwrap_err();
+    assert_eq!((down.attempts(), err.attempts()), (4, 4));
+    assert!(down.received().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_that_is_down_costs_no_more_than_the_deadline() {
+    let inbox = Inbox::new();
+    inbox.refuse_all(true);
+    let events: Vec<Event> = (0..9).map(|i| event(EventKind::Kept, &format!("uhost-{i}"))).collect();
+    let started = Instant::now();
+    let results = inbox_notifier(&inbox, 10)
+        .deliver_all(&events, Duration::from_secs(20))
+        .await;
+    assert_eq!(started.elapsed(), Duration::from_secs(20));
+    assert!(
+        results.iter().all(|r| matches!(r, Err(NoticeError::Deadline(_)))),
+        "{results:?}"
+    );
+    inbox.refuse_all(false);
+    let results = inbox_notifier(&inbox, 10)
+        .deliver_all(&events, Duration::from_secs(20))
+        .await;
+    assert!(results.iter().all(Result::is_ok));
+    let mut ids = inbox.ids();
+    ids.sort();
+    let mut sent: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    sent.sort();
+    assert_eq!(ids, sent, "every event once, on the next try");
 }
