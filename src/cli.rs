@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod schedule;
+pub use schedule::{HistoryArgs, IdleArgs, KeepArgs, MarksArgs, StateArgs, WatchArgs};
+
 use crate::credentials::PrivateKey;
 use crate::defaults;
 use crate::logging::LogFormat;
@@ -92,10 +95,6 @@ pub struct GlobalArgs {
     pub output: Option<OutputFormat>,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "Parsed once per process; boxing the big variant would buy nothing."
-)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a complete teardown against a built-in simulator (no account needed)
@@ -108,6 +107,14 @@ pub enum Command {
     Run(RunArgs),
     /// Serve a CompShare simulator, to rehearse a teardown
     Sim(SimArgs),
+    /// The scheduled job: mark idle GPU instances, notify, tear down after the grace period
+    Watch(WatchArgs),
+    /// Show the scheduled job's marks and keeps (reads the state store)
+    Marks(MarksArgs),
+    /// Keep instances from the scheduled job for a while
+    Keep(KeepArgs),
+    /// What the scheduled job tore down, and the hourly price it freed
+    History(HistoryArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]

@@ -24,6 +24,35 @@ pub struct RunMetrics {
     pub exit_code: u8,
     /// The report, when the run got that far (exit 2, 3: none).
     pub report: Option<Report>,
+    /// What a `watch` run decided, when it got that far.
+    pub watch: Option<WatchCounts>,
+}
+
+/// A `watch` run's counts for the metrics file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchCounts {
+    pub marked: usize,
+    pub unmarked: usize,
+    /// Marks whose grace has ended (acted on, or waiting for fresh data or acting hours).
+    pub due: usize,
+    pub waiting: usize,
+    pub kept: usize,
+    pub acted: usize,
+    pub notices_failed: usize,
+}
+
+impl WatchCounts {
+    pub fn of(r: &crate::schedule::JobReport) -> WatchCounts {
+        WatchCounts {
+            marked: r.marked,
+            unmarked: r.unmarked,
+            due: r.due,
+            waiting: r.waiting,
+            kept: r.kept,
+            acted: r.acted,
+            notices_failed: r.notices_failed,
+        }
+    }
 }
 
 /// The text of the metrics file. `last_success` is the previous file's value, if any.
@@ -98,6 +127,25 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
         "Throttled answers in the last run.",
         &one(count(s.throttled)),
     );
+    if let Some(w) = &m.watch {
+        let decided: Vec<(String, f64)> = [
+            ("marked", w.marked),
+            ("unmarked", w.unmarked),
+            ("due", w.due),
+            ("waiting", w.waiting),
+            ("kept", w.kept),
+            ("acted", w.acted),
+        ]
+        .iter()
+        .map(|(k, n)| (format!("{{decision=\"{k}\"}}"), count(*n)))
+        .collect();
+        gauge("last_watch_instances", "Instances of the last scheduled run by decision.", &decided);
+        gauge(
+            "last_watch_notices_failed",
+            "Notices the last scheduled run could not deliver (retried by the next run).",
+            &one(count(w.notices_failed)),
+        );
+    }
     out
 }
 
@@ -167,6 +215,7 @@ mod tests {
             ended: 1_700_000_160.0,
             exit_code: 0,
             report: None,
+            watch: None,
         };
         write(&path, &ok).unwrap();
         let failed = RunMetrics {
@@ -174,6 +223,7 @@ mod tests {
             ended: 1_700_000_210.0,
             exit_code: 1,
             report: None,
+            watch: None,
         };
         write(&path, &failed).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -196,6 +246,7 @@ mod tests {
             ended: now,
             exit_code: 1,
             report: None,
+            watch: None,
         };
         let name = "compshare_teardown_last_success_timestamp_seconds";
         for bad in ["NaN", "inf", "+Inf", "-5", "0", "1e300", "1800000999"] {

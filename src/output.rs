@@ -6,6 +6,9 @@
 //! the screen, hide a row or forge one in the table the operator confirms. JSON output keeps
 //! the exact strings (JSON escapes them itself).
 
+mod schedule;
+pub use schedule::{MarksView, history_table, marks_table, watch_table, when};
+
 use std::borrow::Cow;
 use std::fmt::Write as _;
 

@@ -18,6 +18,7 @@ mod settings;
 mod sim;
 mod source;
 mod terminal;
+mod watch;
 
 #[cfg(feature = "sweep")]
 pub(crate) use terminal::json;
@@ -82,7 +83,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(c) => c.unwrap_or_default(),
         Err(e) => {
             let exit = fail(&Failure::Usage(e.into()));
-            return finish(metrics_target(&cli, None).as_deref(), started, exit, None);
+            return finish(metrics_target(&cli, None).as_deref(), started, exit, None, None);
         }
     };
     let metrics_file = metrics_target(&cli, Some(&config));
@@ -111,6 +112,7 @@ pub fn main(cli: Cli) -> ExitCode {
         config,
         multi,
         report: std::sync::Mutex::new(None),
+        watch: std::sync::Mutex::new(None),
     };
     // Known up front so that no error, whatever file its text came from, can print it.
     if let Ok(creds) = ctx.credentials() {
@@ -123,6 +125,10 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Run(a) => ctx.run(a).await,
             Command::Demo(a) => ctx.demo(a.instances, a.seed).await,
             Command::Sim(a) => ctx.sim(a).await,
+            Command::Watch(a) => ctx.watch(a).await,
+            Command::Marks(a) => ctx.marks(&a),
+            Command::Keep(a) => ctx.keep(&a),
+            Command::History(a) => ctx.history(&a),
             Command::Completions { shell } => Ok(man::completions(shell)),
             Command::Man { dir } => man::man(dir.as_deref()),
         }
@@ -134,7 +140,8 @@ pub fn main(cli: Cli) -> ExitCode {
         Err(f) => fail(&f),
     };
     let report = ctx.report.lock().map(|mut r| r.take()).unwrap_or_default();
-    finish(metrics_file.as_deref(), started, exit, report)
+    let watch = ctx.watch.lock().map(|mut r| r.take()).unwrap_or_default();
+    finish(metrics_file.as_deref(), started, exit, report, watch)
 }
 
 /// A command line the parser refused (or `--help`, `--version`): clap's message and exit
@@ -173,6 +180,28 @@ pub fn refused(mut e: clap::Error) -> ExitCode {
 /// The metrics file of a `run`, unless it is also one of the command's other files: then the
 /// run refuses (exit 2), and the metrics must not be written over that file either.
 fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
+    if let Command::Watch(a) = &cli.command {
+        let path = a.metrics_file.clone()?;
+        let others = [
+            ("--config", cli.global.config.clone()),
+            ("--report", a.report.clone()),
+            ("--lock-file", a.lock_file.clone()),
+            ("--state", a.state.path.clone()),
+        ];
+        let mut roles = vec![pathset::Role {
+            flag: "--metrics-file",
+            path: &path,
+            written: true,
+        }];
+        roles.extend(others.iter().filter_map(|(flag, p)| {
+            p.as_deref().map(|path| pathset::Role {
+                flag,
+                path,
+                written: false,
+            })
+        }));
+        return pathset::check(&roles).is_ok().then(|| path.clone());
+    }
     let Command::Run(a) = &cli.command else { return None };
     let r = config.map(|c| &c.run);
     let path = a
@@ -218,13 +247,20 @@ fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
 }
 
 /// Write the metrics file, if asked for, whatever the outcome; then exit.
-fn finish(metrics_file: Option<&Path>, started: f64, exit: Exit, report: Option<Report>) -> ExitCode {
+fn finish(
+    metrics_file: Option<&Path>,
+    started: f64,
+    exit: Exit,
+    report: Option<Report>,
+    watch: Option<metrics::WatchCounts>,
+) -> ExitCode {
     if let Some(path) = metrics_file {
         let m = metrics::RunMetrics {
             started,
             ended: now_secs(),
             exit_code: exit as u8,
             report,
+            watch,
         };
         // The run already happened: metrics that cannot be written are reported, not fatal.
         if let Err(e) = metrics::write(path, &m) {
@@ -285,6 +321,8 @@ struct Ctx {
     multi: indicatif::MultiProgress,
     /// The last report of `run`, for the metrics file.
     report: std::sync::Mutex<Option<Report>>,
+    /// What a `watch` run did, for the metrics file.
+    watch: std::sync::Mutex<Option<crate::metrics::WatchCounts>>,
 }
 
 /// The exit code a report earns.

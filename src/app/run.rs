@@ -35,16 +35,16 @@ use crate::workflow::{self, Controls, Outcome, Report, Settings};
 use crate::{pathset, runlock};
 
 /// A run checked offline, with the client and the account it acts for.
-struct Prepared {
-    source: Source,
-    client: Client,
-    account: Account,
-    settings: Settings,
+pub(super) struct Prepared {
+    pub(super) source: Source,
+    pub(super) client: Client,
+    pub(super) account: Account,
+    pub(super) settings: Settings,
     /// Re-checked on each instance's fresh row right before its first call.
     protections: Protections,
-    max_count: usize,
+    pub(super) max_count: usize,
     journal: Option<PathBuf>,
-    report: Option<PathBuf>,
+    pub(super) report: Option<PathBuf>,
 }
 
 /// What to act on, and what is skipped on purpose.
@@ -82,7 +82,7 @@ impl Ctx {
     }
 
     /// Everything that can be checked offline, checked before the lock and the API.
-    fn prepare(&self, a: &RunArgs) -> CmdResult<Prepared> {
+    pub(super) fn prepare(&self, a: &RunArgs) -> CmdResult<Prepared> {
         let r = &self.config.run;
         let source = Source::read(self, a)?;
         let max_count = a.max_count.or(r.max_count).unwrap_or(defaults::MAX_COUNT);
@@ -159,7 +159,7 @@ impl Ctx {
 
     /// No file the run writes may be another of its files, and without `--yes` there must be
     /// a terminal to ask on; then the run lock, held until the run ends.
-    fn lock(&self, a: &RunArgs, p: &Prepared) -> CmdResult<runlock::RunLock> {
+    pub(super) fn lock(&self, a: &RunArgs, p: &Prepared) -> CmdResult<runlock::RunLock> {
         let r = &self.config.run;
         let lock_path = match a.lock_file.clone().or_else(|| r.lock_file.clone()) {
             Some(p) => p,

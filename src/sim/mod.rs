@@ -1,6 +1,7 @@
 //! The CompShare simulator: a seeded, fault-injecting world that answers the three teardown
-//! actions (and Start, for its own tests and interference) like the real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the
-//! [`crate::api::Cloud`] impl on [`SimHandle`], for paused-time tests). The scenario format is
+//! actions (and Start, for its own tests and interference), and the GPU monitor, like the
+//! real gateway, over HTTP ([`Server`], [`serve`]) or in memory (the [`crate::api::Cloud`]
+//! impl on [`SimHandle`], for paused-time tests). The scenario format is
 //! documented in `docs/simulator.md`.
 
 mod faults;
@@ -18,19 +19,21 @@ use tokio::time::Instant;
 
 pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
 pub use scenario::{
-    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioError, ScenarioInstance,
+    DEFAULT_ZONES, Faults, Generate, GpuLoad, Latency, LockConfig, LockHold, Monitoring, Scenario, ScenarioError,
+    ScenarioInstance,
 };
 pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, Server, serve};
 pub use world::code;
 
 use crate::api::client::decode_envelope;
-use crate::api::sign::Params;
 #[cfg(feature = "sweep")]
 use crate::api::sign::sign_in_place;
+use crate::api::sign::{Params, flatten, sign_json_in_place};
 use crate::api::{ApiError, Instance, State, Transport, TransportKind};
 #[cfg(feature = "sweep")]
 use crate::credentials::Credentials;
 use crate::credentials::PrivateKey;
+use serde_json::{Map, Value};
 use world::{Arrival, Auth, Reply, Request, World};
 
 /// Cheap-to-clone handle to one shared world.
@@ -109,6 +112,22 @@ impl SimHandle {
         self.lock().set_protected(id, protected);
     }
 
+    /// The world's wall clock in unix seconds: the scenario's `epoch` plus the nominal seconds
+    /// elapsed (tokio time divided by `time_scale`). Monitor samples are stamped with it.
+    pub fn unix_now(&self) -> i64 {
+        self.lock().unix_now(Instant::now())
+    }
+
+    /// What an instance's GPUs do, as the monitor reports it (`None`: no such row).
+    pub fn gpu_load(&self, id: &str) -> Option<GpuLoad> {
+        self.lock().gpu_load(id)
+    }
+
+    /// What an instance's GPUs do from now on, as the monitor reports it.
+    pub fn set_gpu_load(&self, id: &str, load: GpuLoad) {
+        self.lock().set_gpu_load(id, load);
+    }
+
     /// IDs currently listed by Describe, in order.
     pub fn ids(&self) -> Vec<String> {
         self.lock().ids(Instant::now())
@@ -174,6 +193,29 @@ impl Transport for SimHandle {
     async fn call(&self, action: &str, params: Params) -> Result<Answer, ApiError> {
         self.call_in_memory(action, params, Auth::Trusted).await
     }
+
+    /// Signed with the world's own key and checked like an HTTP JSON body: what tells the
+    /// gateway a body was JSON is the signed object itself, and a SHA-1 per call is cheap.
+    async fn call_json(&self, action: &str, body: Map<String, Value>) -> Result<Answer, ApiError> {
+        let (public, private) = (self.public_key(), self.private_key());
+        self.call_json_in_memory(action, body, &public, &private).await
+    }
+}
+
+impl SimHandle {
+    /// A JSON-body call in memory, signed with the given keys.
+    async fn call_json_in_memory(
+        &self,
+        action: &str,
+        mut body: Map<String, Value>,
+        public_key: &str,
+        private_key: &PrivateKey,
+    ) -> Result<Answer, ApiError> {
+        body.insert("Action".into(), Value::String(action.into()));
+        sign_json_in_place(&mut body, public_key, private_key);
+        let params = flatten(&body);
+        self.call_in_memory(action, params, Auth::Json(body)).await
+    }
 }
 
 /// [`SimHandle::signed`]: in memory, but signed and verified (only the seed sweep uses it).
@@ -200,6 +242,17 @@ impl Transport for SignedSim {
         params.insert("Action".into(), action.into());
         sign_in_place(&mut params, &self.credentials.public_key, &self.credentials.private_key);
         self.sim.call_in_memory(action, params, Auth::Form).await
+    }
+
+    async fn call_json(&self, action: &str, body: Map<String, Value>) -> Result<Answer, ApiError> {
+        self.sim
+            .call_json_in_memory(
+                action,
+                body,
+                &self.credentials.public_key,
+                &self.credentials.private_key,
+            )
+            .await
     }
 }
 

@@ -187,6 +187,7 @@ impl World {
                 zones: Vec::new(),
             }),
             instances: Vec::new(),
+            ..Scenario::default()
         };
         let sim = SimHandle::new(scenario);
         let rows: Vec<Instance> = sim

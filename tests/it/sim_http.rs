@@ -514,3 +514,96 @@ fn half_open_connections_are_capped_and_timed_out() {
     let rows = rt.block_on(all(&client(&server))).unwrap();
     assert_eq!(rows.len(), 1);
 }
+
+/// `GetCompShareInstanceMonitor` through the real client: a JSON body with `UHostIds` as an
+/// array, signed with the IDs concatenated, split by ten; the form style and the indexed
+/// signature refused.
+#[tokio::test]
+async fn monitor_goes_as_a_signed_json_body() {
+    use compshare_teardown::monitor::{ACTION, gpu_samples};
+    use compshare_teardown::sim::GpuLoad;
+
+    let instances = (0..13)
+        .map(|i| {
+            let id = if i == 12 {
+                "cpod-c".to_owned()
+            } else {
+                format!("uhost-{i:02}")
+            };
+            let mut row: compshare_teardown::sim::ScenarioInstance = serde_json::from_value(json!({
+                "UHostId": id, "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01", "GPU": 2,
+            }))
+            .unwrap();
+            row.gpu_load = Some(GpuLoad::Idle);
+            row
+        })
+        .collect();
+    let server = server(Scenario {
+        time_scale: SCALE,
+        epoch: Some(1_800_000_000),
+        instances,
+        ..Scenario::default()
+    });
+    let ids = server.handle.ids();
+    let got = gpu_samples(&client(&server), "cn-wlcb", "cn-wlcb-01", &ids)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 13);
+    for (id, samples) in &got {
+        // Two GPUs, a minute apart over 30 minutes (a few nominal seconds pass meanwhile).
+        assert!((58..=62).contains(&samples.len()), "{id}: {}", samples.len());
+        assert!(samples.iter().all(|s| s.util <= 2.0), "{id}");
+    }
+    let calls: Vec<usize> = server
+        .handle
+        .snapshot()
+        .calls
+        .iter()
+        .filter(|c| c.action == ACTION && c.ret_code == Some(0))
+        .map(|c| c.ids.len())
+        .collect();
+    assert_eq!(calls, [10, 3]);
+
+    let (public, private) = (server.handle.public_key(), server.handle.private_key());
+    let http = reqwest::Client::new();
+    let body = |ids: &[&str]| {
+        let Value::Object(m) = json!({
+            "Action": ACTION, "Region": "cn-wlcb", "Zone": "cn-wlcb-01", "UHostIds": ids, "PublicKey": public,
+        }) else {
+            unreachable!()
+        };
+        m
+    };
+    // Signed as compshare-cli signs it: accepted.
+    let mut good = body(&["uhost-00", "uhost-01"]);
+    let sig = json_signature(&good, &private);
+    good.insert("Signature".into(), json!(sig));
+    let answer = json_of(http.post(server.url.clone()).json(&good)).await;
+    assert_eq!(answer["RetCode"], 0, "{answer}");
+    assert_eq!(answer["Data"]["List"].as_array().unwrap().len(), 2);
+    // The same body signed over the indexed form keys: refused.
+    let mut indexed = body(&["uhost-00", "uhost-01"]);
+    let mut flat = pairs(&[
+        ("Action", ACTION),
+        ("Region", "cn-wlcb"),
+        ("Zone", "cn-wlcb-01"),
+        ("UHostIds.0", "uhost-00"),
+        ("UHostIds.1", "uhost-01"),
+    ]);
+    sign_in_place(&mut flat, &public, &private);
+    indexed.insert("Signature".into(), json!(flat["Signature"]));
+    let answer = json_of(http.post(server.url.clone()).json(&indexed)).await;
+    assert_eq!(answer["RetCode"], 171, "{answer}");
+    // Form style, correctly signed: the gateway does not take `UHostIds.0`.
+    let answer = raw_form(
+        &server,
+        &[
+            ("Action", ACTION),
+            ("Region", "cn-wlcb"),
+            ("Zone", "cn-wlcb-01"),
+            ("UHostIds.0", "uhost-00"),
+        ],
+    )
+    .await;
+    assert_eq!(answer["RetCode"], 210, "{answer}");
+}

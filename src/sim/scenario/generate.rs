@@ -81,7 +81,7 @@ const OS_NAMES: [&str; 3] = ["Ubuntu 22.04", "Ubuntu 20.04", "CentOS 7.9"];
 
 /// A fixed "now" for generated timestamps (2026-08-01T00:00:00Z), so worlds do not depend on
 /// the wall clock.
-const EPOCH_NOW: i64 = 1_785_542_400;
+pub(crate) const EPOCH_NOW: i64 = 1_785_542_400;
 
 /// Generate rows per `g`, deterministically from `rng`.
 pub(crate) fn generate_rows(g: &Generate, ttl_secs: f64, rng: &mut StdRng) -> Vec<ScenarioInstance> {

@@ -3,9 +3,11 @@
 //! is in [`generate`].
 
 mod generate;
+mod monitor;
 
 pub use generate::{DEFAULT_ZONES, Generate};
-pub(crate) use generate::{generate_rows, rng_for};
+pub(crate) use generate::{EPOCH_NOW, generate_rows, rng_for};
+pub use monitor::{GpuLoad, Monitoring};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -37,6 +39,12 @@ pub struct Scenario {
     pub generate: Option<Generate>,
     /// Explicit rows.
     pub instances: Vec<ScenarioInstance>,
+    /// The unix time (seconds) of the world's time zero, which monitor samples and
+    /// `SimHandle::unix_now` count from. Unset: fixed (2026-08-01T00:00:00Z) in a generated
+    /// world, so a seed gives the same series every run; the real time otherwise.
+    pub epoch: Option<i64>,
+    /// How `GetCompShareInstanceMonitor` answers.
+    pub monitor: Monitoring,
 }
 
 impl Default for Scenario {
@@ -53,6 +61,8 @@ impl Default for Scenario {
             rate_limit_burst: 0,
             generate: None,
             instances: Vec::new(),
+            epoch: None,
+            monitor: Monitoring::default(),
         }
     }
 }
@@ -75,6 +85,7 @@ impl Scenario {
                 count,
                 ..Generate::default()
             }),
+            epoch: Some(EPOCH_NOW),
             ..Scenario::default()
         }
     }
@@ -159,10 +170,21 @@ impl Scenario {
         for (i, row) in self.instances.iter().enumerate() {
             row.instance()
                 .map_err(|e| ScenarioError::Invalid(format!("instances[{i}]: {e}")))?;
+            if let Some(load) = &row.gpu_load {
+                load.check()
+                    .map_err(|e| ScenarioError::Invalid(format!("instances[{i}]: {e}")))?;
+            }
         }
-        Ok(())
+        // 1970 to 2100: sample times then stay far from any overflow.
+        if let Some(epoch) = self.epoch.filter(|e| !(0..=MAX_EPOCH).contains(e)) {
+            return invalid(format!("epoch must be a unix time in 0..={MAX_EPOCH}, got {epoch}"));
+        }
+        self.monitor.check()
     }
 }
+
+/// The latest `epoch` a scenario may set: 2100-01-01T00:00:00Z.
+const MAX_EPOCH: i64 = 4_102_444_800;
 
 /// The longest nominal duration a scenario may set: a day.
 const MAX_NOMINAL_SECS: f64 = 86_400.0;
@@ -354,6 +376,10 @@ pub struct ScenarioInstance {
     pub start_secs: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terminate_secs: Option<f64>,
+    /// What its GPUs do, as the monitor reports it; unset: busy (a generated row: drawn
+    /// from a mix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_load: Option<GpuLoad>,
     /// The row as Describe returns it (`UHostId`, `State`, `Region`, `Zone`, `DiskSet`, ...).
     #[serde(flatten)]
     pub row: Map<String, Value>,

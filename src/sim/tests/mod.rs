@@ -354,3 +354,4 @@ async fn terminate_after_a_stopped_look_that_went_stale_is_a_race_not_a_violatio
 }
 
 mod gateway;
+mod monitor;

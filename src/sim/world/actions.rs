@@ -80,7 +80,7 @@ impl World {
             Verb::Stop => state == State::Running,
             Verb::Start => state == State::Stopped,
             Verb::Terminate => matches!(state, State::Stopped | State::InstallFail),
-            Verb::Describe => true,
+            Verb::Describe | Verb::Monitor => true,
         };
         if !allowed || terminating {
             return Err((
@@ -103,7 +103,7 @@ impl World {
                 self.accept_terminate(&id, now, flag(p, "ReleaseUDisk"));
                 out.insert("InRecycle".into(), json!("Yes"));
             }
-            Verb::Describe => {}
+            Verb::Describe | Verb::Monitor => {}
         }
         Ok(out)
     }
@@ -139,7 +139,7 @@ impl World {
         };
         self.take_lock(id, now);
         let Some(row) = self.rows.get_mut(id) else { return };
-        row.instance.state = during;
+        row.set_state(during, now);
         self.schedule(id, settle, EventKind::Settle(after));
         if let Some(due) = restart_at {
             self.schedule(id, due, EventKind::RestartByOther);

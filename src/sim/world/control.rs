@@ -40,13 +40,14 @@ impl World {
 
     pub(crate) fn insert(&mut self, instance: &Instance, now: Instant) {
         self.settle(now);
-        self.add_row(&ScenarioInstance::from_instance(instance, Map::new()), now);
+        // Inserted Running: it has just started, and warms up like a new instance.
+        self.add_row(&ScenarioInstance::from_instance(instance, Map::new()), now, Some(now));
     }
 
     pub(crate) fn set_state(&mut self, id: &str, state: State, now: Instant) {
         self.settle(now);
         if let Some(row) = self.rows.get_mut(id) {
-            row.instance.state = state;
+            row.set_state(state, now);
             row.events.retain(|e| !matches!(e.kind, EventKind::Settle(_)));
         }
     }

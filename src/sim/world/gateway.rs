@@ -81,7 +81,7 @@ impl World {
         // Rolled on every processed call (own stream), used on mutating ones: the backend did
         // its part, and the proxy in front reports the upstream as gone.
         let applied_then_502 = self.gw_rng.random::<f64>() < self.scenario.faults.applied_then_502;
-        if applied_then_502 && Verb::parse(&name).is_some_and(|v| v != Verb::Describe) {
+        if applied_then_502 && Verb::parse(&name).is_some_and(|v| !matches!(v, Verb::Describe | Verb::Monitor)) {
             self.record(req, now, Some(ret_code), 502, Some("applied_then_502"));
             return Reply::Html {
                 status: 502,
@@ -164,7 +164,11 @@ impl World {
         if req.params.get("PublicKey") != Some(&self.scenario.public_key) {
             return Err((code::UNKNOWN_USER, "User Not Exists".into()));
         }
-        let form_ok = signature(&req.params, &self.private_key).eq_ignore_ascii_case(sig);
+        // The monitor's JSON body is signed one way only, `UHostIds` concatenated (§8.1): a
+        // body signed over the indexed form keys is refused, as a client must not pass by
+        // luck here and fail on the real gateway.
+        let json_only = matches!(req.auth, Auth::Json(_)) && Verb::parse(req.action_name()) == Some(Verb::Monitor);
+        let form_ok = !json_only && signature(&req.params, &self.private_key).eq_ignore_ascii_case(sig);
         let json_ok = match &req.auth {
             Auth::Json(object) => json_signature(object, &self.private_key).eq_ignore_ascii_case(sig),
             _ => false,
@@ -187,6 +191,7 @@ impl World {
     ) -> Result<Map<String, Value>, Rejection> {
         match action {
             Verb::Describe => self.describe(&req.params, plan, at, fault),
+            Verb::Monitor => self.monitor(req, at.1, fault),
             _ => self.lifecycle(action, &req.params, at),
         }
     }

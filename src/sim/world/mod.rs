@@ -6,6 +6,7 @@
 mod actions;
 mod control;
 mod gateway;
+mod monitor;
 mod time;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 use super::faults::{Dice, HTML_502, HTML_503};
 use super::ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
-use super::scenario::{DEFAULT_ZONES, Faults, LockHold, Scenario, ScenarioInstance, generate_rows, rng_for};
+use super::scenario::{DEFAULT_ZONES, EPOCH_NOW, Faults, LockHold, Scenario, ScenarioInstance, generate_rows, rng_for};
 use crate::api::error::LOCK_MARKER;
 use crate::api::sign::{Params, signature};
 use crate::api::{Instance, State};
@@ -62,6 +63,8 @@ pub(crate) enum Verb {
     Stop,
     Start,
     Terminate,
+    /// `GetCompShareInstanceMonitor`: reads, never changes, the world.
+    Monitor,
 }
 
 impl Verb {
@@ -71,6 +74,7 @@ impl Verb {
             "StopCompShareInstance" => Some(Verb::Stop),
             "StartCompShareInstance" => Some(Verb::Start),
             "TerminateCompShareInstance" => Some(Verb::Terminate),
+            crate::monitor::ACTION => Some(Verb::Monitor),
             _ => None,
         }
     }
@@ -81,6 +85,7 @@ impl Verb {
             Verb::Stop => "Stop",
             Verb::Start => "Start",
             Verb::Terminate => "Terminate",
+            Verb::Monitor => "Monitor",
         }
     }
 }
@@ -219,6 +224,8 @@ struct Row {
     /// whatever the rates are set to later.
     lag_die: f64,
     region_die: f64,
+    /// Its GPUs' load and running spells, for the monitor.
+    gpu: monitor::GpuTrack,
 }
 
 /// Why an ID is no longer in the world.
@@ -236,6 +243,8 @@ pub(crate) struct World {
     scenario: Scenario,
     private_key: PrivateKey,
     start: Instant,
+    /// The unix time of `start` (see `Scenario::epoch`).
+    epoch: i64,
     rng: StdRng,
     /// Request IDs come from their own stream so they never shift fault decisions.
     id_rng: StdRng,
@@ -248,6 +257,8 @@ pub(crate) struct World {
     /// the work was done) have their own stream for the same reason: worlds that leave them
     /// off behave exactly as before they existed.
     gw_rng: StdRng,
+    /// The monitor's dice (errors) and generated rows' load profiles, own stream too.
+    mon_rng: StdRng,
     rows: BTreeMap<String, Row>,
     /// When each row's timed events fall due, as (due, id): `settle` reads the ones due
     /// instead of every row, so a request costs the same in a world of 100 or 100,000 rows.
@@ -274,9 +285,22 @@ impl World {
         let ec_rng = rng_for(scenario.seed ^ 0x5851_f42d_4c95_7f2d);
         // And another.
         let gw_rng = rng_for(scenario.seed ^ 0x1405_7b7e_f767_814f);
+        // And another.
+        let mon_rng = rng_for(scenario.seed ^ 0x2545_f491_4f6c_dd1d);
+        // A generated world is reproducible down to its sample times; any other starts now.
+        let epoch = scenario.epoch.unwrap_or_else(|| {
+            if scenario.generate.is_some() {
+                EPOCH_NOW
+            } else {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(EPOCH_NOW, |d| i64::try_from(d.as_secs()).unwrap_or(EPOCH_NOW))
+            }
+        });
         let mut world = World {
             private_key: PrivateKey::new(scenario.private_key.clone()),
             start: now,
+            epoch,
             regions: DEFAULT_ZONES.iter().map(|(r, _)| (*r).to_owned()).collect(),
             rows: BTreeMap::new(),
             due: BTreeSet::new(),
@@ -290,6 +314,7 @@ impl World {
             id_rng,
             ec_rng,
             gw_rng,
+            mon_rng,
             rng: rng_for(0),
             scenario,
         };
@@ -297,15 +322,19 @@ impl World {
             Some(g) => generate_rows(g, world.scenario.lock.ttl_secs, &mut rng),
             None => Vec::new(),
         };
+        for row in &mut rows {
+            row.gpu_load = Some(monitor::generated_load(&mut world.mon_rng));
+        }
         rows.extend(world.scenario.instances.iter().cloned());
         world.rng = rng;
         for row in rows {
-            world.add_row(&row, now);
+            world.add_row(&row, now, None);
         }
         world
     }
 
-    fn add_row(&mut self, si: &ScenarioInstance, now: Instant) {
+    /// `running_since`: when a row that is Running started (`None`: long before the world).
+    fn add_row(&mut self, si: &ScenarioInstance, now: Instant, running_since: Option<Instant>) {
         // Rows were validated by `Scenario::from_json`; a row built in code that fails to
         // parse still gets in with defaults rather than vanishing silently.
         let instance: Instance = serde_json::from_value(Value::Object(si.row.clone())).unwrap_or_default();
@@ -356,6 +385,11 @@ impl World {
                 looks: VecDeque::new(),
                 lag_die,
                 region_die,
+                gpu: monitor::GpuTrack::new(
+                    si.gpu_load.clone().unwrap_or_default(),
+                    instance.state == State::Running,
+                    running_since,
+                ),
                 instance,
             },
         );

@@ -53,7 +53,7 @@ impl World {
         match event.kind {
             EventKind::Settle(state) => {
                 let Some(row) = self.rows.get_mut(id) else { return };
-                row.instance.state = state;
+                row.set_state(state, at);
                 if row.lock.as_ref().is_some_and(|l| l.release_on_complete) {
                     row.lock = None;
                 }
@@ -69,7 +69,7 @@ impl World {
                 };
                 let settle = at + self.jittered(start_lat);
                 let Some(row) = self.rows.get_mut(id) else { return };
-                row.instance.state = State::Starting;
+                row.set_state(State::Starting, at);
                 row.lock = Some(Lock {
                     until: at + ttl,
                     by_other: true,

@@ -1,0 +1,243 @@
+//! The pure decision for one selected instance in one scheduled run: from its mark and keep in
+//! the store, the fresh listing and the idle judgement, what to do (mark, unmark, wait, act).
+//! No I/O, no clock: `now` comes in. Table-tested in `tests.rs`, like the engine's machine.
+//!
+//! Safety rules that live here:
+//! - Nothing is acted on unless the judgement made on this run's fresh samples says idle, the
+//!   mark's grace has ended, no keep holds, and (if set) it is inside the acting hours. A
+//!   missing sample, a gap or a monitoring error is never idleness.
+//! - A mark is dropped (and the owner told) as soon as the instance is seen busy, started
+//!   again, stopped or deleted by someone, kept, or no longer selected (renamed or re-tagged
+//!   into a protection, or out of the filters).
+//! - A teardown that had begun when a job died is finished on the next run only while the
+//!   instance is not running again: a restarted instance is judged afresh.
+
+use serde::Serialize;
+
+use crate::state::{Keep, Mark};
+
+/// What the fresh listing says about a marked or selected instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// Selected and running.
+    Running,
+    /// Selected and not running (stopping, stopped, starting, ...).
+    NotRunning,
+    /// Listed, but the selection refuses it now (protected, excluded, out of the filters).
+    NotSelected,
+    /// Not listed at all.
+    Gone,
+}
+
+/// The idle rule's answer on fresh data, as far as the decision needs it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "judgement", rename_all = "snake_case")]
+pub enum Judgement {
+    /// Every GPU at or under the thresholds for the whole window.
+    Idle,
+    /// A sample over a threshold in the window.
+    Busy { at: i64 },
+    /// Started (again) less than the window ago.
+    StartedAgain,
+    /// Not known to be idle: no data, a gap, an error. Never acted on.
+    Unknown { why: String },
+    /// Not judged (not running, no GPU, not selected).
+    NotJudged,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    /// Not marked and not idle: nothing to do.
+    Nothing,
+    /// Found idle for the first time: mark it, due at `due_at`, and tell the owner.
+    Mark { due_at: i64 },
+    /// Marked and waiting: `why` (grace not over, no fresh idle data, outside acting hours).
+    Wait { due_at: i64, why: String },
+    /// Tear it down (or stop it) now. `new_mark`: marked in this same run (grace 0).
+    Act { new_mark: bool },
+    /// Drop the mark and tell the owner why.
+    Unmark { why: String },
+    /// A keep holds until `until_at`: left alone (a mark it had is dropped).
+    Kept { until_at: i64 },
+    /// A teardown begun by an earlier run is over: the instance is gone.
+    Finished,
+}
+
+/// The knobs of the decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Seconds between the mark and the teardown; 0 acts on the run that finds it idle.
+    pub grace: i64,
+    /// Whether `now` is inside the acting hours (always true without them).
+    pub in_hours: bool,
+}
+
+/// Decide for one instance. `keep` is only passed while it holds (`until_at > now`).
+pub fn decide(
+    now: i64,
+    mark: Option<&Mark>,
+    keep: Option<&Keep>,
+    listed: Listed,
+    judgement: &Judgement,
+    policy: Policy,
+) -> Decision {
+    let unmark = |why: &str| match mark {
+        Some(_) => Decision::Unmark { why: why.to_owned() },
+        None => Decision::Nothing,
+    };
+    let acting = mark.is_some_and(|m| m.acting_since.is_some());
+    match listed {
+        Listed::Gone if acting => return Decision::Finished,
+        Listed::Gone => return unmark("deleted by someone else"),
+        Listed::NotSelected => return unmark("no longer selected (protected, excluded or filtered out)"),
+        Listed::NotRunning | Listed::Running => {}
+    }
+    if let Some(k) = keep {
+        return match mark {
+            Some(_) => Decision::Unmark {
+                why: format!("kept until {}", k.until_at),
+            },
+            None => Decision::Kept { until_at: k.until_at },
+        };
+    }
+    if listed == Listed::NotRunning {
+        // Our own teardown stopped it before the job died: finish it. Anyone else's stop
+        // ends the mark (the GPU is no longer billed by the hour).
+        return if acting {
+            finish_or_wait(mark, policy)
+        } else {
+            unmark("no longer running")
+        };
+    }
+    match judgement {
+        Judgement::Busy { .. } => unmark("busy again"),
+        Judgement::StartedAgain => unmark("started again"),
+        Judgement::Unknown { why } => match mark {
+            // Keep the mark but never act without fresh evidence of idleness.
+            Some(m) => Decision::Wait {
+                due_at: m.due_at,
+                why: format!("not known to be idle: {why}"),
+            },
+            None => Decision::Nothing,
+        },
+        Judgement::NotJudged => unmark("not judged"),
+        Judgement::Idle => match mark {
+            None if policy.grace == 0 && policy.in_hours => Decision::Act { new_mark: true },
+            None => Decision::Mark {
+                due_at: now.saturating_add(policy.grace),
+            },
+            Some(m) if m.due_at > now => Decision::Wait {
+                due_at: m.due_at,
+                why: "grace period".into(),
+            },
+            Some(_) => finish_or_wait(mark, policy),
+        },
+    }
+}
+
+/// A due mark: act now, or wait for the acting hours.
+fn finish_or_wait(mark: Option<&Mark>, policy: Policy) -> Decision {
+    if policy.in_hours {
+        Decision::Act { new_mark: false }
+    } else {
+        Decision::Wait {
+            due_at: mark.map_or(0, |m| m.due_at),
+            why: "outside the acting hours".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Kind;
+
+    fn mark(due_at: i64, acting: bool) -> Mark {
+        Mark {
+            kind: Kind::Instance,
+            id: "uhost-1".into(),
+            name: "n".into(),
+            marked_at: 0,
+            due_at,
+            reason: "idle".into(),
+            acting_since: acting.then_some(due_at),
+        }
+    }
+
+    /// Every listing × judgement × mark × keep × hours case that matters, one row each.
+    #[test]
+    fn decision_table() {
+        use Decision as D;
+        use Judgement as J;
+        use Listed as L;
+        let keep = Keep {
+            kind: Kind::Instance,
+            id: "uhost-1".into(),
+            until_at: 900,
+            reason: String::new(),
+            created_at: 0,
+        };
+        let idle = J::Idle;
+        let busy = J::Busy { at: 90 };
+        let unknown = J::Unknown { why: "a gap".into() };
+        let unmark = |why: &str| D::Unmark { why: why.into() };
+        let wait = |due: i64, why: &str| D::Wait {
+            due_at: due,
+            why: why.into(),
+        };
+        let (now, grace) = (100, 60);
+        #[rustfmt::skip]
+        let table: Vec<(Option<Mark>, bool, L, &J, bool, D)> = vec![
+            // mark                keep   listed         judgement  in hours  decision
+            (None,                 false, L::Running,    &idle,     true,  D::Mark { due_at: 160 }),
+            (None,                 false, L::Running,    &idle,     false, D::Mark { due_at: 160 }),
+            (None,                 false, L::Running,    &busy,     true,  D::Nothing),
+            (None,                 false, L::Running,    &unknown,  true,  D::Nothing),
+            (None,                 false, L::Running,    &J::StartedAgain, true, D::Nothing),
+            (None,                 false, L::NotRunning, &J::NotJudged, true, D::Nothing),
+            (None,                 false, L::Gone,       &J::NotJudged, true, D::Nothing),
+            (None,                 true,  L::Running,    &idle,     true,  D::Kept { until_at: 900 }),
+            (Some(mark(150, false)), false, L::Running,  &idle,     true,  wait(150, "grace period")),
+            (Some(mark(100, false)), false, L::Running,  &idle,     true,  D::Act { new_mark: false }),
+            (Some(mark(50, false)),  false, L::Running,  &idle,     false, wait(50, "outside the acting hours")),
+            (Some(mark(50, false)),  false, L::Running,  &busy,     true,  unmark("busy again")),
+            (Some(mark(50, false)),  false, L::Running,  &J::StartedAgain, true, unmark("started again")),
+            (Some(mark(50, false)),  false, L::Running,  &unknown,  true,  wait(50, "not known to be idle: a gap")),
+            (Some(mark(50, false)),  true,  L::Running,  &idle,     true,  unmark("kept until 900")),
+            (Some(mark(50, false)),  false, L::NotRunning, &J::NotJudged, true, unmark("no longer running")),
+            (Some(mark(50, false)),  false, L::NotSelected, &idle,  true,  unmark("no longer selected (protected, excluded or filtered out)")),
+            (Some(mark(50, false)),  false, L::Gone,     &J::NotJudged, true, unmark("deleted by someone else")),
+            // A teardown begun by a job that died.
+            (Some(mark(50, true)),   false, L::Gone,     &J::NotJudged, true, D::Finished),
+            (Some(mark(50, true)),   false, L::NotRunning, &J::NotJudged, true, D::Act { new_mark: false }),
+            (Some(mark(50, true)),   false, L::NotRunning, &J::NotJudged, false, wait(50, "outside the acting hours")),
+            (Some(mark(50, true)),   false, L::Running,  &busy,     true,  unmark("busy again")),
+            (Some(mark(50, true)),   false, L::Running,  &J::StartedAgain, true, unmark("started again")),
+            (Some(mark(50, true)),   true,  L::NotRunning, &J::NotJudged, true, unmark("kept until 900")),
+        ];
+        for (i, (m, kept, listed, judgement, in_hours, want)) in table.into_iter().enumerate() {
+            let policy = Policy { grace, in_hours };
+            let got = decide(now, m.as_ref(), kept.then_some(&keep), listed, judgement, policy);
+            assert_eq!(got, want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn grace_zero_acts_on_the_run_that_finds_it_idle_but_only_in_hours() {
+        let p = |in_hours| Policy { grace: 0, in_hours };
+        assert_eq!(
+            decide(5, None, None, Listed::Running, &Judgement::Idle, p(true)),
+            Decision::Act { new_mark: true }
+        );
+        assert_eq!(
+            decide(5, None, None, Listed::Running, &Judgement::Idle, p(false)),
+            Decision::Mark { due_at: 5 }
+        );
+        // Busy or unknown is never acted on, whatever the grace.
+        for j in [Judgement::Busy { at: 4 }, Judgement::Unknown { why: "x".into() }] {
+            assert_eq!(decide(5, None, None, Listed::Running, &j, p(true)), Decision::Nothing);
+        }
+    }
+}

@@ -1,0 +1,611 @@
+//! One run of the scheduled job over a selection already read and judged by `selection`:
+//! look at the GPUs, decide per instance ([`super::decide`]), write the step, act on what is
+//! due through the teardown engine, write what happened, deliver the notices.
+//!
+//! The order is the crash-safety argument. Each numbered write is one transaction:
+//! 1. marks, unmarks, samples, what was seen, the notices of those changes, and `acting_since`
+//!    on every mark about to be acted on: written before any call that changes anything;
+//! 2. after the engine: history rows, the outcome notices, marks cleared;
+//! 3. which notices were delivered.
+//!
+//! A job killed between 1 and 2 finds its marks `acting` on the next run and finishes or
+//! re-judges them (see `decide`); between 2 and 3 it sends the undelivered notices again
+//! with the same event IDs. A notice is only ever written together with the change it tells
+//! of, so none is sent for something that did not happen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use super::decide::{Decision, Judgement, Listed, Policy, decide};
+use crate::api::{self, Instance, State, Transport};
+use crate::monitor::{self, IdleRule, Verdict, Why};
+use crate::notice::{Event, EventKind, Notifier, Target};
+use crate::selection::{Candidate, Verdict as Selected};
+use crate::state::{Changes, HistoryRow, Kind, Mark, Pending, Seen, StateError, Store};
+use crate::workflow::{self, Controls, Outcome, Report, Settings};
+
+/// What the job does when an instance is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Terminate,
+}
+
+/// A scheduled job's settings, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rule: IdleRule,
+    /// Between the mark and the teardown.
+    pub grace: Duration,
+    pub action: Action,
+    /// Whether `now` is inside the acting hours; `None`: any time.
+    pub in_hours: Option<bool>,
+    /// Refuse to act on more than this many in one run (marks are still written).
+    pub max_count: usize,
+    /// The engine's settings for the teardown.
+    pub settings: Settings,
+    /// How long the run may spend delivering notices at its end.
+    pub notice_deadline: Duration,
+    /// `Account::slug()`: names the account in notices and event IDs.
+    pub account: String,
+    /// Decide and show, change nothing, send nothing.
+    pub dry_run: bool,
+}
+
+/// One instance's line in the job's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub uhost_id: String,
+    pub name: String,
+    pub state: String,
+    /// The hourly price Describe gave, if any: what a teardown frees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_per_hour: Option<f64>,
+    #[serde(flatten)]
+    pub judgement: Judgement,
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// The engine's outcome, for an instance acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// What one run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub at: i64,
+    pub dry_run: bool,
+    pub entries: Vec<Entry>,
+    pub marked: usize,
+    pub unmarked: usize,
+    /// Marks whose grace has ended: acted on, or waiting (fresh data, acting hours).
+    pub due: usize,
+    /// Marks left waiting (grace, no fresh data, acting hours).
+    pub waiting: usize,
+    pub kept: usize,
+    pub acted: usize,
+    pub notices_sent: usize,
+    pub notices_failed: usize,
+    /// The engine's report for the instances acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teardown: Option<Report>,
+}
+
+/// Why a run stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The store could not be written: the run halts like a failed journal write.
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{due} instances are due, more than --max-count {max}; marks were written, nothing was torn down")]
+    TooMany { due: usize, max: usize },
+}
+
+/// Run the job once at `now` over `cands` (the selection's verdicts, with rows). Instances
+/// marked earlier but absent from `cands` are looked up by ID.
+pub async fn run_once<T: Transport + 'static>(
+    cloud: Arc<T>,
+    store: &mut Store,
+    notifier: Option<&Notifier>,
+    cfg: &Config,
+    now: i64,
+    cands: Vec<Candidate>,
+    ctl: Controls,
+) -> Result<JobReport, JobError> {
+    let marks: HashMap<String, Mark> = store
+        .marks()?
+        .into_iter()
+        .filter(|m| m.kind == Kind::Instance)
+        .map(|m| (m.id.clone(), m))
+        .collect();
+    let keeps: HashMap<String, i64> = store
+        .keeps()?
+        .into_iter()
+        .filter(|k| k.kind == Kind::Instance && k.until_at > now)
+        .map(|k| (k.id.clone(), k.until_at))
+        .collect();
+    let seen = store.seen()?;
+
+    let rows = listed(cloud.as_ref(), cands, &marks).await;
+    let judged = judge_all(cloud.as_ref(), store, cfg, now, &rows, &seen).await?;
+    let mut report = JobReport {
+        at: now,
+        dry_run: cfg.dry_run,
+        entries: Vec::new(),
+        marked: 0,
+        unmarked: 0,
+        due: 0,
+        waiting: 0,
+        kept: 0,
+        acted: 0,
+        notices_sent: 0,
+        notices_failed: 0,
+        teardown: None,
+    };
+    let (mut changes, acting) = step(cfg, now, &rows, judged, &marks, &keeps, &mut report);
+    if acting.len() > cfg.max_count {
+        // The marks are safe to keep; acting on more than the job's bound is not.
+        for m in &mut changes.marks {
+            m.acting_since = None;
+        }
+        if !cfg.dry_run {
+            store.apply(&changes)?;
+        }
+        return Err(JobError::TooMany {
+            due: acting.len(),
+            max: cfg.max_count,
+        });
+    }
+    if cfg.dry_run {
+        report.acted = acting.len();
+        return Ok(report);
+    }
+    store.apply(&changes)?;
+
+    if !acting.is_empty() {
+        let teardown = act(cloud, cfg, acting, ctl).await;
+        let after = outcomes(cfg, now, &marks, &teardown, &mut report);
+        store.apply(&after)?;
+        report.teardown = Some(teardown);
+    }
+    deliver(store, notifier, cfg, now, &mut report).await?;
+    Ok(report)
+}
+
+/// The first write's changes, and the instances to act on: every listed instance decided.
+fn step(
+    cfg: &Config,
+    now: i64,
+    rows: &Rows,
+    mut judged: Judged,
+    marks: &HashMap<String, Mark>,
+    keeps: &HashMap<String, i64>,
+    report: &mut JobReport,
+) -> (Changes, Vec<Instance>) {
+    let mut changes = Changes {
+        prune_samples_before: Some(now - secs(cfg.rule.window) - secs(cfg.rule.max_gap)),
+        ..Changes::default()
+    };
+    let policy = Policy {
+        grace: secs(cfg.grace),
+        in_hours: cfg.in_hours.unwrap_or(true),
+    };
+    let mut acting: Vec<Instance> = Vec::new();
+    for (id, (listed, row)) in rows {
+        let (judgement, samples, seen_now) = judged.remove(id).unwrap_or((Judgement::NotJudged, Vec::new(), None));
+        let mark = marks.get(id);
+        let keep = keeps.get(id).map(|until| crate::state::Keep {
+            kind: Kind::Instance,
+            id: id.clone(),
+            until_at: *until,
+            reason: String::new(),
+            created_at: 0,
+        });
+        let decision = decide(now, mark, keep.as_ref(), *listed, &judgement, policy);
+        if let Some(s) = seen_now {
+            changes.seen.push(s);
+        }
+        if !samples.is_empty() {
+            changes.samples.push((id.clone(), samples));
+        }
+        let name = row.as_ref().map_or_else(|| mark.map(|m| m.name.clone()).unwrap_or_default(), |r| r.name.clone());
+        let event = |kind: EventKind, key: &str, reason: String, due: Option<i64>, details: Map<String, Value>| {
+            event_for(cfg, now, kind, key, id, &name, row.as_ref(), reason, due, details)
+        };
+        match &decision {
+            Decision::Nothing | Decision::Kept { .. } => {
+                report.kept += usize::from(matches!(decision, Decision::Kept { .. }));
+            }
+            Decision::Mark { due_at } => {
+                report.marked += 1;
+                let m = new_mark(id, &name, now, *due_at, cfg);
+                let e = event(EventKind::Marked, &m.marked_at.to_string(), m.reason.clone(), Some(*due_at), price(row.as_ref()));
+                changes.marks.push(m);
+                changes.notices.push(pending(&e, now));
+            }
+            Decision::Wait { due_at, .. } => {
+                report.waiting += 1;
+                report.due += usize::from(*due_at <= now);
+            }
+            Decision::Unmark { why } => {
+                report.unmarked += 1;
+                let m = mark.expect("decide unmarks only a mark");
+                let mut details = Map::new();
+                if let Judgement::Busy { at } = judgement {
+                    details.insert("last_busy_at".into(), json!(at));
+                }
+                let e = event(EventKind::Unmarked, &m.marked_at.to_string(), format!("unmarked: {why}"), None, details);
+                changes.unmarks.push((Kind::Instance, id.clone()));
+                changes.notices.push(pending(&e, now));
+            }
+            Decision::Act { new_mark } => {
+                report.due += 1;
+                let mut m = mark.cloned().unwrap_or_else(|| new_mark_at(id, &name, now, cfg));
+                if *new_mark {
+                    report.marked += 1;
+                    let e = event(EventKind::Marked, &m.marked_at.to_string(), m.reason.clone(), Some(now), price(row.as_ref()));
+                    changes.notices.push(pending(&e, now));
+                }
+                m.acting_since = Some(now);
+                changes.marks.push(m);
+                if let Some(r) = row {
+                    acting.push(r.clone());
+                }
+            }
+            Decision::Finished => {
+                let m = mark.expect("decide finishes only a mark");
+                changes.unmarks.push((Kind::Instance, id.clone()));
+                changes.history.push(history(now, id, &name, "terminated (an earlier run began it)", None, ""));
+                let e = event(EventKind::TornDown, &m.marked_at.to_string(), "torn down (begun by an earlier run that was interrupted)".into(), None, Map::new());
+                changes.notices.push(pending(&e, now));
+            }
+        }
+        report.entries.push(Entry {
+            uhost_id: id.clone(),
+            name,
+            state: row.as_ref().map_or_else(|| "absent".to_owned(), |r| r.state.as_str().to_owned()),
+            price_per_hour: row.as_ref().map(|r| r.instance_price).filter(|p| *p > 0.0),
+            judgement,
+            decision,
+            outcome: None,
+        });
+    }
+    (changes, acting)
+}
+
+type Rows = BTreeMap<String, (Listed, Option<Instance>)>;
+
+/// Where each instance stands in the fresh listing, marked ones the selection did not return
+/// included.
+async fn listed<T: Transport>(cloud: &T, cands: Vec<Candidate>, marks: &HashMap<String, Mark>) -> Rows {
+    let mut rows = Rows::new();
+    for c in cands {
+        let listed = match (&c.verdict, &c.row) {
+            (Selected::Act, Some(r)) if r.state == State::Running => Listed::Running,
+            (Selected::Act, Some(_)) => Listed::NotRunning,
+            (Selected::Skip { .. }, Some(_)) => Listed::NotSelected,
+            _ => Listed::Gone,
+        };
+        rows.insert(c.id, (listed, c.row));
+    }
+    let missing: Vec<String> = marks.keys().filter(|id| !rows.contains_key(*id)).cloned().collect();
+    if !missing.is_empty() {
+        // A marked instance the selection did not return: renamed out of a filter, or gone.
+        // An error here leaves its mark as it is ("not known"), never "gone".
+        if let Ok(found) = api::describe_ids(cloud, &missing).await {
+            let found: HashMap<String, Instance> = found.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
+            for id in missing {
+                let listed = if found.contains_key(&id) { Listed::NotSelected } else { Listed::Gone };
+                rows.insert(id.clone(), (listed, found.get(&id).cloned()));
+            }
+        }
+    }
+
+    rows
+}
+
+type Judged = HashMap<String, (Judgement, Vec<monitor::Sample>, Option<Seen>)>;
+
+/// Judge every running instance on the API's samples and the store's, grouped by (region,
+/// zone) as the monitor call needs, and say what was seen of every listed one.
+async fn judge_all<T: Transport>(
+    cloud: &T,
+    store: &Store,
+    cfg: &Config,
+    now: i64,
+    rows: &Rows,
+    seen: &HashMap<String, Seen>,
+) -> Result<Judged, StateError> {
+    let mut out = Judged::new();
+    let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for (id, (listed, row)) in rows {
+        let Some(row) = row else { continue };
+        let before = seen.get(id);
+        let running = row.state == State::Running;
+        let running_since = running.then(|| running_since(before, row, now));
+        let s = Seen {
+            id: id.clone(),
+            name: row.name.clone(),
+            state: row.state.as_str().to_owned(),
+            running_since,
+            last_seen: now,
+            last_busy_at: before.and_then(|b| b.last_busy_at),
+            last_busy_util: before.and_then(|b| b.last_busy_util),
+        };
+        out.insert(id.clone(), (Judgement::NotJudged, Vec::new(), Some(s)));
+        if *listed == Listed::Running && row.gpu > 0 {
+            groups
+                .entry((row.home_region().to_owned(), row.zone.clone()))
+                .or_default()
+                .push(id.clone());
+        }
+    }
+    let since = now - secs(cfg.rule.window) - secs(cfg.rule.max_gap);
+    for ((region, zone), ids) in groups {
+        let fetched = monitor::gpu_samples(cloud, &region, &zone, &ids).await;
+        for id in ids {
+            let entry = out.get_mut(&id).expect("inserted above");
+            let Some(seen_now) = entry.2.as_mut() else { continue };
+            let fresh = match &fetched {
+                Ok(map) => map.get(&id).cloned().unwrap_or_default(),
+                Err(e) => {
+                    entry.0 = Judgement::Unknown {
+                        why: format!("monitoring unavailable: {e}"),
+                    };
+                    continue;
+                }
+            };
+            let mut all = store.samples(&id, since)?;
+            all.extend(fresh.iter().cloned());
+            let gpus = rows.get(&id).and_then(|(_, r)| r.as_ref()).map(|r| usize::try_from(r.gpu).unwrap_or(0));
+            let verdict = monitor::judge(&cfg.rule, now, seen_now.running_since.unwrap_or(now), gpus, &all);
+            entry.0 = match verdict {
+                Verdict::Idle { .. } => Judgement::Idle,
+                Verdict::Busy { at, util, .. } => {
+                    if seen_now.last_busy_at.is_none_or(|b| b <= at) {
+                        seen_now.last_busy_at = Some(at);
+                        seen_now.last_busy_util = Some(util);
+                    }
+                    Judgement::Busy { at }
+                }
+                Verdict::Unknown(Why::TooYoung { .. }) => Judgement::StartedAgain,
+                Verdict::Unknown(why) => Judgement::Unknown {
+                    why: format!("{why:?}"),
+                },
+            };
+            // Only the API's samples are new to the store.
+            entry.1 = fresh;
+        }
+    }
+    Ok(out)
+}
+
+/// Since when a running instance has been running, as far as anyone can tell: from the store
+/// if it saw it running last time; `now` if it saw it not running (it started since); its
+/// creation time if the store never saw it (the samples' own gaps show a restart).
+fn running_since(before: Option<&Seen>, row: &Instance, now: i64) -> i64 {
+    match before {
+        Some(b) => match b.running_since {
+            Some(since) if b.state == State::Running.as_str() => since.min(now),
+            _ => now,
+        },
+        None if row.create_time > 0 => row.create_time.min(now),
+        None => now,
+    }
+}
+
+/// Hand the due instances to the engine: every guard rail of `run` holds (the guard checks
+/// the protections on the fresh row before the first call; Terminate only on `Stopped`).
+async fn act<T: Transport + 'static>(cloud: Arc<T>, cfg: &Config, acting: Vec<Instance>, mut ctl: Controls) -> Report {
+    let ids = acting.iter().map(|r| r.uhost_id.clone()).collect();
+    ctl.known = acting;
+    match cfg.action {
+        Action::Terminate => workflow::run(cloud, ids, cfg.settings.clone(), ctl).await,
+    }
+}
+
+/// The second write: what the engine did to each instance acted on.
+fn outcomes(cfg: &Config, now: i64, marks: &HashMap<String, Mark>, teardown: &Report, report: &mut JobReport) -> Changes {
+    let mut c = Changes::default();
+    let by_id: HashMap<&str, &workflow::InstanceReport> =
+        teardown.instances.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
+    for entry in &mut report.entries {
+        let Some(r) = by_id.get(entry.uhost_id.as_str()) else { continue };
+        report.acted += 1;
+        entry.outcome = Some(r.outcome.clone());
+        let key = marks.get(&entry.uhost_id).map_or_else(|| now.to_string(), |m| m.marked_at.to_string());
+        let id = entry.uhost_id.clone();
+        let label = r.outcome.word();
+        let (kind, reason) = match &r.outcome {
+            Outcome::Terminated { .. } => (EventKind::TornDown, format!("torn down after idling: {label}")),
+            Outcome::AlreadyGone | Outcome::DeletedByOther => (EventKind::Unmarked, format!("unmarked: {label}")),
+            Outcome::Skipped { reason } => (EventKind::Unmarked, format!("unmarked: not torn down ({reason})")),
+            _ => (EventKind::Failed, format!("teardown failed: {label}")),
+        };
+        let gone = r.outcome.is_gone();
+        if gone {
+            c.unmarks.push((Kind::Instance, id.clone()));
+        } else if let Some(m) = marks.get(&id).cloned().or_else(|| Some(new_mark_at(&id, &entry.name, now, cfg))) {
+            // Failed: kept marked and judged again next run.
+            c.marks.push(Mark { acting_since: None, ..m });
+        }
+        let price = entry.price_per_hour;
+        if matches!(kind, EventKind::TornDown | EventKind::Failed) {
+            c.history.push(history(now, &id, &entry.name, label, price, &r.outcome.detail()));
+        }
+        // A failure is its own event each time; the rest happen once per mark.
+        let key = if kind == EventKind::Failed { format!("{key}/{now}") } else { key };
+        let mut details = Map::new();
+        details.insert("outcome".into(), json!(label));
+        if let Some(p) = price {
+            details.insert("price_per_hour".into(), json!(p));
+        }
+        let e = event_for(cfg, now, kind, &key, &id, &entry.name, None, reason, None, details);
+        c.notices.push(pending(&e, now));
+    }
+    c
+}
+
+/// The last step: deliver every notice not yet delivered (this run's and earlier runs'),
+/// within the deadline, and record which were.
+async fn deliver(
+    store: &mut Store,
+    notifier: Option<&Notifier>,
+    cfg: &Config,
+    now: i64,
+    report: &mut JobReport,
+) -> Result<(), StateError> {
+    let Some(notifier) = notifier else { return Ok(()) };
+    if report.marked + report.unmarked + report.acted > 0 {
+        let mut details = Map::new();
+        for (k, v) in [
+            ("marked", report.marked),
+            ("unmarked", report.unmarked),
+            ("waiting", report.waiting),
+            ("kept", report.kept),
+            ("acted", report.acted),
+        ] {
+            details.insert(k.into(), json!(v));
+        }
+        let reason = format!(
+            "scheduled teardown: {} marked, {} unmarked, {} acted on, {} waiting",
+            report.marked, report.unmarked, report.acted, report.waiting
+        );
+        let e = Event {
+            id: Event::stable_id(&["summary", &cfg.account, &now.to_string()]),
+            kind: EventKind::Summary,
+            at: now,
+            account: cfg.account.clone(),
+            target: None,
+            due: None,
+            reason,
+            details,
+        };
+        store.apply(&Changes {
+            notices: vec![pending(&e, now)],
+            ..Changes::default()
+        })?;
+    }
+    let pending = store.pending_notices()?;
+    let mut events = Vec::with_capacity(pending.len());
+    let mut unreadable = Vec::new();
+    for p in &pending {
+        match serde_json::from_str::<Event>(&p.body) {
+            Ok(e) => events.push(e),
+            Err(e) => unreadable.push((p.event_id.clone(), format!("unreadable notice: {e}"))),
+        }
+    }
+    let results = notifier.deliver_all(&events, cfg.notice_deadline).await;
+    let mut c = Changes {
+        undelivered: unreadable,
+        ..Changes::default()
+    };
+    for (e, r) in events.iter().zip(results) {
+        match r {
+            Ok(()) => {
+                report.notices_sent += 1;
+                c.delivered.push((e.id.clone(), now));
+            }
+            Err(err) => {
+                report.notices_failed += 1;
+                tracing::warn!("notice {} not delivered: {err}", e.id);
+                c.undelivered.push((e.id.clone(), err.to_string()));
+            }
+        }
+    }
+    store.apply(&c)
+}
+
+fn new_mark(id: &str, name: &str, now: i64, due_at: i64, cfg: &Config) -> Mark {
+    Mark {
+        due_at,
+        ..new_mark_at(id, name, now, cfg)
+    }
+}
+
+fn new_mark_at(id: &str, name: &str, now: i64, cfg: &Config) -> Mark {
+    Mark {
+        kind: Kind::Instance,
+        id: id.to_owned(),
+        name: name.to_owned(),
+        marked_at: now,
+        due_at: now.saturating_add(secs(cfg.grace)),
+        reason: format!(
+            "idle for {}: every GPU at or under {}% utilisation and {}% memory",
+            humantime::format_duration(cfg.rule.window),
+            cfg.rule.util_max,
+            cfg.rule.mem_max
+        ),
+        acting_since: None,
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one event's fields, named at the call site")]
+fn event_for(
+    cfg: &Config,
+    now: i64,
+    kind: EventKind,
+    key: &str,
+    id: &str,
+    name: &str,
+    row: Option<&Instance>,
+    reason: String,
+    due: Option<i64>,
+    details: Map<String, Value>,
+) -> Event {
+    Event {
+        id: Event::stable_id(&[kind.as_str(), &cfg.account, id, key]),
+        kind,
+        at: now,
+        account: cfg.account.clone(),
+        target: Some(Target {
+            kind: "instance".into(),
+            id: id.to_owned(),
+            name: name.to_owned(),
+            region: row.map(|r| r.home_region().to_owned()).unwrap_or_default(),
+            zone: row.map(|r| r.zone.clone()).unwrap_or_default(),
+        }),
+        due,
+        reason,
+        details,
+    }
+}
+
+fn pending(e: &Event, now: i64) -> Pending {
+    Pending {
+        event_id: e.id.clone(),
+        created_at: now,
+        body: serde_json::to_string(e).expect("an event serializes"),
+        attempts: 0,
+        last_error: None,
+    }
+}
+
+fn price(row: Option<&Instance>) -> Map<String, Value> {
+    let mut m = Map::new();
+    if let Some(p) = row.map(|r| r.instance_price).filter(|p| *p > 0.0) {
+        m.insert("price_per_hour".into(), json!(p));
+    }
+    m
+}
+
+fn history(now: i64, id: &str, name: &str, outcome: &str, price: Option<f64>, detail: &str) -> HistoryRow {
+    HistoryRow {
+        at: now,
+        kind: Kind::Instance,
+        id: id.to_owned(),
+        name: name.to_owned(),
+        action: "terminate".into(),
+        outcome: outcome.to_owned(),
+        price_per_hour: price,
+        detail: detail.to_owned(),
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,238 @@
+//! A simulated week of the scheduled job, every 15 minutes, against the simulator's GPU load
+//! profiles, on paused time: the job tears down exactly the instances idle for longer than
+//! the window plus the grace, never one with a busy sample, a gap or missing data in its
+//! window, never before its grace ended or while kept; each mark's notice is written once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::api::{self, State};
+use crate::credentials::Account;
+use crate::monitor::IdleRule;
+use crate::notice::{Event, EventKind};
+use crate::selection::{self, Filters, Protections};
+use crate::sim::{GpuLoad, Scenario, ScenarioInstance, SimHandle};
+use crate::state::{Changes, Keep, Kind, Store};
+use crate::workflow::{Controls, Settings};
+
+const EPOCH: i64 = 1_800_000_000;
+const HOUR: i64 = 3600;
+const DAY: i64 = 24 * HOUR;
+
+fn row(id: &str, gpus: i64, load: GpuLoad) -> ScenarioInstance {
+    let mut r: ScenarioInstance = serde_json::from_value(json!({
+        "UHostId": id, "Name": id, "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01",
+        "GPU": gpus, "CreateTime": EPOCH - DAY, "InstancePrice": 2.5,
+    }))
+    .unwrap();
+    r.gpu_load = Some(load);
+    r
+}
+
+fn config(account: &Account) -> Config {
+    Config {
+        rule: IdleRule::default(),
+        grace: Duration::from_secs(HOUR as u64),
+        action: Action::Terminate,
+        in_hours: None,
+        max_count: 20,
+        settings: Settings {
+            jitter_seed: Some(1),
+            ..Settings::default()
+        },
+        notice_deadline: Duration::from_secs(5),
+        account: account.slug(),
+        dry_run: false,
+    }
+}
+
+async fn once(sim: &SimHandle, store: &mut Store, cfg: &Config) -> JobReport {
+    let now = sim.unix_now();
+    let rows = api::describe_all(sim, None, None).await.unwrap();
+    let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+    run_once(Arc::new(sim.clone()), store, None, cfg, now, cands, Controls::default())
+        .await
+        .unwrap()
+}
+
+/// The nominal second (since the world's zero) of each instance's first Stop.
+fn first_stops(sim: &SimHandle) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for c in sim.snapshot().calls {
+        if c.action == "StopCompShareInstance" && c.ret_code == Some(0) {
+            for id in c.ids {
+                out.entry(id).or_insert(c.at_secs);
+            }
+        }
+    }
+    out
+}
+
+fn events(store: &Store) -> Vec<Event> {
+    store
+        .pending_notices()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::from_str(&p.body).unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
+    let epochs = GpuLoad::Epochs {
+        busy_secs: 2400.0,
+        pause_secs: 1500.0,
+        release_memory: true,
+    };
+    let scenario = Scenario {
+        epoch: Some(EPOCH),
+        instances: vec![
+            row("uhost-busy", 2, GpuLoad::Busy),
+            row("uhost-idle", 1, GpuLoad::Idle),
+            row("uhost-idle8", 8, GpuLoad::Idle),
+            row("uhost-epochs", 4, epochs),
+            row("uhost-later", 1, GpuLoad::IdleAfter { secs: (DAY + 5 * HOUR) as f64 }),
+            // Idle, marked at 1h15, then busy again at 1h30, before its grace ends: unmarked,
+            // never touched.
+            row("uhost-back", 1, GpuLoad::BusyAfter { secs: (HOUR + 30 * 60) as f64 }),
+            row("uhost-nodata", 1, GpuLoad::NoData),
+            row("uhost-kept", 1, GpuLoad::Idle),
+            row("uhost-restarted", 1, GpuLoad::Idle),
+            row("uhost-nogpu", 0, GpuLoad::Idle),
+        ],
+        ..Scenario::default()
+    };
+    scenario.validate().unwrap();
+    let sim = SimHandle::new(scenario);
+    let account = Account::new(&"http://sim.invalid".parse().unwrap(), None, "sim-public-key");
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("state.sqlite3"), &account).unwrap();
+    let cfg = config(&account);
+    store
+        .apply(&Changes {
+            keeps: vec![Keep {
+                kind: Kind::Instance,
+                id: "uhost-kept".into(),
+                until_at: EPOCH + 2 * DAY,
+                reason: "demo on Wednesday".into(),
+                created_at: EPOCH,
+            }],
+            ..Changes::default()
+        })
+        .unwrap();
+
+    let mut acted_at: BTreeMap<String, i64> = BTreeMap::new();
+    let mut marked_at: HashMap<String, i64> = HashMap::new();
+    let mut unmarked: Vec<String> = Vec::new();
+    for run in 0..(7 * 24 * 4) {
+        let t = i64::from(run) * 15 * 60;
+        // Someone stops uhost-restarted at 1h30 and starts it again at 1h45: its idle time
+        // counts from the restart.
+        if t == HOUR + 30 * 60 {
+            sim.set_state("uhost-restarted", State::Stopped);
+        }
+        if t == HOUR + 45 * 60 {
+            sim.set_state("uhost-restarted", State::Running);
+        }
+        // A new idle instance on day 3.
+        if t == 2 * DAY {
+            let r = row("uhost-new", 2, GpuLoad::Idle);
+            let mut i = r.instance().unwrap();
+            i.create_time = sim.unix_now();
+            sim.insert(i);
+            sim.set_gpu_load("uhost-new", GpuLoad::Idle);
+        }
+        let report = once(&sim, &mut store, &cfg).await;
+        for e in &report.entries {
+            match &e.decision {
+                Decision::Mark { .. } => {
+                    marked_at.entry(e.uhost_id.clone()).or_insert(report.at);
+                }
+                Decision::Act { .. } => {
+                    assert_eq!(e.judgement, Judgement::Idle, "{e:?}");
+                    acted_at.insert(e.uhost_id.clone(), report.at);
+                }
+                Decision::Unmark { .. } => unmarked.push(e.uhost_id.clone()),
+                _ => {}
+            }
+        }
+        // The next run 15 minutes after this one started.
+        let next = EPOCH + t + 15 * 60;
+        let wait = u64::try_from(next - sim.unix_now()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+
+    let expect: Vec<&str> = vec![
+        "uhost-idle",
+        "uhost-idle8",
+        "uhost-kept",
+        "uhost-later",
+        "uhost-new",
+        "uhost-restarted",
+    ];
+    assert_eq!(acted_at.keys().map(String::as_str).collect::<Vec<_>>(), expect);
+    let state = sim.snapshot();
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    let gone = sim.ids();
+    for id in &expect {
+        assert!(!gone.contains(&(*id).to_owned()), "{id} still listed");
+    }
+    // When each was acted on: after D of idleness (less the tolerated gap at the window's
+    // start) plus the grace, and not long after that (the first run that could).
+    let window = 2 * HOUR - 20 * 60;
+    let warm = 5 * 60;
+    // Rows running at the world's zero have been running since long before: the first answer
+    // already reaches back its 30 minutes.
+    let reach = 30 * 60;
+    let idle_since: HashMap<&str, i64> = [
+        ("uhost-idle", EPOCH - reach),
+        ("uhost-idle8", EPOCH - reach),
+        // Marked only when its keep ends.
+        ("uhost-kept", EPOCH + 2 * DAY - window),
+        ("uhost-later", EPOCH + DAY + 5 * HOUR),
+        ("uhost-new", EPOCH + 2 * DAY + warm),
+        ("uhost-restarted", EPOCH + HOUR + 45 * 60 + warm),
+    ]
+    .into_iter()
+    .collect();
+    for (id, at) in &acted_at {
+        let since = idle_since[id.as_str()];
+        let earliest = since + window + HOUR;
+        assert!(*at >= earliest, "{id} acted at {at}, before {earliest}");
+        assert!(*at <= earliest + HOUR, "{id} acted at {at}, long after {earliest}");
+        if id == "uhost-kept" {
+            assert!(*at >= EPOCH + 2 * DAY, "kept until day 3, acted at {at}");
+        }
+    }
+    // The stops the sim saw agree with the job's own account.
+    let stops = first_stops(&sim);
+    assert_eq!(stops.len(), expect.len());
+    assert!(unmarked.contains(&"uhost-back".to_owned()), "{unmarked:?}");
+    assert!(!acted_at.contains_key("uhost-back"));
+    // One Marked and one TornDown notice per teardown, one Marked and one Unmarked for the
+    // instance that came back; nothing for the instances never idle.
+    let evs = events(&store);
+    let count = |kind: EventKind, id: &str| {
+        evs.iter()
+            .filter(|e| e.kind == kind && e.target.as_ref().is_some_and(|t| t.id == id))
+            .count()
+    };
+    for id in &expect {
+        // uhost-restarted was marked before its restart, unmarked when seen stopped, and
+        // marked again two hours after it came back.
+        let marks = if *id == "uhost-restarted" { 2 } else { 1 };
+        assert_eq!(count(EventKind::Marked, id), marks, "{id}");
+        assert_eq!(count(EventKind::Unmarked, id), marks - 1, "{id}");
+        assert_eq!(count(EventKind::TornDown, id), 1, "{id}");
+    }
+    assert_eq!((count(EventKind::Marked, "uhost-back"), count(EventKind::Unmarked, "uhost-back")), (1, 1));
+    for id in ["uhost-busy", "uhost-epochs", "uhost-nodata", "uhost-nogpu"] {
+        assert!(evs.iter().all(|e| e.target.as_ref().is_none_or(|t| t.id != id)), "{id}");
+    }
+    assert!(store.marks().unwrap().is_empty(), "{:?}", store.marks().unwrap());
+    assert_eq!(store.history(0).unwrap().len(), expect.len());
+}
