@@ -98,13 +98,15 @@ impl fmt::Debug for WebhookUrl {
 
 /// Where notices go and how hard delivery tries. Empty (no webhook, no command) means no
 /// notices. `Debug` masks the URL and hides the command line (it may carry a token).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct NoticeConfig {
     pub(crate) webhook: Option<WebhookUrl>,
     pub(crate) command: Option<String>,
     pub(crate) timeout: Duration,
     pub(crate) attempts: u32,
     pub(crate) first_delay: Duration,
+    #[cfg(feature = "sweep")]
+    pub(crate) inbox: Option<super::Inbox>,
 }
 
 impl NoticeConfig {
@@ -150,6 +152,8 @@ impl NoticeConfig {
             timeout,
             attempts: Self::DEFAULT_ATTEMPTS,
             first_delay: Self::DEFAULT_FIRST_DELAY,
+            #[cfg(feature = "sweep")]
+            inbox: None,
         })
     }
 
@@ -176,8 +180,20 @@ impl NoticeConfig {
         Ok(self)
     }
 
+    /// Deliver to an in-memory [`Inbox`](super::Inbox) too (feature `sweep`: tests only).
+    #[cfg(feature = "sweep")]
+    #[must_use]
+    pub fn with_inbox(mut self, inbox: super::Inbox) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
     /// No sink: nothing to deliver.
     pub fn is_empty(&self) -> bool {
+        #[cfg(feature = "sweep")]
+        if self.inbox.is_some() {
+            return false;
+        }
         self.webhook.is_none() && self.command.is_none()
     }
 
@@ -202,7 +218,7 @@ impl fmt::Debug for NoticeConfig {
             .field("timeout", &self.timeout)
             .field("attempts", &self.attempts)
             .field("first_delay", &self.first_delay)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -7,18 +7,22 @@
 //! - `config`: the sinks as validated offline ([`NoticeConfig`]), the webhook URL that never
 //!   prints its secret part;
 //! - `notifier`: delivery with timeouts and retries ([`Notifier`]); `webhook` and `command`:
-//!   one attempt at each sink.
+//!   one attempt at each sink; `inbox` (feature `sweep`): an in-memory receiver for tests.
 //!
 //! Wall-clock times are unix seconds given by the caller; nothing here reads the system clock.
 
 mod command;
 mod config;
 mod event;
+#[cfg(feature = "sweep")]
+mod inbox;
 mod notifier;
 mod payload;
 mod webhook;
 
 pub use config::{NoticeConfig, NoticeConfigError, WebhookUrl};
 pub use event::{Event, EventKind, Target};
+#[cfg(feature = "sweep")]
+pub use inbox::Inbox;
 pub use notifier::{Failure, NoticeError, Notifier, Sink};
 pub use payload::{SCHEMA, payload};

@@ -27,6 +27,9 @@ pub enum Sink {
     /// Boxed: a URL is large, and errors travel by value.
     Webhook(Box<WebhookUrl>),
     Command,
+    /// The in-memory [`Inbox`](super::Inbox) (feature `sweep`).
+    #[cfg(feature = "sweep")]
+    Inbox,
 }
 
 impl fmt::Display for Sink {
@@ -35,6 +38,8 @@ impl fmt::Display for Sink {
             Sink::Webhook(url) => write!(f, "webhook {url}"),
             // Never the command line: it may carry a token.
             Sink::Command => f.write_str("notice command"),
+            #[cfg(feature = "sweep")]
+            Sink::Inbox => f.write_str("inbox"),
         }
     }
 }
@@ -114,7 +119,7 @@ pub enum NoticeError {
         attempts: u32,
         failure: Failure,
     },
-    /// Both sinks failed.
+    /// More than one sink failed.
     #[error("{0}; {1}")]
     Both(Box<NoticeError>, Box<NoticeError>),
     /// [`Notifier::deliver_all`]'s deadline passed first.
@@ -192,11 +197,21 @@ impl Notifier {
             let attempt = || command::run(line, body, config.timeout);
             Some(self.with_retries(Sink::Command, attempt).await)
         };
-        let result = match tokio::join!(to_webhook, to_command) {
-            (Some(Err(a)), Some(Err(b))) => Err(NoticeError::Both(Box::new(a), Box::new(b))),
-            (Some(Err(a)), _) | (_, Some(Err(a))) => Err(a),
-            _ => Ok(()),
+        let to_inbox = async {
+            #[cfg(feature = "sweep")]
+            if let Some(inbox) = &config.inbox {
+                let attempt = || async { inbox.accept(body) };
+                return Some(self.with_retries(Sink::Inbox, attempt).await);
+            }
+            None
         };
+        let (webhook, command, inbox) = tokio::join!(to_webhook, to_command, to_inbox);
+        let result = [webhook, command, inbox]
+            .into_iter()
+            .flatten()
+            .filter_map(Result::err)
+            .reduce(|a, b| NoticeError::Both(Box::new(a), Box::new(b)))
+            .map_or(Ok(()), Err);
         match &result {
             Ok(()) => tracing::debug!(event = %e.id, kind = e.kind.as_str(), "notice delivered"),
             Err(err) => tracing::warn!(event = %e.id, kind = e.kind.as_str(), "notice not delivered: {err}"),
