@@ -28,6 +28,7 @@ use crate::state::{Changes, Keep, Kind, Pending, StateError, Store};
 use crate::workflow::Controls;
 
 impl Ctx {
+    #[expect(clippy::too_many_lines, reason = "run's gates in run's order, read top to bottom")]
     pub(super) async fn watch(&self, a: WatchArgs) -> CmdResult<Exit> {
         let cancel = interrupt_token();
         if !a.yes && !a.dry_run {

@@ -177,6 +177,10 @@ pub async fn run_once<T: Transport + 'static>(
 }
 
 /// The first write's changes, and the instances to act on: every listed instance decided.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one arm per decision, each writing its own changes"
+)]
 fn step(
     cfg: &Config,
     now: i64,
