@@ -42,12 +42,12 @@ async fn a_command_that_hangs_is_killed_with_its_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let (line, pid) = sleeper(dir.path());
     let started = Instant::now();
-    let err = notifier(None, Some(&line), 300, 1)
+    let err = notifier(None, Some(&line), 500, 1)
         .deliver(&event(EventKind::Marked, "uhost-11"))
         .await
         .unwrap_err();
     assert!(
-        started.elapsed() < Duration::from_millis(1300),
+        started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
