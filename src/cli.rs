@@ -278,6 +278,9 @@ pub struct DemoArgs {
     /// Seed of the demo world, 0 to 18446744073709551615
     #[arg(long, default_value_t = 7, value_parser = number(SEED), allow_negative_numbers = true)]
     pub seed: u64,
+    /// Show the scheduled job instead: six simulated hours of `watch` over idle and busy GPUs
+    #[arg(long, conflicts_with_all = ["instances", "seed"])]
+    pub scheduled: bool,
 }
 
 #[derive(Debug, Args)]

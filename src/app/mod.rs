@@ -10,6 +10,7 @@
 
 mod candidates;
 mod demo;
+mod demo_watch;
 mod list;
 mod man;
 mod plan;
@@ -123,6 +124,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::List(a) => ctx.list(&a.select).await,
             Command::Plan(a) => ctx.plan(&a.select, &a.effect, a.save.as_deref()).await,
             Command::Run(a) => ctx.run(a).await,
+            Command::Demo(a) if a.scheduled => ctx.demo_scheduled().await,
             Command::Demo(a) => ctx.demo(a.instances, a.seed).await,
             Command::Sim(a) => ctx.sim(a).await,
             Command::Watch(a) => ctx.watch(a).await,
@@ -186,7 +188,7 @@ fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
             ("--config", cli.global.config.clone()),
             ("--report", a.report.clone()),
             ("--lock-file", a.lock_file.clone()),
-            ("--state", a.state.path.clone()),
+            ("--state-file", a.state.path.clone()),
         ];
         let mut roles = vec![pathset::Role {
             flag: "--metrics-file",

@@ -166,6 +166,8 @@ mod tests {
         }
     }
 
+    type Row<'j> = (Option<Mark>, bool, Listed, &'j Judgement, bool, Decision);
+
     /// Every listing × judgement × mark × keep × hours case that matters, one row each.
     #[test]
     fn decision_table() {
@@ -189,7 +191,7 @@ mod tests {
         };
         let (now, grace) = (100, 60);
         #[rustfmt::skip]
-        let table: Vec<(Option<Mark>, bool, L, &J, bool, D)> = vec![
+        let table: Vec<Row<'_>> = vec![
             // mark                keep   listed         judgement  in hours  decision
             (None,                 false, L::Running,    &idle,     true,  D::Mark { due_at: 160 }),
             (None,                 false, L::Running,    &idle,     false, D::Mark { due_at: 160 }),

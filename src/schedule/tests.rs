@@ -33,6 +33,11 @@ fn row(id: &str, gpus: i64, load: GpuLoad) -> ScenarioInstance {
     r
 }
 
+#[expect(clippy::cast_precision_loss, reason = "seconds of a week, far below 2^52")]
+fn nominal(secs: i64) -> f64 {
+    secs as f64
+}
+
 fn config(account: &Account) -> Config {
     Config {
         rule: IdleRule::default(),
@@ -81,8 +86,7 @@ fn events(store: &Store) -> Vec<Event> {
         .collect()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
+fn week_world() -> SimHandle {
     let epochs = GpuLoad::Epochs {
         busy_secs: 2400.0,
         pause_secs: 1500.0,
@@ -95,10 +99,22 @@ async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
             row("uhost-idle", 1, GpuLoad::Idle),
             row("uhost-idle8", 8, GpuLoad::Idle),
             row("uhost-epochs", 4, epochs),
-            row("uhost-later", 1, GpuLoad::IdleAfter { secs: (DAY + 5 * HOUR) as f64 }),
+            row(
+                "uhost-later",
+                1,
+                GpuLoad::IdleAfter {
+                    secs: nominal(DAY + 5 * HOUR),
+                },
+            ),
             // Idle, marked at 1h15, then busy again at 1h30, before its grace ends: unmarked,
             // never touched.
-            row("uhost-back", 1, GpuLoad::BusyAfter { secs: (HOUR + 30 * 60) as f64 }),
+            row(
+                "uhost-back",
+                1,
+                GpuLoad::BusyAfter {
+                    secs: nominal(HOUR + 30 * 60),
+                },
+            ),
             row("uhost-nodata", 1, GpuLoad::NoData),
             row("uhost-kept", 1, GpuLoad::Idle),
             row("uhost-restarted", 1, GpuLoad::Idle),
@@ -107,7 +123,12 @@ async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
         ..Scenario::default()
     };
     scenario.validate().unwrap();
-    let sim = SimHandle::new(scenario);
+    SimHandle::new(scenario)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
+    let sim = week_world();
     let account = Account::new(&"http://sim.invalid".parse().unwrap(), None, "sim-public-key");
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open(&dir.path().join("state.sqlite3"), &account).unwrap();
@@ -213,15 +234,21 @@ async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
     assert_eq!(stops.len(), expect.len());
     assert!(unmarked.contains(&"uhost-back".to_owned()), "{unmarked:?}");
     assert!(!acted_at.contains_key("uhost-back"));
-    // One Marked and one TornDown notice per teardown, one Marked and one Unmarked for the
-    // instance that came back; nothing for the instances never idle.
-    let evs = events(&store);
+    check_notices(&store, &expect);
+    assert!(store.marks().unwrap().is_empty(), "{:?}", store.marks().unwrap());
+    assert_eq!(store.history(0).unwrap().len(), expect.len());
+}
+
+/// One `marked` and one `torn_down` notice per teardown, one `marked` and one `unmarked` for
+/// the instance that came back; nothing for the instances never idle.
+fn check_notices(store: &Store, expect: &[&str]) {
+    let evs = events(store);
     let count = |kind: EventKind, id: &str| {
         evs.iter()
             .filter(|e| e.kind == kind && e.target.as_ref().is_some_and(|t| t.id == id))
             .count()
     };
-    for id in &expect {
+    for id in expect {
         // uhost-restarted was marked before its restart, unmarked when seen stopped, and
         // marked again two hours after it came back.
         let marks = if *id == "uhost-restarted" { 2 } else { 1 };
@@ -229,10 +256,14 @@ async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
         assert_eq!(count(EventKind::Unmarked, id), marks - 1, "{id}");
         assert_eq!(count(EventKind::TornDown, id), 1, "{id}");
     }
-    assert_eq!((count(EventKind::Marked, "uhost-back"), count(EventKind::Unmarked, "uhost-back")), (1, 1));
+    assert_eq!(
+        (
+            count(EventKind::Marked, "uhost-back"),
+            count(EventKind::Unmarked, "uhost-back")
+        ),
+        (1, 1)
+    );
     for id in ["uhost-busy", "uhost-epochs", "uhost-nodata", "uhost-nogpu"] {
         assert!(evs.iter().all(|e| e.target.as_ref().is_none_or(|t| t.id != id)), "{id}");
     }
-    assert!(store.marks().unwrap().is_empty(), "{:?}", store.marks().unwrap());
-    assert_eq!(store.history(0).unwrap().len(), expect.len());
 }

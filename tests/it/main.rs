@@ -7,6 +7,7 @@ mod freshness;
 mod manifest;
 mod notice;
 mod pace;
+mod scheduled_demo;
 mod sim_http;
 mod sweep;
 mod truth;

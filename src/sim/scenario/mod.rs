@@ -448,6 +448,21 @@ mod tests {
             (r#"{"latency": {"jitter": 5}}"#, "latency.jitter"),
             (r#"{"faults": {"slow_secs": -3}}"#, "faults.slow_secs"),
             (r#"{"generate": {"mix": {"Running": -1}}}"#, "generate.mix.Running"),
+            (r#"{"epoch": -1}"#, "epoch"),
+            (r#"{"monitor": {"period_secs": 0}}"#, "monitor.period_secs"),
+            (r#"{"monitor": {"reach_secs": 30}}"#, "monitor.reach_secs"),
+            (r#"{"monitor": {"reach_secs": 1e9}}"#, "monitor.reach_secs"),
+            (r#"{"monitor": {"warmup_secs": -1}}"#, "monitor.warmup_secs"),
+            (r#"{"monitor": {"drop_sample": 2}}"#, "monitor.drop_sample"),
+            (r#"{"monitor": {"error": -0.1}}"#, "monitor.error"),
+            (
+                r#"{"instances": [{"UHostId": "u", "Region": "r", "Zone": "z", "gpu_load": {"idle_after": {"secs": -5}}}]}"#,
+                "instances[0]: gpu_load idle_after.secs",
+            ),
+            (
+                r#"{"instances": [{"UHostId": "u", "Region": "r", "Zone": "z", "gpu_load": {"epochs": {"busy_secs": 0, "pause_secs": 0}}}]}"#,
+                "busy_secs + pause_secs",
+            ),
         ] {
             match Scenario::from_json(text) {
                 Err(ScenarioError::Invalid(m)) => assert!(m.contains(want), "{text}: {m}"),

@@ -166,3 +166,46 @@ impl Monitoring {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Scenario;
+    use super::*;
+
+    #[test]
+    fn gpu_load_profiles_parse_by_name() {
+        let text = r#"{"instances": [
+            {"UHostId": "a", "Region": "r", "Zone": "z", "gpu_load": "idle"},
+            {"UHostId": "b", "Region": "r", "Zone": "z", "gpu_load": {"epochs": {"busy_secs": 60, "pause_secs": 30}}},
+            {"UHostId": "c", "Region": "r", "Zone": "z", "gpu_load": {"busy_after": {"secs": 9}}},
+            {"UHostId": "d", "Region": "r", "Zone": "z", "gpu_load": "no_data"},
+            {"UHostId": "e", "Region": "r", "Zone": "z"}
+        ]}"#;
+        let loads: Vec<Option<GpuLoad>> = Scenario::from_json(text)
+            .unwrap()
+            .instances
+            .into_iter()
+            .map(|i| i.gpu_load)
+            .collect();
+        assert_eq!(
+            loads,
+            [
+                Some(GpuLoad::Idle),
+                Some(GpuLoad::Epochs {
+                    busy_secs: 60.0,
+                    pause_secs: 30.0,
+                    release_memory: false
+                }),
+                Some(GpuLoad::BusyAfter { secs: 9.0 }),
+                Some(GpuLoad::NoData),
+                None,
+            ]
+        );
+        assert!(
+            Scenario::from_json(
+                r#"{"instances": [{"UHostId": "a", "Region": "r", "Zone": "z", "gpu_load": "sleepy"}]}"#
+            )
+            .is_err()
+        );
+    }
+}

@@ -262,8 +262,17 @@ async fn the_transport_quirk_and_the_limits() {
         .await
         .unwrap();
     assert_eq!(other["uhost-a"], []);
-    // A monitor call is a read: it never counts against a mutating-call rule.
+    // A monitor call is a read: it never counts against a mutating-call rule, and a proxy
+    // failing after the work was done only happens to calls that change something.
     assert!(sim.snapshot().violations.is_empty());
+    sim.set_faults(crate::sim::Faults {
+        applied_then_502: 1.0,
+        ..crate::sim::Faults::default()
+    });
+    let read = gpu_samples(&sim, "cn-wlcb", "cn-wlcb-01", &["uhost-a".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(read["uhost-a"].len(), 30);
 }
 
 #[tokio::test(start_paused = true)]

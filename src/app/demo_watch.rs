@@ -1,0 +1,174 @@
+//! `demo --scheduled`: the scheduled job against a simulator started in-process, over HTTP,
+//! for six simulated hours with a run every 15 simulated minutes (a few seconds each): GPU
+//! instances that are busy, idle, pausing between epochs, going idle later or coming back,
+//! a state store in memory, and a local webhook receiver that prints each notice.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use serde_json::{Value, json};
+
+use super::terminal::{json as to_json, print};
+use super::{CmdResult, Ctx, Exit};
+use crate::api::{self, Client, ClientConfig};
+use crate::credentials::{Account, Credentials};
+use crate::monitor::IdleRule;
+use crate::notice::{NoticeConfig, Notifier};
+use crate::output::{self, OutputFormat};
+use crate::schedule::{self, Action};
+use crate::selection::{self, Filters, Protections};
+use crate::sim::{GpuLoad, Scenario, ScenarioInstance, Server, SimHandle};
+use crate::state::Store;
+use crate::workflow::{Controls, Settings};
+
+/// 1/1000: a simulated hour takes 3.6 s, a 15-minute step 0.9 s.
+const SCALE: f64 = 0.001;
+/// Simulated hours the demo covers: the 2-hour idle window plus the 1-hour grace, twice over.
+const HOURS: u32 = 6;
+
+fn demo_world() -> Result<Scenario, anyhow::Error> {
+    let now = super::now_unix();
+    let epochs = GpuLoad::Epochs {
+        busy_secs: 2400.0,
+        pause_secs: 900.0,
+        release_memory: false,
+    };
+    let rows: Vec<(&str, i64, GpuLoad)> = vec![
+        ("uhost-train-a", 8, GpuLoad::Busy),
+        ("uhost-train-b", 4, epochs),
+        ("uhost-notebook-1", 1, GpuLoad::Idle),
+        ("uhost-notebook-2", 1, GpuLoad::Idle),
+        ("uhost-forgotten", 2, GpuLoad::Idle),
+        ("uhost-finishing", 2, GpuLoad::IdleAfter { secs: 3600.0 }),
+        ("uhost-coming-back", 1, GpuLoad::BusyAfter { secs: 5400.0 }),
+        ("uhost-no-agent", 1, GpuLoad::NoData),
+    ];
+    let mut instances = Vec::new();
+    for (id, gpus, load) in rows {
+        let mut r: ScenarioInstance = serde_json::from_value(json!({
+            "UHostId": id, "Name": id, "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01",
+            "GPU": gpus, "GpuType": "4090", "CreateTime": now - 86_400, "InstancePrice": 1.9 * f64::from(u8::try_from(gpus).unwrap_or(1)),
+        }))?;
+        r.gpu_load = Some(load);
+        instances.push(r);
+    }
+    let s = Scenario {
+        epoch: Some(now),
+        time_scale: SCALE,
+        instances,
+        ..Scenario::default()
+    };
+    s.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(s)
+}
+
+impl Ctx {
+    pub(super) async fn demo_scheduled(&self) -> CmdResult<Exit> {
+        let handle = SimHandle::new(demo_world()?);
+        let server =
+            Server::start(handle.clone(), ([127, 0, 0, 1], 0).into()).context("cannot start the demo simulator")?;
+        let creds = Credentials {
+            public_key: handle.public_key(),
+            private_key: handle.private_key(),
+            source: "demo simulator".into(),
+        };
+        let account = Account::new(&server.url, None, &creds.public_key);
+        let client = Arc::new(
+            Client::new(ClientConfig::new(server.url.clone(), creds)).context("cannot build the HTTP client")?,
+        );
+        let (hook, received) = receiver().await?;
+        let notifier =
+            Notifier::new(NoticeConfig::new(Some(&hook), None, Duration::from_secs(5)).map_err(|e| anyhow!("{e}"))?);
+        let mut store = Store::in_memory(&account).map_err(|e| anyhow!("{e}"))?;
+        let cfg = schedule::Config {
+            rule: IdleRule::default(),
+            grace: crate::defaults::GRACE,
+            action: Action::Terminate,
+            in_hours: None,
+            max_count: crate::defaults::MAX_COUNT,
+            settings: Settings {
+                poll_interval: Duration::from_millis(500),
+                terminate_settle: Duration::from_secs(5),
+                ..Settings::default()
+            },
+            notice_deadline: Duration::from_secs(10),
+            account: account.slug(),
+            dry_run: false,
+        };
+        eprintln!(
+            "demo: the scheduled job every 15 simulated minutes for {HOURS} hours over {} GPU instances \
+             (idle = every GPU at or under 5% for 2h; grace 1h); notices go to a local webhook",
+            handle.ids().len()
+        );
+        let start = handle.unix_now();
+        for _ in 0..HOURS * 4 {
+            let now = handle.unix_now();
+            let rows = api::describe_all(client.as_ref(), None, None)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+            let r = schedule::run_once(
+                client.clone(),
+                &mut store,
+                Some(&notifier),
+                &cfg,
+                now,
+                cands,
+                Controls::default(),
+            )
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+            let clock = format!("+{}h{:02}", (now - start) / 3600, (now - start) % 3600 / 60);
+            for line in received.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default() {
+                eprintln!("{clock}  notice: {line}");
+            }
+            if r.marked + r.unmarked + r.acted == 0 {
+                eprintln!("{clock}  {} looked at, nothing to do", r.entries.len());
+            }
+            tokio::time::sleep(Duration::from_secs_f64(900.0 * SCALE)).await;
+        }
+        let history = store.history(0).map_err(|e| anyhow!("{e}"))?;
+        let after = handle.snapshot();
+        match self.output() {
+            OutputFormat::Json => print(&to_json(&history)),
+            OutputFormat::Table => {
+                print(&output::history_table(&history));
+                print(&format!(
+                    "simulator check: {} instance(s) left ({}), {} violation(s)\n",
+                    after.instances.len(),
+                    handle.ids().join(", "),
+                    after.violations.len()
+                ));
+            }
+        }
+        Ok(if after.violations.is_empty() {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        })
+    }
+}
+
+/// A local webhook receiver: each notice's `text`, for the demo to print.
+async fn receiver() -> Result<(String, Arc<Mutex<Vec<String>>>), anyhow::Error> {
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                let text = body.get("text").and_then(Value::as_str).unwrap_or_default();
+                if let Ok(mut v) = sink.lock() {
+                    v.push(crate::output::printable(text).into_owned());
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((format!("http://{addr}/hook"), got))
+}
