@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -37,8 +38,8 @@ pub(super) async fn run(command: &str, input: &[u8], timeout: Duration) -> Resul
     let mut child = cmd.spawn().map_err(|e| Failure::Spawn(e.to_string()))?;
     let mut group = Group::of(&child);
     let stdin = child.stdin.take();
-    let stdout = child.stdout.take().map(|r| tokio::spawn(capture(r)));
-    let stderr = child.stderr.take().map(|r| tokio::spawn(capture(r)));
+    let stdout = child.stdout.take().map(Captured::start);
+    let stderr = child.stderr.take().map(Captured::start);
     let input = input.to_vec();
     let feed = async move {
         if let Some(mut stdin) = stdin {
@@ -71,16 +72,14 @@ pub(super) async fn run(command: &str, input: &[u8], timeout: Duration) -> Resul
         return Ok(());
     }
     let mut said = String::new();
-    for (name, task) in [("stderr", stderr), ("stdout", stdout)] {
-        let Some(task) = task else { continue };
-        let abort = task.abort_handle();
-        if let Ok(Ok(bytes)) = tokio::time::timeout(OUTPUT_GRACE, task).await {
-            let text = one_line(&bytes);
-            if !text.is_empty() {
-                let _ = write!(said, "; {name}: {text}");
-            }
+    // One grace for both pipes: they close together when nothing holds them open.
+    let grace_ends = tokio::time::Instant::now() + OUTPUT_GRACE;
+    for (name, captured) in [("stderr", stderr), ("stdout", stdout)] {
+        let Some(captured) = captured else { continue };
+        let text = one_line(&captured.finish(grace_ends).await);
+        if !text.is_empty() {
+            let _ = write!(said, "; {name}: {text}");
         }
-        abort.abort();
     }
     Err(Failure::Exit {
         status: status.to_string(),
@@ -105,23 +104,44 @@ fn shell(command: &str) -> Command {
     }
 }
 
-/// Read a pipe to its end, keeping the first [`OUTPUT_LIMIT`] bytes.
-async fn capture(mut reader: impl AsyncRead + Unpin) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = reader.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-    }
-    kept
+/// One output pipe, read to its end by a task of its own (so the command never blocks on a
+/// full pipe), the first [`OUTPUT_LIMIT`] bytes kept where they can be taken at any time: a
+/// process left in the background may hold the pipe open long after the command exited.
+struct Captured {
+    task: tokio::task::JoinHandle<()>,
+    kept: Arc<Mutex<Vec<u8>>>,
 }
 
-fn abort<T>(tasks: [Option<tokio::task::JoinHandle<T>>; 2]) {
-    for task in tasks.into_iter().flatten() {
-        task.abort();
+impl Captured {
+    fn start(mut reader: impl AsyncRead + Unpin + Send + 'static) -> Captured {
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let into = Arc::clone(&kept);
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = into.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        });
+        Captured { task, kept }
+    }
+
+    /// What was read by the end of the pipe or `until`, whichever comes first; the reading
+    /// stops there.
+    async fn finish(mut self, until: tokio::time::Instant) -> Vec<u8> {
+        let _ = tokio::time::timeout_at(until, &mut self.task).await;
+        self.task.abort();
+        std::mem::take(&mut *self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+fn abort(pipes: [Option<Captured>; 2]) {
+    for captured in pipes.into_iter().flatten() {
+        captured.task.abort();
     }
 }
 

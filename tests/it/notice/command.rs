@@ -42,12 +42,12 @@ async fn a_command_that_hangs_is_killed_with_its_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let (line, pid) = sleeper(dir.path());
     let started = Instant::now();
-    let err = notifier(None, Some(&line), 300, 1)
+    let err = notifier(None, Some(&line), 500, 1)
         .deliver(&event(EventKind::Marked, "uhost-11"))
         .await
         .unwrap_err();
     assert!(
-        started.elapsed() < Duration::from_millis(1300),
+        started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
@@ -84,4 +84,28 @@ async fn a_chatty_failing_command_neither_blocks_nor_floods_the_error() {
     let said = err.to_string();
     assert!(said.contains("exited with exit status: 7"), "{said}");
     assert!(said.len() < 800, "{} bytes", said.len());
+}
+
+#[tokio::test]
+async fn a_process_left_in_the_background_does_not_hold_the_delivery() {
+    // `sleep` keeps the command's stdout and stderr open after the shell exits: a reader
+    // waiting for the pipes to close would wait the 3 s out.
+    for (line, delivered) in [
+        ("sleep 3 & exit 0", true),
+        ("sleep 3 & echo gave up >&2; exit 1", false),
+    ] {
+        let started = Instant::now();
+        let result = notifier(None, Some(line), 10_000, 1)
+            .deliver(&event(EventKind::Marked, "uhost-15"))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{line}: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(result.is_ok(), delivered, "{line}: {result:?}");
+        if let Err(err) = result {
+            assert!(err.to_string().contains("stderr: gave up"), "{err}");
+        }
+    }
 }

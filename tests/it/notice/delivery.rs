@@ -85,7 +85,7 @@ async fn the_deadline_bounds_many_deliveries_and_kills_their_commands() {
     );
 
     let n = notifier(None, Some(&line), 10_000, 1);
-    let results = n.deliver_all(&events[..1], Duration::from_millis(300)).await;
+    let results = n.deliver_all(&events[..1], Duration::from_millis(500)).await;
     assert!(matches!(results[..], [Err(NoticeError::Deadline(_))]), "{results:?}");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let pid = std::fs::read_to_string(pid).unwrap();
