@@ -54,7 +54,7 @@ impl Ctx {
         };
         let (filters, protections) = (req.filters.clone(), req.protections.clone());
         pathset::check(&[
-            pathset::Role { flag: "--state", path: &state_path, written: !a.dry_run },
+            pathset::Role { flag: "--state-file", path: &state_path, written: !a.dry_run },
             pathset::Role { flag: "--report", path: prepared.report.as_deref().unwrap_or(Path::new("")), written: prepared.report.is_some() },
         ].into_iter().filter(|r| !r.path.as_os_str().is_empty()).collect::<Vec<_>>())?;
         // The dry run takes no lock and writes nothing, like `plan`.
@@ -166,7 +166,7 @@ impl Ctx {
             }
         }
         let (path, account) = self.state_for(&a.state)?;
-        pathset::writable("--state", &path)?;
+        pathset::writable("--state-file", &path)?;
         let lock_path = crate::runlock::default_path(&account)?;
         let _lock = crate::runlock::acquire(&lock_path).map_err(|e| match e {
             crate::runlock::RunLockError::Held(_) => Failure::Locked(e.into()),

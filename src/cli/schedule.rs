@@ -45,7 +45,8 @@ pub struct IdleArgs {
 pub struct StateArgs {
     /// The state store [default: one per account in $XDG_STATE_HOME/compshare-teardown, else
     /// ~/.local/state/compshare-teardown]
-    #[arg(long = "state", value_name = "FILE")]
+    // Not `--state`: `watch` takes the selection's `--state STATE` filter too.
+    #[arg(long = "state-file", value_name = "FILE")]
     pub path: Option<PathBuf>,
 }
 

@@ -40,7 +40,7 @@ pub enum StateError {
     #[error("state store {path} is not a compshare-teardown state store ({detail}); nothing was changed")]
     Foreign { path: String, detail: String },
     #[error(
-        "state store {path} belongs to another account ({detail}); pass --state for this account's store (nothing was changed)"
+        "state store {path} belongs to another account ({detail}); pass --state-file for this account's store (nothing was changed)"
     )]
     OtherAccount { path: String, detail: String },
     #[error(
@@ -75,7 +75,7 @@ pub fn default_path(account: &Account) -> Result<PathBuf, StateError> {
         })
         .ok_or_else(|| StateError::Io {
             path: "(state directory)".into(),
-            error: std::io::Error::other("neither XDG_STATE_HOME nor HOME is set; pass --state"),
+            error: std::io::Error::other("neither XDG_STATE_HOME nor HOME is set; pass --state-file"),
         })?;
     Ok(base
         .join("compshare-teardown")

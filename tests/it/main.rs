@@ -10,4 +10,5 @@ mod pace;
 mod sim_http;
 mod sweep;
 mod truth;
+mod watch;
 mod workflow;

@@ -1,0 +1,394 @@
+//! The scheduled job end to end: the real binary's `watch`, `marks`, `keep` and `history`
+//! against the HTTP simulator (idle and busy GPU instances) and a real local webhook receiver.
+//! The simulator runs unscaled with its epoch at the real time, so its monitor samples and the
+//! binary's clock agree; a 10-minute idle window with a 30-minute monitor reach lets one answer
+//! cover the window. Every run is isolated like `cli.rs`'s: fresh `HOME`/XDG directories, no
+//! inherited keys.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use compshare_teardown::api::{Instance, State};
+use compshare_teardown::credentials::Account;
+use compshare_teardown::sim::{CallRecord, GpuLoad, Latency, Monitoring, Scenario, ScenarioInstance, Server, SimHandle, SimState};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The secret part of the webhook URL: it may appear in no output.
+const SECRET: &str = "/services/T0001/B0002/WATCHSECRET42";
+
+const IDLE: [&str; 2] = ["uhost-idle1", "uhost-idle2"];
+const BUSY: &str = "uhost-busy1";
+/// Each instance's hourly price, as Describe gives it.
+const PRICE: f64 = 1.98;
+
+/// The calls that change the world.
+const MUTATING: [&str; 3] = ["StopCompShareInstance", "StartCompShareInstance", "TerminateCompShareInstance"];
+
+/// The idle rule for these worlds: short enough that one monitor answer covers it.
+const RULE: [&str; 4] = ["--idle-for", "10m", "--max-gap", "5m"];
+
+fn now_unix() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    i64::try_from(d.as_secs()).unwrap()
+}
+
+/// A running GPU instance, created long ago (running longer than any idle window).
+fn row(id: &str, load: GpuLoad) -> ScenarioInstance {
+    let instance = Instance {
+        uhost_id: id.into(),
+        name: format!("train-{id}"),
+        tag: "Default".into(),
+        state: State::Running,
+        region: "cn-wlcb".into(),
+        zone: "cn-wlcb-01".into(),
+        charge_type: "Postpay".into(),
+        gpu: 1,
+        gpu_type: "4090".into(),
+        cpu: 16,
+        memory: 65_536,
+        instance_type: "UHost".into(),
+        instance_price: PRICE,
+        create_time: 1_700_000_000,
+        update_time: 1_700_000_000,
+        ..Instance::default()
+    };
+    let Value::Object(row) = serde_json::to_value(&instance).unwrap() else {
+        unreachable!("an instance serializes to an object")
+    };
+    ScenarioInstance {
+        gpu_load: Some(load),
+        row,
+        ..ScenarioInstance::default()
+    }
+}
+
+/// A simulator with two idle and one busy instance, and a private directory for `$HOME`.
+struct World {
+    server: Server,
+    dir: TempDir,
+}
+
+impl World {
+    fn new() -> World {
+        let mut instances: Vec<ScenarioInstance> = IDLE.iter().map(|id| row(id, GpuLoad::Idle)).collect();
+        instances.push(row(BUSY, GpuLoad::Busy));
+        let scenario = Scenario {
+            // Unscaled, from the real time: the simulator's samples are stamped on the clock
+            // the binary reads.
+            epoch: Some(now_unix()),
+            latency: Latency {
+                stop_secs: 0.2,
+                start_secs: 0.2,
+                terminate_secs: 0.2,
+                jitter: 0.0,
+            },
+            monitor: Monitoring {
+                warmup_secs: 0.0,
+                reach_secs: 1_800.0,
+                ..Monitoring::default()
+            },
+            instances,
+            ..Scenario::default()
+        };
+        let server = Server::start(SimHandle::new(scenario), "127.0.0.1:0".parse().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // A fast engine: the simulator stops in 0.2 s, so polling every 3 s would only wait.
+        std::fs::write(
+            dir.path().join("fast.toml"),
+            "[run]\npoll_interval = \"50ms\"\nsettle = \"1s\"\nrate = 0\n",
+        )
+        .unwrap();
+        World { server, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The binary pointed at this world, with its keys, isolated from the developer's machine.
+    fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::cargo::cargo_bin_cmd!("compshare-teardown");
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("UCLOUD_") || k.starts_with("COMPSHARE_") {
+                c.env_remove(&key);
+            }
+        }
+        for key in ["RUST_LOG", "NO_COLOR", "http_proxy", "HTTP_PROXY", "XDG_STATE_HOME"] {
+            c.env_remove(key);
+        }
+        let dir = self.dir.path();
+        c.env("HOME", dir)
+            .env("XDG_CONFIG_HOME", dir.join(".config"))
+            .env("XDG_RUNTIME_DIR", dir)
+            .env("COLUMNS", "200")
+            .env("COMPSHARE_BASE_URL", self.server.url.as_str())
+            .env("COMPSHARE_PUBLIC_KEY", self.server.handle.public_key())
+            .env("COMPSHARE_PRIVATE_KEY", self.server.handle.private_key().expose())
+            .current_dir(dir)
+            .timeout(Duration::from_secs(120));
+        c
+    }
+
+    /// `watch` with this world's idle rule, config and a private lock file, then `args`.
+    fn watch(&self, args: &[&str]) -> Out {
+        let mut c = self.cmd();
+        c.args(["--config", self.path("fast.toml").to_str().unwrap(), "watch", "--all"])
+            .args(RULE)
+            .args(["--lock-file", self.path("lock").to_str().unwrap()])
+            .args(args);
+        run(&mut c)
+    }
+
+    /// A view command (`marks`, `history`, `keep ...`) as JSON.
+    fn view(&self, args: &[&str]) -> Out {
+        run(self.cmd().args(["--output", "json"]).args(args))
+    }
+
+    fn account(&self) -> Account {
+        Account::new(&self.server.url, None, &self.server.handle.public_key())
+    }
+
+    /// Where the store lives when `--state-file` is not given.
+    fn default_store(&self) -> PathBuf {
+        self.path(&format!(".local/state/compshare-teardown/{}.sqlite3", self.account().slug()))
+    }
+
+    fn snapshot(&self) -> SimState {
+        self.server.handle.snapshot()
+    }
+
+    fn mutating_calls(&self) -> Vec<CallRecord> {
+        self.snapshot()
+            .calls
+            .into_iter()
+            .filter(|c| MUTATING.contains(&c.action.as_str()))
+            .collect()
+    }
+
+    /// IDs the simulator still lists.
+    fn alive(&self) -> BTreeSet<String> {
+        self.server.handle.ids().into_iter().collect()
+    }
+}
+
+/// What a finished process left behind.
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Neither stream shows the webhook's secret path.
+    fn masked(&self) {
+        assert!(!self.stdout.contains("WATCHSECRET42") && !self.stderr.contains("WATCHSECRET42"), "{self:?}");
+    }
+}
+
+fn run(cmd: &mut assert_cmd::Command) -> Out {
+    let o = cmd.output().expect("the binary runs");
+    Out {
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+/// A webhook receiver on a loopback port, on its own thread and runtime (the test blocks on
+/// the child process). Answers every POST with `status`, which a test may change.
+struct Receiver {
+    url: String,
+    bodies: Arc<Mutex<Vec<(String, Value)>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl Receiver {
+    fn start(status: u16) -> Receiver {
+        let bodies: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let status = Arc::new(AtomicU16::new(status));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}{SECRET}", listener.local_addr().unwrap());
+        let (b, s) = (bodies.clone(), status.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
+                    let (b, s) = (b.clone(), s.clone());
+                    async move {
+                        let v = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        b.lock().unwrap().push((uri.path().to_owned(), v));
+                        axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+                    }
+                });
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Receiver { url, bodies, status }
+    }
+
+    /// Every body received, in order.
+    fn events(&self) -> Vec<Value> {
+        let got = self.bodies.lock().unwrap().clone();
+        assert!(got.iter().all(|(path, _)| path == SECRET), "posted to the webhook's path");
+        got.into_iter().map(|(_, v)| v).collect()
+    }
+}
+
+/// `(kind, target ID)` of each event; the summary has no target.
+fn kinds(events: &[Value]) -> BTreeSet<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_owned(),
+                e["target"]["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items.iter().map(|(k, id)| ((*k).to_owned(), (*id).to_owned())).collect()
+}
+
+/// The `decision` of each entry in a `watch --output json` report, by ID.
+fn decisions(report: &Value) -> Vec<(String, String, String)> {
+    report["entries"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no entries: {report}"))
+        .iter()
+        .map(|e| {
+            (
+                e["uhost_id"].as_str().unwrap().to_owned(),
+                e["judgement"].as_str().unwrap_or_default().to_owned(),
+                e["decision"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn ids(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+// 1 -----------------------------------------------------------------------------------------
+
+#[test]
+fn dry_run_shows_what_it_would_do_and_changes_nothing() {
+    let w = World::new();
+    let hook = Receiver::start(200);
+
+    let out = w.watch(&["--dry-run", "--output", "json", "--notify-webhook", &hook.url]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.masked();
+    let report = out.json();
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert_eq!(report["marked"], 2, "{report}");
+    let want: Vec<(String, String, String)> = vec![
+        (BUSY.into(), "busy".into(), "nothing".into()),
+        (IDLE[0].into(), "idle".into(), "mark".into()),
+        (IDLE[1].into(), "idle".into(), "mark".into()),
+    ];
+    assert_eq!(decisions(&report), want, "{report}");
+
+    // Grace 0: the same path says it would tear the idle ones down now, in a table.
+    let out = w.watch(&["--dry-run", "--grace", "0", "--notify-webhook", &hook.url]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.masked();
+    let lines: Vec<&str> = out.stdout.lines().filter(|l| l.contains("would tear down")).collect();
+    assert_eq!(lines.len(), 2, "{out:?}");
+    assert!(IDLE.iter().all(|id| lines.iter().any(|l| l.contains(id))), "{out:?}");
+    assert!(!out.stdout.lines().any(|l| l.contains(BUSY) && l.contains("tear down")), "{out:?}");
+    assert!(out.stdout.contains("would act on 2"), "{out:?}");
+
+    assert!(w.mutating_calls().is_empty(), "{:?}", w.mutating_calls());
+    assert!(!exists(&w.default_store()), "a dry run creates no state store");
+    assert!(!exists(&w.path(".local/state")), "nor its directory");
+    assert!(hook.events().is_empty(), "a dry run sends no notice: {:?}", hook.events());
+    assert_eq!(w.alive(), set(&[BUSY, IDLE[0], IDLE[1]]));
+}
+
+// 2 -----------------------------------------------------------------------------------------
+
+#[test]
+fn grace_zero_tears_down_exactly_the_idle_instances_and_tells() {
+    let w = World::new();
+    let hook = Receiver::start(200);
+
+    let out = w.watch(&["--yes", "--grace", "0", "--output", "json", "--notify-webhook", &hook.url]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.masked();
+    let report = out.json();
+    assert_eq!(report["acted"], 2, "{report}");
+    assert_eq!(report["notices_sent"], 5, "{report}");
+
+    assert_eq!(w.alive(), set(&[BUSY]), "only the busy one is left");
+    let terminated: BTreeSet<String> = w.snapshot().terminated.iter().map(|t| t.uhost_id.clone()).collect();
+    assert_eq!(terminated, set(&IDLE));
+    assert!(w.mutating_calls().iter().all(|c| !c.ids.iter().any(|id| id == BUSY)), "{:?}", w.mutating_calls());
+    assert!(w.snapshot().violations.is_empty(), "{:?}", w.snapshot().violations);
+
+    let events = hook.events();
+    assert_eq!(
+        kinds(&events),
+        pairs(&[
+            ("marked", IDLE[0]),
+            ("marked", IDLE[1]),
+            ("torn_down", IDLE[0]),
+            ("torn_down", IDLE[1]),
+            ("summary", ""),
+        ]),
+        "{events:#?}"
+    );
+    assert_eq!(events.len(), 5, "each once: {events:#?}");
+    let event_ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(event_ids.len(), 5, "distinct event IDs: {events:#?}");
+    assert!(events.iter().all(|e| e["text"].as_str().is_some_and(|t| !t.is_empty())), "Slack text: {events:#?}");
+
+    // `history` lists both teardowns with their price; no mark is left.
+    let out = w.view(&["history"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let rows = out.json();
+    assert_eq!(ids(&rows), set(&IDLE), "{rows}");
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["outcome"], "terminated", "{r}");
+        assert_eq!(r["price_per_hour"], PRICE, "{r}");
+    }
+    let out = run(w.cmd().args(["history"]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("2 teardowns") && out.stdout.contains("3.96"), "{out:?}");
+
+    let out = w.view(&["marks"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let view = out.json();
+    assert_eq!(view["marks"], Value::Array(Vec::new()), "{view}");
+}
