@@ -392,3 +392,147 @@ fn grace_zero_tears_down_exactly_the_idle_instances_and_tells() {
     let view = out.json();
     assert_eq!(view["marks"], Value::Array(Vec::new()), "{view}");
 }
+
+// 3 -----------------------------------------------------------------------------------------
+
+#[test]
+fn default_grace_marks_once_and_a_keep_drops_the_mark() {
+    let w = World::new();
+    let hook = Receiver::start(200);
+    let job = ["--yes", "--output", "json", "--notify-webhook", hook.url.as_str()];
+
+    let before = now_unix();
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.masked();
+    let report = out.json();
+    assert_eq!((report["marked"].as_u64(), report["acted"].as_u64()), (Some(2), Some(0)), "{report}");
+    let events = hook.events();
+    assert_eq!(
+        kinds(&events),
+        pairs(&[("marked", IDLE[0]), ("marked", IDLE[1]), ("summary", "")]),
+        "{events:#?}"
+    );
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for e in events.iter().filter(|e| e["kind"] == "marked") {
+        // Due an hour (the default grace) after the mark.
+        let due = e["due"].as_i64().unwrap();
+        assert!((before + 3_600..=now_unix() + 3_600).contains(&due), "{e}");
+    }
+    assert!(w.mutating_calls().is_empty(), "marking changes nothing: {:?}", w.mutating_calls());
+
+    // A second run: still in grace; nothing marked again, nothing sent again.
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report = out.json();
+    assert_eq!((report["marked"].as_u64(), report["waiting"].as_u64()), (Some(0), Some(2)), "{report}");
+    assert_eq!(hook.events().len(), 3, "nothing resent: {:#?}", hook.events());
+    assert!(w.mutating_calls().is_empty());
+
+    // `marks` shows both with their due time, in JSON and as a table.
+    let view = w.view(&["marks"]).json();
+    assert_eq!(ids(&view["marks"]), set(&IDLE), "{view}");
+    for m in view["marks"].as_array().unwrap() {
+        assert_eq!(m["due_at"].as_i64().unwrap() - m["marked_at"].as_i64().unwrap(), 3_600, "{m}");
+    }
+    let table = run(w.cmd().arg("marks"));
+    assert_eq!(table.code, Some(0), "{table:?}");
+    for id in IDLE {
+        assert!(table.stdout.lines().any(|l| l.contains(id) && l.contains("grace")), "{table:?}");
+    }
+
+    // Keep one for 8 hours: the next run drops its mark, says so, and delivers the keep.
+    let out = w.view(&["keep", IDLE[0], "--for", "8h", "--reason", "demo tomorrow"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report = out.json();
+    assert_eq!(report["unmarked"], 1, "{report}");
+    let events = hook.events();
+    assert_eq!(
+        kinds(&events[3..]),
+        pairs(&[("kept", IDLE[0]), ("unmarked", IDLE[0]), ("summary", "")]),
+        "{events:#?}"
+    );
+    assert_eq!(events.len(), 6, "{events:#?}");
+    let view = w.view(&["marks"]).json();
+    assert_eq!(ids(&view["marks"]), set(&[IDLE[1]]), "{view}");
+    assert_eq!(ids(&view["keeps"]), set(&[IDLE[0]]), "{view}");
+    let until = view["keeps"][0]["until_at"].as_i64().unwrap();
+    assert!((before + 8 * 3_600..=now_unix() + 8 * 3_600).contains(&until), "{view}");
+    let table = run(w.cmd().arg("marks"));
+    assert!(table.stdout.lines().any(|l| l.contains(IDLE[0]) && l.contains("demo tomorrow")), "{table:?}");
+
+    // While kept it is neither marked again nor touched.
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let report = out.json();
+    assert_eq!((report["marked"].as_u64(), report["kept"].as_u64()), (Some(0), Some(1)), "{report}");
+    assert_eq!(hook.events().len(), 6, "{:#?}", hook.events());
+    assert!(w.mutating_calls().is_empty());
+    assert_eq!(w.alive(), set(&[BUSY, IDLE[0], IDLE[1]]));
+}
+
+// 4 -----------------------------------------------------------------------------------------
+
+/// The value of an unlabelled gauge in a metrics file.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn a_failing_receiver_never_blocks_the_teardown_and_is_caught_up_next_run() {
+    let w = World::new();
+    let hook = Receiver::start(500);
+    let metrics = w.path("watch.prom");
+    let job = [
+        "--yes",
+        "--grace",
+        "0",
+        "--notify-timeout",
+        "1s",
+        "--notify-webhook",
+        hook.url.as_str(),
+        "--metrics-file",
+        metrics.to_str().unwrap(),
+    ];
+
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "the teardown succeeded: {out:?}");
+    out.masked();
+    assert_eq!(w.alive(), set(&[BUSY]), "torn down although no notice got through");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(gauge(&text, "compshare_teardown_last_watch_notices_failed"), Some(5.0), "{text}");
+    let failed = hook.events();
+    let failed_ids: BTreeSet<String> = failed.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(failed_ids.len(), 5, "{failed:#?}");
+
+    // The receiver is fixed: the next run delivers exactly those, with the same event IDs.
+    hook.status.store(200, Ordering::SeqCst);
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    out.masked();
+    let all = hook.events();
+    let caught_up: Vec<&Value> = all[failed.len()..].iter().collect();
+    let caught_up_ids: BTreeSet<String> = caught_up.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(caught_up_ids, failed_ids, "{caught_up:#?}");
+    assert_eq!(caught_up.len(), 5, "each once: {caught_up:#?}");
+    assert_eq!(
+        kinds(&all),
+        pairs(&[
+            ("marked", IDLE[0]),
+            ("marked", IDLE[1]),
+            ("torn_down", IDLE[0]),
+            ("torn_down", IDLE[1]),
+            ("summary", ""),
+        ])
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(gauge(&text, "compshare_teardown_last_watch_notices_failed"), Some(0.0), "{text}");
+
+    // Delivered: a third run sends nothing.
+    let out = w.watch(&job);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(hook.events().len(), all.len());
+}
