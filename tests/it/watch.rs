@@ -536,3 +536,131 @@ fn a_failing_receiver_never_blocks_the_teardown_and_is_caught_up_next_run() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(hook.events().len(), all.len());
 }
+
+// 5 -----------------------------------------------------------------------------------------
+
+/// What a file looks like, to tell it was not touched: its kind, bytes and mtime.
+fn fingerprint(p: &Path) -> Option<(String, Vec<u8>, Option<std::time::SystemTime>)> {
+    let m = std::fs::symlink_metadata(p).ok()?;
+    let bytes = if m.is_file() { std::fs::read(p).unwrap() } else { Vec::new() };
+    let link = std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default();
+    Some((format!("{:?} {link}", m.file_type()), bytes, m.modified().ok()))
+}
+
+/// A store made by `keep` (which calls no API) for `public_key`'s account.
+fn store_of(w: &World, path: &Path, public_key: &str) {
+    let out = run(w
+        .cmd()
+        .env("COMPSHARE_PUBLIC_KEY", public_key)
+        .args(["keep", "uhost-setup", "--for", "1h", "--state-file", path.to_str().unwrap()]));
+    assert_eq!(out.code, Some(0), "{out:?}");
+}
+
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    let w = World::new();
+    let hook = Receiver::start(200);
+    let public_key = w.server.handle.public_key();
+
+    // Stores that must be refused as they are, and never written.
+    let real = w.path("real.sqlite3");
+    store_of(&w, &real, &public_key);
+    let link = w.path("link.sqlite3");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let dir = w.path("dir.sqlite3");
+    std::fs::create_dir(&dir).unwrap();
+    let text = w.path("text.sqlite3");
+    std::fs::write(&text, "these are my notes, not a database\n".repeat(20)).unwrap();
+    let other = w.path("other.sqlite3");
+    store_of(&w, &other, "someone-elses-public-key");
+    let newer = w.path("newer.sqlite3");
+    store_of(&w, &newer, &public_key);
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 999")
+        .unwrap();
+    let files = [&real, &link, &dir, &text, &other, &newer];
+    let before: Vec<_> = files.iter().map(|f| fingerprint(f)).collect();
+
+    let p = |f: &PathBuf| f.to_str().unwrap().to_owned();
+    let job = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["watch", "--all", "--yes", "--notify-webhook", hook.url.as_str()]
+            .map(str::to_owned)
+            .to_vec();
+        v.extend(extra.iter().map(|s| (*s).to_owned()));
+        v
+    };
+    let owned = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+    let malformed = format!("http://exa mple.com{SECRET}");
+    let not_http = format!("ftp://hooks.example.com{SECRET}");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (owned(&["watch", "--all", "--notify-webhook", hook.url.as_str()]), "--yes"),
+        (job(&["--dry-run", "--notify-webhook", &malformed]), "webhook"),
+        (owned(&["watch", "--all", "--yes", "--notify-webhook", &malformed]), "webhook"),
+        (owned(&["watch", "--all", "--yes", "--notify-webhook", &not_http]), "http"),
+        (owned(&["watch", "--all", "--yes", "--notify-command", " "]), "command"),
+        (job(&["--gpu-util-max", "100"]), "--gpu-util-max"),
+        (job(&["--gpu-mem-max=-1"]), "--gpu-mem-max"),
+        (job(&["--idle-for", "5m"]), "--idle-for"),
+        (job(&["--idle-for", "10m", "--max-gap", "10m"]), "gap"),
+        (job(&["--idle-for", "10m", "--max-gap", "20m"]), "gap"),
+        (job(&["--state-file", &p(&link)]), "symbolic link"),
+        (job(&["--state-file", &p(&dir)]), "directory"),
+        (job(&["--state-file", &p(&text)]), "not a compshare-teardown state store"),
+        (job(&["--state-file", &p(&other)]), "another account"),
+        (job(&["--state-file", &p(&newer)]), "newer"),
+        (job(&["--dry-run", "--state-file", &p(&other)]), "another account"),
+        (owned(&["marks", "--state-file", &p(&link)]), "symbolic link"),
+        (owned(&["history", "--state-file", &p(&newer)]), "newer"),
+        (owned(&["keep", "uhost-ok", "--for", "1h", "--state-file", &p(&other)]), "another account"),
+        (owned(&["keep", "uhost-a/../b", "--for", "8h"]), "not an instance ID"),
+        (owned(&["keep", "uhost-ok", "--until", "2020-01-01T00:00:00Z"]), "in the past"),
+        (owned(&["keep", "uhost-ok", "--until", "next tuesday"]), "--until"),
+        (owned(&["keep", "uhost-ok", "--for", "10s"]), "--for"),
+    ];
+    for (args, want) in &cases {
+        let out = run(w.cmd().args(["--config", w.path("fast.toml").to_str().unwrap()]).args(args));
+        assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(want), "{args:?} should say {want:?}: {out:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+        out.masked();
+        assert!(w.snapshot().calls.is_empty(), "{args:?}: no API call: {:?}", w.snapshot().calls);
+        assert!(!exists(&w.default_store()), "{args:?}: no store created");
+        let after: Vec<_> = files.iter().map(|f| fingerprint(f)).collect();
+        assert_eq!(after, before, "{args:?}: no store file touched");
+        assert!(hook.events().is_empty(), "{args:?}: no notice");
+    }
+}
+
+// 6 -----------------------------------------------------------------------------------------
+
+#[test]
+fn an_overlapping_run_exits_3_and_touches_nothing() {
+    let w = World::new();
+    let hook = Receiver::start(200);
+    let holder = std::fs::File::create(w.path("lock")).unwrap();
+    holder.try_lock().unwrap();
+
+    let out = w.watch(&["--yes", "--grace", "0", "--notify-webhook", &hook.url]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(out.stderr.contains("holds the lock"), "{out:?}");
+    out.masked();
+    assert!(w.snapshot().calls.is_empty(), "no API call before the lock");
+    assert!(!exists(&w.default_store()), "no store written");
+    assert!(hook.events().is_empty());
+
+    // `keep` writes the store under the same per-account default lock as a `run`.
+    let default_lock = w.path(&format!("compshare-teardown-{}.lock", w.account().slug()));
+    let default_holder = std::fs::File::create(default_lock).unwrap();
+    default_holder.try_lock().unwrap();
+    let out = w.view(&["keep", IDLE[0], "--for", "1h"]);
+    assert_eq!(out.code, Some(3), "{out:?}");
+    assert!(!exists(&w.default_store()), "no store written");
+    drop(default_holder);
+
+    // Released: the same run goes ahead.
+    drop(holder);
+    let out = w.watch(&["--yes", "--grace", "0", "--notify-webhook", &hook.url]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(w.alive(), set(&[BUSY]));
+}
