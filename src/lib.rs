@@ -36,9 +36,9 @@ pub mod plan;
 mod progress;
 pub mod reference;
 mod runlock;
+pub mod schedule;
 mod selection;
 pub mod sim;
-pub mod schedule;
 pub mod state;
 #[cfg(feature = "sweep")]
 pub mod sweep;

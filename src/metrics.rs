@@ -139,7 +139,11 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
         .iter()
         .map(|(k, n)| (format!("{{decision=\"{k}\"}}"), count(*n)))
         .collect();
-        gauge("last_watch_instances", "Instances of the last scheduled run by decision.", &decided);
+        gauge(
+            "last_watch_instances",
+            "Instances of the last scheduled run by decision.",
+            &decided,
+        );
         gauge(
             "last_watch_notices_failed",
             "Notices the last scheduled run could not deliver (retried by the next run).",

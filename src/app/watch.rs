@@ -22,10 +22,10 @@ use crate::defaults;
 use crate::monitor::IdleRule;
 use crate::notice::{Event, EventKind, NoticeConfig, Notifier, Target};
 use crate::output::{self, OutputFormat};
+use crate::pathset;
 use crate::schedule::{self, Action, JobError};
 use crate::state::{Changes, Keep, Kind, Pending, StateError, Store};
 use crate::workflow::Controls;
-use crate::pathset;
 
 impl Ctx {
     pub(super) async fn watch(&self, a: WatchArgs) -> CmdResult<Exit> {
@@ -53,12 +53,29 @@ impl Ctx {
             unreachable!("watch never reads a plan or a journal")
         };
         let (filters, protections) = (req.filters.clone(), req.protections.clone());
-        pathset::check(&[
-            pathset::Role { flag: "--state-file", path: &state_path, written: !a.dry_run },
-            pathset::Role { flag: "--report", path: prepared.report.as_deref().unwrap_or(Path::new("")), written: prepared.report.is_some() },
-        ].into_iter().filter(|r| !r.path.as_os_str().is_empty()).collect::<Vec<_>>())?;
+        pathset::check(
+            &[
+                pathset::Role {
+                    flag: "--state-file",
+                    path: &state_path,
+                    written: !a.dry_run,
+                },
+                pathset::Role {
+                    flag: "--report",
+                    path: prepared.report.as_deref().unwrap_or(Path::new("")),
+                    written: prepared.report.is_some(),
+                },
+            ]
+            .into_iter()
+            .filter(|r| !r.path.as_os_str().is_empty())
+            .collect::<Vec<_>>(),
+        )?;
         // The dry run takes no lock and writes nothing, like `plan`.
-        let _lock = if a.dry_run { None } else { Some(self.lock(&run_args, &prepared)?) };
+        let _lock = if a.dry_run {
+            None
+        } else {
+            Some(self.lock(&run_args, &prepared)?)
+        };
         let mut store = if a.dry_run {
             match Store::open_read_only(&state_path, &prepared.account).map_err(state_refused)? {
                 Some(s) => s,
@@ -73,7 +90,9 @@ impl Ctx {
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone());
         let ctl = Controls {
-            guard: Some(Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row)))),
+            guard: Some(Box::new(move |row| {
+                protections.refuse(row).or_else(|| filters.outside_scope(row))
+            })),
             cancel,
             ..Controls::default()
         };
@@ -100,23 +119,28 @@ impl Ctx {
                 return Ok(Exit::Failed);
             }
         };
-        if let Some(path) = &prepared.report
-            && let Err(e) = pathset::write_file(path, json(&report).as_bytes())
+        Ok(self.watch_done(&report, prepared.report.as_deref()))
+    }
+
+    /// A finished run: the report file, stdout, and what the metrics file will say; the exit
+    /// code the teardown earned.
+    fn watch_done(&self, report: &schedule::JobReport, file: Option<&Path>) -> Exit {
+        if let Some(path) = file
+            && let Err(e) = pathset::write_file(path, json(report).as_bytes())
         {
             tracing::error!("cannot write report {}: {e}", path.display());
         }
         match self.output() {
-            OutputFormat::Json => print(&json(&report)),
-            OutputFormat::Table => print(&output::watch_table(&report)),
+            OutputFormat::Json => print(&json(report)),
+            OutputFormat::Table => print(&output::watch_table(report)),
         }
-        let exit = report.teardown.as_ref().map_or(Exit::Ok, exit_for);
         if let Ok(mut slot) = self.report.lock() {
             slot.clone_from(&report.teardown);
         }
         if let Ok(mut slot) = self.watch.lock() {
-            *slot = Some(crate::metrics::WatchCounts::of(&report));
+            *slot = Some(crate::metrics::WatchCounts::of(report));
         }
-        Ok(exit)
+        report.teardown.as_ref().map_or(Exit::Ok, exit_for)
     }
 
     /// `marks`: every mark and keep, read-only, without the run lock.
@@ -146,9 +170,15 @@ impl Ctx {
         let until = match (&a.keep_for, &a.until) {
             (Some(d), _) => Some(now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
             (None, Some(t)) => {
-                let at = humantime::parse_rfc3339_weak(t)
-                    .map_err(|e| anyhow!("--until {}: {e}; use RFC 3339, e.g. 2026-12-24T18:00:00Z", crate::textfile::excerpt(t)))?;
-                let at = at.duration_since(std::time::UNIX_EPOCH).map_err(|_| anyhow!("--until is before 1970"))?;
+                let at = humantime::parse_rfc3339_weak(t).map_err(|e| {
+                    anyhow!(
+                        "--until {}: {e}; use RFC 3339, e.g. 2026-12-24T18:00:00Z",
+                        crate::textfile::excerpt(t)
+                    )
+                })?;
+                let at = at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|_| anyhow!("--until is before 1970"))?;
                 let at = i64::try_from(at.as_secs()).unwrap_or(i64::MAX);
                 if at <= now {
                     return Err(Failure::Usage(anyhow!("--until is in the past (nothing was changed)")));
@@ -158,7 +188,8 @@ impl Ctx {
             (None, None) => None,
         };
         for id in &a.ids {
-            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(Failure::Usage(anyhow!(
                     "{} is not an instance ID (nothing was changed)",
                     crate::textfile::excerpt(id)
@@ -198,7 +229,11 @@ impl Ctx {
                             zone: String::new(),
                         }),
                         due: Some(until_at),
-                        reason: if a.reason.is_empty() { "kept by a person".into() } else { format!("kept: {}", a.reason) },
+                        reason: if a.reason.is_empty() {
+                            "kept by a person".into()
+                        } else {
+                            format!("kept: {}", a.reason)
+                        },
                         details: serde_json::Map::new(),
                     };
                     changes.notices.push(Pending {
@@ -241,36 +276,35 @@ impl Ctx {
         let (_client, account) = self.client()?;
         Ok((state_path(a, &account)?, account))
     }
-
 }
 
 /// `watch`'s own offline checks: the idle rule, the notice sinks, the store's path.
 fn watch_config(a: &WatchArgs, prepared: &Prepared) -> CmdResult<(schedule::Config, NoticeConfig, PathBuf)> {
-        let rule = IdleRule {
-            window: a.idle.idle_for.unwrap_or(defaults::IDLE_WINDOW),
-            util_max: a.idle.gpu_util_max.unwrap_or(defaults::IDLE_UTIL_MAX),
-            mem_max: a.idle.gpu_mem_max.unwrap_or(defaults::IDLE_MEM_MAX),
-            max_gap: a.idle.max_gap.unwrap_or(defaults::IDLE_MAX_GAP),
-        };
-        rule.check().map_err(|e| anyhow!("{e} (nothing was changed)"))?;
-        let notices = NoticeConfig::new(
-            a.notify_webhook.as_deref(),
-            a.notify_command.as_deref(),
-            a.notify_timeout.unwrap_or(defaults::NOTICE_TIMEOUT),
-        )
-        .map_err(|e| anyhow!("{e} (nothing was changed)"))?;
-        let state_path = state_path(&a.state, &prepared.account)?;
-        let cfg = schedule::Config {
-            rule,
-            grace: a.grace.unwrap_or(defaults::GRACE),
-            action: Action::Terminate,
-            in_hours: None,
-            max_count: prepared.max_count,
-            settings: prepared.settings.clone(),
-            notice_deadline: defaults::NOTICE_DEADLINE,
-            account: prepared.account.slug(),
-            dry_run: a.dry_run,
-        };
+    let rule = IdleRule {
+        window: a.idle.idle_for.unwrap_or(defaults::IDLE_WINDOW),
+        util_max: a.idle.gpu_util_max.unwrap_or(defaults::IDLE_UTIL_MAX),
+        mem_max: a.idle.gpu_mem_max.unwrap_or(defaults::IDLE_MEM_MAX),
+        max_gap: a.idle.max_gap.unwrap_or(defaults::IDLE_MAX_GAP),
+    };
+    rule.check().map_err(|e| anyhow!("{e} (nothing was changed)"))?;
+    let notices = NoticeConfig::new(
+        a.notify_webhook.as_deref(),
+        a.notify_command.as_deref(),
+        a.notify_timeout.unwrap_or(defaults::NOTICE_TIMEOUT),
+    )
+    .map_err(|e| anyhow!("{e} (nothing was changed)"))?;
+    let state_path = state_path(&a.state, &prepared.account)?;
+    let cfg = schedule::Config {
+        rule,
+        grace: a.grace.unwrap_or(defaults::GRACE),
+        action: Action::Terminate,
+        in_hours: None,
+        max_count: prepared.max_count,
+        settings: prepared.settings.clone(),
+        notice_deadline: defaults::NOTICE_DEADLINE,
+        account: prepared.account.slug(),
+        dry_run: a.dry_run,
+    };
     Ok((cfg, notices, state_path))
 }
 

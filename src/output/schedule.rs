@@ -13,7 +13,8 @@ pub fn when(t: i64) -> String {
     u64::try_from(t).map_or_else(
         |_| "-".into(),
         |s| {
-            let text = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)).to_string();
+            let text = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+                .to_string();
             // 2026-12-04T21:03:00Z -> 2026-12-04 21:03Z
             format!("{} {}Z", &text[..10], &text[11..16])
         },
@@ -44,7 +45,10 @@ pub fn watch_table(r: &JobReport) -> String {
             Decision::Kept { until_at } => ("kept".to_owned(), format!("kept until {}", when(*until_at))),
             Decision::Finished => ("finished earlier teardown".to_owned(), "-".to_owned()),
         };
-        let outcome = e.outcome.as_ref().map_or_else(|| "-".to_owned(), |o| o.word().to_owned());
+        let outcome = e
+            .outcome
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), |o| o.word().to_owned());
         t.add_row(vec![
             cell(&e.uhost_id, NAME_CHARS),
             cell(&e.name, NAME_CHARS),
@@ -84,7 +88,11 @@ pub struct MarksView {
 pub fn marks_table(v: &MarksView) -> String {
     let mut t = table(&["ID", "NAME", "MARKED", "DUE", "LAST BUSY", "STATUS"]);
     for m in &v.marks {
-        let last_busy = v.seen.get(&m.id).and_then(|s| s.last_busy_at).map_or_else(|| "-".into(), when);
+        let last_busy = v
+            .seen
+            .get(&m.id)
+            .and_then(|s| s.last_busy_at)
+            .map_or_else(|| "-".into(), when);
         let status = if m.acting_since.is_some() {
             "teardown begun"
         } else if m.due_at <= v.now {
@@ -103,9 +111,17 @@ pub fn marks_table(v: &MarksView) -> String {
     }
     let mut k = table(&["KEPT ID", "UNTIL", "REASON"]);
     for keep in v.keeps.iter().filter(|k| k.until_at > v.now) {
-        k.add_row(vec![cell(&keep.id, NAME_CHARS), when(keep.until_at), cell(&keep.reason, CELL_CHARS)]);
+        k.add_row(vec![
+            cell(&keep.id, NAME_CHARS),
+            when(keep.until_at),
+            cell(&keep.reason, CELL_CHARS),
+        ]);
     }
-    format!("{t}\n{k}\n{} marked, {} kept\n", v.marks.len(), v.keeps.iter().filter(|k| k.until_at > v.now).count())
+    format!(
+        "{t}\n{k}\n{} marked, {} kept\n",
+        v.marks.len(),
+        v.keeps.iter().filter(|k| k.until_at > v.now).count()
+    )
 }
 
 /// `history` as a table, with what the teardowns freed per hour.

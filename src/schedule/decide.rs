@@ -189,6 +189,7 @@ mod tests {
         };
         let (now, grace) = (100, 60);
         #[rustfmt::skip]
+        #[expect(clippy::type_complexity, reason = "one table row: mark, keep, listed, judgement, in hours, decision")]
         let table: Vec<(Option<Mark>, bool, L, &J, bool, D)> = vec![
             // mark                keep   listed         judgement  in hours  decision
             (None,                 false, L::Running,    &idle,     true,  D::Mark { due_at: 160 }),

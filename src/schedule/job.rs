@@ -179,6 +179,10 @@ pub async fn run_once<T: Transport + 'static>(
 }
 
 /// The first write's changes, and the instances to act on: every listed instance decided.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per decision, each with the changes and notice it writes"
+)]
 fn step(
     cfg: &Config,
     now: i64,
@@ -214,7 +218,9 @@ fn step(
         if !samples.is_empty() {
             changes.samples.push((id.clone(), samples));
         }
-        let name = row.as_ref().map_or_else(|| mark.map(|m| m.name.clone()).unwrap_or_default(), |r| r.name.clone());
+        let name = row
+            .as_ref()
+            .map_or_else(|| mark.map(|m| m.name.clone()).unwrap_or_default(), |r| r.name.clone());
         let event = |kind: EventKind, key: &str, reason: String, due: Option<i64>, details: Map<String, Value>| {
             event_for(cfg, now, kind, key, id, &name, row.as_ref(), reason, due, details)
         };
@@ -225,7 +231,13 @@ fn step(
             Decision::Mark { due_at } => {
                 report.marked += 1;
                 let m = new_mark(id, &name, now, *due_at, cfg);
-                let e = event(EventKind::Marked, &m.marked_at.to_string(), m.reason.clone(), Some(*due_at), price(row.as_ref()));
+                let e = event(
+                    EventKind::Marked,
+                    &m.marked_at.to_string(),
+                    m.reason.clone(),
+                    Some(*due_at),
+                    price(row.as_ref()),
+                );
                 changes.marks.push(m);
                 changes.notices.push(pending(&e, now));
             }
@@ -240,7 +252,13 @@ fn step(
                 if let Judgement::Busy { at } = judgement {
                     details.insert("last_busy_at".into(), json!(at));
                 }
-                let e = event(EventKind::Unmarked, &m.marked_at.to_string(), format!("unmarked: {why}"), None, details);
+                let e = event(
+                    EventKind::Unmarked,
+                    &m.marked_at.to_string(),
+                    format!("unmarked: {why}"),
+                    None,
+                    details,
+                );
                 changes.unmarks.push((Kind::Instance, id.clone()));
                 changes.notices.push(pending(&e, now));
             }
@@ -249,7 +267,13 @@ fn step(
                 let mut m = mark.cloned().unwrap_or_else(|| new_mark_at(id, &name, now, cfg));
                 if *new_mark {
                     report.marked += 1;
-                    let e = event(EventKind::Marked, &m.marked_at.to_string(), m.reason.clone(), Some(now), price(row.as_ref()));
+                    let e = event(
+                        EventKind::Marked,
+                        &m.marked_at.to_string(),
+                        m.reason.clone(),
+                        Some(now),
+                        price(row.as_ref()),
+                    );
                     changes.notices.push(pending(&e, now));
                 }
                 m.acting_since = Some(now);
@@ -261,15 +285,30 @@ fn step(
             Decision::Finished => {
                 let m = mark.expect("decide finishes only a mark");
                 changes.unmarks.push((Kind::Instance, id.clone()));
-                changes.history.push(history(now, id, &name, "terminated (an earlier run began it)", None, ""));
-                let e = event(EventKind::TornDown, &m.marked_at.to_string(), "torn down (begun by an earlier run that was interrupted)".into(), None, Map::new());
+                changes.history.push(history(
+                    now,
+                    id,
+                    &name,
+                    "terminated (an earlier run began it)",
+                    None,
+                    "",
+                ));
+                let e = event(
+                    EventKind::TornDown,
+                    &m.marked_at.to_string(),
+                    "torn down (begun by an earlier run that was interrupted)".into(),
+                    None,
+                    Map::new(),
+                );
                 changes.notices.push(pending(&e, now));
             }
         }
         report.entries.push(Entry {
             uhost_id: id.clone(),
             name,
-            state: row.as_ref().map_or_else(|| "absent".to_owned(), |r| r.state.as_str().to_owned()),
+            state: row
+                .as_ref()
+                .map_or_else(|| "absent".to_owned(), |r| r.state.as_str().to_owned()),
             price_per_hour: row.as_ref().map(|r| r.instance_price).filter(|p| *p > 0.0),
             judgement,
             decision,
@@ -301,7 +340,11 @@ async fn listed<T: Transport>(cloud: &T, cands: Vec<Candidate>, marks: &HashMap<
         if let Ok(found) = api::describe_ids(cloud, &missing).await {
             let found: HashMap<String, Instance> = found.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
             for id in missing {
-                let listed = if found.contains_key(&id) { Listed::NotSelected } else { Listed::Gone };
+                let listed = if found.contains_key(&id) {
+                    Listed::NotSelected
+                } else {
+                    Listed::Gone
+                };
                 rows.insert(id.clone(), (listed, found.get(&id).cloned()));
             }
         }
@@ -363,7 +406,10 @@ async fn judge_all<T: Transport>(
             };
             let mut all = store.samples(&id, since)?;
             all.extend(fresh.iter().cloned());
-            let gpus = rows.get(&id).and_then(|(_, r)| r.as_ref()).map(|r| usize::try_from(r.gpu).unwrap_or(0));
+            let gpus = rows
+                .get(&id)
+                .and_then(|(_, r)| r.as_ref())
+                .map(|r| usize::try_from(r.gpu).unwrap_or(0));
             let verdict = monitor::judge(&cfg.rule, now, seen_now.running_since.unwrap_or(now), gpus, &all);
             entry.0 = match verdict {
                 Verdict::Idle { .. } => Judgement::Idle,
@@ -411,15 +457,25 @@ async fn act<T: Transport + 'static>(cloud: Arc<T>, cfg: &Config, acting: Vec<In
 }
 
 /// The second write: what the engine did to each instance acted on.
-fn outcomes(cfg: &Config, now: i64, marks: &HashMap<String, Mark>, teardown: &Report, report: &mut JobReport) -> Changes {
+fn outcomes(
+    cfg: &Config,
+    now: i64,
+    marks: &HashMap<String, Mark>,
+    teardown: &Report,
+    report: &mut JobReport,
+) -> Changes {
     let mut c = Changes::default();
     let by_id: HashMap<&str, &workflow::InstanceReport> =
         teardown.instances.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
     for entry in &mut report.entries {
-        let Some(r) = by_id.get(entry.uhost_id.as_str()) else { continue };
+        let Some(r) = by_id.get(entry.uhost_id.as_str()) else {
+            continue;
+        };
         report.acted += 1;
         entry.outcome = Some(r.outcome.clone());
-        let key = marks.get(&entry.uhost_id).map_or_else(|| now.to_string(), |m| m.marked_at.to_string());
+        let key = marks
+            .get(&entry.uhost_id)
+            .map_or_else(|| now.to_string(), |m| m.marked_at.to_string());
         let id = entry.uhost_id.clone();
         let label = r.outcome.word();
         let (kind, reason) = match &r.outcome {
@@ -431,16 +487,28 @@ fn outcomes(cfg: &Config, now: i64, marks: &HashMap<String, Mark>, teardown: &Re
         let gone = r.outcome.is_gone();
         if gone {
             c.unmarks.push((Kind::Instance, id.clone()));
-        } else if let Some(m) = marks.get(&id).cloned().or_else(|| Some(new_mark_at(&id, &entry.name, now, cfg))) {
+        } else if let Some(m) = marks
+            .get(&id)
+            .cloned()
+            .or_else(|| Some(new_mark_at(&id, &entry.name, now, cfg)))
+        {
             // Failed: kept marked and judged again next run.
-            c.marks.push(Mark { acting_since: None, ..m });
+            c.marks.push(Mark {
+                acting_since: None,
+                ..m
+            });
         }
         let price = entry.price_per_hour;
         if matches!(kind, EventKind::TornDown | EventKind::Failed) {
-            c.history.push(history(now, &id, &entry.name, label, price, &r.outcome.detail()));
+            c.history
+                .push(history(now, &id, &entry.name, label, price, &r.outcome.detail()));
         }
         // A failure is its own event each time; the rest happen once per mark.
-        let key = if kind == EventKind::Failed { format!("{key}/{now}") } else { key };
+        let key = if kind == EventKind::Failed {
+            format!("{key}/{now}")
+        } else {
+            key
+        };
         let mut details = Map::new();
         details.insert("outcome".into(), json!(label));
         if let Some(p) = price {

@@ -82,6 +82,11 @@ fn events(store: &Store) -> Vec<Event> {
 }
 
 #[tokio::test(start_paused = true)]
+#[expect(
+    clippy::too_many_lines,
+    clippy::cast_precision_loss,
+    reason = "one week's story told in order; nominal seconds far below 2^52"
+)]
 async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
     let epochs = GpuLoad::Epochs {
         busy_secs: 2400.0,
@@ -95,10 +100,22 @@ async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
             row("uhost-idle", 1, GpuLoad::Idle),
             row("uhost-idle8", 8, GpuLoad::Idle),
             row("uhost-epochs", 4, epochs),
-            row("uhost-later", 1, GpuLoad::IdleAfter { secs: (DAY + 5 * HOUR) as f64 }),
+            row(
+                "uhost-later",
+                1,
+                GpuLoad::IdleAfter {
+                    secs: (DAY + 5 * HOUR) as f64,
+                },
+            ),
             // Idle, marked at 1h15, then busy again at 1h30, before its grace ends: unmarked,
             // never touched.
-            row("uhost-back", 1, GpuLoad::BusyAfter { secs: (HOUR + 30 * 60) as f64 }),
+            row(
+                "uhost-back",
+                1,
+                GpuLoad::BusyAfter {
+                    secs: (HOUR + 30 * 60) as f64,
+                },
+            ),
             row("uhost-nodata", 1, GpuLoad::NoData),
             row("uhost-kept", 1, GpuLoad::Idle),
             row("uhost-restarted", 1, GpuLoad::Idle),
@@ -229,7 +246,13 @@ async fn a_simulated_week_tears_down_exactly_the_idle_instances() {
         assert_eq!(count(EventKind::Unmarked, id), marks - 1, "{id}");
         assert_eq!(count(EventKind::TornDown, id), 1, "{id}");
     }
-    assert_eq!((count(EventKind::Marked, "uhost-back"), count(EventKind::Unmarked, "uhost-back")), (1, 1));
+    assert_eq!(
+        (
+            count(EventKind::Marked, "uhost-back"),
+            count(EventKind::Unmarked, "uhost-back")
+        ),
+        (1, 1)
+    );
     for id in ["uhost-busy", "uhost-epochs", "uhost-nodata", "uhost-nogpu"] {
         assert!(evs.iter().all(|e| e.target.as_ref().is_none_or(|t| t.id != id)), "{id}");
     }
@@ -268,16 +291,38 @@ async fn two_runs_in_one_second_each_write_their_summary() {
     let now = sim.unix_now();
     let rows = api::describe_all(&sim, None, None).await.unwrap();
     let cands = || selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
-    let first = run_once(Arc::new(sim.clone()), &mut store, Some(&notifier), &cfg, now, cands(), Controls::default())
-        .await
-        .unwrap();
+    let first = run_once(
+        Arc::new(sim.clone()),
+        &mut store,
+        Some(&notifier),
+        &cfg,
+        now,
+        cands(),
+        Controls::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(first.marked, 1);
     sim.set_gpu_load("uhost-idle", GpuLoad::Busy);
-    let second = run_once(Arc::new(sim.clone()), &mut store, Some(&notifier), &cfg, now, cands(), Controls::default())
-        .await
-        .unwrap();
+    let second = run_once(
+        Arc::new(sim.clone()),
+        &mut store,
+        Some(&notifier),
+        &cfg,
+        now,
+        cands(),
+        Controls::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(second.unmarked, 1);
-    let summaries: Vec<Event> = events(&store).into_iter().filter(|e| e.kind == EventKind::Summary).collect();
+    let summaries: Vec<Event> = events(&store)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Summary)
+        .collect();
     assert_eq!(summaries.len(), 2, "{summaries:#?}");
-    assert!(summaries.iter().any(|e| e.reason.contains("1 unmarked")), "{summaries:#?}");
+    assert!(
+        summaries.iter().any(|e| e.reason.contains("1 unmarked")),
+        "{summaries:#?}"
+    );
 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use compshare_teardown::api::{Instance, State};
 use compshare_teardown::credentials::Account;
-use compshare_teardown::sim::{CallRecord, GpuLoad, Latency, Monitoring, Scenario, ScenarioInstance, Server, SimHandle, SimState};
+use compshare_teardown::sim::{
+    CallRecord, GpuLoad, Latency, Monitoring, Scenario, ScenarioInstance, Server, SimHandle, SimState,
+};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -26,13 +28,19 @@ const BUSY: &str = "uhost-busy1";
 const PRICE: f64 = 1.98;
 
 /// The calls that change the world.
-const MUTATING: [&str; 3] = ["StopCompShareInstance", "StartCompShareInstance", "TerminateCompShareInstance"];
+const MUTATING: [&str; 3] = [
+    "StopCompShareInstance",
+    "StartCompShareInstance",
+    "TerminateCompShareInstance",
+];
 
 /// The idle rule for these worlds: short enough that one monitor answer covers it.
 const RULE: [&str; 4] = ["--idle-for", "10m", "--max-gap", "5m"];
 
 fn now_unix() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     i64::try_from(d.as_secs()).unwrap()
 }
 
@@ -155,7 +163,10 @@ impl World {
 
     /// Where the store lives when `--state-file` is not given.
     fn default_store(&self) -> PathBuf {
-        self.path(&format!(".local/state/compshare-teardown/{}.sqlite3", self.account().slug()))
+        self.path(&format!(
+            ".local/state/compshare-teardown/{}.sqlite3",
+            self.account().slug()
+        ))
     }
 
     fn snapshot(&self) -> SimState {
@@ -185,7 +196,11 @@ struct Out {
 
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -196,7 +211,10 @@ impl Out {
 
     /// Neither stream shows the webhook's secret path.
     fn masked(&self) {
-        assert!(!self.stdout.contains("WATCHSECRET42") && !self.stderr.contains("WATCHSECRET42"), "{self:?}");
+        assert!(
+            !self.stdout.contains("WATCHSECRET42") && !self.stderr.contains("WATCHSECRET42"),
+            "{self:?}"
+        );
     }
 }
 
@@ -226,7 +244,10 @@ impl Receiver {
         let url = format!("http://{}{SECRET}", listener.local_addr().unwrap());
         let (b, s) = (bodies.clone(), status.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
                     let (b, s) = (b.clone(), s.clone());
@@ -246,7 +267,10 @@ impl Receiver {
     /// Every body received, in order.
     fn events(&self) -> Vec<Value> {
         let got = self.bodies.lock().unwrap().clone();
-        assert!(got.iter().all(|(path, _)| path == SECRET), "posted to the webhook's path");
+        assert!(
+            got.iter().all(|(path, _)| path == SECRET),
+            "posted to the webhook's path"
+        );
         got.into_iter().map(|(_, v)| v).collect()
     }
 }
@@ -265,7 +289,10 @@ fn kinds(events: &[Value]) -> BTreeSet<(String, String)> {
 }
 
 fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
-    items.iter().map(|(k, id)| ((*k).to_owned(), (*id).to_owned())).collect()
+    items
+        .iter()
+        .map(|(k, id)| ((*k).to_owned(), (*id).to_owned()))
+        .collect()
 }
 
 /// The `decision` of each entry in a `watch --output json` report, by ID.
@@ -327,13 +354,20 @@ fn dry_run_shows_what_it_would_do_and_changes_nothing() {
     let lines: Vec<&str> = out.stdout.lines().filter(|l| l.contains("would tear down")).collect();
     assert_eq!(lines.len(), 2, "{out:?}");
     assert!(IDLE.iter().all(|id| lines.iter().any(|l| l.contains(id))), "{out:?}");
-    assert!(!out.stdout.lines().any(|l| l.contains(BUSY) && l.contains("tear down")), "{out:?}");
+    assert!(
+        !out.stdout.lines().any(|l| l.contains(BUSY) && l.contains("tear down")),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("would act on 2"), "{out:?}");
 
     assert!(w.mutating_calls().is_empty(), "{:?}", w.mutating_calls());
     assert!(!exists(&w.default_store()), "a dry run creates no state store");
     assert!(!exists(&w.path(".local/state")), "nor its directory");
-    assert!(hook.events().is_empty(), "a dry run sends no notice: {:?}", hook.events());
+    assert!(
+        hook.events().is_empty(),
+        "a dry run sends no notice: {:?}",
+        hook.events()
+    );
     assert_eq!(w.alive(), set(&[BUSY, IDLE[0], IDLE[1]]));
 }
 
@@ -344,7 +378,15 @@ fn grace_zero_tears_down_exactly_the_idle_instances_and_tells() {
     let w = World::new();
     let hook = Receiver::start(200);
 
-    let out = w.watch(&["--yes", "--grace", "0", "--output", "json", "--notify-webhook", &hook.url]);
+    let out = w.watch(&[
+        "--yes",
+        "--grace",
+        "0",
+        "--output",
+        "json",
+        "--notify-webhook",
+        &hook.url,
+    ]);
     assert_eq!(out.code, Some(0), "{out:?}");
     out.masked();
     let report = out.json();
@@ -354,7 +396,11 @@ fn grace_zero_tears_down_exactly_the_idle_instances_and_tells() {
     assert_eq!(w.alive(), set(&[BUSY]), "only the busy one is left");
     let terminated: BTreeSet<String> = w.snapshot().terminated.iter().map(|t| t.uhost_id.clone()).collect();
     assert_eq!(terminated, set(&IDLE));
-    assert!(w.mutating_calls().iter().all(|c| !c.ids.iter().any(|id| id == BUSY)), "{:?}", w.mutating_calls());
+    assert!(
+        w.mutating_calls().iter().all(|c| !c.ids.iter().any(|id| id == BUSY)),
+        "{:?}",
+        w.mutating_calls()
+    );
     assert!(w.snapshot().violations.is_empty(), "{:?}", w.snapshot().violations);
 
     let events = hook.events();
@@ -372,7 +418,10 @@ fn grace_zero_tears_down_exactly_the_idle_instances_and_tells() {
     assert_eq!(events.len(), 5, "each once: {events:#?}");
     let event_ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(event_ids.len(), 5, "distinct event IDs: {events:#?}");
-    assert!(events.iter().all(|e| e["text"].as_str().is_some_and(|t| !t.is_empty())), "Slack text: {events:#?}");
+    assert!(
+        events.iter().all(|e| e["text"].as_str().is_some_and(|t| !t.is_empty())),
+        "Slack text: {events:#?}"
+    );
 
     // `history` lists both teardowns with their price; no mark is left.
     let out = w.view(&["history"]);
@@ -385,7 +434,10 @@ fn grace_zero_tears_down_exactly_the_idle_instances_and_tells() {
     }
     let out = run(w.cmd().args(["history"]));
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("2 teardowns") && out.stdout.contains("3.96"), "{out:?}");
+    assert!(
+        out.stdout.contains("2 teardowns") && out.stdout.contains("3.96"),
+        "{out:?}"
+    );
 
     let out = w.view(&["marks"]);
     assert_eq!(out.code, Some(0), "{out:?}");
@@ -406,7 +458,11 @@ fn default_grace_marks_once_and_a_keep_drops_the_mark() {
     assert_eq!(out.code, Some(0), "{out:?}");
     out.masked();
     let report = out.json();
-    assert_eq!((report["marked"].as_u64(), report["acted"].as_u64()), (Some(2), Some(0)), "{report}");
+    assert_eq!(
+        (report["marked"].as_u64(), report["acted"].as_u64()),
+        (Some(2), Some(0)),
+        "{report}"
+    );
     let events = hook.events();
     assert_eq!(
         kinds(&events),
@@ -419,13 +475,21 @@ fn default_grace_marks_once_and_a_keep_drops_the_mark() {
         let due = e["due"].as_i64().unwrap();
         assert!((before + 3_600..=now_unix() + 3_600).contains(&due), "{e}");
     }
-    assert!(w.mutating_calls().is_empty(), "marking changes nothing: {:?}", w.mutating_calls());
+    assert!(
+        w.mutating_calls().is_empty(),
+        "marking changes nothing: {:?}",
+        w.mutating_calls()
+    );
 
     // A second run: still in grace; nothing marked again, nothing sent again.
     let out = w.watch(&job);
     assert_eq!(out.code, Some(0), "{out:?}");
     let report = out.json();
-    assert_eq!((report["marked"].as_u64(), report["waiting"].as_u64()), (Some(0), Some(2)), "{report}");
+    assert_eq!(
+        (report["marked"].as_u64(), report["waiting"].as_u64()),
+        (Some(0), Some(2)),
+        "{report}"
+    );
     assert_eq!(hook.events().len(), 3, "nothing resent: {:#?}", hook.events());
     assert!(w.mutating_calls().is_empty());
 
@@ -433,12 +497,19 @@ fn default_grace_marks_once_and_a_keep_drops_the_mark() {
     let view = w.view(&["marks"]).json();
     assert_eq!(ids(&view["marks"]), set(&IDLE), "{view}");
     for m in view["marks"].as_array().unwrap() {
-        assert_eq!(m["due_at"].as_i64().unwrap() - m["marked_at"].as_i64().unwrap(), 3_600, "{m}");
+        assert_eq!(
+            m["due_at"].as_i64().unwrap() - m["marked_at"].as_i64().unwrap(),
+            3_600,
+            "{m}"
+        );
     }
     let table = run(w.cmd().arg("marks"));
     assert_eq!(table.code, Some(0), "{table:?}");
     for id in IDLE {
-        assert!(table.stdout.lines().any(|l| l.contains(id) && l.contains("grace")), "{table:?}");
+        assert!(
+            table.stdout.lines().any(|l| l.contains(id) && l.contains("grace")),
+            "{table:?}"
+        );
     }
 
     // Keep one for 8 hours: the next run drops its mark, says so, and delivers the keep.
@@ -461,13 +532,23 @@ fn default_grace_marks_once_and_a_keep_drops_the_mark() {
     let until = view["keeps"][0]["until_at"].as_i64().unwrap();
     assert!((before + 8 * 3_600..=now_unix() + 8 * 3_600).contains(&until), "{view}");
     let table = run(w.cmd().arg("marks"));
-    assert!(table.stdout.lines().any(|l| l.contains(IDLE[0]) && l.contains("demo tomorrow")), "{table:?}");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.contains(IDLE[0]) && l.contains("demo tomorrow")),
+        "{table:?}"
+    );
 
     // While kept it is neither marked again nor touched.
     let out = w.watch(&job);
     assert_eq!(out.code, Some(0), "{out:?}");
     let report = out.json();
-    assert_eq!((report["marked"].as_u64(), report["kept"].as_u64()), (Some(0), Some(1)), "{report}");
+    assert_eq!(
+        (report["marked"].as_u64(), report["kept"].as_u64()),
+        (Some(0), Some(1)),
+        "{report}"
+    );
     assert_eq!(hook.events().len(), 6, "{:#?}", hook.events());
     assert!(w.mutating_calls().is_empty());
     assert_eq!(w.alive(), set(&[BUSY, IDLE[0], IDLE[1]]));
@@ -503,7 +584,11 @@ fn a_failing_receiver_never_blocks_the_teardown_and_is_caught_up_next_run() {
     out.masked();
     assert_eq!(w.alive(), set(&[BUSY]), "torn down although no notice got through");
     let text = std::fs::read_to_string(&metrics).unwrap();
-    assert_eq!(gauge(&text, "compshare_teardown_last_watch_notices_failed"), Some(5.0), "{text}");
+    assert_eq!(
+        gauge(&text, "compshare_teardown_last_watch_notices_failed"),
+        Some(5.0),
+        "{text}"
+    );
     let failed = hook.events();
     let failed_ids: BTreeSet<String> = failed.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(failed_ids.len(), 5, "{failed:#?}");
@@ -529,7 +614,11 @@ fn a_failing_receiver_never_blocks_the_teardown_and_is_caught_up_next_run() {
         ])
     );
     let text = std::fs::read_to_string(&metrics).unwrap();
-    assert_eq!(gauge(&text, "compshare_teardown_last_watch_notices_failed"), Some(0.0), "{text}");
+    assert_eq!(
+        gauge(&text, "compshare_teardown_last_watch_notices_failed"),
+        Some(0.0),
+        "{text}"
+    );
 
     // Delivered: a third run sends nothing.
     let out = w.watch(&job);
@@ -542,17 +631,27 @@ fn a_failing_receiver_never_blocks_the_teardown_and_is_caught_up_next_run() {
 /// What a file looks like, to tell it was not touched: its kind, bytes and mtime.
 fn fingerprint(p: &Path) -> Option<(String, Vec<u8>, Option<std::time::SystemTime>)> {
     let m = std::fs::symlink_metadata(p).ok()?;
-    let bytes = if m.is_file() { std::fs::read(p).unwrap() } else { Vec::new() };
-    let link = std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default();
+    let bytes = if m.is_file() {
+        std::fs::read(p).unwrap()
+    } else {
+        Vec::new()
+    };
+    let link = std::fs::read_link(p)
+        .map(|t| t.display().to_string())
+        .unwrap_or_default();
     Some((format!("{:?} {link}", m.file_type()), bytes, m.modified().ok()))
 }
 
 /// A store made by `keep` (which calls no API) for `public_key`'s account.
 fn store_of(w: &World, path: &Path, public_key: &str) {
-    let out = run(w
-        .cmd()
-        .env("COMPSHARE_PUBLIC_KEY", public_key)
-        .args(["keep", "uhost-setup", "--for", "1h", "--state-file", path.to_str().unwrap()]));
+    let out = run(w.cmd().env("COMPSHARE_PUBLIC_KEY", public_key).args([
+        "keep",
+        "uhost-setup",
+        "--for",
+        "1h",
+        "--state-file",
+        path.to_str().unwrap(),
+    ]));
     assert_eq!(out.code, Some(0), "{out:?}");
 }
 
@@ -594,10 +693,19 @@ fn bad_input_exits_2_and_changes_nothing() {
     let malformed = format!("http://exa mple.com{SECRET}");
     let not_http = format!("ftp://hooks.example.com{SECRET}");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (owned(&["watch", "--all", "--notify-webhook", hook.url.as_str()]), "--yes"),
+        (
+            owned(&["watch", "--all", "--notify-webhook", hook.url.as_str()]),
+            "--yes",
+        ),
         (job(&["--dry-run", "--notify-webhook", &malformed]), "webhook"),
-        (owned(&["watch", "--all", "--yes", "--notify-webhook", &malformed]), "webhook"),
-        (owned(&["watch", "--all", "--yes", "--notify-webhook", &not_http]), "http"),
+        (
+            owned(&["watch", "--all", "--yes", "--notify-webhook", &malformed]),
+            "webhook",
+        ),
+        (
+            owned(&["watch", "--all", "--yes", "--notify-webhook", &not_http]),
+            "http",
+        ),
         (owned(&["watch", "--all", "--yes", "--notify-command", " "]), "command"),
         (job(&["--gpu-util-max", "100"]), "--gpu-util-max"),
         (job(&["--gpu-mem-max=-1"]), "--gpu-mem-max"),
@@ -606,25 +714,41 @@ fn bad_input_exits_2_and_changes_nothing() {
         (job(&["--idle-for", "10m", "--max-gap", "20m"]), "gap"),
         (job(&["--state-file", &p(&link)]), "symbolic link"),
         (job(&["--state-file", &p(&dir)]), "directory"),
-        (job(&["--state-file", &p(&text)]), "not a compshare-teardown state store"),
+        (
+            job(&["--state-file", &p(&text)]),
+            "not a compshare-teardown state store",
+        ),
         (job(&["--state-file", &p(&other)]), "another account"),
         (job(&["--state-file", &p(&newer)]), "newer"),
         (job(&["--dry-run", "--state-file", &p(&other)]), "another account"),
         (owned(&["marks", "--state-file", &p(&link)]), "symbolic link"),
         (owned(&["history", "--state-file", &p(&newer)]), "newer"),
-        (owned(&["keep", "uhost-ok", "--for", "1h", "--state-file", &p(&other)]), "another account"),
+        (
+            owned(&["keep", "uhost-ok", "--for", "1h", "--state-file", &p(&other)]),
+            "another account",
+        ),
         (owned(&["keep", "uhost-a/../b", "--for", "8h"]), "not an instance ID"),
-        (owned(&["keep", "uhost-ok", "--until", "2020-01-01T00:00:00Z"]), "in the past"),
+        (
+            owned(&["keep", "uhost-ok", "--until", "2020-01-01T00:00:00Z"]),
+            "in the past",
+        ),
         (owned(&["keep", "uhost-ok", "--until", "next tuesday"]), "--until"),
         (owned(&["keep", "uhost-ok", "--for", "10s"]), "--for"),
     ];
     for (args, want) in &cases {
-        let out = run(w.cmd().args(["--config", w.path("fast.toml").to_str().unwrap()]).args(args));
+        let out = run(w
+            .cmd()
+            .args(["--config", w.path("fast.toml").to_str().unwrap()])
+            .args(args));
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
         assert!(out.stderr.contains(want), "{args:?} should say {want:?}: {out:?}");
         assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
         out.masked();
-        assert!(w.snapshot().calls.is_empty(), "{args:?}: no API call: {:?}", w.snapshot().calls);
+        assert!(
+            w.snapshot().calls.is_empty(),
+            "{args:?}: no API call: {:?}",
+            w.snapshot().calls
+        );
         assert!(!exists(&w.default_store()), "{args:?}: no store created");
         let after: Vec<_> = files.iter().map(|f| fingerprint(f)).collect();
         assert_eq!(after, before, "{args:?}: no store file touched");
