@@ -28,7 +28,6 @@ use crate::state::{Changes, Keep, Kind, Pending, StateError, Store};
 use crate::workflow::Controls;
 
 impl Ctx {
-    #[expect(clippy::too_many_lines, reason = "run's gates in run's order, read top to bottom")]
     pub(super) async fn watch(&self, a: WatchArgs) -> CmdResult<Exit> {
         let cancel = interrupt_token();
         if !a.yes && !a.dry_run {
@@ -120,23 +119,28 @@ impl Ctx {
                 return Ok(Exit::Failed);
             }
         };
-        if let Some(path) = &prepared.report
-            && let Err(e) = pathset::write_file(path, json(&report).as_bytes())
+        Ok(self.watch_done(&report, prepared.report.as_deref()))
+    }
+
+    /// A finished run: the report file, stdout, and what the metrics file will say; the exit
+    /// code the teardown earned.
+    fn watch_done(&self, report: &schedule::JobReport, file: Option<&Path>) -> Exit {
+        if let Some(path) = file
+            && let Err(e) = pathset::write_file(path, json(report).as_bytes())
         {
             tracing::error!("cannot write report {}: {e}", path.display());
         }
         match self.output() {
-            OutputFormat::Json => print(&json(&report)),
-            OutputFormat::Table => print(&output::watch_table(&report)),
+            OutputFormat::Json => print(&json(report)),
+            OutputFormat::Table => print(&output::watch_table(report)),
         }
-        let exit = report.teardown.as_ref().map_or(Exit::Ok, exit_for);
         if let Ok(mut slot) = self.report.lock() {
             slot.clone_from(&report.teardown);
         }
         if let Ok(mut slot) = self.watch.lock() {
-            *slot = Some(crate::metrics::WatchCounts::of(&report));
+            *slot = Some(crate::metrics::WatchCounts::of(report));
         }
-        Ok(exit)
+        report.teardown.as_ref().map_or(Exit::Ok, exit_for)
     }
 
     /// `marks`: every mark and keep, read-only, without the run lock.

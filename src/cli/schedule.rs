@@ -45,6 +45,7 @@ pub struct IdleArgs {
 pub struct StateArgs {
     /// The state store [default: one per account in $XDG_STATE_HOME/compshare-teardown, else
     /// ~/.local/state/compshare-teardown]
+    // Not `--state`: `watch` takes the selection's `--state STATE` filter too.
     #[arg(long = "state-file", value_name = "FILE")]
     pub path: Option<PathBuf>,
 }

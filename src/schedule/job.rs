@@ -165,14 +165,16 @@ pub async fn run_once<T: Transport + 'static>(
         return Ok(report);
     }
     store.apply(&changes)?;
+    let mut told: Vec<String> = changes.notices.iter().map(|p| p.event_id.clone()).collect();
 
     if !acting.is_empty() {
         let teardown = act(cloud, cfg, acting, ctl).await;
         let after = outcomes(cfg, now, &marks, &teardown, &mut report);
         store.apply(&after)?;
+        told.extend(after.notices.iter().map(|p| p.event_id.clone()));
         report.teardown = Some(teardown);
     }
-    deliver(store, notifier, cfg, now, &mut report).await?;
+    deliver(store, notifier, cfg, now, &told, &mut report).await?;
     Ok(report)
 }
 
@@ -519,12 +521,14 @@ fn outcomes(
 }
 
 /// The last step: deliver every notice not yet delivered (this run's and earlier runs'),
-/// within the deadline, and record which were.
+/// within the deadline, and record which were. `told`: the event IDs this run wrote, which
+/// the summary tells of.
 async fn deliver(
     store: &mut Store,
     notifier: Option<&Notifier>,
     cfg: &Config,
     now: i64,
+    told: &[String],
     report: &mut JobReport,
 ) -> Result<(), StateError> {
     let Some(notifier) = notifier else { return Ok(()) };
@@ -543,8 +547,15 @@ async fn deliver(
             "scheduled teardown: {} marked, {} unmarked, {} acted on, {} waiting",
             report.marked, report.unmarked, report.acted, report.waiting
         );
+        // Keyed by the events it tells of, not only the second: two runs within one second
+        // (the next cron run, a manual one) are two summaries, and the outbox would take the
+        // second for a resend of the first and drop it.
+        let mut key = vec!["summary", &cfg.account];
+        let at = now.to_string();
+        key.push(&at);
+        key.extend(told.iter().map(String::as_str));
         let e = Event {
-            id: Event::stable_id(&["summary", &cfg.account, &now.to_string()]),
+            id: Event::stable_id(&key),
             kind: EventKind::Summary,
             at: now,
             account: cfg.account.clone(),

@@ -267,3 +267,70 @@ fn check_notices(store: &Store, expect: &[&str]) {
         assert!(evs.iter().all(|e| e.target.as_ref().is_none_or(|t| t.id != id)), "{id}");
     }
 }
+
+/// Two runs within one second (cron's next run, a person's manual one) each tell their own
+/// summary: the second is not taken for a resend of the first and dropped.
+#[tokio::test(start_paused = true)]
+async fn two_runs_in_one_second_each_write_their_summary() {
+    let scenario = Scenario {
+        epoch: Some(EPOCH),
+        monitor: crate::sim::Monitoring {
+            warmup_secs: 0.0,
+            ..crate::sim::Monitoring::default()
+        },
+        instances: vec![row("uhost-idle", 1, GpuLoad::Idle)],
+        ..Scenario::default()
+    };
+    let sim = SimHandle::new(scenario);
+    let account = Account::new(&"http://sim.invalid".parse().unwrap(), None, "sim-public-key");
+    let mut store = Store::in_memory(&account).unwrap();
+    let cfg = Config {
+        rule: IdleRule {
+            window: Duration::from_secs(600),
+            max_gap: Duration::from_secs(300),
+            ..IdleRule::default()
+        },
+        ..config(&account)
+    };
+    // Nothing listens there: every notice stays in the outbox, where the test reads it.
+    let notifier = crate::notice::Notifier::new(
+        crate::notice::NoticeConfig::new(Some("http://127.0.0.1:9/hook"), None, Duration::from_secs(1)).unwrap(),
+    );
+    let now = sim.unix_now();
+    let rows = api::describe_all(&sim, None, None).await.unwrap();
+    let cands = || selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+    let first = run_once(
+        Arc::new(sim.clone()),
+        &mut store,
+        Some(&notifier),
+        &cfg,
+        now,
+        cands(),
+        Controls::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.marked, 1);
+    sim.set_gpu_load("uhost-idle", GpuLoad::Busy);
+    let second = run_once(
+        Arc::new(sim.clone()),
+        &mut store,
+        Some(&notifier),
+        &cfg,
+        now,
+        cands(),
+        Controls::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(second.unmarked, 1);
+    let summaries: Vec<Event> = events(&store)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Summary)
+        .collect();
+    assert_eq!(summaries.len(), 2, "{summaries:#?}");
+    assert!(
+        summaries.iter().any(|e| e.reason.contains("1 unmarked")),
+        "{summaries:#?}"
+    );
+}

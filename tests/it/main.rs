@@ -11,4 +11,5 @@ mod scheduled_demo;
 mod sim_http;
 mod sweep;
 mod truth;
+mod watch;
 mod workflow;
