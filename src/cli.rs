@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod schedule;
-pub use schedule::{HistoryArgs, IdleArgs, KeepArgs, MarksArgs, StateArgs, WatchArgs};
+pub use schedule::{HistoryArgs, IdleArgs, KeepArgs, MarksArgs, StateArgs, WatchAction, WatchArgs};
 
 use crate::credentials::PrivateKey;
 use crate::defaults;

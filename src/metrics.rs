@@ -99,6 +99,7 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
     let kinds = [
         ("terminated", s.terminated),
         ("terminated_unconfirmed", s.unconfirmed),
+        ("stopped", s.stopped),
         ("already_gone", s.already_gone),
         ("deleted_by_other", s.deleted_by_other),
         ("skipped", s.skipped),

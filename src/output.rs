@@ -218,6 +218,7 @@ pub fn report_table(report: &Report) -> String {
     let counts: Vec<String> = [
         (s.terminated, "terminated"),
         (s.unconfirmed, "terminated but unconfirmed"),
+        (s.stopped, "stopped (stop-only)"),
         (s.already_gone, "already gone"),
         (s.deleted_by_other, "deleted by others"),
         (s.skipped, "skipped"),

@@ -216,6 +216,7 @@ impl Ctx {
         let s = Settings {
             release_udisk,
             force_stop,
+            stop_only: false,
             concurrency: a.concurrency.or(r.concurrency).unwrap_or(d.concurrency),
             rate: a.rate.or(r.rate).unwrap_or(d.rate),
             poll_interval: dur(a.poll_interval, &r.poll_interval, "poll_interval")?.unwrap_or(d.poll_interval),

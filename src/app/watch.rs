@@ -16,7 +16,7 @@ use super::run::Prepared;
 use super::source::Source;
 use super::terminal::{interrupt_token, interruptible, json, print, spawn_signal_handler};
 use super::{CmdResult, Ctx, Exit, Failure, exit_for, now_unix};
-use crate::cli::{HistoryArgs, KeepArgs, MarksArgs, RunArgs, StateArgs, WatchArgs};
+use crate::cli::{HistoryArgs, KeepArgs, MarksArgs, RunArgs, StateArgs, WatchAction, WatchArgs};
 use crate::credentials::Account;
 use crate::defaults;
 use crate::monitor::IdleRule;
@@ -287,6 +287,16 @@ fn watch_config(a: &WatchArgs, prepared: &Prepared) -> CmdResult<(schedule::Conf
         max_gap: a.idle.max_gap.unwrap_or(defaults::IDLE_MAX_GAP),
     };
     rule.check().map_err(|e| anyhow!("{e} (nothing was changed)"))?;
+    let action = match a.action {
+        WatchAction::Terminate => Action::Terminate,
+        WatchAction::Stop => Action::Stop,
+    };
+    // A stopped instance keeps its disks by nature: releasing them belongs to a teardown.
+    if action == Action::Stop && prepared.settings.release_udisk {
+        return Err(Failure::Usage(anyhow!(
+            "--action stop keeps the instance and its disks; --release-udisk only goes with --action terminate (nothing was changed)"
+        )));
+    }
     let notices = NoticeConfig::new(
         a.notify_webhook.as_deref(),
         a.notify_command.as_deref(),
@@ -297,7 +307,7 @@ fn watch_config(a: &WatchArgs, prepared: &Prepared) -> CmdResult<(schedule::Conf
     let cfg = schedule::Config {
         rule,
         grace: a.grace.unwrap_or(defaults::GRACE),
-        action: Action::Terminate,
+        action,
         in_hours: None,
         max_count: prepared.max_count,
         settings: prepared.settings.clone(),

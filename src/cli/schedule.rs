@@ -23,6 +23,14 @@ pub(crate) const KEEP_FOR: (Duration, Duration) = (Duration::from_secs(60), Dura
 /// How far back `history` looks: up to ten years.
 pub(crate) const SINCE: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3660 * 86_400));
 
+/// `watch --action`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WatchAction {
+    #[default]
+    Terminate,
+    Stop,
+}
+
 /// The idle rule.
 #[derive(Debug, Args, Default, Clone)]
 pub struct IdleArgs {
@@ -61,6 +69,10 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration(GRACE),
         help = with_default("Between marking an idle instance (and telling its owner) and tearing it down, 0 to 30d", as_flag(defaults::GRACE)))]
     pub grace: Option<Duration>,
+    /// What to do with an instance still idle when its grace ends: terminate it, or stop it
+    /// and leave it stopped (its GPU and CPU stop billing; its disks do not)
+    #[arg(long, value_enum, default_value_t = WatchAction::Terminate)]
+    pub action: WatchAction,
     #[command(flatten)]
     pub state: StateArgs,
     /// POST each notice as JSON to this URL (Slack-compatible `text`)

@@ -129,7 +129,7 @@ pub fn history_table(rows: &[HistoryRow]) -> String {
     let mut t = table(&["WHEN", "ID", "NAME", "ACTION", "OUTCOME", "PRICE/H"]);
     let mut freed = 0.0;
     for h in rows {
-        if h.outcome.starts_with("terminated") {
+        if h.outcome.starts_with("terminated") || h.outcome == "stopped" {
             freed += h.price_per_hour.unwrap_or(0.0);
         }
         t.add_row(vec![

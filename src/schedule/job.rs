@@ -32,7 +32,20 @@ use crate::workflow::{self, Controls, Outcome, Report, Settings};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
+    /// Stop, then terminate (data disks kept unless `--release-udisk`).
     Terminate,
+    /// Stop and leave stopped: a postpay instance stops billing for its GPUs and CPU (its
+    /// disks keep billing), and its owner can start it again in the morning.
+    Stop,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Terminate => "terminate",
+            Action::Stop => "stop",
+        }
+    }
 }
 
 /// A scheduled job's settings, validated.
@@ -285,21 +298,24 @@ fn step(
             Decision::Finished => {
                 let m = mark.expect("decide finishes only a mark");
                 changes.unmarks.push((Kind::Instance, id.clone()));
-                changes.history.push(history(
-                    now,
-                    id,
-                    &name,
-                    "terminated (an earlier run began it)",
-                    None,
-                    "",
-                ));
-                let e = event(
-                    EventKind::TornDown,
-                    &m.marked_at.to_string(),
-                    "begun by an earlier run that was interrupted".into(),
-                    None,
-                    Map::new(),
-                );
+                // Gone after our teardown began: ours, when we terminate; someone else's, when
+                // we only stop.
+                let e = if cfg.action == Action::Terminate {
+                    changes.history.push(history(
+                        now,
+                        cfg.action,
+                        id,
+                        &name,
+                        "terminated (an earlier run began it)",
+                        None,
+                        "",
+                    ));
+                    let why = "begun by an earlier run that was interrupted".into();
+                    event(EventKind::TornDown, &m.marked_at.to_string(), why, None, Map::new())
+                } else {
+                    let why = "deleted by someone else".into();
+                    event(EventKind::Unmarked, &m.marked_at.to_string(), why, None, Map::new())
+                };
                 changes.notices.push(pending(&e, now));
             }
         }
@@ -451,9 +467,11 @@ fn running_since(before: Option<&Seen>, row: &Instance, now: i64) -> i64 {
 async fn act<T: Transport + 'static>(cloud: Arc<T>, cfg: &Config, acting: Vec<Instance>, mut ctl: Controls) -> Report {
     let ids = acting.iter().map(|r| r.uhost_id.clone()).collect();
     ctl.known = acting;
-    match cfg.action {
-        Action::Terminate => workflow::run(cloud, ids, cfg.settings.clone(), ctl).await,
-    }
+    let settings = Settings {
+        stop_only: cfg.action == Action::Stop,
+        ..cfg.settings.clone()
+    };
+    workflow::run(cloud, ids, settings, ctl).await
 }
 
 /// The second write: what the engine did to each instance acted on.
@@ -480,12 +498,18 @@ fn outcomes(
         let label = r.outcome.word();
         let (kind, reason) = match &r.outcome {
             Outcome::Terminated { .. } => (EventKind::TornDown, format!("idle until the end of its grace; {label}")),
+            Outcome::Stopped => (
+                EventKind::Stopped,
+                "idle until the end of its grace; stopped".to_owned(),
+            ),
             Outcome::AlreadyGone | Outcome::DeletedByOther => (EventKind::Unmarked, label.to_owned()),
             Outcome::Skipped { reason } => (EventKind::Unmarked, format!("not torn down: {reason}")),
             _ => (EventKind::Failed, label.to_owned()),
         };
-        let gone = r.outcome.is_gone();
-        if gone {
+        // Done with: torn down, stopped, gone, or refused by the guard (protected since). A
+        // failure keeps its mark for the next run to judge again.
+        let done = r.outcome.is_gone() || matches!(r.outcome, Outcome::Stopped | Outcome::Skipped { .. });
+        if done {
             c.unmarks.push((Kind::Instance, id.clone()));
         } else if let Some(m) = marks
             .get(&id)
@@ -499,9 +523,16 @@ fn outcomes(
             });
         }
         let price = entry.price_per_hour;
-        if matches!(kind, EventKind::TornDown | EventKind::Failed) {
-            c.history
-                .push(history(now, &id, &entry.name, label, price, &r.outcome.detail()));
+        if matches!(kind, EventKind::TornDown | EventKind::Stopped | EventKind::Failed) {
+            c.history.push(history(
+                now,
+                cfg.action,
+                &id,
+                &entry.name,
+                label,
+                price,
+                &r.outcome.detail(),
+            ));
         }
         // A failure is its own event each time; the rest happen once per mark.
         let key = if kind == EventKind::Failed {
@@ -672,13 +703,21 @@ fn price(row: Option<&Instance>) -> Map<String, Value> {
     m
 }
 
-fn history(now: i64, id: &str, name: &str, outcome: &str, price: Option<f64>, detail: &str) -> HistoryRow {
+fn history(
+    now: i64,
+    action: Action,
+    id: &str,
+    name: &str,
+    outcome: &str,
+    price: Option<f64>,
+    detail: &str,
+) -> HistoryRow {
     HistoryRow {
         at: now,
         kind: Kind::Instance,
         id: id.to_owned(),
         name: name.to_owned(),
-        action: "terminate".into(),
+        action: action.as_str().to_owned(),
         outcome: outcome.to_owned(),
         price_per_hour: price,
         detail: detail.to_owned(),

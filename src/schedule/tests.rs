@@ -334,3 +334,65 @@ async fn two_runs_in_one_second_each_write_their_summary() {
         "{summaries:#?}"
     );
 }
+
+/// `--action stop`: an idle instance past its grace is stopped and left in place, never
+/// terminated; its mark ends with a `stopped` notice and a `stop` history row; started again
+/// in the morning, it is judged afresh (not acted on before a new window and grace).
+#[tokio::test(start_paused = true)]
+async fn stop_mode_stops_and_never_terminates() {
+    let scenario = Scenario {
+        epoch: Some(EPOCH),
+        instances: vec![row("uhost-dev", 1, GpuLoad::Idle), row("uhost-busy", 1, GpuLoad::Busy)],
+        ..Scenario::default()
+    };
+    let sim = SimHandle::new(scenario);
+    let account = Account::new(&"http://sim.invalid".parse().unwrap(), None, "sim-public-key");
+    let mut store = Store::in_memory(&account).unwrap();
+    // A 30-minute window: the monitor's answer alone covers it.
+    let cfg = Config {
+        action: Action::Stop,
+        grace: Duration::ZERO,
+        rule: IdleRule {
+            window: Duration::from_secs(1800),
+            max_gap: Duration::from_secs(300),
+            ..IdleRule::default()
+        },
+        ..config(&account)
+    };
+    let report = once(&sim, &mut store, &cfg).await;
+    assert_eq!(report.acted, 1, "{report:?}");
+    let dev = report.entries.iter().find(|e| e.uhost_id == "uhost-dev").unwrap();
+    assert_eq!(dev.outcome, Some(crate::workflow::Outcome::Stopped));
+    let state = sim.snapshot();
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    assert!(state.calls.iter().all(|c| c.action != "TerminateCompShareInstance"));
+    assert!(sim.ids().contains(&"uhost-dev".to_owned()), "a stopped instance stays");
+    let h = store.history(0).unwrap();
+    assert_eq!(
+        (h.len(), h[0].action.as_str(), h[0].outcome.as_str()),
+        (1, "stop", "stopped")
+    );
+    assert!(store.marks().unwrap().is_empty());
+    let kinds: Vec<EventKind> = events(&store).iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::Marked, EventKind::Stopped]);
+    // Stopped overnight; the next runs leave it alone and say nothing.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        let r = once(&sim, &mut store, &cfg).await;
+        assert_eq!((r.marked, r.unmarked, r.acted), (0, 0, 0), "{r:?}");
+    }
+    // Started again in the morning: a new window (30m) and the grace (0) before any act.
+    sim.set_state("uhost-dev", State::Running);
+    let restarted = sim.unix_now();
+    let mut acted_again = None;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        let r = once(&sim, &mut store, &cfg).await;
+        if r.acted > 0 {
+            acted_again = Some(r.at);
+            break;
+        }
+    }
+    let at = acted_again.expect("stopped again once idle for the window");
+    assert!(at >= restarted + 1800, "acted {}s after the restart", at - restarted);
+}

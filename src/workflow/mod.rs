@@ -40,6 +40,8 @@ pub struct Settings {
     pub release_udisk: bool,
     /// Allow `Force=true` on spot instances.
     pub force_stop: bool,
+    /// Stop the instances and leave them stopped: never send Terminate.
+    pub stop_only: bool,
     /// Mutating calls in flight at once. High enough by default never to be the bottleneck
     /// below an account's rate limit: the pace, not this bound, slows a throttled run down.
     pub concurrency: usize,
@@ -78,6 +80,7 @@ impl Default for Settings {
         Settings {
             release_udisk: false,
             force_stop: false,
+            stop_only: false,
             // One definition per default (the flags' help and the reference show the same).
             concurrency: defaults::CONCURRENCY,
             rate: defaults::RATE,
@@ -107,6 +110,7 @@ impl Settings {
     pub(crate) fn rules(&self) -> machine::Rules {
         machine::Rules {
             force_stop: self.force_stop,
+            stop_only: self.stop_only,
             max_restarts: self.max_restarts,
             stop_grace: self.poll_interval * 3,
             terminate_settle: self.terminate_settle,

@@ -20,6 +20,8 @@ pub enum Outcome {
         #[serde(skip_serializing_if = "Option::is_none")]
         in_recycle: Option<String>,
     },
+    /// Stop-only mode: stopped and left in place (by this run, or it already was).
+    Stopped,
     /// Not there when we first looked.
     AlreadyGone,
     /// Someone else deleted it while we worked on it.
@@ -45,6 +47,7 @@ impl Outcome {
         matches!(
             self,
             Outcome::Terminated { confirmed: true, .. }
+                | Outcome::Stopped
                 | Outcome::AlreadyGone
                 | Outcome::DeletedByOther
                 | Outcome::Skipped { .. }
@@ -64,6 +67,7 @@ impl Outcome {
         match self {
             Outcome::Terminated { confirmed: true, .. } => "terminated",
             Outcome::Terminated { confirmed: false, .. } => "terminated (unconfirmed)",
+            Outcome::Stopped => "stopped",
             Outcome::AlreadyGone => "already gone",
             Outcome::DeletedByOther => "deleted by someone else",
             Outcome::Failed { .. } => "failed",
@@ -100,6 +104,7 @@ impl From<Gone> for Outcome {
             },
             Gone::AlreadyGone => Outcome::AlreadyGone,
             Gone::DeletedByOther => Outcome::DeletedByOther,
+            Gone::Stopped => Outcome::Stopped,
         }
     }
 }
@@ -137,6 +142,9 @@ pub struct Summary {
     pub selected: usize,
     pub terminated: usize,
     pub unconfirmed: usize,
+    /// Stop-only mode: stopped and left in place.
+    #[serde(default)]
+    pub stopped: usize,
     pub already_gone: usize,
     pub deleted_by_other: usize,
     pub failed: usize,
@@ -188,6 +196,7 @@ impl Report {
             match &i.outcome {
                 Outcome::Terminated { confirmed: true, .. } => s.terminated += 1,
                 Outcome::Terminated { confirmed: false, .. } => s.unconfirmed += 1,
+                Outcome::Stopped => s.stopped += 1,
                 Outcome::AlreadyGone => s.already_gone += 1,
                 Outcome::DeletedByOther => s.deleted_by_other += 1,
                 Outcome::Failed { .. } => s.failed += 1,

@@ -76,6 +76,9 @@ pub enum Observation {
 pub struct Rules {
     /// The user allowed `Force=true` for spot instances (`--force-stop`).
     pub force_stop: bool,
+    /// Stop, never terminate: an instance seen `Stopped` is done (`watch --action stop`:
+    /// the GPU and CPU stop billing; the disks, and the machine, stay).
+    pub stop_only: bool,
     /// How many times an instance that comes back up is stopped again before giving up.
     pub max_restarts: u32,
     /// After a Stop was accepted, how long `Running` is read as "not yet in effect" rather
@@ -101,6 +104,8 @@ pub enum Gone {
     AlreadyGone,
     /// Someone else deleted it while we were working on it.
     DeletedByOther,
+    /// Stop-only mode: it is `Stopped` (by us, or already), and stays.
+    Stopped,
 }
 
 /// Why the machine gave up on an instance.
@@ -181,6 +186,9 @@ pub fn decide(mut mem: Memory, obs: &Observation, since_call: Duration, rules: &
         }
     };
     match state {
+        // Stop-only mode never terminates: `Stopped` is the end. (`Install Fail` is not
+        // running either, and never deletable by us in this mode.)
+        State::Stopped | State::InstallFail if rules.stop_only => (mem, Decision::Done(Gone::Stopped)),
         // The one state the platform deletes from. The driver guarantees this observation is
         // the freshest there is.
         State::Stopped => {

@@ -7,6 +7,7 @@ const S: Duration = Duration::from_secs(1);
 fn rules() -> Rules {
     Rules {
         force_stop: false,
+        stop_only: false,
         max_restarts: 2,
         stop_grace: 10 * S,
         terminate_settle: 30 * S,
@@ -312,4 +313,31 @@ fn refusal_recheck_table() {
     for (decided_on, seen, want) in table {
         assert_eq!(recheck(&decided_on, &seen), want, "{decided_on:?} then {seen:?}");
     }
+}
+
+/// Stop-only mode: every state in every phase our stop-only run can be in (never a Terminate
+/// sent, so never a Terminate phase): `Stopped` (and `Install Fail`) end it as stopped, a
+/// running instance is stopped, nothing ever decides Terminate.
+#[test]
+fn stop_only_never_terminates() {
+    let r = Rules {
+        stop_only: true,
+        ..rules()
+    };
+    for phase in [Phase::Fresh, Phase::StopSent] {
+        for state in all_states() {
+            for since in [Duration::ZERO, 60 * S] {
+                let (_, d) = decide(mem(phase), &present(state.clone()), since, &r);
+                assert_ne!(d, Decision::Terminate, "{phase:?} {state:?}");
+                if matches!(state, State::Stopped | State::InstallFail) {
+                    assert_eq!(d, Decision::Done(Gone::Stopped), "{phase:?} {state:?}");
+                }
+            }
+        }
+    }
+    let (_, d) = decide(mem(Phase::Fresh), &present(State::Running), S, &r);
+    assert_eq!(d, Decision::Stop { force: false });
+    // Absent after our Stop: someone else deleted it (not "stopped").
+    let (_, d) = decide(mem(Phase::StopSent), &Observation::Absent, S, &r);
+    assert_eq!(d, Decision::Done(Gone::DeletedByOther));
 }
