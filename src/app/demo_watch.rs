@@ -85,7 +85,7 @@ impl Ctx {
             rule: IdleRule::default(),
             grace: crate::defaults::GRACE,
             action: Action::Terminate,
-            in_hours: None,
+            hours: None,
             max_count: crate::defaults::MAX_COUNT,
             settings: Settings {
                 poll_interval: Duration::from_millis(500),

@@ -291,6 +291,21 @@ fn watch_config(a: &WatchArgs, prepared: &Prepared) -> CmdResult<(schedule::Conf
         WatchAction::Terminate => Action::Terminate,
         WatchAction::Stop => Action::Stop,
     };
+    let hours = match &a.act_hours {
+        Some(w) => Some(
+            crate::schedule::ActingHours::parse(w, a.act_timezone.as_deref(), &a.skip_days)
+                .map_err(|e| anyhow!("--act-hours: {e} (nothing was changed)"))?,
+        ),
+        None if a.act_timezone.is_some() || !a.skip_days.is_empty() => {
+            return Err(Failure::Usage(anyhow!(
+                "--act-timezone and --skip-days need --act-hours (nothing was changed)"
+            )));
+        }
+        None => None,
+    };
+    if let Some(h) = &hours {
+        tracing::info!("acting hours: {}", h.describe());
+    }
     // A stopped instance keeps its disks by nature: releasing them belongs to a teardown.
     if action == Action::Stop && prepared.settings.release_udisk {
         return Err(Failure::Usage(anyhow!(
@@ -308,7 +323,7 @@ fn watch_config(a: &WatchArgs, prepared: &Prepared) -> CmdResult<(schedule::Conf
         rule,
         grace: a.grace.unwrap_or(defaults::GRACE),
         action,
-        in_hours: None,
+        hours,
         max_count: prepared.max_count,
         settings: prepared.settings.clone(),
         notice_deadline: defaults::NOTICE_DEADLINE,

@@ -73,6 +73,16 @@ pub struct WatchArgs {
     /// and leave it stopped (its GPU and CPU stop billing; its disks do not)
     #[arg(long, value_enum, default_value_t = WatchAction::Terminate)]
     pub action: WatchAction,
+    /// Tear down only inside this daily window, e.g. 09:00-18:00 (22:00-06:00 runs over
+    /// midnight); marks and notices happen at any time [default: any time]
+    #[arg(long, value_name = "HH:MM-HH:MM")]
+    pub act_hours: Option<String>,
+    /// The time zone of --act-hours, an IANA name such as Asia/Shanghai [default: the system's]
+    #[arg(long, value_name = "ZONE")]
+    pub act_timezone: Option<String>,
+    /// Days --act-hours never opens on, e.g. sat,sun (repeatable)
+    #[arg(long, value_name = "DAYS")]
+    pub skip_days: Vec<String>,
     #[command(flatten)]
     pub state: StateArgs,
     /// POST each notice as JSON to this URL (Slack-compatible `text`)

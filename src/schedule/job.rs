@@ -55,8 +55,8 @@ pub struct Config {
     /// Between the mark and the teardown.
     pub grace: Duration,
     pub action: Action,
-    /// Whether `now` is inside the acting hours; `None`: any time.
-    pub in_hours: Option<bool>,
+    /// When the job may act; `None`: any time. Marks and notices happen at any time.
+    pub hours: Option<super::ActingHours>,
     /// Refuse to act on more than this many in one run (marks are still written).
     pub max_count: usize,
     /// The engine's settings for the teardown.
@@ -211,7 +211,7 @@ fn step(
     };
     let policy = Policy {
         grace: secs(cfg.grace),
-        in_hours: cfg.in_hours.unwrap_or(true),
+        in_hours: cfg.hours.as_ref().is_none_or(|h| h.contains(now)),
     };
     let mut acting: Vec<Instance> = Vec::new();
     for (id, (listed, row)) in rows {

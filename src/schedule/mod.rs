@@ -10,9 +10,11 @@
 //! instance was selected.
 
 pub mod decide;
+pub mod hours;
 pub mod job;
 
 pub use decide::{Decision, Judgement, Listed, Policy, decide};
+pub use hours::{ActingHours, HoursError};
 pub use job::{Action, Config, Entry, JobError, JobReport, run_once};
 
 #[cfg(test)]

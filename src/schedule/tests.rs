@@ -14,6 +14,7 @@ use crate::api::{self, State};
 use crate::credentials::Account;
 use crate::monitor::IdleRule;
 use crate::notice::{Event, EventKind};
+use crate::schedule::ActingHours;
 use crate::selection::{self, Filters, Protections};
 use crate::sim::{GpuLoad, Scenario, ScenarioInstance, SimHandle};
 use crate::state::{Changes, Keep, Kind, Store};
@@ -43,7 +44,7 @@ fn config(account: &Account) -> Config {
         rule: IdleRule::default(),
         grace: Duration::from_secs(HOUR as u64),
         action: Action::Terminate,
-        in_hours: None,
+        hours: None,
         max_count: 20,
         settings: Settings {
             jitter_seed: Some(1),
@@ -395,4 +396,47 @@ async fn stop_mode_stops_and_never_terminates() {
     }
     let at = acted_again.expect("stopped again once idle for the window");
     assert!(at >= restarted + 1800, "acted {}s after the restart", at - restarted);
+}
+
+/// Acting hours: found idle at night, an instance is marked (and its owner told) at once, but
+/// torn down only when the window opens; outside it the due mark waits.
+#[tokio::test(start_paused = true)]
+async fn outside_the_acting_hours_a_due_mark_waits_for_the_window() {
+    // EPOCH (1_800_000_000) is 2027-01-15 08:00 UTC; a window from 09:00 UTC.
+    let scenario = Scenario {
+        epoch: Some(EPOCH),
+        instances: vec![row("uhost-idle", 1, GpuLoad::Idle)],
+        ..Scenario::default()
+    };
+    let sim = SimHandle::new(scenario);
+    let account = Account::new(&"http://sim.invalid".parse().unwrap(), None, "sim-public-key");
+    let mut store = Store::in_memory(&account).unwrap();
+    let cfg = Config {
+        grace: Duration::ZERO,
+        rule: IdleRule {
+            window: Duration::from_secs(1800),
+            max_gap: Duration::from_secs(300),
+            ..IdleRule::default()
+        },
+        hours: Some(ActingHours::parse("09:00-17:00", Some("UTC"), &[]).unwrap()),
+        ..config(&account)
+    };
+    let first = once(&sim, &mut store, &cfg).await;
+    assert_eq!((first.marked, first.acted), (1, 0), "{first:?}");
+    let mut acted_at = None;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        let r = once(&sim, &mut store, &cfg).await;
+        if r.acted > 0 {
+            acted_at = Some(r.at);
+            break;
+        }
+        assert_eq!(r.due, 1, "due and waiting: {r:?}");
+    }
+    let at = acted_at.expect("acted once the window opened");
+    assert!(
+        (EPOCH + HOUR..EPOCH + HOUR + 900).contains(&at),
+        "acted at {}",
+        at - EPOCH
+    );
 }
