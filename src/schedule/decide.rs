@@ -97,7 +97,7 @@ pub fn decide(
     if let Some(k) = keep {
         return match mark {
             Some(_) => Decision::Unmark {
-                why: format!("kept until {}", k.until_at),
+                why: format!("kept until {}", rfc3339(k.until_at)),
             },
             None => Decision::Kept { until_at: k.until_at },
         };
@@ -135,6 +135,14 @@ pub fn decide(
             Some(_) => finish_or_wait(mark, policy),
         },
     }
+}
+
+/// A unix time as RFC 3339 UTC, for people reading a notice.
+fn rfc3339(t: i64) -> String {
+    u64::try_from(t).map_or_else(
+        |_| t.to_string(),
+        |s| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)).to_string(),
+    )
 }
 
 /// A due mark: act now, or wait for the acting hours.
@@ -207,7 +215,7 @@ mod tests {
             (Some(mark(50, false)),  false, L::Running,  &busy,     true,  unmark("busy again")),
             (Some(mark(50, false)),  false, L::Running,  &J::StartedAgain, true, unmark("started again")),
             (Some(mark(50, false)),  false, L::Running,  &unknown,  true,  wait(50, "not known to be idle: a gap")),
-            (Some(mark(50, false)),  true,  L::Running,  &idle,     true,  unmark("kept until 900")),
+            (Some(mark(50, false)),  true,  L::Running,  &idle,     true,  unmark("kept until 1970-01-01T00:15:00Z")),
             (Some(mark(50, false)),  false, L::NotRunning, &J::NotJudged, true, unmark("no longer running")),
             (Some(mark(50, false)),  false, L::NotSelected, &idle,  true,  unmark("no longer selected (protected, excluded or filtered out)")),
             (Some(mark(50, false)),  false, L::Gone,     &J::NotJudged, true, unmark("deleted by someone else")),
@@ -217,7 +225,7 @@ mod tests {
             (Some(mark(50, true)),   false, L::NotRunning, &J::NotJudged, false, wait(50, "outside the acting hours")),
             (Some(mark(50, true)),   false, L::Running,  &busy,     true,  unmark("busy again")),
             (Some(mark(50, true)),   false, L::Running,  &J::StartedAgain, true, unmark("started again")),
-            (Some(mark(50, true)),   true,  L::NotRunning, &J::NotJudged, true, unmark("kept until 900")),
+            (Some(mark(50, true)),   true,  L::NotRunning, &J::NotJudged, true, unmark("kept until 1970-01-01T00:15:00Z")),
         ];
         for (i, (m, kept, listed, judgement, in_hours, want)) in table.into_iter().enumerate() {
             let policy = Policy { grace, in_hours };
