@@ -401,6 +401,7 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udis
     }
     let mut instances = std::mem::take(&mut report.instances);
     instances.extend(skipped.iter().map(|e| workflow::InstanceReport {
+        kind: workflow::TargetKind::Instance,
         uhost_id: e.uhost_id.clone(),
         name: e.name.clone(),
         region: e.region.clone(),
@@ -412,6 +413,7 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udis
         seconds: 0.0,
         calls: 0,
         release_udisk,
+        size_gb: None,
     }));
     let s = &report.summary;
     let pace = s.pace.clone();

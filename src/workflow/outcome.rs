@@ -20,6 +20,8 @@ pub enum Outcome {
         #[serde(skip_serializing_if = "Option::is_none")]
         in_recycle: Option<String>,
     },
+    /// A data disk deleted by this run; `confirmed` once the listing no longer shows it.
+    Deleted { confirmed: bool },
     /// Not there when we first looked.
     AlreadyGone,
     /// Someone else deleted it while we worked on it.
@@ -45,6 +47,7 @@ impl Outcome {
         matches!(
             self,
             Outcome::Terminated { confirmed: true, .. }
+                | Outcome::Deleted { confirmed: true }
                 | Outcome::AlreadyGone
                 | Outcome::DeletedByOther
                 | Outcome::Skipped { .. }
@@ -55,7 +58,7 @@ impl Outcome {
     pub fn is_gone(&self) -> bool {
         matches!(
             self,
-            Outcome::Terminated { .. } | Outcome::AlreadyGone | Outcome::DeletedByOther
+            Outcome::Terminated { .. } | Outcome::Deleted { .. } | Outcome::AlreadyGone | Outcome::DeletedByOther
         )
     }
 
@@ -64,6 +67,8 @@ impl Outcome {
         match self {
             Outcome::Terminated { confirmed: true, .. } => "terminated",
             Outcome::Terminated { confirmed: false, .. } => "terminated (unconfirmed)",
+            Outcome::Deleted { confirmed: true } => "deleted",
+            Outcome::Deleted { confirmed: false } => "deleted (unconfirmed)",
             Outcome::AlreadyGone => "already gone",
             Outcome::DeletedByOther => "deleted by someone else",
             Outcome::Failed { .. } => "failed",
@@ -104,9 +109,30 @@ impl From<Gone> for Outcome {
     }
 }
 
-/// One instance in the report.
+/// What a report row is about: the target kinds the tool tears down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A GPU instance (the default: rows and journals written before disks existed).
+    #[default]
+    Instance,
+    /// A data disk.
+    Disk,
+}
+
+impl TargetKind {
+    fn is_instance(&self) -> bool {
+        *self == TargetKind::Instance
+    }
+}
+
+/// One instance (or, with `kind: disk`, one data disk) in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceReport {
+    /// `instance` when absent.
+    #[serde(default, skip_serializing_if = "TargetKind::is_instance")]
+    pub kind: TargetKind,
+    /// The target's ID (a disk's `ResourceId` for `kind: disk`).
     pub uhost_id: String,
     pub name: String,
     pub region: String,
@@ -120,6 +146,9 @@ pub struct InstanceReport {
     pub calls: u32,
     /// Whether data disks were to be released with the instance.
     pub release_udisk: bool,
+    /// A disk's size in GB (disks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb: Option<i64>,
 }
 
 /// The whole run.
@@ -137,6 +166,10 @@ pub struct Summary {
     pub selected: usize,
     pub terminated: usize,
     pub unconfirmed: usize,
+    /// Data disks deleted and confirmed gone (a disk deleted without confirmation counts in
+    /// `unconfirmed`).
+    #[serde(default)]
+    pub deleted: usize,
     pub already_gone: usize,
     pub deleted_by_other: usize,
     pub failed: usize,
@@ -187,7 +220,10 @@ impl Report {
         for i in &instances {
             match &i.outcome {
                 Outcome::Terminated { confirmed: true, .. } => s.terminated += 1,
-                Outcome::Terminated { confirmed: false, .. } => s.unconfirmed += 1,
+                Outcome::Terminated { confirmed: false, .. } | Outcome::Deleted { confirmed: false } => {
+                    s.unconfirmed += 1;
+                }
+                Outcome::Deleted { confirmed: true } => s.deleted += 1,
                 Outcome::AlreadyGone => s.already_gone += 1,
                 Outcome::DeletedByOther => s.deleted_by_other += 1,
                 Outcome::Failed { .. } => s.failed += 1,
