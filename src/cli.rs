@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+mod disks;
+
+pub use disks::{DiskDeleteArgs, DiskListArgs, DiskSelectArgs, DisksArgs, DisksCommand};
+pub(crate) use disks::DISK_CONCURRENCY;
+
 use crate::credentials::PrivateKey;
 use crate::defaults;
 use crate::logging::LogFormat;
@@ -100,6 +105,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a complete teardown against a built-in simulator (no account needed)
     Demo(DemoArgs),
+    /// Find and delete data disks attached to no instance (what a teardown keeps by default)
+    Disks(DisksArgs),
     /// List instances matching the filters
     List(ListArgs),
     /// Show what `run` would do; changes nothing

@@ -69,6 +69,7 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
     let s = &summary;
     let kinds = [
         ("terminated", s.terminated),
+        ("deleted", s.deleted),
         ("terminated_unconfirmed", s.unconfirmed),
         ("already_gone", s.already_gone),
         ("deleted_by_other", s.deleted_by_other),

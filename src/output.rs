@@ -126,6 +126,24 @@ pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
     format!("{t}\n{} instance(s)\n", rows.len())
 }
 
+/// Data disks as a table: one row per (ID, row if listed, note), then `summary`.
+pub fn disk_table(rows: &[(&str, Option<&crate::api::DiskRow>, String)], summary: &str) -> String {
+    let mut t = table(&["ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "ZONE", "NOTE"]);
+    for (id, row, note) in rows {
+        let dash = || "-".to_owned();
+        t.add_row(vec![
+            cell(id, CELL_CHARS),
+            row.map_or_else(dash, |r| cell(&r.name, NAME_CHARS)),
+            row.map_or_else(dash, |r| format!("{} GB", r.size_gb)),
+            row.map_or_else(dash, |r| cell(&r.status, CELL_CHARS)),
+            row.map_or_else(dash, |r| cell(&r.mount_instance, CELL_CHARS)),
+            row.map_or_else(dash, |r| cell(&r.zone, CELL_CHARS)),
+            cell(note, CELL_CHARS),
+        ]);
+    }
+    format!("{t}\n{summary}\n")
+}
+
 /// `plan` as a table plus a summary.
 pub fn plan_table(plan: &Plan) -> String {
     let mut t = table(&["ID", "NAME", "STATE", "ZONE", "ACTION", "DATA DISKS", "PRICE/H", "NOTE"]);
@@ -214,6 +232,7 @@ pub fn report_table(report: &Report) -> String {
     let s = &report.summary;
     let counts: Vec<String> = [
         (s.terminated, "terminated"),
+        (s.deleted, "deleted"),
         (s.unconfirmed, "terminated but unconfirmed"),
         (s.already_gone, "already gone"),
         (s.deleted_by_other, "deleted by others"),

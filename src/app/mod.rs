@@ -3,13 +3,14 @@
 //! failed, 2 nothing changed because of a usage/config/credential/selection error, 3 run lock
 //! held, 4 the API could not be read, 130 interrupted.
 //!
-//! One room per command (`list`, `plan`, `run`, `demo`, `sim`, and `man` for `man` and
+//! One room per command (`list`, `plan`, `run`, `disks`, `demo`, `sim`, and `man` for `man` and
 //! `completions`), and the rooms they share: `settings` (flags + config file into validated
 //! values and the account), `candidates` (the selection Describe), `source` (where a run's
 //! instances come from) and `terminal` (stdout, the prompt, signals, progress bars).
 
 mod candidates;
 mod demo;
+mod disks;
 mod list;
 mod man;
 mod plan;
@@ -122,6 +123,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Plan(a) => ctx.plan(&a.select, &a.effect, a.save.as_deref()).await,
             Command::Run(a) => ctx.run(a).await,
             Command::Demo(a) => ctx.demo(a.instances, a.seed).await,
+            Command::Disks(a) => ctx.disks(a).await,
             Command::Sim(a) => ctx.sim(a).await,
             Command::Completions { shell } => Ok(man::completions(shell)),
             Command::Man { dir } => man::man(dir.as_deref()),
@@ -173,6 +175,12 @@ pub fn refused(mut e: clap::Error) -> ExitCode {
 /// The metrics file of a `run`, unless it is also one of the command's other files: then the
 /// run refuses (exit 2), and the metrics must not be written over that file either.
 fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
+    if let Command::Disks(crate::cli::DisksArgs {
+        command: crate::cli::DisksCommand::Delete(d),
+    }) = &cli.command
+    {
+        return disks::metrics_target(d, cli.global.config.as_ref());
+    }
     let Command::Run(a) = &cli.command else { return None };
     let r = config.map(|c| &c.run);
     let path = a
