@@ -43,3 +43,24 @@ pub const MAX_RESTARTS: u32 = 3;
 /// `--max-count`: a run refuses to act on more instances than this unless told otherwise, so
 /// a filter that matches far more than meant stops before anything is touched.
 pub const MAX_COUNT: usize = 20;
+
+/// The idle rule's window: an instance is idle only after this long with every GPU at or under
+/// the thresholds. Training pauses between epochs, for evaluation, checkpoints and data
+/// loading for minutes, sometimes most of an hour; two hours outlasts those pauses, so a live
+/// training run is never judged idle by one quiet spell.
+pub const IDLE_WINDOW: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// Utilisation (percent) at or under which a GPU sample counts as idle. Not 0: an idle GPU
+/// reports a small floor (0-2% from drivers and monitoring agents), and "exactly 0" would
+/// never see it idle; 5% stays far below any real work.
+pub const IDLE_UTIL_MAX: f64 = 5.0;
+
+/// GPU memory use (percent) at or under which a sample counts as idle. A process holding a
+/// model in GPU memory (a notebook between cells, a server between requests) is somebody's
+/// work even at 0% utilisation; an empty GPU uses a few percent for the driver's context.
+pub const IDLE_MEM_MAX: f64 = 10.0;
+
+/// The longest gap between two samples of one GPU that still counts as covered. The series'
+/// period is unknown (the simulator uses a minute); 20 minutes forgives a few lost samples but
+/// not a blind spot long enough to hide a short job.
+pub const IDLE_MAX_GAP: Duration = Duration::from_secs(20 * 60);

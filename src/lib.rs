@@ -7,6 +7,7 @@
 //! - `selection`: ID checks, filters, exclusions, protections; `plan`: what `run` will do.
 //! - [`workflow`]: the teardown state machine and the batch driver (pace, journal, outcomes).
 //! - [`api`]: signing, wire model, errors and their retry classes, the HTTP client.
+//! - [`monitor`]: GPU samples from `GetCompShareInstanceMonitor` and the pure idle rule.
 //! - [`credentials`]: where keys and the endpoint come from; the redacting key type.
 //! - `defaults`: the default of every `run` setting, defined once (help, docs and runs read it).
 //! - [`sim`]: a faithful CompShare simulator (HTTP server and in-memory world).
@@ -26,6 +27,7 @@ pub mod credentials;
 mod defaults;
 mod logging;
 mod metrics;
+pub mod monitor;
 mod output;
 mod pathset;
 pub mod plan;
@@ -34,6 +36,7 @@ pub mod reference;
 mod runlock;
 mod selection;
 pub mod sim;
+pub mod state;
 #[cfg(feature = "sweep")]
 pub mod sweep;
 mod textfile;

@@ -39,6 +39,14 @@ pub trait Transport: Send + Sync {
     /// Send `action` with `params` (without `Action`, `PublicKey` or `Signature`); the decoded
     /// body of a `RetCode: 0` answer.
     fn call(&self, action: &str, params: sign::Params) -> impl Future<Output = Result<Answer, ApiError>> + Send;
+    /// Send `action` as a JSON body (`body` without `Action`, `PublicKey` or `Signature`),
+    /// signed by [`sign::sign_json_in_place`]: how `GetCompShareInstanceMonitor` must travel,
+    /// its `UHostIds` a JSON array (in form style the gateway refuses it).
+    fn call_json(
+        &self,
+        action: &str,
+        body: serde_json::Map<String, serde_json::Value>,
+    ) -> impl Future<Output = Result<Answer, ApiError>> + Send;
 }
 
 impl<T: Transport> Cloud for T {
