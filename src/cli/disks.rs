@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::{CONCURRENCY, MAX_COUNT, RATE, RUN_TIME, duration, number, with_default};
+use super::{CONCURRENCY, MAX_COUNT, OLDER_THAN, RATE, RUN_TIME, duration, number, with_default};
 use crate::defaults;
 
 #[derive(Debug, Args)]
@@ -43,6 +43,10 @@ pub struct DiskSelectArgs {
     /// Only disks attached to no instance (detaching ones included)
     #[arg(long)]
     pub detached: bool,
+    /// Only disks seen detached for at least this long, e.g. 7d (measured by the account's
+    /// state store, which every look with this flag updates; a disk seen attached starts over)
+    #[arg(long, value_name = "DURATION", value_parser = duration(OLDER_THAN))]
+    pub detached_for: Option<Duration>,
     /// Select every detached disk in scope when no ID or filter is given
     #[arg(long)]
     pub all_detached: bool,

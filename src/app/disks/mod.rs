@@ -29,8 +29,9 @@ use crate::output::{self, OutputFormat};
 use crate::selection::{self, IdSource, Protections, Verdict};
 use crate::workflow::disks::{DiskControls, DiskSettings, delete_disks};
 use crate::workflow::{InstanceReport, Outcome, Report, TargetKind};
-use crate::{defaults, pathset, runlock};
-use select::{DiskCandidate, DiskRequest};
+use crate::credentials::Account;
+use crate::{defaults, pathset, runlock, state};
+use select::{Context as Judged, DiskCandidate, DiskRequest};
 
 impl Ctx {
     pub(super) async fn disks(&self, a: DisksArgs) -> CmdResult<Exit> {
@@ -64,11 +65,16 @@ impl Ctx {
             region: a.region.clone(),
             zone: a.zone.clone(),
             min_size: a.min_size,
-            detached: a.detached || a.all_detached,
+            detached: a.detached || a.all_detached || a.detached_for.is_some(),
+            detached_for: a.detached_for,
             exclude: exclude.into_iter().collect(),
             protect_names: selection::globs(&protect)?,
         };
-        let bounded = req.ids.is_some() || !req.names.is_empty() || req.min_size.is_some() || a.all_detached;
+        let bounded = req.ids.is_some()
+            || !req.names.is_empty()
+            || req.min_size.is_some()
+            || req.detached_for.is_some()
+            || a.all_detached;
         if deleting && !bounded {
             return Err(Failure::Usage(anyhow!(
                 "no disks named and no filter given: name disk IDs, use --name or --min-size, or pass --all-detached to delete every detached disk in scope"
@@ -77,10 +83,12 @@ impl Ctx {
         Ok(req)
     }
 
-    /// The listing, this machine's instances, and every disk judged.
+    /// The listing, this machine's instances, when the store first saw each disk detached
+    /// (recorded now, when `--detached-for` asks or a deletion runs), and every disk judged.
     async fn disk_candidates(
         &self,
         client: &Client,
+        account: &Account,
         req: &DiskRequest,
         deleting: bool,
     ) -> CmdResult<(Vec<DiskCandidate>, HashSet<String>)> {
@@ -104,14 +112,25 @@ impl Ctx {
             .await
             .map_err(|e| listing_failure(anyhow!("cannot describe disks: {e}"), Some(&e)))?;
         let own = own_instances(client).await?;
-        Ok((select::select(&rows, req, &own, deleting), own))
+        let now = super::now_unix();
+        let detached_since = if req.detached_for.is_some() {
+            observe(account, &rows, now)?
+        } else {
+            Default::default()
+        };
+        let ctx = Judged {
+            own_instances: own,
+            detached_since,
+            now,
+        };
+        Ok((select::select(&rows, req, &ctx, deleting), ctx.own_instances))
     }
 
     async fn disks_list(&self, a: &DiskSelectArgs) -> CmdResult<Exit> {
         let req = self.disk_request(a, false)?;
-        let (client, _) = self.client()?;
+        let (client, account) = self.client()?;
         let cancel = interrupt_token();
-        let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &req, false)).await?;
+        let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, false)).await?;
         let shown: Vec<&DiskCandidate> = cands
             .iter()
             .filter(|c| req.ids.is_some() || c.verdict == Verdict::Act || matches!(c.verdict, Verdict::Skip { .. }))
@@ -180,7 +199,7 @@ impl Ctx {
         }
         // 2. The selection; a dry run ends here, through the same code as the real one.
         if a.dry_run {
-            let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &req, true)).await?;
+            let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true)).await?;
             self.print_disk_plan(&cands);
             return Ok(Exit::Ok);
         }
@@ -189,7 +208,7 @@ impl Ctx {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             _ => Failure::Usage(e.into()),
         })?;
-        let (cands, own) = interruptible(&cancel, self.disk_candidates(&client, &req, true)).await?;
+        let (cands, own) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true)).await?;
         let acting: Vec<DiskRow> = cands
             .iter()
             .filter(|c| c.verdict == Verdict::Act)
@@ -347,6 +366,19 @@ async fn own_instances(client: &Client) -> CmdResult<HashSet<String>> {
         .filter(|r| p.refuse(r).is_some())
         .map(|r| r.uhost_id.clone())
         .collect())
+}
+
+/// Record what this look saw in the account's state store (its default path), and read when
+/// each detached disk was first seen detached. A disk in a status no rule knows counts as
+/// attached: its clock starts over, so "detached for D" is never overstated.
+fn observe(account: &Account, rows: &[DiskRow], now: i64) -> CmdResult<std::collections::HashMap<String, i64>> {
+    let path = state::default_path(account)?;
+    let mut store = state::Store::open(&path, account)?;
+    let seen: Vec<(String, bool)> = rows
+        .iter()
+        .map(|r| (r.disk_id.clone(), !select::detached(r)))
+        .collect();
+    Ok(store.observe_disks(now, &seen)?)
 }
 
 /// Exit 2 when the API refused the request itself, else 4 (try later), as for instances.

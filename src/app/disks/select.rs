@@ -3,7 +3,8 @@
 //! plus the disks' own: a minimum size, "detached", and never a disk attached to this
 //! machine's instance. Pure functions over listing rows; nothing here calls the API.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use globset::GlobMatcher;
 use serde::Serialize;
@@ -22,8 +23,19 @@ pub(crate) struct DiskRequest {
     pub min_size: Option<i64>,
     /// Only disks attached to nothing (detaching ones included).
     pub detached: bool,
+    /// Only disks the state store has seen detached for at least this long.
+    pub detached_for: Option<Duration>,
     pub exclude: HashSet<String>,
     pub protect_names: Vec<GlobMatcher>,
+}
+
+/// What the judgement needs besides the rows: this machine's instances, and when the state
+/// store first saw each disk detached (unix seconds) with the time of this look.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Context {
+    pub own_instances: HashSet<String>,
+    pub detached_since: HashMap<String, i64>,
+    pub now: i64,
 }
 
 /// One disk judged.
@@ -56,7 +68,7 @@ impl DiskRequest {
     }
 
     /// Why a row does not match the filters, or `None`.
-    fn reject(&self, row: &DiskRow) -> Option<String> {
+    fn reject(&self, row: &DiskRow, ctx: &Context) -> Option<String> {
         if !self.names.is_empty() && !self.names.iter().any(|g| g.is_match(&row.name)) {
             return Some(format!("name {:?} matches no --name", row.name));
         }
@@ -73,6 +85,19 @@ impl DiskRequest {
         }
         if self.detached && !detached(row) {
             return Some(format!("not detached ({})", describe(row)));
+        }
+        if let Some(min) = self.detached_for {
+            // Measured, never guessed: a disk the store has not seen detached before is
+            // detached for zero seconds.
+            let since = ctx.detached_since.get(&row.disk_id).copied().filter(|_| detached(row));
+            let for_secs = since.map_or(0, |t| ctx.now.saturating_sub(t).max(0));
+            if u64::try_from(for_secs).unwrap_or(0) < min.as_secs() {
+                return Some(format!(
+                    "seen detached for {} of --detached-for {}",
+                    humantime::format_duration(Duration::from_secs(u64::try_from(for_secs).unwrap_or(0))),
+                    humantime::format_duration(min)
+                ));
+            }
         }
         None
     }
@@ -100,11 +125,12 @@ pub(crate) fn describe(row: &DiskRow) -> String {
 pub(crate) fn select(
     rows: &[DiskRow],
     req: &DiskRequest,
-    own_instances: &HashSet<String>,
+    ctx: &Context,
     deleting: bool,
 ) -> Vec<DiskCandidate> {
+    let own_instances = &ctx.own_instances;
     let judge = |row: &DiskRow, named: bool| -> Option<Verdict> {
-        let rejected = req.reject(row).or_else(|| {
+        let rejected = req.reject(row, ctx).or_else(|| {
             (deleting && !detached(row)).then(|| format!("{}: only detached disks are deleted", describe(row)))
         });
         if !named && rejected.is_some() {
@@ -189,7 +215,10 @@ mod tests {
             protect_names: globs(&["prod-*".to_owned()]).unwrap(),
             ..DiskRequest::default()
         };
-        let own: HashSet<String> = ["uhost-me".to_owned()].into();
+        let own = Context {
+            own_instances: ["uhost-me".to_owned()].into(),
+            ..Context::default()
+        };
         let c = select(&rows(), &req, &own, true);
         assert_eq!(acting(&c), vec!["bsi-free", "bsi-going"]);
         // The protected one is shown as skipped; attached and unknown ones are no candidates.
@@ -215,7 +244,7 @@ mod tests {
             exclude: ["bsi-small".to_owned()].into(),
             ..DiskRequest::default()
         };
-        let c = select(&rows(), &req, &HashSet::new(), true);
+        let c = select(&rows(), &req, &Context::default(), true);
         let v = |id: &str| c.iter().find(|c| c.id == id).unwrap().verdict.clone();
         assert!(matches!(v("bsi-used"), Verdict::Skip { reason } if reason.contains("attached to uhost-a")));
         assert_eq!(v("bsi-free"), Verdict::Act);
@@ -232,12 +261,41 @@ mod tests {
             names: globs(&["data-*".to_owned()]).unwrap(),
             ..DiskRequest::default()
         };
-        let c = select(&rows(), &req, &HashSet::new(), false);
+        let c = select(&rows(), &req, &Context::default(), false);
         assert_eq!(acting(&c), vec!["bsi-free", "bsi-small", "bsi-going"]);
         let other = DiskRequest {
             region: Some("cn-sh2".into()),
             ..DiskRequest::default()
         };
-        assert!(select(&rows(), &other, &HashSet::new(), false).is_empty());
+        assert!(select(&rows(), &other, &Context::default(), false).is_empty());
+    }
+
+    /// `--detached-for` reads the store's first-seen-detached times: a disk never seen
+    /// detached before, or seen too recently, is not selected; an attached one never is.
+    #[test]
+    fn detached_for_is_measured_from_the_store() {
+        let req = DiskRequest {
+            detached_for: Some(Duration::from_secs(7 * 86_400)),
+            ..DiskRequest::default()
+        };
+        let now = 1_800_000_000;
+        let ctx = Context {
+            detached_since: [
+                ("bsi-free".to_owned(), now - 8 * 86_400),
+                ("bsi-small".to_owned(), now - 86_400),
+                ("bsi-used".to_owned(), now - 30 * 86_400),
+            ]
+            .into(),
+            now,
+            ..Context::default()
+        };
+        let c = select(&rows(), &req, &ctx, true);
+        assert_eq!(acting(&c), vec!["bsi-free"]);
+        let named = DiskRequest {
+            ids: Some(vec!["bsi-small".into()]),
+            ..req
+        };
+        let c = select(&rows(), &named, &ctx, true);
+        assert!(matches!(&c[0].verdict, Verdict::Skip { reason } if reason.contains("1day of --detached-for 7days")), "{c:?}");
     }
 }
