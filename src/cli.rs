@@ -278,6 +278,10 @@ pub struct DemoArgs {
     /// Seed of the demo world, 0 to 18446744073709551615
     #[arg(long, default_value_t = 7, value_parser = number(SEED), allow_negative_numbers = true)]
     pub seed: u64,
+    /// Serve the demo's simulator on this address and keep serving after the teardown until
+    /// Ctrl-C, so `disks list` and `disks delete` can clean up the data disks it kept
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

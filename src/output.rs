@@ -126,6 +126,34 @@ pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
     format!("{t}\n{} instance(s)\n", rows.len())
 }
 
+/// What a teardown kept, and the command that deletes it later (empty when nothing was kept).
+pub fn kept_disks_text(kept: &[crate::workflow::KeptDisk]) -> String {
+    if kept.is_empty() {
+        return String::new();
+    }
+    let gb: i64 = kept.iter().filter_map(|d| d.size_gb).sum();
+    let size = if gb > 0 { format!(", {gb} GB") } else { String::new() };
+    let ids: Vec<&str> = kept.iter().map(|d| d.disk_id.as_str()).collect();
+    // Only IDs `disks delete` would accept go into a command line meant to be pasted: an
+    // ID from the API with a shell character in it must not become part of a command.
+    let safe: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .collect();
+    let command = if safe.len() == ids.len() {
+        format!("compshare-teardown disks delete {}", safe.join(" "))
+    } else {
+        "compshare-teardown disks delete --all-detached (check the list first: disks list --detached)".to_owned()
+    };
+    format!(
+        "{} data disk(s) kept{size} (no --release-udisk), billed until deleted: {}\n\
+         delete them later with:\n  {command}\n",
+        kept.len(),
+        printable(&ids.join(", ")),
+    )
+}
+
 /// Data disks as a table: one row per (ID, row if listed, note), then `summary`.
 pub fn disk_table(rows: &[(&str, Option<&crate::api::DiskRow>, String)], summary: &str) -> String {
     let mut t = table(&["ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "ZONE", "NOTE"]);

@@ -122,7 +122,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::List(a) => ctx.list(&a.select).await,
             Command::Plan(a) => ctx.plan(&a.select, &a.effect, a.save.as_deref()).await,
             Command::Run(a) => ctx.run(a).await,
-            Command::Demo(a) => ctx.demo(a.instances, a.seed).await,
+            Command::Demo(a) => ctx.demo(a.instances, a.seed, a.listen).await,
             Command::Disks(a) => ctx.disks(a).await,
             Command::Sim(a) => ctx.sim(a).await,
             Command::Completions { shell } => Ok(man::completions(shell)),

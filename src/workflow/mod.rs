@@ -34,7 +34,7 @@ pub(crate) use batch::NoObserver;
 pub(crate) use batch::{Activity, Guard, Observer};
 pub use batch::{Controls, run};
 pub(crate) use outcome::InstanceReport;
-pub use outcome::{Outcome, Report, TargetKind};
+pub use outcome::{KeptDisk, Outcome, Report, TargetKind};
 
 /// Everything that shapes a run, validated (the CLI builds it from flags and config).
 #[derive(Debug, Clone)]

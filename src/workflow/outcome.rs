@@ -158,6 +158,21 @@ pub struct Report {
     pub schema: u32,
     pub instances: Vec<InstanceReport>,
     pub summary: Summary,
+    /// Data disks the terminated instances left behind (no `ReleaseUDisk`): still billed
+    /// until deleted (`disks delete`). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_disks: Vec<KeptDisk>,
+}
+
+/// A data disk a teardown kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptDisk {
+    pub disk_id: String,
+    /// The terminated instance it was attached to.
+    pub uhost_id: String,
+    /// GB, when the selection's Describe row said (not for a plan or a resumed journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb: Option<i64>,
 }
 
 /// Counts and totals.
@@ -236,6 +251,7 @@ impl Report {
             schema: REPORT_SCHEMA,
             instances,
             summary: s,
+            kept_disks: Vec::new(),
         }
     }
 

@@ -94,14 +94,8 @@ impl Ctx {
     ) -> CmdResult<(Vec<DiskCandidate>, HashSet<String>)> {
         use backon::Retryable;
         let region = req.region.as_deref();
-        // A read-only listing: a few quick retries through 5xx, drops and throttling, as the
-        // instance selection does.
-        let policy = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(300))
-            .with_max_times(3)
-            .with_jitter();
         let rows: Vec<DiskRow> = (|| api::describe_disks_all(client, region))
-            .retry(policy)
+            .retry(read_policy())
             .sleep(tokio::time::sleep)
             .when(|e| {
                 matches!(
@@ -354,7 +348,18 @@ async fn own_instances(client: &Client) -> CmdResult<HashSet<String>> {
     if own.is_empty() {
         return Ok(HashSet::new());
     }
-    let rows = api::describe_all(client, None, None)
+    use backon::Retryable;
+    let rows = (|| api::describe_all(client, None, None))
+        .retry(read_policy())
+        .sleep(tokio::time::sleep)
+        .when(|e| {
+            e.api().is_none_or(|e| {
+                matches!(
+                    api::classify(e, &LockCodes::default()),
+                    RetryClass::Transient | RetryClass::Throttled
+                )
+            })
+        })
         .await
         .map_err(|e| listing_failure(anyhow!("cannot describe instances: {e}"), e.api()))?;
     let p = Protections {
@@ -379,6 +384,15 @@ fn observe(account: &Account, rows: &[DiskRow], now: i64) -> CmdResult<std::coll
         .map(|r| (r.disk_id.clone(), !select::detached(r)))
         .collect();
     Ok(store.observe_disks(now, &seen)?)
+}
+
+/// A read-only listing: a few quick retries through 5xx, drops and throttling (about 2-4 s),
+/// as the instance selection does.
+fn read_policy() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(300))
+        .with_max_times(3)
+        .with_jitter()
 }
 
 /// Exit 2 when the API refused the request itself, else 4 (try later), as for instances.

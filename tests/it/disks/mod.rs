@@ -12,6 +12,8 @@ use compshare_teardown::workflow::{Outcome, Report, TargetKind};
 
 use crate::workflow::{settings, teardown};
 
+mod cli;
+
 fn disk(id: &str, zone: &str) -> ScenarioDisk {
     ScenarioDisk {
         disk_id: id.into(),
