@@ -46,6 +46,8 @@ fn a_thousand_random_worlds_keep_every_invariant() {
     assert!(report.is_empty(), "{report}");
     // The worlds really are varied: faults fired, runs were killed and resumed.
     assert!(totals.faults > 0 && totals.kills > 0 && totals.exit_ok > 0 && totals.exit_failed > 0);
+    // The disk passes deleted disks, and met disks still detaching.
+    assert!(totals.disks_deleted > 0 && totals.disk_8434 > 0, "{totals:?}");
 }
 
 #[test]
