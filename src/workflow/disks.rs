@@ -312,6 +312,7 @@ impl Disk {
         self.seen = true;
         self.row = row.clone();
         let attachment = row.attachment();
+        tracing::debug!(id = %row.disk_id, status = %row.status, mount = %row.mount_instance, "disk looked at");
         if self.deleted || (self.unsure && attachment == Attachment::Deleting) {
             self.deleted = true;
             let since = *self.deleted_at.get_or_insert_with(Instant::now);
@@ -359,8 +360,10 @@ impl Disk {
         // The call goes where the fresh row says the disk lives.
         self.target = DiskTarget::of(row);
         self.calls += 1;
+        tracing::debug!(id = %row.disk_id, "sending Delete");
         match Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target)).await {
             Ok(()) => {
+                tracing::info!(id = %row.disk_id, "DeleteCompshareDisk accepted");
                 self.deleted = true;
                 self.deleted_at = Some(Instant::now());
                 self.detach = None;
@@ -371,6 +374,7 @@ impl Disk {
     }
 
     fn on_error<C: DiskCloud>(&mut self, s: &Shared<C>, e: &ApiError) -> Step {
+        tracing::debug!(id = %self.target.disk_id, "{e}");
         match api::classify(e, &LockCodes::default()) {
             RetryClass::Detaching => self.backoff(false, detach_policy(&s.settings), e),
             RetryClass::Throttled => Step::Wait(Duration::from_millis(self.rng.random_range(200..600))),

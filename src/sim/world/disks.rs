@@ -44,8 +44,11 @@ struct DiskLook {
     free: bool,
 }
 
-/// Looks kept per disk (as for instance rows).
-const LOOKS_KEPT: usize = 8;
+/// At most this many looks are kept per disk, as a bound for a long-running server. Looks
+/// are dropped by age first (see [`World::describe_disks`]): every task's region listing
+/// looks at every disk of the region, so a count alone would drop the look that licensed a
+/// slow Delete still on its way.
+const LOOKS_KEPT: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub(super) struct SimDisk {
@@ -263,6 +266,9 @@ impl World {
             .filter(|(_, d)| host.is_none_or(|h| d.phase == Phase::Attached && *h == d.host))
             .map(|(id, _)| id.clone())
             .collect();
+        // A call is processed at most one slow delay after it was sent: a look answered
+        // earlier than that can only matter as the latest one before it.
+        let horizon = now.checked_sub(self.scaled(self.scenario.faults.slow_nominal())).unwrap_or(self.start);
         let mut listed = Vec::new();
         for id in matches.iter().skip(offset).take(limit) {
             let Some(d) = self.disks.map.get_mut(id) else { continue };
@@ -270,6 +276,9 @@ impl World {
             listed.push(json_row);
             // A look counts only if the client receives it.
             if !plan.lost_response {
+                while d.looks.len() >= 2 && d.looks[1].answered < horizon {
+                    d.looks.pop_front();
+                }
                 if d.looks.len() == LOOKS_KEPT {
                     d.looks.pop_front();
                 }

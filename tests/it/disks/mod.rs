@@ -188,6 +188,35 @@ async fn the_simulator_flags_a_delete_without_a_fresh_free_look() {
     assert_eq!(sim.snapshot().violations[1].rule, "disk-delete-resent");
 }
 
+/// Found by the sweep (seed 966): a Delete answered slowly, while other tasks' listings look
+/// at the same disk, must still count the look that licensed it (the simulator once kept
+/// only the last 8 looks per disk and took the Delete for one without a look).
+#[tokio::test(start_paused = true)]
+async fn a_slow_delete_keeps_the_look_that_licensed_it() {
+    let mut s = Scenario::default();
+    s.disks = vec![disk("bsi-a", "cn-sh2-02")];
+    let sim = SimHandle::new(s);
+    sim.set_faults(Faults {
+        slow: 1.0,
+        slow_secs: 5.0,
+        ..Faults::default()
+    });
+    // Twenty listings sent a second after the look, answered before the Delete is processed.
+    let mut listings = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let other = sim.clone();
+        listings.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            describe_disks_all(&other, None).await.unwrap();
+        });
+    }
+    let rows = describe_disks_all(&sim, None).await.unwrap();
+    assert!(rows[0].is_free());
+    sim.delete_disk(&DiskTarget::of(&rows[0])).await.unwrap();
+    while listings.join_next().await.is_some() {}
+    assert!(sim.snapshot().violations.is_empty(), "{:#?}", sim.snapshot().violations);
+}
+
 #[tokio::test(start_paused = true)]
 async fn faults_are_ridden_out_and_every_disk_ends_with_an_outcome() {
     for seed in 0..12 {
