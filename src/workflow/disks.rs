@@ -14,7 +14,7 @@
 //! [`Report`] (rows with `kind: disk`). A Delete whose answer was lost is never resent before
 //! a look shows the disk still listed as free.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,6 +94,35 @@ struct Shared<C> {
     calls: Mutex<BTreeMap<String, u32>>,
     throttled: Mutex<u32>,
     start: Instant,
+    /// The freshest look at each disk by when it was sent, from any task's listing (a region
+    /// listing shows every disk of the region): whether it showed the disk free. An answer
+    /// says how things were at some moment between its sending and its arrival, so a slow
+    /// answer that shows a disk free is older news than a later-sent one that shows it
+    /// detaching; the Delete waits for a look that is the freshest and free.
+    freshest: Mutex<HashMap<String, (Instant, bool)>>,
+}
+
+impl<C> Shared<C> {
+    /// Note what a listing sent at `sent` showed of each of its rows.
+    fn saw(&self, sent: Instant, rows: &[DiskRow]) {
+        if let Ok(mut f) = self.freshest.lock() {
+            for r in rows {
+                let e = f.entry(r.disk_id.clone()).or_insert((sent, r.is_free()));
+                if sent > e.0 {
+                    *e = (sent, r.is_free());
+                }
+            }
+        }
+    }
+
+    /// Whether the freshest look at `id` any task has had showed it free.
+    fn freshest_free(&self, id: &str) -> bool {
+        self.freshest
+            .lock()
+            .ok()
+            .and_then(|f| f.get(id).map(|(_, free)| *free))
+            .unwrap_or(false)
+    }
 }
 
 /// Delete every disk in `disks` (rows from the selection listing); one report row each.
@@ -112,6 +141,7 @@ pub async fn delete_disks<C: DiskCloud + 'static>(
         calls: Mutex::new(BTreeMap::new()),
         throttled: Mutex::new(0),
         start: Instant::now(),
+        freshest: Mutex::new(HashMap::new()),
         settings,
     });
     let seed = shared.settings.jitter_seed;
@@ -237,7 +267,12 @@ impl Disk {
     }
 
     /// Send one request through the pace, noting throttling.
-    async fn paced<T>(s: &Shared<impl DiskCloud>, action: &str, call: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+    /// The call's result, and when it was sent.
+    async fn paced<T>(
+        s: &Shared<impl DiskCloud>,
+        action: &str,
+        call: impl Future<Output = Result<T, ApiError>>,
+    ) -> (Instant, Result<T, ApiError>) {
         s.pace.ready().await;
         let sent = Instant::now();
         Self::count(s, action);
@@ -251,7 +286,7 @@ impl Disk {
             }
             _ => s.pace.succeeded(sent),
         }
-        r
+        (sent, r)
     }
 
     /// A fresh look at this disk: its row in its region's listing, or `None` if not listed.
@@ -267,7 +302,9 @@ impl Disk {
                 limit: 100,
                 offset,
             };
-            let page = Self::paced(s, api::disk::DESCRIBE_DISKS, s.cloud.describe_disks(&q)).await?;
+            let (sent, page) = Self::paced(s, api::disk::DESCRIBE_DISKS, s.cloud.describe_disks(&q)).await;
+            let page = page?;
+            s.saw(sent, &page.disk_set);
             let got = page.disk_set.len();
             if let Some(row) = page.disk_set.into_iter().find(|r| r.disk_id == self.target.disk_id) {
                 return Ok(Some(row));
@@ -350,6 +387,10 @@ impl Disk {
                 if let Some(reason) = s.guard.as_ref().and_then(|g| g(&row)) {
                     return Step::Done(Outcome::Skipped { reason });
                 }
+                if !s.freshest_free(&row.disk_id) {
+                    // A listing sent after ours showed it not free: ours is older news.
+                    return Step::Wait(s.settings.poll_interval / 4);
+                }
                 self.delete(s, &row).await
             }
         }
@@ -361,7 +402,7 @@ impl Disk {
         self.target = DiskTarget::of(row);
         self.calls += 1;
         tracing::debug!(id = %row.disk_id, "sending Delete");
-        match Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target)).await {
+        match Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target)).await.1 {
             Ok(()) => {
                 tracing::info!(id = %row.disk_id, "DeleteCompshareDisk accepted");
                 self.deleted = true;
