@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 mod disks;
 
-pub use disks::{DiskDeleteArgs, DiskListArgs, DiskSelectArgs, DisksArgs, DisksCommand};
 pub(crate) use disks::DISK_CONCURRENCY;
+pub use disks::{DiskDeleteArgs, DiskListArgs, DiskSelectArgs, DisksArgs, DisksCommand};
 
 use crate::credentials::PrivateKey;
 use crate::defaults;

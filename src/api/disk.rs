@@ -48,7 +48,11 @@ pub struct DiskRow {
     #[serde(rename = "Zone", deserialize_with = "lenient::string")]
     pub zone: String,
     /// Not in compshare-cli's reading; used when present.
-    #[serde(rename = "Region", deserialize_with = "lenient::string", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "Region",
+        deserialize_with = "lenient::string",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub region: String,
 }
 

@@ -413,11 +413,7 @@ fn named_within(req: &Request, max_count: usize) -> CmdResult<()> {
 
 /// The data disks of the instances this run terminated without `ReleaseUDisk`: kept, and
 /// still billed.
-fn kept_disks(
-    report: &Report,
-    plan: &Plan,
-    sizes: &std::collections::HashMap<String, i64>,
-) -> Vec<workflow::KeptDisk> {
+fn kept_disks(report: &Report, plan: &Plan, sizes: &std::collections::HashMap<String, i64>) -> Vec<workflow::KeptDisk> {
     let terminated: std::collections::HashSet<&str> = report
         .instances
         .iter()

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 pub use ledger::{CallRecord, DeletedDisk, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
 pub use scenario::{
-    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioDisk, ScenarioError, ScenarioInstance,
+    DEFAULT_ZONES, Faults, Generate, Latency, LockConfig, LockHold, Scenario, ScenarioDisk, ScenarioError,
+    ScenarioInstance,
 };
 pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, Server, serve};
 pub use world::code;

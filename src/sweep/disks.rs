@@ -200,7 +200,12 @@ pub(crate) fn check(state: &SimState, run: &DiskRun) -> Vec<Failure> {
             );
         }
         if matches!(row.outcome, crate::workflow::Outcome::Deleted { .. }) && !deleted.contains(id) {
-            fail(&mut out, name::GONE, id, "reported deleted, no Delete was accepted".into());
+            fail(
+                &mut out,
+                name::GONE,
+                id,
+                "reported deleted, no Delete was accepted".into(),
+            );
         }
     }
     for id in &run.selected {

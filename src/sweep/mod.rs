@@ -411,7 +411,9 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         stats.disk_8434 = state
             .calls
             .iter()
-            .filter(|c| c.action == crate::api::disk::DELETE_DISK && c.ret_code == Some(crate::api::disk::STILL_DETACHING))
+            .filter(|c| {
+                c.action == crate::api::disk::DELETE_DISK && c.ret_code == Some(crate::api::disk::STILL_DETACHING)
+            })
             .count() as u64;
         failures.extend(disks::check(&state, d));
     }

@@ -320,7 +320,11 @@ impl Disk {
     /// A gap drawn from `policy` for a refusal of this kind, or the outcome if spent.
     fn backoff(&mut self, transient: bool, policy: Policy, e: &ApiError) -> Step {
         let now = Instant::now();
-        let slot = if transient { &mut self.transient } else { &mut self.detach };
+        let slot = if transient {
+            &mut self.transient
+        } else {
+            &mut self.detach
+        };
         let episode = Episode::refused(slot, now);
         match policy.next(episode, now, self.rng.random()) {
             Next::Retry(d) => Step::Wait(d),
@@ -362,7 +366,11 @@ impl Disk {
         match attachment {
             // Never deleted: the freshest look shows it in use.
             Attachment::Attached(host) => {
-                let on = if host.is_empty() { String::new() } else { format!(" to {host}") };
+                let on = if host.is_empty() {
+                    String::new()
+                } else {
+                    format!(" to {host}")
+                };
                 Step::Done(Outcome::Skipped {
                     reason: format!("attached{on}: an attached disk is never deleted"),
                 })
@@ -402,7 +410,10 @@ impl Disk {
         self.target = DiskTarget::of(row);
         self.calls += 1;
         tracing::debug!(id = %row.disk_id, "sending Delete");
-        match Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target)).await.1 {
+        match Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target))
+            .await
+            .1
+        {
             Ok(()) => {
                 tracing::info!(id = %row.disk_id, "DeleteCompshareDisk accepted");
                 self.deleted = true;

@@ -25,11 +25,11 @@ use super::terminal::{can_confirm, interrupt_token, interruptible, json, print, 
 use super::{CmdResult, Ctx, Exit, Failure, exit_for};
 use crate::api::{self, Client, DiskRow, LockCodes, RetryClass};
 use crate::cli::{self, DiskDeleteArgs, DiskSelectArgs, DisksArgs, DisksCommand};
+use crate::credentials::Account;
 use crate::output::{self, OutputFormat};
 use crate::selection::{self, IdSource, Protections, Verdict};
 use crate::workflow::disks::{DiskControls, DiskSettings, delete_disks};
 use crate::workflow::{InstanceReport, Outcome, Report, TargetKind};
-use crate::credentials::Account;
 use crate::{defaults, pathset, runlock, state};
 use select::{Context as Judged, DiskCandidate, DiskRequest};
 
@@ -267,7 +267,11 @@ pub(super) fn metrics_target(a: &DiskDeleteArgs, config: Option<&PathBuf>) -> Op
         path: &path,
         written: true,
     }];
-    for (flag, p) in [("--config", config), ("--report", a.report.as_ref()), ("--lock-file", a.lock_file.as_ref())] {
+    for (flag, p) in [
+        ("--config", config),
+        ("--report", a.report.as_ref()),
+        ("--lock-file", a.lock_file.as_ref()),
+    ] {
         if let Some(p) = p {
             roles.push(pathset::Role {
                 flag,
@@ -287,7 +291,10 @@ fn plan_summary(cands: &[DiskCandidate]) -> String {
         .filter_map(|c| c.row.as_ref())
         .collect();
     let gb: i64 = acting.iter().map(|r| r.size_gb).sum();
-    let skipped = cands.iter().filter(|c| matches!(c.verdict, Verdict::Skip { .. })).count();
+    let skipped = cands
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Skip { .. }))
+        .count();
     let missing = cands.iter().filter(|c| c.verdict == Verdict::NotFound).count();
     format!(
         "{} disk(s) to delete ({gb} GB); {skipped} skipped; {missing} not found",
@@ -379,10 +386,7 @@ async fn own_instances(client: &Client) -> CmdResult<HashSet<String>> {
 fn observe(account: &Account, rows: &[DiskRow], now: i64) -> CmdResult<std::collections::HashMap<String, i64>> {
     let path = state::default_path(account)?;
     let mut store = state::Store::open(&path, account)?;
-    let seen: Vec<(String, bool)> = rows
-        .iter()
-        .map(|r| (r.disk_id.clone(), !select::detached(r)))
-        .collect();
+    let seen: Vec<(String, bool)> = rows.iter().map(|r| (r.disk_id.clone(), !select::detached(r))).collect();
     Ok(store.observe_disks(now, &seen)?)
 }
 

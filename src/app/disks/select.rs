@@ -122,12 +122,7 @@ pub(crate) fn describe(row: &DiskRow) -> String {
 
 /// Judge every candidate. For a deletion (`deleting`), only a detached disk is acted on: an
 /// attached one that was named is skipped with the reason, one that was not is no candidate.
-pub(crate) fn select(
-    rows: &[DiskRow],
-    req: &DiskRequest,
-    ctx: &Context,
-    deleting: bool,
-) -> Vec<DiskCandidate> {
+pub(crate) fn select(rows: &[DiskRow], req: &DiskRequest, ctx: &Context, deleting: bool) -> Vec<DiskCandidate> {
     let own_instances = &ctx.own_instances;
     let judge = |row: &DiskRow, named: bool| -> Option<Verdict> {
         let rejected = req.reject(row, ctx).or_else(|| {
@@ -205,7 +200,10 @@ mod tests {
     }
 
     fn acting(c: &[DiskCandidate]) -> Vec<&str> {
-        c.iter().filter(|c| c.verdict == Verdict::Act).map(|c| c.id.as_str()).collect()
+        c.iter()
+            .filter(|c| c.verdict == Verdict::Act)
+            .map(|c| c.id.as_str())
+            .collect()
     }
 
     #[test]
@@ -222,7 +220,11 @@ mod tests {
         let c = select(&rows(), &req, &own, true);
         assert_eq!(acting(&c), vec!["bsi-free", "bsi-going"]);
         // The protected one is shown as skipped; attached and unknown ones are no candidates.
-        let skipped: Vec<&str> = c.iter().filter(|c| c.verdict != Verdict::Act).map(|c| c.id.as_str()).collect();
+        let skipped: Vec<&str> = c
+            .iter()
+            .filter(|c| c.verdict != Verdict::Act)
+            .map(|c| c.id.as_str())
+            .collect();
         assert_eq!(skipped, vec!["bsi-prod"]);
         // Listing (not deleting) shows attached disks, and marks this machine's.
         let c = select(&rows(), &DiskRequest::default(), &own, false);
@@ -296,6 +298,9 @@ mod tests {
             ..req
         };
         let c = select(&rows(), &named, &ctx, true);
-        assert!(matches!(&c[0].verdict, Verdict::Skip { reason } if reason.contains("1day of --detached-for 7days")), "{c:?}");
+        assert!(
+            matches!(&c[0].verdict, Verdict::Skip { reason } if reason.contains("1day of --detached-for 7days")),
+            "{c:?}"
+        );
     }
 }

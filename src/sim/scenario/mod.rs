@@ -4,8 +4,8 @@
 
 mod generate;
 
-pub use generate::{DEFAULT_ZONES, Generate};
 pub(crate) use generate::random_id;
+pub use generate::{DEFAULT_ZONES, Generate};
 pub(crate) use generate::{generate_rows, rng_for};
 
 use serde::{Deserialize, Serialize};

@@ -2,8 +2,8 @@
 //! lock, and the ledger of calls and violations.
 
 use super::{
-    CallRecord, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, Params, Rejection, Removal,
-    Request, Rng, State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
+    CallRecord, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, Params, Rejection, Removal, Request, Rng,
+    State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
 };
 
 impl World {

@@ -206,7 +206,9 @@ impl World {
 
     /// Detaches that ended become free; deleted disks whose time came leave the listing.
     fn settle_disks(&mut self, now: Instant) {
-        self.disks.map.retain(|_, d| !matches!(d.phase, Phase::Deleting { until } if until <= now));
+        self.disks
+            .map
+            .retain(|_, d| !matches!(d.phase, Phase::Deleting { until } if until <= now));
         for d in self.disks.map.values_mut() {
             if let Phase::Detaching { until, .. } = d.phase
                 && until <= now
@@ -268,7 +270,9 @@ impl World {
             .collect();
         // A call is processed at most one slow delay after it was sent: a look answered
         // earlier than that can only matter as the latest one before it.
-        let horizon = now.checked_sub(self.scaled(self.scenario.faults.slow_nominal())).unwrap_or(self.start);
+        let horizon = now
+            .checked_sub(self.scaled(self.scenario.faults.slow_nominal()))
+            .unwrap_or(self.start);
         let mut listed = Vec::new();
         for id in matches.iter().skip(offset).take(limit) {
             let Some(d) = self.disks.map.get_mut(id) else { continue };
@@ -313,7 +317,11 @@ impl World {
     }
 
     /// `DeleteCompshareDisk`: `Region`, `Zone`, `UDiskId`.
-    pub(super) fn delete_disk(&mut self, p: &Params, (sent, now): (Instant, Instant)) -> Result<Map<String, Value>, Rejection> {
+    pub(super) fn delete_disk(
+        &mut self,
+        p: &Params,
+        (sent, now): (Instant, Instant),
+    ) -> Result<Map<String, Value>, Rejection> {
         self.settle_disks(now);
         let name = p.get("Action").cloned().unwrap_or_default();
         for key in ["Region", "Zone", "UDiskId"] {
@@ -328,17 +336,35 @@ impl World {
         let not_found = || (code::NOT_FOUND, format!("UDisk not found: {id}"));
         let Some(d) = self.disks.map.get(&id) else {
             if self.disks.deleted.contains(&id) {
-                self.violate(now, &id, &name, rule::DISK_DELETE_RESENT, "the disk was already deleted".into());
+                self.violate(
+                    now,
+                    &id,
+                    &name,
+                    rule::DISK_DELETE_RESENT,
+                    "the disk was already deleted".into(),
+                );
             }
             return Err(not_found());
         };
         let (phase, protected, seen_free) = (d.phase, d.protected, World::looked_free(d, sent));
         let misplaced = d.row.region != *region || d.row.zone != *zone;
         if protected {
-            self.violate(now, &id, &name, rule::PROTECTED, "the scenario protects this disk".into());
+            self.violate(
+                now,
+                &id,
+                &name,
+                rule::PROTECTED,
+                "the scenario protects this disk".into(),
+            );
         }
         if let Phase::Deleting { .. } = phase {
-            self.violate(now, &id, &name, rule::DISK_DELETE_RESENT, "a Delete was already applied".into());
+            self.violate(
+                now,
+                &id,
+                &name,
+                rule::DISK_DELETE_RESENT,
+                "a Delete was already applied".into(),
+            );
         } else if !seen_free {
             self.violate(
                 now,
@@ -348,7 +374,13 @@ impl World {
                 "the freshest listing the client had did not show the disk free".into(),
             );
         } else if phase == Phase::Attached {
-            self.violate(now, &id, &name, rule::DISK_ATTACH_RACED, "attached after the client's look".into());
+            self.violate(
+                now,
+                &id,
+                &name,
+                rule::DISK_ATTACH_RACED,
+                "attached after the client's look".into(),
+            );
         }
         if misplaced {
             return Err(not_found());

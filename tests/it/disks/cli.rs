@@ -89,7 +89,11 @@ struct Out {
 
 impl std::fmt::Debug for Out {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -119,9 +123,18 @@ fn bad_input_exits_2_before_the_lock_and_the_api() {
         (&["disks", "delete", "--yes", "bsi-a", "bsi-a"], "given twice"),
         (&["disks", "delete", "--yes", "--name", "[x"], "invalid glob"),
         (&["disks", "delete", "--yes", "--min-size", "-1"], "out of range"),
-        (&["disks", "delete", "--yes", "--all-detached", "--max-count", "0"], "out of range"),
-        (&["disks", "delete", "--yes", "--detached-for", "soon"], "--detached-for"),
-        (&["disks", "delete", "--yes", "--max-count", "1", "bsi-a", "bsi-b"], "more than --max-count 1"),
+        (
+            &["disks", "delete", "--yes", "--all-detached", "--max-count", "0"],
+            "out of range",
+        ),
+        (
+            &["disks", "delete", "--yes", "--detached-for", "soon"],
+            "--detached-for",
+        ),
+        (
+            &["disks", "delete", "--yes", "--max-count", "1", "bsi-a", "bsi-b"],
+            "more than --max-count 1",
+        ),
         // Without --yes and without a terminal there is nobody to ask.
         (&["disks", "delete", "--all-detached"], "without a terminal"),
     ];
@@ -137,13 +150,30 @@ fn bad_input_exits_2_before_the_lock_and_the_api() {
 #[test]
 fn dry_run_and_max_count_delete_nothing() {
     let w = World::new();
-    let out = run(w.cmd().args(["disks", "delete", "--all-detached", "--dry-run", "--protect-name", "prod-*"]));
+    let out = run(w.cmd().args([
+        "disks",
+        "delete",
+        "--all-detached",
+        "--dry-run",
+        "--protect-name",
+        "prod-*",
+    ]));
     assert_eq!(out.code, Some(0), "{out:?}");
-    assert!(out.stdout.contains("2 disk(s) to delete (300 GB); 1 skipped"), "{out:?}");
+    assert!(
+        out.stdout.contains("2 disk(s) to delete (300 GB); 1 skipped"),
+        "{out:?}"
+    );
     let lock = w.dir.path().join("lock");
-    let out = run(w.cmd().args(["disks", "delete", "--all-detached", "--yes", "--max-count", "2"]).arg("--lock-file").arg(&lock));
+    let out = run(w
+        .cmd()
+        .args(["disks", "delete", "--all-detached", "--yes", "--max-count", "2"])
+        .arg("--lock-file")
+        .arg(&lock));
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("3 disks selected, more than --max-count 2"), "{out:?}");
+    assert!(
+        out.stderr.contains("3 disks selected, more than --max-count 2"),
+        "{out:?}"
+    );
     assert_eq!(deletes(&w.state()), 0);
 }
 
@@ -159,7 +189,15 @@ fn delete_keeps_protected_and_attached_disks_and_reports_every_one() {
     let report = w.dir.path().join("report.json");
     let out = run(w
         .cmd()
-        .args(["--config", config.to_str().unwrap(), "--output", "json", "disks", "delete", "--yes"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--output",
+            "json",
+            "disks",
+            "delete",
+            "--yes",
+        ])
         .args(["bsi-free1", "bsi-free2", "bsi-prod1", &attached])
         .arg("--report")
         .arg(&report)
@@ -167,9 +205,18 @@ fn delete_keeps_protected_and_attached_disks_and_reports_every_one() {
         .arg(w.dir.path().join("lock")));
     assert_eq!(out.code, Some(0), "{out:?}");
     let r = json(&out);
-    assert_eq!(r, serde_json::from_str::<Value>(&std::fs::read_to_string(&report).unwrap()).unwrap());
+    assert_eq!(
+        r,
+        serde_json::from_str::<Value>(&std::fs::read_to_string(&report).unwrap()).unwrap()
+    );
     let outcome = |id: &str| {
-        r["instances"].as_array().unwrap().iter().find(|i| i["uhost_id"] == id).unwrap()["outcome"].clone()
+        r["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["uhost_id"] == id)
+            .unwrap()["outcome"]
+            .clone()
     };
     assert_eq!(outcome("bsi-free1")["kind"], "deleted");
     assert_eq!(outcome("bsi-free2")["kind"], "deleted");
@@ -192,9 +239,21 @@ fn delete_keeps_protected_and_attached_disks_and_reports_every_one() {
 #[tokio::test]
 async fn detached_for_is_measured_by_the_state_store() {
     let w = World::new();
-    let list = |w: &World| json(&run(w.cmd().args(["--output", "json", "disks", "list", "--detached-for", "1s"])));
+    let list = |w: &World| {
+        json(&run(w.cmd().args([
+            "--output",
+            "json",
+            "disks",
+            "list",
+            "--detached-for",
+            "1s",
+        ])))
+    };
     let first = list(&w);
-    assert!(first.as_array().unwrap().iter().all(|c| c["verdict"] != "act"), "{first}");
+    assert!(
+        first.as_array().unwrap().iter().all(|c| c["verdict"] != "act"),
+        "{first}"
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let second = list(&w);
     let acting: Vec<&str> = second
@@ -224,7 +283,11 @@ impl Drop for Demo {
 #[test]
 fn after_demo_one_command_lists_the_kept_disks_and_another_deletes_them() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut demo = base(dir.path());
     demo.args(["demo", "--instances", "6", "--listen", &addr])
@@ -237,14 +300,21 @@ fn after_demo_one_command_lists_the_kept_disks_and_another_deletes_them() {
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(n) = line.strip_prefix("simulator check: ") {
-            kept = n.split(", ").find_map(|p| p.strip_suffix(" orphan data disk(s) kept (no --release-udisk)")?.parse::<usize>().ok());
+            kept = n.split(", ").find_map(|p| {
+                p.strip_suffix(" orphan data disk(s) kept (no --release-udisk)")?
+                    .parse::<usize>()
+                    .ok()
+            });
         }
         if let Some(e) = line.trim().strip_prefix("export ") {
             exports = Some(e.to_owned());
             break;
         }
     }
-    let (exports, kept) = (exports.expect("the demo says where it serves"), kept.expect("the demo's check line"));
+    let (exports, kept) = (
+        exports.expect("the demo says where it serves"),
+        kept.expect("the demo's check line"),
+    );
     assert!(kept > 0);
     let with_env = |c: &mut assert_cmd::Command| {
         for pair in exports.split_whitespace() {

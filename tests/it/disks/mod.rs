@@ -55,7 +55,11 @@ fn assert_disks_safe(state: &SimState, selected: &[String], report: &Report) {
     for row in &report.instances {
         assert_eq!(row.kind, TargetKind::Disk);
         if row.outcome == (Outcome::Deleted { confirmed: true }) {
-            assert!(!listed.contains(&row.uhost_id.as_str()), "{} reported deleted, still listed", row.uhost_id);
+            assert!(
+                !listed.contains(&row.uhost_id.as_str()),
+                "{} reported deleted, still listed",
+                row.uhost_id
+            );
         }
     }
 }
@@ -72,9 +76,17 @@ async fn instances_data_disks_are_listed_attached_and_free_standing_ones_free() 
     assert_eq!(free[0].home_region(), "cn-wlcb");
     // Every other row is an instance's data disk, attached to it.
     let snap = sim.snapshot();
-    let ids: Vec<String> = snap.instances.iter().map(|i| i["UHostId"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = snap
+        .instances
+        .iter()
+        .map(|i| i["UHostId"].as_str().unwrap().to_owned())
+        .collect();
     assert!(rows.len() > 1);
-    assert!(rows.iter().filter(|r| !r.is_free()).all(|r| ids.contains(&r.mount_instance)));
+    assert!(
+        rows.iter()
+            .filter(|r| !r.is_free())
+            .all(|r| ids.contains(&r.mount_instance))
+    );
     // Only the free-standing disk is an orphan so far.
     assert_eq!(snap.orphan_disks.len(), 1);
 }
@@ -118,7 +130,10 @@ async fn terminate_without_release_detaches_and_delete_waits_through_8434() {
         .iter()
         .filter(|c| c.action == "DeleteCompshareDisk" && c.ret_code == Some(8434))
         .count();
-    assert!(refused_8434 > 0, "the listing ran ahead of the detach: 8434 must have been seen");
+    assert!(
+        refused_8434 > 0,
+        "the listing ran ahead of the detach: 8434 must have been seen"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,7 +171,15 @@ async fn attached_disks_are_never_deleted_even_if_attached_after_selection() {
     let report = delete(&sim, chosen, disk_settings()).await;
     let state = sim.snapshot();
     assert_disks_safe(&state, &selected, &report);
-    let outcome = |id: &str| report.instances.iter().find(|r| r.uhost_id == id).unwrap().outcome.clone();
+    let outcome = |id: &str| {
+        report
+            .instances
+            .iter()
+            .find(|r| r.uhost_id == id)
+            .unwrap()
+            .outcome
+            .clone()
+    };
     assert!(matches!(outcome("bsi-a"), Outcome::Skipped { reason } if reason.contains(&host)));
     assert!(matches!(outcome(&attached.disk_id), Outcome::Skipped { .. }));
     assert_eq!(outcome("bsi-b"), Outcome::Deleted { confirmed: true });
