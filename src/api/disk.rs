@@ -71,7 +71,7 @@ pub enum Attachment {
     Unknown(String),
 }
 
-/// Status words, case-insensitive. UDisk's own words are `Available` (detached), `InUse`,
+/// Status words, case-insensitive. `UDisk`'s own words are `Available` (detached), `InUse`,
 /// `Attaching`, `Detaching`; the others are spellings seen in other consoles' APIs.
 const FREE: &[&str] = &["Available", "Free", "Detached", "Unattached"];
 const ATTACHED: &[&str] = &["InUse", "Attaching", "Attached", "Mounted", "Mounting"];

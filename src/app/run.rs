@@ -286,7 +286,7 @@ impl Ctx {
                     plan,
                     guard: Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row))),
                     resume: None,
-                    disk_sizes: Default::default(),
+                    disk_sizes: std::collections::HashMap::default(),
                 }
             }
             Source::Journal(res) => {
@@ -305,7 +305,7 @@ impl Ctx {
                     ids: res.ids.clone(),
                     guard: Box::new(move |row| protections.refuse(row)),
                     resume: Some(res),
-                    disk_sizes: Default::default(),
+                    disk_sizes: std::collections::HashMap::default(),
                 }
             }
         })

@@ -121,6 +121,10 @@ pub enum TargetKind {
 }
 
 impl TargetKind {
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
     fn is_instance(&self) -> bool {
         *self == TargetKind::Instance
     }

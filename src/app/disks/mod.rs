@@ -110,7 +110,7 @@ impl Ctx {
         let detached_since = if req.detached_for.is_some() {
             observe(account, &rows, now)?
         } else {
-            Default::default()
+            std::collections::HashMap::default()
         };
         let ctx = Judged {
             own_instances: own,
@@ -351,11 +351,11 @@ async fn confirm_disks(cands: &[DiskCandidate], count: usize) -> CmdResult<()> {
 /// Instances holding one of this machine's addresses: a disk attached to one is never
 /// touched (it is attached, so never deleted anyway; this names the reason).
 async fn own_instances(client: &Client) -> CmdResult<HashSet<String>> {
+    use backon::Retryable;
     let own = selection::own_addresses();
     if own.is_empty() {
         return Ok(HashSet::new());
     }
-    use backon::Retryable;
     let rows = (|| api::describe_all(client, None, None))
         .retry(read_policy())
         .sleep(tokio::time::sleep)

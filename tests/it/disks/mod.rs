@@ -8,7 +8,7 @@ use std::time::Duration;
 use compshare_teardown::api::{Attachment, DiskCloud, DiskRow, DiskTarget, describe_disks_all};
 use compshare_teardown::sim::{Faults, Scenario, ScenarioDisk, SimHandle, SimState};
 use compshare_teardown::workflow::disks::{DiskControls, DiskSettings, delete_disks};
-use compshare_teardown::workflow::{Outcome, Report, TargetKind};
+use compshare_teardown::workflow::{Controls, Outcome, Report, TargetKind};
 
 use crate::workflow::{settings, teardown};
 
@@ -103,7 +103,7 @@ async fn terminate_without_release_detaches_and_delete_waits_through_8434() {
     let sim = SimHandle::new(s);
     let before = describe_disks_all(&sim, None).await.unwrap();
     let ids = sim.ids();
-    let report = teardown(&sim, ids.clone(), settings(), Default::default()).await;
+    let report = teardown(&sim, ids.clone(), settings(), Controls::default()).await;
     assert!(report.all_ok());
     let rows = describe_disks_all(&sim, None).await.unwrap();
     assert_eq!(rows.len(), before.len(), "kept disks stay");
@@ -145,7 +145,7 @@ async fn release_udisk_takes_the_disks_with_the_instances() {
     let sim = SimHandle::new(s);
     let mut st = settings();
     st.release_udisk = true;
-    let report = teardown(&sim, sim.ids(), st, Default::default()).await;
+    let report = teardown(&sim, sim.ids(), st, Controls::default()).await;
     assert!(report.all_ok());
     assert!(describe_disks_all(&sim, None).await.unwrap().is_empty());
     assert!(sim.snapshot().orphan_disks.is_empty());
@@ -194,9 +194,10 @@ async fn attached_disks_are_never_deleted_even_if_attached_after_selection() {
 
 #[tokio::test(start_paused = true)]
 async fn the_simulator_flags_a_delete_without_a_fresh_free_look() {
-    let mut s = Scenario::default();
-    s.disks = vec![disk("bsi-a", "cn-sh2-02")];
-    let sim = SimHandle::new(s);
+    let sim = SimHandle::new(Scenario {
+        disks: vec![disk("bsi-a", "cn-sh2-02")],
+        ..Scenario::default()
+    });
     let target = DiskTarget {
         disk_id: "bsi-a".into(),
         region: "cn-sh2".into(),
@@ -216,9 +217,10 @@ async fn the_simulator_flags_a_delete_without_a_fresh_free_look() {
 /// only the last 8 looks per disk and took the Delete for one without a look).
 #[tokio::test(start_paused = true)]
 async fn a_slow_delete_keeps_the_look_that_licensed_it() {
-    let mut s = Scenario::default();
-    s.disks = vec![disk("bsi-a", "cn-sh2-02")];
-    let sim = SimHandle::new(s);
+    let sim = SimHandle::new(Scenario {
+        disks: vec![disk("bsi-a", "cn-sh2-02")],
+        ..Scenario::default()
+    });
     sim.set_faults(Faults {
         slow: 1.0,
         slow_secs: 5.0,
