@@ -150,6 +150,10 @@ fn main() -> ExitCode {
         t.instances, t.selected, t.calls, t.faults, t.eventual, t.kills, t.races, t.after_delete
     );
     println!(
+        "disks: {} selected by the disk passes, {} Deletes accepted, {} answered 8434 (still detaching)",
+        t.disks_selected, t.disks_deleted, t.disk_8434
+    );
+    println!(
         "exits: {} ok, {} failed, {} interrupted; virtual time {:.1} h; wall time {:.1} s on {threads} thread(s)",
         t.exit_ok,
         t.exit_failed,

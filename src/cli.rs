@@ -11,6 +11,10 @@ use clap::{Args, Parser, Subcommand};
 
 mod schedule;
 pub use schedule::{HistoryArgs, IdleArgs, KeepArgs, MarksArgs, StateArgs, WatchAction, WatchArgs};
+mod disks;
+
+pub(crate) use disks::DISK_CONCURRENCY;
+pub use disks::{DiskDeleteArgs, DiskListArgs, DiskSelectArgs, DisksArgs, DisksCommand};
 
 use crate::credentials::PrivateKey;
 use crate::defaults;
@@ -99,6 +103,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Run a complete teardown against a built-in simulator (no account needed)
     Demo(DemoArgs),
+    /// Find and delete data disks attached to no instance (what a teardown keeps by default)
+    Disks(DisksArgs),
     /// List instances matching the filters
     List(ListArgs),
     /// Show what `run` would do; changes nothing
@@ -281,6 +287,10 @@ pub struct DemoArgs {
     /// Show the scheduled job instead: six simulated hours of `watch` over idle and busy GPUs
     #[arg(long, conflicts_with_all = ["instances", "seed"])]
     pub scheduled: bool,
+    /// Serve the demo's simulator on this address and keep serving after the teardown until
+    /// Ctrl-C, so `disks list` and `disks delete` can clean up the data disks it kept
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

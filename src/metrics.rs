@@ -98,6 +98,7 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
     let s = &summary;
     let kinds = [
         ("terminated", s.terminated),
+        ("deleted", s.deleted),
         ("terminated_unconfirmed", s.unconfirmed),
         ("stopped", s.stopped),
         ("already_gone", s.already_gone),

@@ -129,6 +129,52 @@ pub fn list_table(rows: &[Instance], now_unix: i64) -> String {
     format!("{t}\n{} instance(s)\n", rows.len())
 }
 
+/// What a teardown kept, and the command that deletes it later (empty when nothing was kept).
+pub fn kept_disks_text(kept: &[crate::workflow::KeptDisk]) -> String {
+    if kept.is_empty() {
+        return String::new();
+    }
+    let gb: i64 = kept.iter().filter_map(|d| d.size_gb).sum();
+    let size = if gb > 0 { format!(", {gb} GB") } else { String::new() };
+    let ids: Vec<&str> = kept.iter().map(|d| d.disk_id.as_str()).collect();
+    // Only IDs `disks delete` would accept go into a command line meant to be pasted: an
+    // ID from the API with a shell character in it must not become part of a command.
+    let safe: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        .collect();
+    let command = if safe.len() == ids.len() {
+        format!("compshare-teardown disks delete {}", safe.join(" "))
+    } else {
+        "compshare-teardown disks delete --all-detached (check the list first: disks list --detached)".to_owned()
+    };
+    format!(
+        "{} data disk(s) kept{size} (no --release-udisk), billed until deleted: {}\n\
+         delete them later with:\n  {command}\n",
+        kept.len(),
+        printable(&ids.join(", ")),
+    )
+}
+
+/// Data disks as a table: one row per (ID, row if listed, note), then `summary`.
+pub fn disk_table(rows: &[(&str, Option<&crate::api::DiskRow>, String)], summary: &str) -> String {
+    let mut t = table(&["ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "ZONE", "NOTE"]);
+    for (id, row, note) in rows {
+        let dash = || "-".to_owned();
+        t.add_row(vec![
+            cell(id, CELL_CHARS),
+            row.map_or_else(dash, |r| cell(&r.name, NAME_CHARS)),
+            row.map_or_else(dash, |r| format!("{} GB", r.size_gb)),
+            row.map_or_else(dash, |r| cell(&r.status, CELL_CHARS)),
+            row.map_or_else(dash, |r| cell(&r.mount_instance, CELL_CHARS)),
+            row.map_or_else(dash, |r| cell(&r.zone, CELL_CHARS)),
+            cell(note, CELL_CHARS),
+        ]);
+    }
+    format!("{t}\n{summary}\n")
+}
+
 /// `plan` as a table plus a summary.
 pub fn plan_table(plan: &Plan) -> String {
     let mut t = table(&["ID", "NAME", "STATE", "ZONE", "ACTION", "DATA DISKS", "PRICE/H", "NOTE"]);
@@ -217,6 +263,7 @@ pub fn report_table(report: &Report) -> String {
     let s = &report.summary;
     let counts: Vec<String> = [
         (s.terminated, "terminated"),
+        (s.deleted, "deleted"),
         (s.unconfirmed, "terminated but unconfirmed"),
         (s.stopped, "stopped (stop-only)"),
         (s.already_gone, "already gone"),

@@ -105,9 +105,14 @@ fn help(arg: &Arg) -> String {
 }
 
 fn table(out: &mut String, args: &[&Arg]) {
+    table_keyed(out, args, config_key);
+}
+
+/// [`table`] with the config key of each flag as `key` says.
+fn table_keyed(out: &mut String, args: &[&Arg], key: impl Fn(&Arg) -> Option<String>) {
     out.push_str("| Option | Config key | Meaning |\n|---|---|---|\n");
     for arg in args {
-        let key = config_key(arg).map(|k| format!("`{k}`")).unwrap_or_default();
+        let key = key(arg).map(|k| format!("`{k}`")).unwrap_or_default();
         let _ = writeln!(out, "| {} | {key} | {} |", flag(arg), help(arg));
     }
 }
@@ -170,6 +175,25 @@ pub fn markdown() -> String {
         } else {
             table(&mut out, &args);
         }
+        // Nested commands (`disks list`, `disks delete`). They read from the config file only
+        // the protections (`selection.exclude`, `selection.protect_name`).
+        for nested in commands(sub) {
+            let _ = write!(
+                out,
+                "\n### `{} {} {}`\n\n{}\n\n",
+                cmd.get_name(),
+                sub.get_name(),
+                nested.get_name(),
+                nested.get_about().map(ToString::to_string).unwrap_or_default()
+            );
+            let args: Vec<&Arg> = nested
+                .get_arguments()
+                .filter(|a| shown(a) && !a.is_global_set())
+                .collect();
+            table_keyed(&mut out, &args, |a| {
+                config_key(a).filter(|k| ["selection.exclude", "selection.protect_name"].contains(&k.as_str()))
+            });
+        }
     }
     out.push_str(
         "\n### Config keys\n\nEvery key of the `--config` file, its TOML type, and the flag that overrides it \
@@ -230,6 +254,11 @@ pub fn man_pages() -> Vec<(String, Vec<u8>)> {
     let mut pages = vec![(format!("{}.1", cmd.get_name()), render(&cmd))];
     for sub in commands(&cmd) {
         let name = format!("{}-{}", cmd.get_name(), sub.get_name());
+        for nested in commands(sub) {
+            let nested_name = format!("{name}-{}", nested.get_name());
+            let nested = nested.clone().name(nested_name.clone());
+            pages.push((format!("{nested_name}.1"), render(&nested)));
+        }
         let sub = sub.clone().name(name.clone());
         pages.push((format!("{name}.1"), render(&sub)));
     }

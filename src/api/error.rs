@@ -119,6 +119,9 @@ pub enum RetryClass {
     Transient,
     /// A mutating call may or may not have taken effect: re-describe before deciding.
     Ambiguous,
+    /// `DeleteCompshareDisk` answered 8434, "the disk is still detaching": nothing was done;
+    /// look again after a while (seconds, not minutes) and retry.
+    Detaching,
     /// Retrying will not help.
     Fatal,
 }
@@ -161,7 +164,13 @@ fn is_gateway_503(snippet: &str) -> bool {
 pub fn classify(error: &ApiError, lock_codes: &LockCodes) -> RetryClass {
     let mutating = error.is_mutating();
     match error {
-        ApiError::RetCode { code, message, .. } => {
+        ApiError::RetCode {
+            code, message, action, ..
+        } => {
+            // Only the disk delete means this by 8434; elsewhere the code is unknown.
+            if *code == super::disk::STILL_DETACHING && action == super::disk::DELETE_DISK {
+                return RetryClass::Detaching;
+            }
             if message.to_ascii_lowercase().contains(&LOCK_MARKER.to_ascii_lowercase()) || lock_codes.0.contains(code) {
                 return RetryClass::Locked;
             }
@@ -242,7 +251,7 @@ mod tests {
 
     #[test]
     fn classification_table() {
-        use RetryClass::{Ambiguous, Fatal, Locked, Throttled, Transient};
+        use RetryClass::{Ambiguous, Detaching, Fatal, Locked, Throttled, Transient};
         use TransportKind::{Closed, Connect, Other, Timeout};
         let table: Vec<(ApiError, RetryClass)> = vec![
             (rc(S, 8903, "busy"), Locked),
@@ -264,6 +273,12 @@ mod tests {
             (rc(T, 8900, "state Running does not allow this"), Fatal),
             (rc(T, 226_601, "arrears"), Fatal),
             (rc(T, 999_999, "who knows"), Fatal),
+            (rc("DeleteCompshareDisk", 8434, "disk is still detaching"), Detaching),
+            (rc(T, 8434, "disk is still detaching"), Fatal),
+            (rc("DeleteCompshareDisk", 153, "throttled"), Throttled),
+            (rc("DeleteCompshareDisk", 110, "timeout"), Ambiguous),
+            (http("DeleteCompshareDisk", 502), Ambiguous),
+            (http("DescribeCompshareDisk", 502), Transient),
             (http(D, 429), Transient),
             (http(T, 429), Transient),
             (http(T, 502), Ambiguous),

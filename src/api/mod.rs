@@ -3,6 +3,7 @@
 //! paused-time tests, by the simulator's in-memory world).
 
 pub(crate) mod client;
+pub mod disk;
 pub(crate) mod error;
 pub(crate) mod listing;
 pub mod model;
@@ -11,6 +12,7 @@ pub mod sign;
 use std::future::Future;
 
 pub use client::{Answer, Client, ClientConfig};
+pub use disk::{Attachment, DiskCloud, DiskQuery, DiskRow, DiskTarget, describe_disks_all};
 pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
 pub use listing::{ListingError, describe_all, describe_all_above, describe_ids};
 pub(crate) use model::DESCRIBE_MAX;

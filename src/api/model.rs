@@ -238,16 +238,23 @@ impl Instance {
     /// been seen to send it, and to leave it out); without it the zone names it, since UCloud
     /// zones are `<region>-<nn>` (`cn-wlcb-01` is in `cn-wlcb`). Empty when neither says.
     pub fn home_region(&self) -> &str {
-        if self.region.is_empty() {
-            self.zone.rsplit_once('-').map_or("", |(r, _)| r)
-        } else {
-            &self.region
-        }
+        home_region(&self.region, &self.zone)
     }
 
     /// The data disks `ReleaseUDisk` governs.
     pub(crate) fn data_disks(&self) -> impl Iterator<Item = &Disk> {
         self.disk_set.iter().filter(|d| d.is_data())
+    }
+}
+
+/// The one region rule (see [`Instance::home_region`]), for every row that has a `Region`
+/// and a `Zone` (instances, data disks): `Region` when the row says it, else the zone's
+/// `<region>-<nn>` prefix, else empty.
+pub(crate) fn home_region<'a>(region: &'a str, zone: &'a str) -> &'a str {
+    if region.is_empty() {
+        zone.rsplit_once('-').map_or("", |(r, _)| r)
+    } else {
+        region
     }
 }
 

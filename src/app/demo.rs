@@ -1,6 +1,7 @@
 //! `demo`: a whole teardown against a simulator started in-process, the README's first
 //! command: the same driver, bars and report as `run`, with a check of the world afterwards.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,10 +69,12 @@ fn demo_settings() -> Settings {
 }
 
 impl Ctx {
-    pub(super) async fn demo(&self, instances: usize, seed: u64) -> CmdResult<Exit> {
+    pub(super) async fn demo(&self, instances: usize, seed: u64, listen: Option<SocketAddr>) -> CmdResult<Exit> {
         let handle = SimHandle::new(demo_scenario(instances, seed));
-        let server =
-            Server::start(handle.clone(), ([127, 0, 0, 1], 0).into()).context("cannot start the demo simulator")?;
+        // Loopback on a free port unless asked: the client accepts plain http only there.
+        let addr = listen.unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let server = Server::start(handle.clone(), addr)
+            .with_context(|| format!("cannot start the demo simulator on {addr}"))?;
         tracing::info!("demo simulator at {}", server.url);
         let creds = Credentials {
             public_key: handle.public_key(),
@@ -114,6 +117,28 @@ impl Ctx {
                 ));
             }
         }
+        if listen.is_some() {
+            // The world stays up with what the teardown kept, for the disk commands. Where
+            // to reach it goes to stderr when stdout carries JSON.
+            let text = format!(
+                "The demo's simulator keeps serving at {url} until Ctrl-C. In another terminal:\n  \
+                 export COMPSHARE_BASE_URL={url} COMPSHARE_PUBLIC_KEY={public} COMPSHARE_PRIVATE_KEY={private}\n  \
+                 compshare-teardown disks list --detached\n  \
+                 compshare-teardown disks delete --all-detached --yes\n",
+                url = server.url,
+                public = handle.public_key(),
+                // The simulator's own made-up key, not a secret.
+                private = handle.private_key().expose(),
+            );
+            match self.output() {
+                OutputFormat::Json => {
+                    let _ = writeln_stderr(text.trim_end());
+                }
+                OutputFormat::Table => print(&text),
+            }
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        drop(server);
         Ok(exit_for(&report))
     }
 }

@@ -3,7 +3,7 @@
 //! failed, 2 nothing changed because of a usage/config/credential/selection error, 3 run lock
 //! held, 4 the API could not be read, 130 interrupted.
 //!
-//! One room per command (`list`, `plan`, `run`, `demo`, `sim`, and `man` for `man` and
+//! One room per command (`list`, `plan`, `run`, `disks`, `demo`, `sim`, and `man` for `man` and
 //! `completions`), and the rooms they share: `settings` (flags + config file into validated
 //! values and the account), `candidates` (the selection Describe), `source` (where a run's
 //! instances come from) and `terminal` (stdout, the prompt, signals, progress bars).
@@ -11,6 +11,7 @@
 mod candidates;
 mod demo;
 mod demo_watch;
+mod disks;
 mod list;
 mod man;
 mod plan;
@@ -125,7 +126,8 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Plan(a) => ctx.plan(&a.select, &a.effect, a.save.as_deref()).await,
             Command::Run(a) => ctx.run(a).await,
             Command::Demo(a) if a.scheduled => ctx.demo_scheduled().await,
-            Command::Demo(a) => ctx.demo(a.instances, a.seed).await,
+            Command::Demo(a) => ctx.demo(a.instances, a.seed, a.listen).await,
+            Command::Disks(a) => ctx.disks(a).await,
             Command::Sim(a) => ctx.sim(a).await,
             Command::Watch(a) => ctx.watch(a).await,
             Command::Marks(a) => ctx.marks(&a),
@@ -203,6 +205,12 @@ fn metrics_target(cli: &Cli, config: Option<&ConfigFile>) -> Option<PathBuf> {
             })
         }));
         return pathset::check(&roles).is_ok().then(|| path.clone());
+    }
+    if let Command::Disks(crate::cli::DisksArgs {
+        command: crate::cli::DisksCommand::Delete(d),
+    }) = &cli.command
+    {
+        return disks::metrics_target(d, cli.global.config.as_ref());
     }
     let Command::Run(a) = &cli.command else { return None };
     let r = config.map(|c| &c.run);

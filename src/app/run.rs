@@ -54,6 +54,8 @@ struct Selection {
     ids: Vec<String>,
     guard: workflow::Guard,
     resume: Option<Resume>,
+    /// Data disk sizes (GB) from the selection's rows, for the report's kept disks.
+    disk_sizes: std::collections::HashMap<String, i64>,
 }
 
 /// A run past every gate: nothing sent yet, the journal's start line on disk.
@@ -264,11 +266,17 @@ impl Ctx {
                 // A named ID the selection could not see yet may still turn up outside the scope.
                 let filters = req.filters;
                 let plan = Plan::build(&cands, account, release, force);
+                let disk_sizes = cands
+                    .iter()
+                    .filter_map(|c| c.row.as_ref())
+                    .flat_map(|r| r.disk_set.iter().map(|d| (d.disk_id.clone(), d.size)))
+                    .collect();
                 Selection {
                     ids: plan.acting_ids(),
                     plan,
                     guard: Box::new(move |row| protections.refuse(row).or_else(|| filters.outside_scope(row))),
                     resume: None,
+                    disk_sizes,
                 }
             }
             Source::SavedPlan(plan) => {
@@ -278,6 +286,7 @@ impl Ctx {
                     plan,
                     guard: Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row))),
                     resume: None,
+                    disk_sizes: std::collections::HashMap::default(),
                 }
             }
             Source::Journal(res) => {
@@ -296,6 +305,7 @@ impl Ctx {
                     ids: res.ids.clone(),
                     guard: Box::new(move |row| protections.refuse(row)),
                     resume: Some(res),
+                    disk_sizes: std::collections::HashMap::default(),
                 }
             }
         })
@@ -313,6 +323,7 @@ impl Ctx {
                     ids,
                     guard,
                     resume,
+                    disk_sizes,
                 },
             journal,
         } = run;
@@ -361,6 +372,7 @@ impl Ctx {
         super::terminal::drained();
         bars.finish();
         add_skipped(&mut report, &skipped, release);
+        report.kept_disks = kept_disks(&report, &plan, &disk_sizes);
         report
     }
 
@@ -373,7 +385,11 @@ impl Ctx {
         }
         match self.output() {
             OutputFormat::Json => print(&json(report)),
-            OutputFormat::Table => print(&output::report_table(report)),
+            OutputFormat::Table => print(&format!(
+                "{}{}",
+                output::report_table(report),
+                output::kept_disks_text(&report.kept_disks)
+            )),
         }
         exit_for(report)
     }
@@ -395,12 +411,35 @@ fn named_within(req: &Request, max_count: usize) -> CmdResult<()> {
     Ok(())
 }
 
+/// The data disks of the instances this run terminated without `ReleaseUDisk`: kept, and
+/// still billed.
+fn kept_disks(report: &Report, plan: &Plan, sizes: &std::collections::HashMap<String, i64>) -> Vec<workflow::KeptDisk> {
+    let terminated: std::collections::HashSet<&str> = report
+        .instances
+        .iter()
+        .filter(|i| !i.release_udisk && matches!(i.outcome, Outcome::Terminated { .. }))
+        .map(|i| i.uhost_id.as_str())
+        .collect();
+    plan.entries
+        .iter()
+        .filter(|e| terminated.contains(e.uhost_id.as_str()))
+        .flat_map(|e| {
+            e.data_disks.iter().map(|d| workflow::KeptDisk {
+                disk_id: d.clone(),
+                uhost_id: e.uhost_id.clone(),
+                size_gb: sizes.get(d).copied(),
+            })
+        })
+        .collect()
+}
+
 fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udisk: bool) {
     if skipped.is_empty() {
         return;
     }
     let mut instances = std::mem::take(&mut report.instances);
     instances.extend(skipped.iter().map(|e| workflow::InstanceReport {
+        kind: workflow::TargetKind::Instance,
         uhost_id: e.uhost_id.clone(),
         name: e.name.clone(),
         region: e.region.clone(),
@@ -412,6 +451,7 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udis
         seconds: 0.0,
         calls: 0,
         release_udisk,
+        size_gb: None,
     }));
     let s = &report.summary;
     let pace = s.pace.clone();

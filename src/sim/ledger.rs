@@ -24,8 +24,16 @@ pub mod rule {
     pub const TERMINATE_RESENT: &str = "terminate-resent";
     /// A mutating call for an instance someone else deleted.
     pub const AFTER_DELETE: &str = "after-delete";
-    /// A mutating call on an instance the scenario marks protected.
+    /// A mutating call on an instance (or a Delete of a disk) the scenario marks protected.
     pub const PROTECTED: &str = "protected";
+    /// A disk Delete sent while the freshest `DescribeCompshareDisk` answer the client had
+    /// did not list the disk as free (attached, detaching, deleting, or never looked at).
+    pub const DISK_DELETE_UNLOOKED: &str = "disk-delete-not-seen-free";
+    /// Not a violation (listed in races): a Delete arrived at a disk someone attached after
+    /// the client's freshest look showed it free; the gateway refuses it.
+    pub const DISK_ATTACH_RACED: &str = "disk-attach-raced";
+    /// A Delete re-sent to a disk whose earlier Delete was applied.
+    pub const DISK_DELETE_RESENT: &str = "disk-delete-resent";
 }
 
 /// Everything the world knows, as served by `GET /_sim/state`.
@@ -42,7 +50,15 @@ pub struct SimState {
     #[serde(default)]
     pub locks: Vec<LockView>,
     pub terminated: Vec<Terminated>,
+    /// Data disks that outlived their instance (or never had one) and still exist: derived
+    /// from the disk inventory.
     pub orphan_disks: Vec<OrphanDisk>,
+    /// Current disks exactly as `DescribeCompshareDisk` lists them now, in ID order.
+    #[serde(default)]
+    pub disks: Vec<serde_json::Value>,
+    /// Disks whose Delete the world accepted, in order.
+    #[serde(default)]
+    pub deleted_disks: Vec<DeletedDisk>,
     pub calls: Vec<CallRecord>,
     pub violations: Vec<Violation>,
     /// Refused calls that no client could have avoided ([`rule::TERMINATE_RACED`]).
@@ -62,7 +78,8 @@ pub struct Terminated {
     pub by_other: bool,
 }
 
-/// A data disk that survived its instance because `ReleaseUDisk` was false.
+/// A data disk that survived its instance because `ReleaseUDisk` was false (or a
+/// free-standing one: `from_uhost_id` empty).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrphanDisk {
     pub disk_id: String,
@@ -71,13 +88,20 @@ pub struct OrphanDisk {
     pub size: i64,
 }
 
+/// A disk whose Delete was accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeletedDisk {
+    pub disk_id: String,
+    pub at_secs: f64,
+}
+
 /// One call as the world saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     pub at_secs: f64,
     /// `""` when the request named none.
     pub action: String,
-    /// `UHostId`, or the `UHostIds.N` of a Describe.
+    /// `UHostId`, `UDiskId`, or the `UHostIds.N` of a Describe.
     pub ids: Vec<String>,
     /// `None` when no JSON answer was sent (HTML error or closed connection).
     pub ret_code: Option<i64>,

@@ -17,10 +17,10 @@ use std::time::Duration;
 use crate::api::Answer;
 use tokio::time::Instant;
 
-pub use ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
+pub use ledger::{CallRecord, DeletedDisk, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
 pub use scenario::{
-    DEFAULT_ZONES, Faults, Generate, GpuLoad, Latency, LockConfig, LockHold, Monitoring, Scenario, ScenarioError,
-    ScenarioInstance,
+    DEFAULT_ZONES, Faults, Generate, GpuLoad, Latency, LockConfig, LockHold, Monitoring, Scenario, ScenarioDisk,
+    ScenarioError, ScenarioInstance,
 };
 pub use server::{HEADER_TIMEOUT, MAX_CONNECTIONS, Server, serve};
 pub use world::code;
@@ -106,6 +106,11 @@ impl SimHandle {
 
     pub fn set_faults(&self, faults: Faults) {
         self.lock().set_faults(faults);
+    }
+
+    /// Someone attaches a free data disk to an instance now.
+    pub fn attach_disk(&self, disk_id: &str, uhost_id: &str) {
+        self.lock().attach_disk(disk_id, uhost_id, Instant::now());
     }
 
     pub fn set_protected(&self, id: &str, protected: bool) {

@@ -6,6 +6,7 @@
 //! simulator's ground truth. Used by the `sweep` integration test and `examples/sweep.rs`;
 //! `docs/reliability.md` describes the worlds and the invariants.
 
+pub mod disks;
 pub mod invariants;
 pub mod world;
 
@@ -106,6 +107,11 @@ pub struct Stats {
     pub exit_interrupted: u64,
     /// Virtual time the worlds ran for.
     pub virtual_time: Duration,
+    /// Disks handed to the disk pass, Deletes the simulator accepted, and Deletes it answered
+    /// 8434 ("still detaching").
+    pub disks_selected: u64,
+    pub disks_deleted: u64,
+    pub disk_8434: u64,
 }
 
 impl Stats {
@@ -125,6 +131,9 @@ impl Stats {
         self.exit_failed += o.exit_failed;
         self.exit_interrupted += o.exit_interrupted;
         self.virtual_time += o.virtual_time;
+        self.disks_selected += o.disks_selected;
+        self.disks_deleted += o.disks_deleted;
+        self.disk_8434 += o.disk_8434;
     }
 }
 
@@ -226,7 +235,7 @@ const MAX_WAKEUPS_AT_ONE_INSTANT: u64 = 2_000;
 
 /// `fut`, or `None` once it has been polled [`MAX_WAKEUPS_AT_ONE_INSTANT`] times in a row
 /// without virtual time passing.
-async fn within_wakeups<F: Future>(fut: F) -> Option<F::Output> {
+pub(crate) async fn within_wakeups<F: Future>(fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     let mut at = Instant::now();
     let mut wakeups = 0u64;
@@ -388,8 +397,26 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
             }
         }
     }
+    // The disk pass, once the instance run has ended: its own dice, the same signed cloud.
+    let disk_run = if report.is_some() {
+        Some(disks::DiskWorld::draw(seed).run(seed, cloud.clone()).await)
+    } else {
+        None
+    };
     stats.virtual_time = started.elapsed();
     let state = world.sim.snapshot();
+    if let Some(d) = &disk_run {
+        stats.disks_selected = d.selected.len() as u64;
+        stats.disks_deleted = state.deleted_disks.len() as u64;
+        stats.disk_8434 = state
+            .calls
+            .iter()
+            .filter(|c| {
+                c.action == crate::api::disk::DELETE_DISK && c.ret_code == Some(crate::api::disk::STILL_DETACHING)
+            })
+            .count() as u64;
+        failures.extend(disks::check(&state, d));
+    }
     stats.calls = state.calls.len() as u64;
     stats.faults = state.calls.iter().filter(|c| c.fault.is_some()).count() as u64;
     stats.eventual = state
@@ -424,6 +451,9 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         outputs.push(("JSON report", crate::app::json(r)));
         outputs.push(("report table", crate::output::report_table(r)));
         outputs.push(("report Debug", format!("{r:?}")));
+    }
+    if let Some(r) = disk_run.as_ref().and_then(|d| d.report.as_ref()) {
+        outputs.push(("disk JSON report", crate::app::json(r)));
     }
     outputs.push(("cloud Debug", format!("{cloud:?}")));
     failures.extend(invariants::check(&invariants::Evidence {

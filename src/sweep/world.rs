@@ -106,11 +106,15 @@ impl World {
         // jitter): the settle is documented as "how long a deleting instance may stay
         // listed", and a world that breaks that assumption would make a re-sent Terminate
         // expected rather than a bug.
+        // Disks draw from their own dice: every instance draw stays what it was.
+        let mut dk = StdRng::seed_from_u64(seed ^ 0x4528_21e6_38d0_1377);
         let latency = Latency {
             stop_secs: stop,
             start_secs: rng.random_range(1.0..30.0),
             terminate_secs: rng.random_range(0.2..20.0),
             jitter: rng.random_range(0.0..0.5),
+            detach_secs: dk.random_range(0.5..60.0),
+            disk_delete_secs: dk.random_range(0.2..20.0),
         };
         let lock = LockConfig {
             ttl_secs: if rng.random_bool(0.5) {
@@ -151,6 +155,7 @@ impl World {
             lagging_share: gw.random_range(0.01..=0.5),
             omit_region: maybe(&mut gw, 1.0),
             applied_then_502: maybe(&mut gw, 0.25),
+            detach_shows_free: maybe(&mut dk, 1.0),
         };
         let rate_limit: u32 = if rng.random_bool(0.3) {
             rng.random_range(3..=50)
@@ -185,8 +190,10 @@ impl World {
                 locked_fraction: maybe(&mut rng, 0.2),
                 protected_fraction: 0.0,
                 zones: Vec::new(),
+                detached_disks: dk.random_range(0..=20),
             }),
             instances: Vec::new(),
+            disks: Vec::new(),
             ..Scenario::default()
         };
         let sim = SimHandle::new(scenario);

@@ -9,11 +9,14 @@
 //!   throttles, then adaptive.
 //! - [`retry`]: retry budgets in time (pure: when to try again, when to give up).
 //! - [`recheck`]: the shared last look before a delayed Terminate.
+//! - [`disks`]: the data disk deletion driver (a look, one Delete, confirm), on the same
+//!   pace, retry budgets, outcomes and report.
 //! - [`journal`]: append-only JSON lines and resume.
 //! - [`outcome`]: outcomes and the report, as data.
 
 pub(crate) mod absence;
 pub(crate) mod batch;
+pub mod disks;
 pub mod journal;
 pub mod machine;
 pub(crate) mod outcome;
@@ -31,7 +34,7 @@ pub(crate) use batch::NoObserver;
 pub(crate) use batch::{Activity, Guard, Observer};
 pub use batch::{Controls, run};
 pub(crate) use outcome::InstanceReport;
-pub use outcome::{Outcome, Report};
+pub use outcome::{KeptDisk, Outcome, Report, TargetKind};
 
 /// Everything that shapes a run, validated (the CLI builds it from flags and config).
 #[derive(Debug, Clone)]

@@ -22,6 +22,8 @@ pub enum Outcome {
     },
     /// Stop-only mode: stopped and left in place (by this run, or it already was).
     Stopped,
+    /// A data disk deleted by this run; `confirmed` once the listing no longer shows it.
+    Deleted { confirmed: bool },
     /// Not there when we first looked.
     AlreadyGone,
     /// Someone else deleted it while we worked on it.
@@ -48,6 +50,7 @@ impl Outcome {
             self,
             Outcome::Terminated { confirmed: true, .. }
                 | Outcome::Stopped
+                | Outcome::Deleted { confirmed: true }
                 | Outcome::AlreadyGone
                 | Outcome::DeletedByOther
                 | Outcome::Skipped { .. }
@@ -58,7 +61,7 @@ impl Outcome {
     pub fn is_gone(&self) -> bool {
         matches!(
             self,
-            Outcome::Terminated { .. } | Outcome::AlreadyGone | Outcome::DeletedByOther
+            Outcome::Terminated { .. } | Outcome::Deleted { .. } | Outcome::AlreadyGone | Outcome::DeletedByOther
         )
     }
 
@@ -68,6 +71,8 @@ impl Outcome {
             Outcome::Terminated { confirmed: true, .. } => "terminated",
             Outcome::Terminated { confirmed: false, .. } => "terminated (unconfirmed)",
             Outcome::Stopped => "stopped",
+            Outcome::Deleted { confirmed: true } => "deleted",
+            Outcome::Deleted { confirmed: false } => "deleted (unconfirmed)",
             Outcome::AlreadyGone => "already gone",
             Outcome::DeletedByOther => "deleted by someone else",
             Outcome::Failed { .. } => "failed",
@@ -109,9 +114,34 @@ impl From<Gone> for Outcome {
     }
 }
 
-/// One instance in the report.
+/// What a report row is about: the target kinds the tool tears down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetKind {
+    /// A GPU instance (the default: rows and journals written before disks existed).
+    #[default]
+    Instance,
+    /// A data disk.
+    Disk,
+}
+
+impl TargetKind {
+    #[expect(
+        clippy::trivially_copy_pass_by_ref,
+        reason = "serde's skip_serializing_if passes a reference"
+    )]
+    fn is_instance(&self) -> bool {
+        *self == TargetKind::Instance
+    }
+}
+
+/// One instance (or, with `kind: disk`, one data disk) in the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceReport {
+    /// `instance` when absent.
+    #[serde(default, skip_serializing_if = "TargetKind::is_instance")]
+    pub kind: TargetKind,
+    /// The target's ID (a disk's `ResourceId` for `kind: disk`).
     pub uhost_id: String,
     pub name: String,
     pub region: String,
@@ -125,6 +155,9 @@ pub struct InstanceReport {
     pub calls: u32,
     /// Whether data disks were to be released with the instance.
     pub release_udisk: bool,
+    /// A disk's size in GB (disks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb: Option<i64>,
 }
 
 /// The whole run.
@@ -134,6 +167,21 @@ pub struct Report {
     pub schema: u32,
     pub instances: Vec<InstanceReport>,
     pub summary: Summary,
+    /// Data disks the terminated instances left behind (no `ReleaseUDisk`): still billed
+    /// until deleted (`disks delete`). Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_disks: Vec<KeptDisk>,
+}
+
+/// A data disk a teardown kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptDisk {
+    pub disk_id: String,
+    /// The terminated instance it was attached to.
+    pub uhost_id: String,
+    /// GB, when the selection's Describe row said (not for a plan or a resumed journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gb: Option<i64>,
 }
 
 /// Counts and totals.
@@ -145,6 +193,10 @@ pub struct Summary {
     /// Stop-only mode: stopped and left in place.
     #[serde(default)]
     pub stopped: usize,
+    /// Data disks deleted and confirmed gone (a disk deleted without confirmation counts in
+    /// `unconfirmed`).
+    #[serde(default)]
+    pub deleted: usize,
     pub already_gone: usize,
     pub deleted_by_other: usize,
     pub failed: usize,
@@ -195,8 +247,11 @@ impl Report {
         for i in &instances {
             match &i.outcome {
                 Outcome::Terminated { confirmed: true, .. } => s.terminated += 1,
-                Outcome::Terminated { confirmed: false, .. } => s.unconfirmed += 1,
                 Outcome::Stopped => s.stopped += 1,
+                Outcome::Terminated { confirmed: false, .. } | Outcome::Deleted { confirmed: false } => {
+                    s.unconfirmed += 1;
+                }
+                Outcome::Deleted { confirmed: true } => s.deleted += 1,
                 Outcome::AlreadyGone => s.already_gone += 1,
                 Outcome::DeletedByOther => s.deleted_by_other += 1,
                 Outcome::Failed { .. } => s.failed += 1,
@@ -209,6 +264,7 @@ impl Report {
             schema: REPORT_SCHEMA,
             instances,
             summary: s,
+            kept_disks: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod answers;
 mod cli;
+mod disks;
 mod docs;
 mod freshness;
 mod manifest;

@@ -93,6 +93,7 @@ impl World {
                 start_secs: 0.2,
                 terminate_secs: 0.2,
                 jitter: 0.0,
+                ..Latency::default()
             },
             monitor: Monitoring {
                 warmup_secs: 0.0,

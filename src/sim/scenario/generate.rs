@@ -26,6 +26,9 @@ pub struct Generate {
     pub protected_fraction: f64,
     /// `[region, zone]` pairs to spread rows over; empty = the built-in list.
     pub zones: Vec<(String, String)>,
+    /// Free-standing data disks (attached to no instance) to generate, from a stream of
+    /// their own: the instance rows are the same with or without them.
+    pub detached_disks: usize,
 }
 
 impl Default for Generate {
@@ -41,6 +44,7 @@ impl Default for Generate {
             locked_fraction: 0.0,
             protected_fraction: 0.0,
             zones: Vec::new(),
+            detached_disks: 0,
         }
     }
 }

@@ -5,6 +5,7 @@
 mod generate;
 mod monitor;
 
+pub(crate) use generate::random_id;
 pub use generate::{DEFAULT_ZONES, Generate};
 pub(crate) use generate::{EPOCH_NOW, generate_rows, rng_for};
 pub use monitor::{GpuLoad, Monitoring};
@@ -45,6 +46,8 @@ pub struct Scenario {
     pub epoch: Option<i64>,
     /// How `GetCompShareInstanceMonitor` answers.
     pub monitor: Monitoring,
+    /// Free-standing data disks (besides the data disks in the instances' `DiskSet`).
+    pub disks: Vec<ScenarioDisk>,
 }
 
 impl Default for Scenario {
@@ -63,6 +66,7 @@ impl Default for Scenario {
             instances: Vec::new(),
             epoch: None,
             monitor: Monitoring::default(),
+            disks: Vec::new(),
         }
     }
 }
@@ -123,6 +127,8 @@ impl Scenario {
             ("latency.stop_secs", self.latency.stop_secs),
             ("latency.start_secs", self.latency.start_secs),
             ("latency.terminate_secs", self.latency.terminate_secs),
+            ("latency.detach_secs", self.latency.detach_secs),
+            ("latency.disk_delete_secs", self.latency.disk_delete_secs),
             ("faults.slow_secs", self.faults.slow_secs),
             ("faults.restart_after_secs", self.faults.restart_after_secs),
             ("faults.vanish_within_secs", self.faults.vanish_within_secs),
@@ -179,7 +185,23 @@ impl Scenario {
         if let Some(epoch) = self.epoch.filter(|e| !(0..=MAX_EPOCH).contains(e)) {
             return invalid(format!("epoch must be a unix time in 0..={MAX_EPOCH}, got {epoch}"));
         }
-        self.monitor.check()
+        self.monitor.check()?;
+        let disks = self
+            .generate
+            .as_ref()
+            .map_or(0, |g| g.detached_disks)
+            .saturating_add(self.disks.len());
+        if disks > max_rows {
+            return invalid(format!(
+                "at most {max_rows} free-standing disks (generate.detached_disks and disks), got {disks}"
+            ));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            if d.disk_id.is_empty() || d.zone.is_empty() {
+                return invalid(format!("disks[{i}]: ResourceId and Zone are required"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -235,6 +257,11 @@ pub struct Latency {
     pub terminate_secs: f64,
     /// Every latency is multiplied by a uniform factor in `1 ± jitter`.
     pub jitter: f64,
+    /// A data disk's detach after its instance's Terminate without `ReleaseUDisk`: status
+    /// `Detaching`, and a Delete answered 8434, for this long.
+    pub detach_secs: f64,
+    /// Accepted disk Delete -> absent from `DescribeCompshareDisk`.
+    pub disk_delete_secs: f64,
 }
 
 impl Default for Latency {
@@ -244,6 +271,8 @@ impl Default for Latency {
             start_secs: 3.0,
             terminate_secs: 1.0,
             jitter: 0.2,
+            detach_secs: 5.0,
+            disk_delete_secs: 2.0,
         }
     }
 }
@@ -297,11 +326,15 @@ pub struct Faults {
     /// state allows it), then answered HTTP 502 with nginx's page, as a proxy reports an
     /// upstream that closed after doing the work.
     pub applied_then_502: f64,
+    /// Per detach: `DescribeCompshareDisk` already lists the disk as `Available` for the
+    /// second half of its detach, while a Delete is still answered 8434 (a view ahead of the
+    /// backend, which a client can only ride out by retrying).
+    pub detach_shows_free: f64,
 }
 
 impl Faults {
     /// Every rate with its key, for validation.
-    fn rates(&self) -> [(&'static str, f64); 17] {
+    fn rates(&self) -> [(&'static str, f64); 18] {
         [
             ("http_502", self.http_502),
             ("http_503", self.http_503),
@@ -320,6 +353,7 @@ impl Faults {
             ("lagging_share", self.lagging_share),
             ("omit_region", self.omit_region),
             ("applied_then_502", self.applied_then_502),
+            ("detach_shows_free", self.detach_shows_free),
         ]
     }
 
@@ -413,6 +447,29 @@ impl ScenarioInstance {
             ..ScenarioInstance::default()
         }
     }
+}
+
+/// One free-standing data disk, with `DescribeCompshareDisk`'s field names.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioDisk {
+    #[serde(rename = "ResourceId")]
+    pub disk_id: String,
+    #[serde(rename = "Name", default)]
+    pub name: String,
+    /// GB.
+    #[serde(rename = "Configuration", default)]
+    pub size_gb: i64,
+    #[serde(rename = "Zone")]
+    pub zone: String,
+    /// Empty: the zone's region.
+    #[serde(rename = "Region", default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    #[serde(rename = "DiskType", default)]
+    pub disk_type: String,
+    /// Any Delete of this disk is a violation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! lock, and the ledger of calls and violations.
 
 use super::{
-    CallRecord, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, OrphanDisk, Params, Rejection, Removal,
-    Request, Rng, State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
+    CallRecord, EventKind, Faults, Instant, LOCK_MARKER, Lock, LockHold, Map, Params, Rejection, Removal, Request, Rng,
+    State, Terminated, Value, Verb, Violation, World, code, flag, json, rule,
 };
 
 impl World {
@@ -80,7 +80,7 @@ impl World {
             Verb::Stop => state == State::Running,
             Verb::Start => state == State::Stopped,
             Verb::Terminate => matches!(state, State::Stopped | State::InstallFail),
-            Verb::Describe | Verb::Monitor => true,
+            Verb::Describe | Verb::Monitor | Verb::DescribeDisks | Verb::DeleteDisk => true,
         };
         if !allowed || terminating {
             return Err((
@@ -103,7 +103,7 @@ impl World {
                 self.accept_terminate(&id, now, flag(p, "ReleaseUDisk"));
                 out.insert("InRecycle".into(), json!("Yes"));
             }
-            Verb::Describe | Verb::Monitor => {}
+            Verb::Describe | Verb::Monitor | Verb::DescribeDisks | Verb::DeleteDisk => {}
         }
         Ok(out)
     }
@@ -157,15 +157,8 @@ impl World {
         let Some(row) = self.rows.get_mut(id) else { return };
         row.terminating = true;
         row.events.retain(|e| matches!(e.kind, EventKind::VanishByOther));
-        if !release_udisk {
-            for disk in row.instance.data_disks() {
-                self.orphan_disks.push(OrphanDisk {
-                    disk_id: disk.disk_id.clone(),
-                    from_uhost_id: id.to_owned(),
-                    size: disk.size,
-                });
-            }
-        }
+        // Without `ReleaseUDisk` the data disks detach (and stay, billed); with it they go.
+        self.release_or_detach(id, release_udisk, now);
         self.schedule(id, gone_at, EventKind::Disappear);
         self.terminated.push(Terminated {
             uhost_id: id.to_owned(),
@@ -177,7 +170,7 @@ impl World {
 
     pub(super) fn violate(&mut self, now: Instant, id: &str, action: &str, rule: &str, detail: String) {
         let at_secs = self.secs(now);
-        let list = if rule == rule::TERMINATE_RACED {
+        let list = if rule == rule::TERMINATE_RACED || rule == rule::DISK_ATTACH_RACED {
             &mut self.races
         } else {
             &mut self.violations

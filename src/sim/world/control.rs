@@ -9,6 +9,7 @@ use super::{
 impl World {
     pub(crate) fn snapshot(&mut self, now: Instant) -> SimState {
         self.settle(now);
+        let (disks, orphan_disks, deleted_disks) = self.disk_snapshot(now);
         SimState {
             now_secs: self.secs(now),
             instances: self.rows.values().map(|r| row_json(r, false)).collect(),
@@ -31,7 +32,9 @@ impl World {
                 })
                 .collect(),
             terminated: self.terminated.clone(),
-            orphan_disks: self.orphan_disks.clone(),
+            orphan_disks,
+            disks,
+            deleted_disks,
             calls: self.calls.clone(),
             violations: self.violations.clone(),
             races: self.races.clone(),

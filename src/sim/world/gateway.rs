@@ -81,7 +81,7 @@ impl World {
         // Rolled on every processed call (own stream), used on mutating ones: the backend did
         // its part, and the proxy in front reports the upstream as gone.
         let applied_then_502 = self.gw_rng.random::<f64>() < self.scenario.faults.applied_then_502;
-        if applied_then_502 && Verb::parse(&name).is_some_and(|v| !matches!(v, Verb::Describe | Verb::Monitor)) {
+        if applied_then_502 && Verb::parse(&name).is_some_and(|v| !v.is_read()) {
             self.record(req, now, Some(ret_code), 502, Some("applied_then_502"));
             return Reply::Html {
                 status: 502,
@@ -192,6 +192,8 @@ impl World {
         match action {
             Verb::Describe => self.describe(&req.params, plan, at, fault),
             Verb::Monitor => self.monitor(req, at.1, fault),
+            Verb::DescribeDisks => self.describe_disks(&req.params, plan, at),
+            Verb::DeleteDisk => self.delete_disk(&req.params, at),
             _ => self.lifecycle(action, &req.params, at),
         }
     }

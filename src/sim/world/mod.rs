@@ -5,6 +5,7 @@
 
 mod actions;
 mod control;
+mod disks;
 mod gateway;
 mod monitor;
 mod time;
@@ -23,7 +24,7 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::faults::{Dice, HTML_502, HTML_503};
-use super::ledger::{CallRecord, LockView, OrphanDisk, SimState, Terminated, Violation, rule};
+use super::ledger::{CallRecord, LockView, SimState, Terminated, Violation, rule};
 use super::scenario::{DEFAULT_ZONES, EPOCH_NOW, Faults, LockHold, Scenario, ScenarioInstance, generate_rows, rng_for};
 use crate::api::error::LOCK_MARKER;
 use crate::api::sign::{Params, signature};
@@ -65,6 +66,8 @@ pub(crate) enum Verb {
     Terminate,
     /// `GetCompShareInstanceMonitor`: reads, never changes, the world.
     Monitor,
+    DescribeDisks,
+    DeleteDisk,
 }
 
 impl Verb {
@@ -75,6 +78,8 @@ impl Verb {
             "StartCompShareInstance" => Some(Verb::Start),
             "TerminateCompShareInstance" => Some(Verb::Terminate),
             crate::monitor::ACTION => Some(Verb::Monitor),
+            crate::api::disk::DESCRIBE_DISKS => Some(Verb::DescribeDisks),
+            crate::api::disk::DELETE_DISK => Some(Verb::DeleteDisk),
             _ => None,
         }
     }
@@ -86,7 +91,14 @@ impl Verb {
             Verb::Start => "Start",
             Verb::Terminate => "Terminate",
             Verb::Monitor => "Monitor",
+            Verb::DescribeDisks => "DescribeDisks",
+            Verb::DeleteDisk => "DeleteDisk",
         }
+    }
+
+    /// Read-only: safe to answer after a fault without having changed anything.
+    pub(crate) fn is_read(self) -> bool {
+        matches!(self, Verb::Describe | Verb::DescribeDisks | Verb::Monitor)
     }
 }
 
@@ -116,7 +128,7 @@ impl Request {
 
     /// The instance IDs a call names, for the call record.
     fn ids(&self) -> Vec<String> {
-        if let Some(id) = self.params.get("UHostId") {
+        if let Some(id) = self.params.get("UHostId").or_else(|| self.params.get("UDiskId")) {
             return vec![id.clone()];
         }
         uhost_ids(&self.params)
@@ -269,7 +281,8 @@ pub(crate) struct World {
     regions: BTreeSet<String>,
     limiters: HashMap<String, Limiter>,
     terminated: Vec<Terminated>,
-    orphan_disks: Vec<OrphanDisk>,
+    /// The data disk inventory (see [`disks`]).
+    disks: disks::Disks,
     calls: Vec<CallRecord>,
     violations: Vec<Violation>,
     races: Vec<Violation>,
@@ -307,7 +320,7 @@ impl World {
             gone: HashMap::new(),
             limiters: HashMap::new(),
             terminated: Vec::new(),
-            orphan_disks: Vec::new(),
+            disks: disks::Disks::new(scenario.seed),
             calls: Vec::new(),
             violations: Vec::new(),
             races: Vec::new(),
@@ -330,6 +343,7 @@ impl World {
         for row in rows {
             world.add_row(&row, now, None);
         }
+        world.add_free_disks();
         world
     }
 
@@ -393,6 +407,10 @@ impl World {
                 instance,
             },
         );
+        if let Some(row) = self.rows.get(&id) {
+            let instance = row.instance.clone();
+            self.add_instance_disks(&instance);
+        }
         if let Some((to, due)) = settle {
             self.schedule(&id, due, EventKind::Settle(to));
         }

@@ -86,6 +86,8 @@ impl World {
     pub(super) fn delete(&mut self, id: &str, at: Instant) {
         if self.rows.remove(id).is_some() {
             self.gone.insert(id.to_owned(), Removal::Deleted);
+            // Deleted by someone else with its disks (recorded as `release_udisk` below).
+            self.release_or_detach(id, true, at);
             self.terminated.push(Terminated {
                 uhost_id: id.to_owned(),
                 at_secs: self.secs(at),

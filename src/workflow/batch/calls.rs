@@ -350,7 +350,8 @@ impl<C: Cloud + 'static> Runner<C> {
                 let gap = self.settings.min_poll();
                 self.after_answer(i, now + gap, false);
             }
-            RetryClass::Fatal => {
+            // `Detaching` is the disk delete's class; no instance call is ever given it.
+            RetryClass::Fatal | RetryClass::Detaching => {
                 let (mem, step) = after_refusal(t.mem);
                 t.mem = mem;
                 match step {

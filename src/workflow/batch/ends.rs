@@ -146,6 +146,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 };
                 let row = t.row.unwrap_or_default();
                 InstanceReport {
+                    kind: crate::workflow::outcome::TargetKind::Instance,
                     uhost_id: t.id,
                     name: row.name,
                     region: row.region,
@@ -155,6 +156,7 @@ impl<C: Cloud + 'static> Runner<C> {
                     seconds: at.duration_since(started).as_secs_f64(),
                     calls: t.calls,
                     release_udisk,
+                    size_gb: None,
                 }
             })
             .collect();
