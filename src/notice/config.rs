@@ -117,7 +117,7 @@ impl NoticeConfig {
     pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
     /// Slack and a local command answer in well under a second; 10 s leaves room for a slow
     /// proxy without holding a run up for long.
-    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_TIMEOUT: Duration = crate::defaults::NOTICE_TIMEOUT;
     /// Three attempts ride out a dropped connection or a restarting receiver; what they do
     /// not deliver is retried on the next run.
     pub const DEFAULT_ATTEMPTS: u32 = 3;

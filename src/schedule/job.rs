@@ -621,8 +621,8 @@ async fn deliver(
                 c.delivered.push((e.id.clone(), now));
             }
             Err(err) => {
+                // The notifier already logged why; the next run sends it again.
                 report.notices_failed += 1;
-                tracing::warn!("notice {} not delivered: {err}", e.id);
                 c.undelivered.push((e.id.clone(), err.to_string()));
             }
         }
