@@ -60,17 +60,19 @@ pub(super) fn can_confirm() -> bool {
 /// Ask on the terminal; refuse without one. The answer is read on a blocking thread, so an
 /// interrupt at the prompt still ends the command.
 pub(super) async fn confirm(plan: &Plan, count: usize) -> CmdResult<()> {
+    ask_count(&output::plan_table(plan), count, "tear down", "instance(s)").await
+}
+
+/// Show `table` and ask for `count` to be typed back before `verb`ing `count` `things`;
+/// refuse without a terminal. The one prompt of every command that changes things.
+pub(super) async fn ask_count(table: &str, count: usize, verb: &str, things: &str) -> CmdResult<()> {
     if !can_confirm() {
         return Err(Failure::Usage(anyhow!(
-            "refusing to tear down {count} instance(s) without a terminal to confirm on; pass --yes (nothing was changed)"
+            "refusing to {verb} {count} {things} without a terminal to confirm on; pass --yes (nothing was changed)"
         )));
     }
     let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "{}\nType {count} to tear down {count} instance(s): ",
-        output::plan_table(plan)
-    );
+    let _ = write!(err, "{table}\nType {count} to {verb} {count} {things}: ");
     let _ = err.flush();
     let line = tokio::task::spawn_blocking(|| {
         let mut line = String::new();

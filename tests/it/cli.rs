@@ -5,6 +5,7 @@
 //! and of the plan and report tables. Every run is isolated from the developer's machine:
 //! fresh `HOME`/XDG directories, no inherited `UCLOUD_*`/`COMPSHARE_*` variables.
 
+use crate::process::{Out, run};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -137,38 +138,6 @@ fn isolated(dir: &Path) -> assert_cmd::Command {
         .current_dir(dir)
         .timeout(Duration::from_secs(60));
     c
-}
-
-/// What a finished process left behind.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> Out {
-    let o = cmd.output().expect("the binary runs");
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
 }
 
 fn mutating(state: &SimState) -> Vec<CallRecord> {

@@ -8,6 +8,7 @@ mod freshness;
 mod manifest;
 mod notice;
 mod pace;
+mod process;
 mod scheduled_demo;
 mod sim_http;
 mod sweep;

@@ -5,6 +5,7 @@
 //! cover the window. Every run is isolated like `cli.rs`'s: fresh `HOME`/XDG directories, no
 //! inherited keys.
 
+use crate::process::{Out, run};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -188,43 +189,13 @@ impl World {
     }
 }
 
-/// What a finished process left behind.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
     /// Neither stream shows the webhook's secret path.
     fn masked(&self) {
         assert!(
             !self.stdout.contains("WATCHSECRET42") && !self.stderr.contains("WATCHSECRET42"),
             "{self:?}"
         );
-    }
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> Out {
-    let o = cmd.output().expect("the binary runs");
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 
 use super::terminal::{can_confirm, interrupt_token, interruptible, json, print, spawn_signal_handler};
@@ -318,34 +318,9 @@ fn table_rows<'a>(cands: &[&'a DiskCandidate]) -> Vec<(&'a str, Option<&'a DiskR
 
 /// Ask for the count on the terminal, as `run` does.
 async fn confirm_disks(cands: &[DiskCandidate], count: usize) -> CmdResult<()> {
-    use std::io::Write;
-    if !can_confirm() {
-        return Err(Failure::Usage(anyhow!(
-            "refusing to delete {count} disk(s) without a terminal to confirm on; pass --yes (nothing was changed)"
-        )));
-    }
     let refs: Vec<&DiskCandidate> = cands.iter().collect();
-    let mut err = std::io::stderr();
-    let _ = write!(
-        err,
-        "{}\nType {count} to delete {count} disk(s): ",
-        output::disk_table(&table_rows(&refs), &plan_summary(cands))
-    );
-    let _ = err.flush();
-    let line = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .context("cannot read the confirmation")?
-    .context("cannot read the confirmation")?;
-    if line.trim() != count.to_string() {
-        return Err(Failure::Usage(anyhow!(
-            "not confirmed (expected {count}, got {:?}): nothing was changed",
-            crate::textfile::excerpt(line.trim())
-        )));
-    }
-    Ok(())
+    let table = output::disk_table(&table_rows(&refs), &plan_summary(cands));
+    super::terminal::ask_count(&table, count, "delete", "disk(s)").await
 }
 
 /// Instances holding one of this machine's addresses: a disk attached to one is never

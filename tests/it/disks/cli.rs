@@ -3,6 +3,7 @@
 //! protections from the config, `--detached-for` measured by the state store, and the
 //! README's flow: `demo --listen`, then `disks list` and `disks delete` on what it kept.
 
+use crate::process::{Out, run};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -79,31 +80,6 @@ fn isolated(dir: &Path) -> assert_cmd::Command {
     let mut c = assert_cmd::Command::from_std(base(dir));
     c.timeout(Duration::from_secs(60));
     c
-}
-
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-fn run(cmd: &mut assert_cmd::Command) -> Out {
-    let o = cmd.output().expect("the binary runs");
-    Out {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
 }
 
 fn json(out: &Out) -> Value {
