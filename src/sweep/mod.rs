@@ -7,6 +7,7 @@
 //! `docs/reliability.md` describes the worlds and the invariants.
 
 pub mod invariants;
+pub mod schedule;
 pub mod world;
 
 use std::fmt::Write as _;
