@@ -290,7 +290,11 @@ impl World {
             applied_then_502: maybe(&mut rng, 0.03),
             ..Faults::default()
         };
+        // The API's sample period is unknown (compshare-api.md §8.1): a minute to five, each
+        // well under the 20-minute gap the idle rule tolerates.
+        let period = [60.0, 120.0, 180.0, 300.0][rng.random_range(0..4)];
         let monitor = Monitoring {
+            period_secs: period,
             error: maybe(&mut rng, 0.2),
             drop_sample: maybe(&mut rng, 0.2),
             ..Monitoring::default()
@@ -338,12 +342,13 @@ impl World {
 /// A GPU sample as the job received it: (instance, device, unix time) -> (util, mem).
 pub(crate) type Served = BTreeMap<(String, String, i64), (f64, Option<f64>)>;
 
-/// The simulator as the job sees it, recording every monitor answer that reached the job: the
-/// ground truth of "what the job could have known" for the window checks.
+/// The simulator as the job sees it, keeping every monitor answer that reached the job (with
+/// the IDs it asked for): the ground truth of "what the job could have known" for the window
+/// checks. Answers are read only at the end, and only those about an instance acted on.
 #[derive(Clone)]
 struct Recorder {
     sim: SimHandle,
-    served: Arc<Mutex<Served>>,
+    answers: Arc<Mutex<Vec<(Vec<String>, Answer)>>>,
 }
 
 impl Transport for Recorder {
@@ -352,17 +357,35 @@ impl Transport for Recorder {
     }
 
     async fn call_json(&self, action: &str, body: Map<String, Value>) -> Result<Answer, ApiError> {
+        let ids: Vec<String> = body["UHostIds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
         let answer = self.sim.call_json(action, body).await;
         if action == monitor::ACTION
             && let Ok(a) = &answer
         {
-            record(
-                &a.value(),
-                &mut self.served.lock().unwrap_or_else(PoisonError::into_inner),
-            );
+            self.answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((ids, a.clone()));
         }
         answer
     }
+}
+
+/// The samples of `wanted` instances in the answers kept.
+fn served(answers: &[(Vec<String>, Answer)], wanted: &std::collections::BTreeSet<String>) -> Served {
+    let mut out = Served::new();
+    for (_, a) in answers
+        .iter()
+        .filter(|(ids, _)| ids.iter().any(|id| wanted.contains(id)))
+    {
+        record(&a.value(), &mut out);
+    }
+    out
 }
 
 /// Read a monitor answer's samples (the shape of compshare-api.md §8.1) into `out`.
@@ -458,7 +481,7 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
     let path = dir.path().join("state.sqlite3");
     let cloud = Recorder {
         sim: w.sim.clone(),
-        served: Arc::default(),
+        answers: Arc::default(),
     };
     let inbox = Inbox::new();
     let notices = NoticeConfig::new(None, None, Duration::from_secs(1))
@@ -479,9 +502,10 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
     let mut deeds = std::mem::take(&mut w.deeds).into_iter().peekable();
     let mut next = EPOCH;
     let mut finals = 0;
+    // A new process opens the file after every kill or crash; between undisturbed runs the
+    // store stays open (opening it costs a schema check, and adds nothing to check).
+    let mut store = open(&path, &w.account);
     loop {
-        // Each run is a new process on the same file, as cron starts it.
-        let mut store = open(&path, &w.account);
         // What people did since the last run.
         let now = w.sim.unix_now();
         while let Some((at, _)) = deeds.peek()
@@ -539,9 +563,9 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
                     Ended::Crashed | Ended::Killed => {}
                     Ended::Failed(f) => failures.push(f),
                 }
-                if disturbed {
+                if disturbed || crash.is_some() {
                     // The next process opens what the dead one left; it must hold what the
-                    // store promises.
+                    // store promises. (A crash that did not come to pass is disarmed.)
                     drop(store);
                     store = open(&path, &w.account);
                     failures.extend(checks::store_after_kill(&w, &store, now));
@@ -564,9 +588,17 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
         tokio::time::sleep(Duration::from_secs(wait.unsigned_abs())).await;
     }
     stats.virtual_time = started.elapsed();
+    drop(store);
     let store = open(&path, &w.account);
     let state = w.sim.snapshot();
-    let served = cloud.served.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    // Only the instances some Stop or Terminate named need their windows read.
+    let acted = state
+        .calls
+        .iter()
+        .filter(|c| c.action.starts_with("Stop") || c.action.starts_with("Terminate"))
+        .flat_map(|c| c.ids.iter().cloned())
+        .collect();
+    let served = served(&cloud.answers.lock().unwrap_or_else(PoisonError::into_inner), &acted);
     let evidence = checks::Evidence {
         world: &w,
         state: &state,

@@ -76,7 +76,7 @@ fn seeds_that_once_failed_pass() {
 }
 
 /// Scheduled teardown's sweep (issue 17, item 7): worlds of 5-8 GPU instances, the job every
-/// 15 simulated minutes for 6-10 simulated hours, killed and crashed at random, checked against
+/// 15 simulated minutes for 4-8 simulated hours, killed and crashed at random, checked against
 /// what the simulator served (`compshare_teardown::sweep::schedule`, docs/reliability.md).
 /// Smaller than `--example sweep -- --scheduled` (40 instances, 1-3 days) to stay well under a
 /// minute in a debug build on two cores.
@@ -86,7 +86,7 @@ fn scheduled_worlds_keep_every_invariant() {
     const SCHEDULED_SEEDS: u64 = 100;
     let opts = ScheduledOptions {
         max_instances: 8,
-        hours: (6, 10),
+        hours: (4, 8),
     };
     let threads = 2;
     let results: Vec<schedule::SeedRun> = std::thread::scope(|scope| {
