@@ -36,6 +36,13 @@ struct Args {
     /// The largest world (sizes are log-uniform from 1).
     #[arg(long, default_value_t = sweep::world::MAX_INSTANCES)]
     max_instances: usize,
+    /// Sweep scheduled teardown instead (the `watch` job every 15 simulated minutes for days,
+    /// killed and crashed at random); worlds of up to 40 instances unless --max-instances.
+    #[arg(long)]
+    scheduled: bool,
+    /// With --scheduled: how long the job runs, simulated hours, as LO-HI (default 24-72).
+    #[arg(long, value_parser = hours, requires = "scheduled")]
+    hours: Option<(u32, u32)>,
 }
 
 #[expect(
@@ -44,6 +51,9 @@ struct Args {
 )]
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.scheduled {
+        return scheduled(&args);
+    }
     let opts = Options {
         eventual_consistency: !args.no_eventual_consistency,
         max_instances: args.max_instances,
@@ -160,6 +170,108 @@ fn main() -> ExitCode {
         t.exit_interrupted,
         t.virtual_time.as_secs_f64() / 3600.0,
         wall.as_secs_f64()
+    );
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `--hours LO-HI`.
+fn hours(s: &str) -> Result<(u32, u32), String> {
+    let (lo, hi) = s.split_once('-').ok_or("expected LO-HI, e.g. 24-72")?;
+    let (lo, hi): (u32, u32) = (
+        lo.parse().map_err(|e| format!("{e}"))?,
+        hi.parse().map_err(|e| format!("{e}"))?,
+    );
+    if lo == 0 || lo > hi {
+        return Err("expected 1 <= LO <= HI".into());
+    }
+    Ok((lo, hi))
+}
+
+/// `--scheduled`: the scheduled job's sweep (`sweep::schedule`), seeds over `threads`
+/// threads, failing seeds and a summary on stdout.
+fn scheduled(args: &Args) -> ExitCode {
+    use sweep::schedule;
+    let mut opts = schedule::Options::default();
+    if let Some(h) = args.hours {
+        opts.hours = h;
+    }
+    if args.max_instances != sweep::world::MAX_INSTANCES {
+        opts.max_instances = args.max_instances;
+    }
+    let (from, count) = args.seed.map_or((args.from, args.seeds), |s| (s, 1));
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+        .max(1);
+    let next = AtomicU64::new(0);
+    let totals = Mutex::new(schedule::Stats::default());
+    let failed = Mutex::new(Vec::new());
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the sweep's own wall time is a reported figure; each world runs on paused time"
+    )]
+    let wall = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        break;
+                    }
+                    let run = schedule::run_seed(from + n, opts);
+                    totals.lock().expect("not poisoned").add(&run.stats);
+                    if !run.failures.is_empty() {
+                        eprint!("{}", run.diagnosis(opts));
+                        failed.lock().expect("not poisoned").push(run.seed);
+                    }
+                    let done = n + 1;
+                    if count >= 100 && done.is_multiple_of(count / 100) {
+                        eprintln!("{done}/{count} seeds, {:.0} s", wall.elapsed().as_secs_f64());
+                    }
+                }
+            });
+        }
+    });
+    let t = totals.into_inner().expect("not poisoned");
+    let mut failed = failed.into_inner().expect("not poisoned");
+    failed.sort_unstable();
+    println!(
+        "scheduled seeds {from}..{} ({} run): {} failed",
+        from + count,
+        t.seeds,
+        failed.len()
+    );
+    if !failed.is_empty() {
+        let seeds: Vec<String> = failed.iter().take(20).map(ToString::to_string).collect();
+        println!("failing seeds: {}", seeds.join(" "));
+    }
+    println!(
+        "worlds: {} instances, {} job runs ({} killed, {} crashed on a store write, {} without a listing), \
+         {} monitor calls, {} faults fired; {} Stop and {} Terminate calls, {} instances torn down; \
+         {} notices delivered ({} received more than once), {} deliveries refused",
+        t.instances,
+        t.runs,
+        t.kills,
+        t.crashes,
+        t.listings_failed,
+        t.monitor_calls,
+        t.faults,
+        t.stops,
+        t.terminates,
+        t.torn_down,
+        t.notices_delivered,
+        t.duplicates,
+        t.refused_deliveries
+    );
+    println!(
+        "virtual time {:.1} h; wall time {:.1} s on {threads} thread(s)",
+        t.virtual_time.as_secs_f64() / 3600.0,
+        wall.elapsed().as_secs_f64()
     );
     if failed.is_empty() {
         ExitCode::SUCCESS

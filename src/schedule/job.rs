@@ -167,6 +167,11 @@ pub async fn run_once<T: Transport + 'static>(
         }
         if !cfg.dry_run {
             store.apply(&changes)?;
+            // The marks and unmarks just written are news whatever the bound says: a job
+            // held over its bound run after run must still tell people (and catch up on
+            // earlier runs' notices), or no notice would go out until someone intervened.
+            let told: Vec<String> = changes.notices.iter().map(|p| p.event_id.clone()).collect();
+            deliver(store, notifier, cfg, now, &told, &mut report).await?;
         }
         return Err(JobError::TooMany {
             due: acting.len(),

@@ -440,3 +440,64 @@ async fn outside_the_acting_hours_a_due_mark_waits_for_the_window() {
         at - EPOCH
     );
 }
+
+/// A run with more instances due than `--max-count` acts on none, and still delivers the
+/// notices of the marks it wrote (found by the scheduled sweep: such a run returned before
+/// delivering, so a job held over its bound told nobody, run after run).
+#[cfg(feature = "sweep")]
+#[tokio::test(start_paused = true)]
+async fn a_run_over_its_bound_still_delivers_its_notices() {
+    let scenario = Scenario {
+        epoch: Some(EPOCH),
+        monitor: crate::sim::Monitoring {
+            warmup_secs: 0.0,
+            ..crate::sim::Monitoring::default()
+        },
+        instances: vec![row("uhost-a", 1, GpuLoad::Idle), row("uhost-b", 1, GpuLoad::Idle)],
+        ..Scenario::default()
+    };
+    let sim = SimHandle::new(scenario);
+    let account = Account::new(&"http://sim.invalid".parse().unwrap(), None, "sim-public-key");
+    let mut store = Store::in_memory(&account).unwrap();
+    let cfg = Config {
+        rule: IdleRule {
+            window: Duration::from_secs(600),
+            max_gap: Duration::from_secs(300),
+            ..IdleRule::default()
+        },
+        grace: Duration::ZERO,
+        max_count: 1,
+        ..config(&account)
+    };
+    let inbox = crate::notice::Inbox::new();
+    let notifier = crate::notice::Notifier::new(
+        crate::notice::NoticeConfig::new(None, None, Duration::from_secs(1))
+            .unwrap()
+            .with_inbox(inbox.clone()),
+    );
+    let now = sim.unix_now();
+    let rows = api::describe_all(&sim, None, None).await.unwrap();
+    let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+    let result = run_once(
+        Arc::new(sim.clone()),
+        &mut store,
+        Some(&notifier),
+        &cfg,
+        now,
+        cands,
+        Controls::default(),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(JobError::TooMany { due: 2, max: 1 })),
+        "{result:?}"
+    );
+    assert!(sim.snapshot().calls.iter().all(|c| !c.action.starts_with("Stop")));
+    let kinds: Vec<String> = inbox
+        .received()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "marked").count(), 2, "{kinds:?}");
+    assert!(store.pending_notices().unwrap().is_empty());
+}

@@ -8,6 +8,7 @@
 
 pub mod disks;
 pub mod invariants;
+pub mod schedule;
 pub mod world;
 
 use std::fmt::Write as _;
