@@ -70,6 +70,13 @@ pub const IDLE_MAX_GAP: Duration = Duration::from_secs(20 * 60);
 /// idle hours before anything is changed, and four looks by a job run every 15 minutes.
 pub const GRACE: Duration = Duration::from_secs(60 * 60);
 
+/// How long `watch --disks` waits, after it first sees a data disk attached to no instance,
+/// before it marks the disk (the grace then follows). A week: deleting a disk loses its data
+/// for good, and an owner who parks a disk on a Friday to attach it to a new instance after a
+/// long weekend or a short holiday must find it there; a week of an idle disk's bill is the
+/// smaller loss. Measured by the state store, so the clock starts at the job's first look.
+pub const DISK_DETACHED_FOR: Duration = Duration::from_secs(7 * 86_400);
+
 /// How long one notice delivery (a webhook request, a command) may take before it counts as
 /// failed and is retried.
 pub const NOTICE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -107,6 +107,11 @@ impl DiskRow {
         }
     }
 
+    /// Attached to no instance: free, or on its way there (what "detached for D" counts).
+    pub fn is_detached(&self) -> bool {
+        matches!(self.attachment(), Attachment::Free | Attachment::Detaching)
+    }
+
     /// Whether the row proves the disk attached to no instance.
     pub fn is_free(&self) -> bool {
         self.attachment() == Attachment::Free

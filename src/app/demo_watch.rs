@@ -114,7 +114,7 @@ impl Ctx {
                 Some(&notifier),
                 &cfg,
                 now,
-                cands,
+                cands.into(),
                 Controls::default(),
             )
             .await

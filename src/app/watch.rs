@@ -26,6 +26,7 @@ use crate::pathset;
 use crate::schedule::{self, Action, JobError};
 use crate::state::{Changes, Keep, Kind, Pending, StateError, Store};
 use crate::workflow::Controls;
+use crate::workflow::disks::DiskSettings;
 
 impl Ctx {
     pub(super) async fn watch(&self, a: WatchArgs) -> CmdResult<Exit> {
@@ -53,6 +54,8 @@ impl Ctx {
             unreachable!("watch never reads a plan or a journal")
         };
         let (filters, protections) = (req.filters.clone(), req.protections.clone());
+        // The disks' selection, checked offline with the rest.
+        let disk_req = a.disks.disks.then(|| self.watch_disk_request(&a)).transpose()?;
         pathset::check(
             &[
                 pathset::Role {
@@ -85,6 +88,10 @@ impl Ctx {
             Store::open(&state_path, &prepared.account).map_err(state_refused)?
         };
         let cands = interruptible(&cancel, self.candidates(&prepared.client, req)).await?;
+        let disks = match disk_req {
+            Some(dr) => Some(interruptible(&cancel, self.watch_disks(&prepared, dr, &a)).await?),
+            None => None,
+        };
         let notifier = (!notices.is_empty()).then(|| Notifier::new(notices));
         // From here on an interrupt lets calls in flight finish and still reports.
         let cancel = CancellationToken::new();
@@ -102,7 +109,10 @@ impl Ctx {
             notifier.as_ref(),
             &cfg,
             now_unix(),
-            cands,
+            schedule::Targets {
+                instances: cands,
+                disks,
+            },
             ctl,
         )
         .await;
@@ -120,6 +130,49 @@ impl Ctx {
             }
         };
         Ok(self.watch_done(&report, prepared.report.as_deref()))
+    }
+
+    /// `watch --disks`'s selection: its scope (`--region`, `--zone`, `--disk-name`) and the
+    /// protections `run` has (`--exclude`, `--protect-name` and the config's), checked offline.
+    fn watch_disk_request(&self, a: &WatchArgs) -> CmdResult<super::disks::DiskRequest> {
+        self.disk_request(
+            &crate::cli::DiskSelectArgs {
+                names: a.disks.disk_names.clone(),
+                region: a.select.region.clone(),
+                zone: a.select.zone.clone(),
+                excludes: a.select.excludes.clone(),
+                protect_names: a.select.protect_names.clone(),
+                ..crate::cli::DiskSelectArgs::default()
+            },
+            false,
+        )
+    }
+
+    /// The disk listing judged, with the guard each Delete re-checks.
+    async fn watch_disks(
+        &self,
+        prepared: &Prepared,
+        req: super::disks::DiskRequest,
+        a: &WatchArgs,
+    ) -> CmdResult<schedule::Disks> {
+        let (found, own) = self
+            .disk_candidates(&prepared.client, &prepared.account, &req, false)
+            .await?;
+        Ok(schedule::Disks {
+            rows: found
+                .into_iter()
+                .filter_map(|c| c.row.map(|r| (r, c.verdict)))
+                .collect(),
+            detached_for: a.disks.disk_detached_for.unwrap_or(defaults::DISK_DETACHED_FOR),
+            settings: DiskSettings {
+                concurrency: crate::cli::DISK_CONCURRENCY,
+                rate: prepared.settings.rate,
+                deadline: prepared.settings.deadline,
+                ..DiskSettings::default()
+            },
+            // The protections again on each disk's fresh row, right before its Delete.
+            guard: Some(Box::new(move |row| req.refuse(row, &own))),
+        })
     }
 
     /// A finished run: the report file, stdout, and what the metrics file will say; the exit
@@ -140,7 +193,16 @@ impl Ctx {
         if let Ok(mut slot) = self.watch.lock() {
             *slot = Some(crate::metrics::WatchCounts::of(report));
         }
-        report.teardown.as_ref().map_or(Exit::Ok, exit_for)
+        // The worse of the two drivers' exits: an interrupt, then a failure.
+        let exits: Vec<Exit> = [&report.teardown, &report.disk_deletion]
+            .into_iter()
+            .flatten()
+            .map(exit_for)
+            .collect();
+        [Exit::Interrupted, Exit::Failed]
+            .into_iter()
+            .find(|e| exits.contains(e))
+            .unwrap_or(Exit::Ok)
     }
 
     /// `marks`: every mark and keep, read-only, without the run lock.
@@ -191,7 +253,7 @@ impl Ctx {
             if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(Failure::Usage(anyhow!(
-                    "{} is not an instance ID (nothing was changed)",
+                    "{} is not an instance or disk ID (nothing was changed)",
                     crate::textfile::excerpt(id)
                 )));
             }
@@ -204,13 +266,27 @@ impl Ctx {
             _ => Failure::Usage(e.into()),
         })?;
         let mut store = Store::open(&path, &account).map_err(state_refused)?;
+        // The kind is a label for `marks` (a keep holds by ID): a disk if the job marked a
+        // disk of that ID, else an instance.
+        let disks: std::collections::HashSet<String> = store
+            .marks()
+            .map_err(state_refused)?
+            .into_iter()
+            .filter(|m| m.kind == Kind::Disk)
+            .map(|m| m.id)
+            .collect();
+        let kind_of = |id: &String| if disks.contains(id) { Kind::Disk } else { Kind::Instance };
         let mut changes = Changes::default();
         for id in &a.ids {
             match until {
-                None => changes.unkeeps.push((Kind::Instance, id.clone())),
+                None => {
+                    // Dropped under either label.
+                    changes.unkeeps.push((Kind::Instance, id.clone()));
+                    changes.unkeeps.push((Kind::Disk, id.clone()));
+                }
                 Some(until_at) => {
                     changes.keeps.push(Keep {
-                        kind: Kind::Instance,
+                        kind: kind_of(id),
                         id: id.clone(),
                         until_at,
                         reason: a.reason.clone(),
@@ -222,7 +298,7 @@ impl Ctx {
                         at: now,
                         account: account.slug(),
                         target: Some(Target {
-                            kind: "instance".into(),
+                            kind: kind_of(id).as_str().into(),
                             id: id.clone(),
                             name: String::new(),
                             region: String::new(),

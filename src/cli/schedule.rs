@@ -18,6 +18,8 @@ pub(crate) const MAX_GAP: (Duration, Duration) = (Duration::from_secs(60), Durat
 pub(crate) const PERCENT: (f64, f64) = (0.0, 99.0);
 /// A notice delivery's timeout: 1 s to 5 min.
 pub(crate) const NOTICE_TIMEOUT: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+/// How long a disk must be seen detached before it is marked: 10 minutes to a year.
+pub(crate) const DETACHED_FOR: (Duration, Duration) = (Duration::from_secs(600), Duration::from_secs(366 * 86_400));
 /// How long a keep may last: a minute to a year.
 pub(crate) const KEEP_FOR: (Duration, Duration) = (Duration::from_secs(60), Duration::from_secs(366 * 86_400));
 /// How far back `history` looks: up to ten years.
@@ -46,6 +48,22 @@ pub struct IdleArgs {
     #[arg(long, value_name = "DURATION", value_parser = duration(MAX_GAP),
         help = with_default("Longest gap between samples still counted as covered, 1m to 1d (less than --idle-for)", as_flag(defaults::IDLE_MAX_GAP)))]
     pub max_gap: Option<Duration>,
+}
+
+/// `watch --disks`: the data disks the job watches besides the instances.
+#[derive(Debug, Args, Default, Clone)]
+pub struct WatchDiskArgs {
+    /// Also watch data disks: mark each one attached to no instance for --disk-detached-for,
+    /// tell, give it the grace, look again, delete it (scope: --region and --zone; --exclude,
+    /// --protect-name and the config's protections cover disks too)
+    #[arg(long)]
+    pub disks: bool,
+    #[arg(long, value_name = "DURATION", value_parser = duration(DETACHED_FOR), requires = "disks",
+        help = with_default("Mark a disk once the job has seen it attached to nothing this long, 10m to 366d", as_flag(defaults::DISK_DETACHED_FOR)))]
+    pub disk_detached_for: Option<Duration>,
+    /// Only disks whose name matches, e.g. 'data-*' (repeatable: any matches)
+    #[arg(long = "disk-name", value_name = "GLOB", requires = "disks")]
+    pub disk_names: Vec<String>,
 }
 
 /// Where the state store is.
@@ -83,6 +101,8 @@ pub struct WatchArgs {
     /// Days --act-hours never opens on, e.g. sat,sun (repeatable)
     #[arg(long, value_name = "DAYS")]
     pub skip_days: Vec<String>,
+    #[command(flatten)]
+    pub disks: WatchDiskArgs,
     #[command(flatten)]
     pub state: StateArgs,
     /// POST each notice as JSON to this URL (Slack-compatible `text`)
@@ -125,7 +145,7 @@ pub struct MarksArgs {
 
 #[derive(Debug, Args)]
 pub struct KeepArgs {
-    /// Instance IDs to keep
+    /// Instance or disk IDs to keep
     #[arg(value_name = "ID", required = true)]
     pub ids: Vec<String>,
     /// Keep for this long, e.g. 8h, 3d (1m to 366d)

@@ -48,12 +48,17 @@ fn text(e: &Event) -> String {
         None => "run".to_owned(),
     };
     let when = |prefix: &str| e.due.map(|t| format!("{prefix}{}", rfc3339(t))).unwrap_or_default();
+    // A disk is deleted, not torn down: the words say which, the `kind` field stays one.
+    let disk = e.target.as_ref().is_some_and(|t| t.kind == "disk");
     let what = match e.kind {
+        EventKind::Marked if disk => format!("marked for deletion{}", when(", due ")),
         EventKind::Marked => format!("marked for teardown{}", when(", due ")),
         EventKind::Unmarked => "unmarked".to_owned(),
         EventKind::Kept => format!("kept{}", when(" until ")),
+        EventKind::TornDown if disk => "deleted".to_owned(),
         EventKind::TornDown => "torn down".to_owned(),
         EventKind::Stopped => "stopped (not terminated; its disks still bill)".to_owned(),
+        EventKind::Failed if disk => "deletion failed".to_owned(),
         EventKind::Failed => "teardown failed".to_owned(),
         EventKind::Summary => "summary".to_owned(),
     };
@@ -132,5 +137,32 @@ mod tests {
         let p = payload(&e);
         assert_eq!(p["text"], "[compshare-teardown] run summary: 2 torn down");
         assert!(p["target"].is_null() && p["due_rfc3339"].is_null());
+    }
+
+    #[test]
+    fn a_disk_is_marked_for_deletion_and_deleted() {
+        let mut e = marked();
+        e.target = Some(Target {
+            kind: "disk".into(),
+            id: "bsi-1".into(),
+            name: "data".into(),
+            region: "cn-wlcb".into(),
+            zone: String::new(),
+        });
+        e.reason = "attached to no instance for 7days".into();
+        assert_eq!(
+            payload(&e)["text"],
+            "[compshare-teardown] disk bsi-1 \"data\" (cn-wlcb) marked for deletion, due \
+             2027-01-15T09:00:00Z: attached to no instance for 7days"
+        );
+        e.kind = EventKind::TornDown;
+        assert!(
+            payload(&e)["text"]
+                .as_str()
+                .unwrap()
+                .contains("bsi-1 \"data\" (cn-wlcb) deleted: ")
+        );
+        e.kind = EventKind::Failed;
+        assert!(payload(&e)["text"].as_str().unwrap().contains("deletion failed"));
     }
 }

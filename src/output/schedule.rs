@@ -23,7 +23,8 @@ pub fn when(t: i64) -> String {
 
 /// `watch` as a table: one line per instance with something to say, and a headline.
 pub fn watch_table(r: &JobReport) -> String {
-    let mut t = table(&["ID", "NAME", "STATE", "GPU", "DECISION", "DUE", "OUTCOME"]);
+    let mut t = table(&["ID", "NAME", "STATE", "IDLE", "DECISION", "DUE", "OUTCOME"]);
+    let outcome = |o: Option<&crate::workflow::Outcome>| o.map_or_else(|| "-".to_owned(), |o| o.word().to_owned());
     for e in &r.entries {
         if matches!(e.decision, Decision::Nothing) && !matches!(e.judgement, Judgement::Unknown { .. }) {
             continue;
@@ -35,20 +36,7 @@ pub fn watch_table(r: &JobReport) -> String {
             Judgement::Unknown { why } => format!("unknown: {why}"),
             Judgement::NotJudged => "-".to_owned(),
         };
-        let (decision, due) = match &e.decision {
-            Decision::Nothing => ("-".to_owned(), "-".to_owned()),
-            Decision::Mark { due_at } => ("marked".to_owned(), when(*due_at)),
-            Decision::Wait { due_at, why } => (format!("waiting: {why}"), when(*due_at)),
-            Decision::Act { .. } if r.dry_run => ("would tear down".to_owned(), "now".to_owned()),
-            Decision::Act { .. } => ("tear down".to_owned(), "now".to_owned()),
-            Decision::Unmark { why } => (format!("unmarked: {why}"), "-".to_owned()),
-            Decision::Kept { until_at } => ("kept".to_owned(), format!("kept until {}", when(*until_at))),
-            Decision::Finished => ("finished earlier teardown".to_owned(), "-".to_owned()),
-        };
-        let outcome = e
-            .outcome
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), |o| o.word().to_owned());
+        let (decision, due) = decision_cells(&e.decision, r.dry_run, ("tear down", "teardown"));
         t.add_row(vec![
             cell(&e.uhost_id, NAME_CHARS),
             cell(&e.name, NAME_CHARS),
@@ -56,12 +44,32 @@ pub fn watch_table(r: &JobReport) -> String {
             cell(&gpu, CELL_CHARS),
             cell(&decision, CELL_CHARS),
             due,
-            outcome,
+            outcome(e.outcome.as_ref()),
+        ]);
+    }
+    for d in &r.disks {
+        let idle = d
+            .detached_since
+            .map_or_else(|| "attached".to_owned(), |t| format!("detached since {}", when(t)));
+        let (decision, due) = decision_cells(&d.decision, r.dry_run, ("delete", "deletion"));
+        t.add_row(vec![
+            cell(&d.disk_id, NAME_CHARS),
+            cell(&d.name, NAME_CHARS),
+            cell(&d.status, NAME_CHARS),
+            cell(&idle, CELL_CHARS),
+            cell(&decision, CELL_CHARS),
+            due,
+            outcome(d.outcome.as_ref()),
         ]);
     }
     let verb = if r.dry_run { "would act on" } else { "acted on" };
+    let disks = if r.disks.is_empty() {
+        String::new()
+    } else {
+        format!(" and {} disk(s)", r.disks.len())
+    };
     format!(
-        "{t}\n{} looked at: {} marked, {} unmarked, {} waiting ({} due), {} kept, {verb} {}; notices: {} sent, {} failed\n",
+        "{t}\n{} instance(s){disks} looked at: {} marked, {} unmarked, {} waiting ({} due), {} kept, {verb} {}; notices: {} sent, {} failed\n",
         r.entries.len(),
         r.marked,
         r.unmarked,
@@ -72,6 +80,20 @@ pub fn watch_table(r: &JobReport) -> String {
         r.notices_sent,
         r.notices_failed
     )
+}
+
+/// A decision and its due time in words; `verb` and `noun` say what acting does.
+fn decision_cells(d: &Decision, dry_run: bool, (verb, noun): (&str, &str)) -> (String, String) {
+    match d {
+        Decision::Nothing => ("-".to_owned(), "-".to_owned()),
+        Decision::Mark { due_at } => ("marked".to_owned(), when(*due_at)),
+        Decision::Wait { due_at, why } => (format!("waiting: {why}"), when(*due_at)),
+        Decision::Act { .. } if dry_run => (format!("would {verb}"), "now".to_owned()),
+        Decision::Act { .. } => (verb.to_owned(), "now".to_owned()),
+        Decision::Unmark { why } => (format!("unmarked: {why}"), "-".to_owned()),
+        Decision::Kept { until_at } => ("kept".to_owned(), format!("kept until {}", when(*until_at))),
+        Decision::Finished => (format!("finished earlier {noun}"), "-".to_owned()),
+    }
 }
 
 /// What `marks` shows.

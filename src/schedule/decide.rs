@@ -123,17 +123,78 @@ pub fn decide(
             None => Decision::Nothing,
         },
         Judgement::NotJudged => unmark("not judged"),
-        Judgement::Idle => match mark {
-            None if policy.grace == 0 && policy.in_hours => Decision::Act { new_mark: true },
-            None => Decision::Mark {
-                due_at: now.saturating_add(policy.grace),
+        Judgement::Idle => idle(now, mark, policy),
+    }
+}
+
+/// What the fresh disk listing says about a marked or selected data disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskListed {
+    /// Selected and attached to no instance (free or detaching), first seen so since `since`
+    /// by the state store.
+    Detached { since: i64 },
+    /// Selected and attached to an instance (or in a status no rule knows).
+    Attached,
+    /// Listed, but the selection refuses it now (protected, excluded, out of scope).
+    NotSelected,
+    /// Not listed at all.
+    Gone,
+}
+
+/// Decide for one data disk. The disk's "idle" is "detached for at least `detached_for`
+/// seconds, as measured by the store"; the rest (keep, grace, acting hours, a deletion begun
+/// by a job that died) is the instance rule. A disk seen attached loses its mark at once,
+/// acting or not: the deletion driver never deletes an attached disk, and a disk someone
+/// attached again is in use.
+pub fn decide_disk(
+    now: i64,
+    mark: Option<&Mark>,
+    keep: Option<&Keep>,
+    listed: DiskListed,
+    detached_for: i64,
+    policy: Policy,
+) -> Decision {
+    let unmark = |why: &str| match mark {
+        Some(_) => Decision::Unmark { why: why.to_owned() },
+        None => Decision::Nothing,
+    };
+    let acting = mark.is_some_and(|m| m.acting_since.is_some());
+    let since = match listed {
+        DiskListed::Gone if acting => return Decision::Finished,
+        DiskListed::Gone => return unmark("deleted by someone else"),
+        DiskListed::NotSelected => return unmark("no longer selected (protected, excluded or out of scope)"),
+        DiskListed::Attached => None,
+        DiskListed::Detached { since } => Some(since),
+    };
+    if let Some(k) = keep {
+        return match mark {
+            Some(_) => Decision::Unmark {
+                why: format!("kept until {}", rfc3339(k.until_at)),
             },
-            Some(m) if m.due_at > now => Decision::Wait {
-                due_at: m.due_at,
-                why: "grace period".into(),
-            },
-            Some(_) => finish_or_wait(mark, policy),
+            None => Decision::Kept { until_at: k.until_at },
+        };
+    }
+    match since {
+        None => unmark("attached again"),
+        // Marked, yet detached for less than the window now: the store saw it attached in
+        // between (its clock started over), so it was in use again.
+        Some(since) if now.saturating_sub(since) < detached_for => unmark("attached again since it was marked"),
+        Some(_) => idle(now, mark, policy),
+    }
+}
+
+/// Idle (or detached for long enough): mark it, wait out the grace, then act (in hours).
+fn idle(now: i64, mark: Option<&Mark>, policy: Policy) -> Decision {
+    match mark {
+        None if policy.grace == 0 && policy.in_hours => Decision::Act { new_mark: true },
+        None => Decision::Mark {
+            due_at: now.saturating_add(policy.grace),
         },
+        Some(m) if m.due_at > now => Decision::Wait {
+            due_at: m.due_at,
+            why: "grace period".into(),
+        },
+        Some(_) => finish_or_wait(mark, policy),
     }
 }
 
@@ -249,5 +310,60 @@ mod tests {
         for j in [Judgement::Busy { at: 4 }, Judgement::Unknown { why: "x".into() }] {
             assert_eq!(decide(5, None, None, Listed::Running, &j, p(true)), Decision::Nothing);
         }
+    }
+
+    /// A disk is "idle" once detached for the window; attached again ends its mark.
+    #[test]
+    fn disk_decision_table() {
+        use Decision as D;
+        use DiskListed as L;
+        let keep = Keep {
+            kind: Kind::Disk,
+            id: "bsi-1".into(),
+            until_at: 900,
+            reason: String::new(),
+            created_at: 0,
+        };
+        let unmark = |why: &str| D::Unmark { why: why.into() };
+        let (now, grace, window) = (1000, 60, 500);
+        let old = L::Detached { since: 400 };
+        let young = L::Detached { since: 600 };
+        #[rustfmt::skip]
+        let table: Vec<(Option<Mark>, bool, L, bool, D)> = vec![
+            // mark                 keep   listed          in hours decision
+            (None,                  false, old,            true,  D::Mark { due_at: 1060 }),
+            (None,                  false, young,          true,  D::Nothing),
+            (None,                  false, L::Attached,    true,  D::Nothing),
+            (None,                  false, L::NotSelected, true,  D::Nothing),
+            (None,                  false, L::Gone,        true,  D::Nothing),
+            (None,                  true,  old,            true,  D::Kept { until_at: 900 }),
+            (Some(mark(1050, false)), false, old,          true,  D::Wait { due_at: 1050, why: "grace period".into() }),
+            (Some(mark(1000, false)), false, old,          true,  D::Act { new_mark: false }),
+            (Some(mark(900, false)),  false, old,          false, D::Wait { due_at: 900, why: "outside the acting hours".into() }),
+            (Some(mark(900, false)),  false, young,        true,  unmark("attached again since it was marked")),
+            (Some(mark(900, false)),  false, L::Attached,  true,  unmark("attached again")),
+            (Some(mark(900, false)),  true,  old,          true,  unmark("kept until 1970-01-01T00:15:00Z")),
+            (Some(mark(900, false)),  false, L::NotSelected, true, unmark("no longer selected (protected, excluded or out of scope)")),
+            (Some(mark(900, false)),  false, L::Gone,      true,  unmark("deleted by someone else")),
+            // A deletion begun by a job that died.
+            (Some(mark(900, true)),   false, L::Gone,      true,  D::Finished),
+            (Some(mark(900, true)),   false, old,          true,  D::Act { new_mark: false }),
+            (Some(mark(900, true)),   false, L::Attached,  true,  unmark("attached again")),
+        ];
+        for (i, (m, kept, listed, in_hours, want)) in table.into_iter().enumerate() {
+            let policy = Policy { grace, in_hours };
+            let got = decide_disk(now, m.as_ref(), kept.then_some(&keep), listed, window, policy);
+            assert_eq!(got, want, "row {i}");
+        }
+        // Grace 0 deletes on the run that finds it detached for long enough, in hours only.
+        let p = |in_hours| Policy { grace: 0, in_hours };
+        assert_eq!(
+            decide_disk(now, None, None, old, window, p(true)),
+            D::Act { new_mark: true }
+        );
+        assert_eq!(
+            decide_disk(now, None, None, old, window, p(false)),
+            D::Mark { due_at: now }
+        );
     }
 }

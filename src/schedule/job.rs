@@ -26,10 +26,13 @@ use crate::monitor::{self, IdleRule, Verdict, Why};
 use crate::notice::{EventKind, Notifier};
 use crate::selection::{Candidate, Verdict as Selected};
 use crate::state::{Changes, Kind, Mark, Seen, StateError, Store};
+use crate::workflow::disks::{DiskControls, delete_disks};
 use crate::workflow::{self, Controls, Outcome, Report, Settings};
 
+mod disks;
 mod writes;
-use writes::{deliver, event_for, history, new_mark, new_mark_at, outcomes, pending, price};
+pub use disks::{DiskEntry, Disks};
+use writes::{deliver, event_for, history, instance_target, new_mark, new_mark_at, outcomes, pending, price};
 
 /// What the job does when an instance is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -109,6 +112,25 @@ pub struct JobReport {
     /// The engine's report for the instances acted on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub teardown: Option<Report>,
+    /// The data disks looked at (`watch --disks`): the detached ones, and every marked one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskEntry>,
+    /// The deletion driver's report for the disks acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_deletion: Option<Report>,
+}
+
+/// What one run looks at: the instance selection's verdicts (with rows), and the data disks
+/// when the job watches them too.
+pub struct Targets {
+    pub instances: Vec<Candidate>,
+    pub disks: Option<Disks>,
+}
+
+impl From<Vec<Candidate>> for Targets {
+    fn from(instances: Vec<Candidate>) -> Targets {
+        Targets { instances, disks: None }
+    }
 }
 
 /// Why a run stopped before its end.
@@ -117,36 +139,44 @@ pub enum JobError {
     /// The store could not be written: the run halts like a failed journal write.
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("{due} instances are due, more than --max-count {max}; marks were written, nothing was torn down")]
+    #[error(
+        "{due} instances and disks are due, more than --max-count {max}; marks were written, nothing was torn down"
+    )]
     TooMany { due: usize, max: usize },
 }
 
-/// Run the job once at `now` over `cands` (the selection's verdicts, with rows). Instances
-/// marked earlier but absent from `cands` are looked up by ID.
+/// Run the job once at `now` over `targets` (the selection's verdicts, with rows; the disk
+/// listing if disks are watched). Instances marked earlier but absent from the selection are
+/// looked up by ID; disks marked earlier but absent from the listing are gone.
 pub async fn run_once<T: Transport + 'static>(
     cloud: Arc<T>,
     store: &mut Store,
     notifier: Option<&Notifier>,
     cfg: &Config,
     now: i64,
-    cands: Vec<Candidate>,
+    targets: Targets,
     ctl: Controls,
 ) -> Result<JobReport, JobError> {
-    let marks: HashMap<String, Mark> = store
-        .marks()?
-        .into_iter()
-        .filter(|m| m.kind == Kind::Instance)
-        .map(|m| (m.id.clone(), m))
-        .collect();
-    let keeps: HashMap<String, i64> = store
-        .keeps()?
-        .into_iter()
-        .filter(|k| k.kind == Kind::Instance && k.until_at > now)
+    let all_marks = store.marks()?;
+    let all_keeps = store.keeps()?;
+    let marks_of = |kind: Kind| -> HashMap<String, Mark> {
+        all_marks
+            .iter()
+            .filter(|m| m.kind == kind)
+            .map(|m| (m.id.clone(), m.clone()))
+            .collect()
+    };
+    // A keep holds by ID whatever kind it was recorded as: IDs do not repeat across kinds,
+    // and a person typing `keep ID` need not say which kind it is.
+    let keeps: HashMap<String, i64> = all_keeps
+        .iter()
+        .filter(|k| k.until_at > now)
         .map(|k| (k.id.clone(), k.until_at))
         .collect();
+    let marks = marks_of(Kind::Instance);
     let seen = store.seen()?;
 
-    let rows = listed(cloud.as_ref(), cands, &marks).await;
+    let rows = listed(cloud.as_ref(), targets.instances, &marks).await;
     let judged = judge_all(cloud.as_ref(), store, cfg, now, &rows, &seen).await?;
     let mut report = JobReport {
         at: now,
@@ -161,9 +191,21 @@ pub async fn run_once<T: Transport + 'static>(
         notices_sent: 0,
         notices_failed: 0,
         teardown: None,
+        disks: Vec::new(),
+        disk_deletion: None,
     };
     let (mut changes, acting) = step(cfg, now, &rows, judged, &marks, &keeps, &mut report);
-    if acting.len() > cfg.max_count {
+    // Disk marks are left alone by a run that does not watch disks.
+    let disk_marks = marks_of(Kind::Disk);
+    let acting_disks = match &targets.disks {
+        Some(d) => {
+            let since = disks::detached_since(store, cfg.dry_run, now, &d.rows)?;
+            disks::step(cfg, now, d, &since, &disk_marks, &keeps, &mut changes, &mut report)
+        }
+        None => Vec::new(),
+    };
+    let due = acting.len() + acting_disks.len();
+    if due > cfg.max_count {
         // The marks are safe to keep; acting on more than the job's bound is not.
         for m in &mut changes.marks {
             m.acting_since = None;
@@ -177,23 +219,36 @@ pub async fn run_once<T: Transport + 'static>(
             deliver(store, notifier, cfg, now, &told, &mut report).await?;
         }
         return Err(JobError::TooMany {
-            due: acting.len(),
+            due,
             max: cfg.max_count,
         });
     }
     if cfg.dry_run {
-        report.acted = acting.len();
+        report.acted = due;
         return Ok(report);
     }
     store.apply(&changes)?;
     let mut told: Vec<String> = changes.notices.iter().map(|p| p.event_id.clone()).collect();
 
+    let cancel = ctl.cancel.clone();
     if !acting.is_empty() {
-        let teardown = act(cloud, cfg, acting, ctl).await;
+        let teardown = act(Arc::clone(&cloud), cfg, acting, ctl).await;
         let after = outcomes(cfg, now, &marks, &teardown, &mut report);
         store.apply(&after)?;
         told.extend(after.notices.iter().map(|p| p.event_id.clone()));
         report.teardown = Some(teardown);
+    }
+    // After the instances, not beside them: two drivers at once would each pace themselves
+    // to the whole limit of the API.
+    if let Some(d) = targets.disks
+        && !acting_disks.is_empty()
+    {
+        let ctl = DiskControls { guard: d.guard, cancel };
+        let deletion = delete_disks(cloud, acting_disks, d.settings, ctl).await;
+        let after = disks::outcomes(cfg, now, &disk_marks, &deletion, d.detached_for, &mut report);
+        store.apply(&after)?;
+        told.extend(after.notices.iter().map(|p| p.event_id.clone()));
+        report.disk_deletion = Some(deletion);
     }
     deliver(store, notifier, cfg, now, &told, &mut report).await?;
     Ok(report)
@@ -243,7 +298,8 @@ fn step(
             .as_ref()
             .map_or_else(|| mark.map(|m| m.name.clone()).unwrap_or_default(), |r| r.name.clone());
         let event = |kind: EventKind, key: &str, reason: String, due: Option<i64>, details: Map<String, Value>| {
-            event_for(cfg, now, kind, key, id, &name, row.as_ref(), reason, due, details)
+            let target = instance_target(id, &name, row.as_ref());
+            event_for(cfg, now, kind, key, target, reason, due, details)
         };
         match &decision {
             Decision::Nothing | Decision::Kept { .. } => {

@@ -13,9 +13,9 @@ pub mod decide;
 pub mod hours;
 pub mod job;
 
-pub use decide::{Decision, Judgement, Listed, Policy, decide};
+pub use decide::{Decision, DiskListed, Judgement, Listed, Policy, decide, decide_disk};
 pub use hours::{ActingHours, HoursError};
-pub use job::{Action, Config, Entry, JobError, JobReport, run_once};
+pub use job::{Action, Config, DiskEntry, Disks, Entry, JobError, JobReport, Targets, run_once};
 
 #[cfg(test)]
 mod tests;

@@ -364,6 +364,14 @@ impl Store {
         self.sql(rows.collect())
     }
 
+    /// When each disk the store knows was first seen detached, without recording anything
+    /// (a dry run's view of [`Store::observe_disks`]).
+    pub fn detached_since(&self) -> Result<HashMap<String, i64>, StateError> {
+        let mut q = self.sql(self.conn.prepare("SELECT id, detached_since FROM disks"))?;
+        let rows = self.sql(q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))))?;
+        self.sql(rows.collect())
+    }
+
     /// Record which disks are detached now and return, for each detached one, when it was
     /// first seen detached. A disk seen attached starts over; disks not in `disks` (another
     /// region's, or gone) keep their record until not seen for [`FORGET_DISK`] seconds. One

@@ -418,7 +418,15 @@ async fn job(
         guard: Some(guard),
         ..Controls::default()
     };
-    let run = schedule::run_once(Arc::new(cloud.clone()), store, Some(notifier), cfg, now, cands, ctl);
+    let run = schedule::run_once(
+        Arc::new(cloud.clone()),
+        store,
+        Some(notifier),
+        cfg,
+        now,
+        cands.into(),
+        ctl,
+    );
     match tokio::time::timeout(kill.unwrap_or(RUN_CAP).min(RUN_CAP), run).await {
         Ok(Ok(_) | Err(JobError::TooMany { .. })) => Ended::Done,
         Ok(Err(JobError::State(e))) if e.to_string().contains("simulated crash") => Ended::Crashed,

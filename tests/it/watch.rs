@@ -15,10 +15,12 @@ use std::time::Duration;
 use compshare_teardown::api::{Instance, State};
 use compshare_teardown::credentials::Account;
 use compshare_teardown::sim::{
-    CallRecord, GpuLoad, Latency, Monitoring, Scenario, ScenarioInstance, Server, SimHandle, SimState,
+    CallRecord, GpuLoad, Latency, Monitoring, Scenario, ScenarioDisk, ScenarioInstance, Server, SimHandle, SimState,
 };
 use serde_json::Value;
 use tempfile::TempDir;
+
+mod disks;
 
 /// The secret part of the webhook URL: it may appear in no output.
 const SECRET: &str = "/services/T0001/B0002/WATCHSECRET42";
@@ -83,6 +85,11 @@ struct World {
 
 impl World {
     fn new() -> World {
+        World::with_disks(Vec::new())
+    }
+
+    /// The same world with these free-standing data disks.
+    fn with_disks(disks: Vec<ScenarioDisk>) -> World {
         let mut instances: Vec<ScenarioInstance> = IDLE.iter().map(|id| row(id, GpuLoad::Idle)).collect();
         instances.push(row(BUSY, GpuLoad::Busy));
         let scenario = Scenario {
@@ -102,6 +109,7 @@ impl World {
                 ..Monitoring::default()
             },
             instances,
+            disks,
             ..Scenario::default()
         };
         let server = Server::start(SimHandle::new(scenario), "127.0.0.1:0".parse().unwrap()).unwrap();
@@ -699,7 +707,14 @@ fn bad_input_exits_2_and_changes_nothing() {
             owned(&["keep", "uhost-ok", "--for", "1h", "--state-file", &p(&other)]),
             "another account",
         ),
-        (owned(&["keep", "uhost-a/../b", "--for", "8h"]), "not an instance ID"),
+        (
+            owned(&["keep", "uhost-a/../b", "--for", "8h"]),
+            "not an instance or disk ID",
+        ),
+        (job(&["--disks", "--disk-detached-for", "5m"]), "--disk-detached-for"),
+        (job(&["--disk-detached-for", "7d"]), "--disks"),
+        (job(&["--disks", "--disk-name", "data-[x"]), "data-[x"),
+        (job(&["--disks", "--exclude", "bsi-a/../b"]), "bsi-a/../b"),
         (
             owned(&["keep", "uhost-ok", "--until", "2020-01-01T00:00:00Z"]),
             "in the past",

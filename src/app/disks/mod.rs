@@ -31,7 +31,8 @@ use crate::selection::{self, IdSource, Protections, Verdict};
 use crate::workflow::disks::{DiskControls, DiskSettings, delete_disks};
 use crate::workflow::{InstanceReport, Outcome, Report, TargetKind};
 use crate::{defaults, pathset, runlock, state};
-use select::{Context as Judged, DiskCandidate, DiskRequest};
+pub(super) use select::DiskRequest;
+use select::{Context as Judged, DiskCandidate};
 
 impl Ctx {
     pub(super) async fn disks(&self, a: DisksArgs) -> CmdResult<Exit> {
@@ -42,7 +43,7 @@ impl Ctx {
     }
 
     /// The selection flags (and the config's exclusions and protected names), checked offline.
-    fn disk_request(&self, a: &DiskSelectArgs, deleting: bool) -> CmdResult<DiskRequest> {
+    pub(super) fn disk_request(&self, a: &DiskSelectArgs, deleting: bool) -> CmdResult<DiskRequest> {
         let c = &self.config.selection;
         let sources = |ids: &[String], at: &str| -> Vec<IdSource> {
             ids.iter()
@@ -85,7 +86,7 @@ impl Ctx {
 
     /// The listing, this machine's instances, when the store first saw each disk detached
     /// (recorded now, when `--detached-for` asks or a deletion runs), and every disk judged.
-    async fn disk_candidates(
+    pub(super) async fn disk_candidates(
         &self,
         client: &Client,
         account: &Account,

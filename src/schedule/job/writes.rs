@@ -83,7 +83,8 @@ pub(super) fn outcomes(
         if let Some(p) = price {
             details.insert("price_per_hour".into(), json!(p));
         }
-        let e = event_for(cfg, now, kind, &key, &id, &entry.name, None, reason, None, details);
+        let t = instance_target(&id, &entry.name, None);
+        let e = event_for(cfg, now, kind, &key, t, reason, None, details);
         c.notices.push(pending(&e, now));
     }
     c
@@ -198,28 +199,31 @@ pub(super) fn event_for(
     now: i64,
     kind: EventKind,
     key: &str,
-    id: &str,
-    name: &str,
-    row: Option<&Instance>,
+    target: Target,
     reason: String,
     due: Option<i64>,
     details: Map<String, Value>,
 ) -> Event {
     Event {
-        id: Event::stable_id(&[kind.as_str(), &cfg.account, id, key]),
+        id: Event::stable_id(&[kind.as_str(), &cfg.account, &target.id, key]),
         kind,
         at: now,
         account: cfg.account.clone(),
-        target: Some(Target {
-            kind: "instance".into(),
-            id: id.to_owned(),
-            name: name.to_owned(),
-            region: row.map(|r| r.home_region().to_owned()).unwrap_or_default(),
-            zone: row.map(|r| r.zone.clone()).unwrap_or_default(),
-        }),
+        target: Some(target),
         due,
         reason,
         details,
+    }
+}
+
+/// An instance's notice target.
+pub(super) fn instance_target(id: &str, name: &str, row: Option<&Instance>) -> Target {
+    Target {
+        kind: "instance".into(),
+        id: id.to_owned(),
+        name: name.to_owned(),
+        region: row.map(|r| r.home_region().to_owned()).unwrap_or_default(),
+        zone: row.map(|r| r.zone.clone()).unwrap_or_default(),
     }
 }
 

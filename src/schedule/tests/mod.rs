@@ -60,9 +60,17 @@ async fn once(sim: &SimHandle, store: &mut Store, cfg: &Config) -> JobReport {
     let now = sim.unix_now();
     let rows = api::describe_all(sim, None, None).await.unwrap();
     let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
-    run_once(Arc::new(sim.clone()), store, None, cfg, now, cands, Controls::default())
-        .await
-        .unwrap()
+    run_once(
+        Arc::new(sim.clone()),
+        store,
+        None,
+        cfg,
+        now,
+        cands.into(),
+        Controls::default(),
+    )
+    .await
+    .unwrap()
 }
 
 /// The nominal second (since the world's zero) of each instance's first Stop.
@@ -306,7 +314,7 @@ async fn two_runs_in_one_second_each_write_their_summary() {
         Some(&notifier),
         &cfg,
         now,
-        cands(),
+        cands().into(),
         Controls::default(),
     )
     .await
@@ -319,7 +327,7 @@ async fn two_runs_in_one_second_each_write_their_summary() {
         Some(&notifier),
         &cfg,
         now,
-        cands(),
+        cands().into(),
         Controls::default(),
     )
     .await
@@ -484,7 +492,7 @@ async fn a_run_over_its_bound_still_delivers_its_notices() {
         Some(&notifier),
         &cfg,
         now,
-        cands,
+        cands.into(),
         Controls::default(),
     )
     .await;
@@ -501,3 +509,5 @@ async fn a_run_over_its_bound_still_delivers_its_notices() {
     assert_eq!(kinds.iter().filter(|k| *k == "marked").count(), 2, "{kinds:?}");
     assert!(store.pending_notices().unwrap().is_empty());
 }
+
+mod disks;
