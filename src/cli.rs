@@ -284,7 +284,7 @@ pub struct DemoArgs {
     /// Seed of the demo world, 0 to 18446744073709551615
     #[arg(long, default_value_t = 7, value_parser = number(SEED), allow_negative_numbers = true)]
     pub seed: u64,
-    /// Show the scheduled job instead: six simulated hours of `watch` over idle and busy GPUs
+    /// Show the scheduled job instead: six simulated hours of `watch --disks` over idle and busy GPUs and their data disks
     #[arg(long, conflicts_with_all = ["instances", "seed"])]
     pub scheduled: bool,
     /// Serve the demo's simulator on this address and keep serving after the teardown until

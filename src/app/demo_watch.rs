@@ -1,7 +1,9 @@
 //! `demo --scheduled`: the scheduled job against a simulator started in-process, over HTTP,
 //! for six simulated hours with a run every 15 simulated minutes (a few seconds each): GPU
 //! instances that are busy, idle, pausing between epochs, going idle later or coming back,
-//! a state store in memory, and a local webhook receiver that prints each notice.
+//! data disks the teardowns leave behind and one left from an earlier run (watched as
+//! `watch --disks` does, with a one-hour window instead of the default week), a state store
+//! in memory, and a local webhook receiver that prints each notice.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,15 +19,19 @@ use crate::monitor::IdleRule;
 use crate::notice::{NoticeConfig, Notifier};
 use crate::output::{self, OutputFormat};
 use crate::schedule::{self, Action};
-use crate::selection::{self, Filters, Protections};
-use crate::sim::{GpuLoad, Scenario, ScenarioInstance, Server, SimHandle};
+use crate::selection::{self, Filters, Protections, Verdict};
+use crate::sim::{GpuLoad, Scenario, ScenarioDisk, ScenarioInstance, Server, SimHandle};
 use crate::state::Store;
+use crate::workflow::disks::DiskSettings;
 use crate::workflow::{Controls, Settings};
 
 /// 1/1000: a simulated hour takes 3.6 s, a 15-minute step 0.9 s.
 const SCALE: f64 = 0.001;
 /// Simulated hours the demo covers: the 2-hour idle window plus the 1-hour grace, twice over.
 const HOURS: u32 = 6;
+/// The demo's disk window: an hour, so the disks its teardowns leave are deleted within the
+/// demo's six hours (`watch --disks` waits a week by default).
+const DISK_WINDOW: Duration = Duration::from_secs(3600);
 
 fn demo_world() -> Result<Scenario, anyhow::Error> {
     let now = super::now_unix();
@@ -46,17 +52,34 @@ fn demo_world() -> Result<Scenario, anyhow::Error> {
     ];
     let mut instances = Vec::new();
     for (id, gpus, load) in rows {
+        // Each box has a boot disk and a 500 GB data disk, which a default teardown keeps.
+        let data = format!("bsi-{}", id.trim_start_matches("uhost-"));
         let mut r: ScenarioInstance = serde_json::from_value(json!({
             "UHostId": id, "Name": id, "State": "Running", "Region": "cn-wlcb", "Zone": "cn-wlcb-01",
             "GPU": gpus, "GpuType": "4090", "CreateTime": now - 86_400, "InstancePrice": 1.9 * f64::from(u8::try_from(gpus).unwrap_or(1)),
+            "DiskSet": [
+                {"DiskId": format!("{id}-boot"), "DiskType": "CLOUD_SSD", "IsBoot": "True", "Size": 100},
+                {"DiskId": data, "Name": format!("data-{}", id.trim_start_matches("uhost-")), "DiskType": "CLOUD_SSD", "IsBoot": "False", "Size": 500},
+            ],
         }))?;
         r.gpu_load = Some(load);
         instances.push(r);
     }
+    // Left from an earlier run, attached to nothing since.
+    let disks = vec![ScenarioDisk {
+        disk_id: "bsi-last-week".into(),
+        name: "data-last-week".into(),
+        size_gb: 1000,
+        zone: "cn-wlcb-01".into(),
+        region: String::new(),
+        disk_type: "CLOUD_SSD".into(),
+        protected: false,
+    }];
     let s = Scenario {
         epoch: Some(now),
         time_scale: SCALE,
         instances,
+        disks,
         ..Scenario::default()
     };
     s.validate().map_err(|e| anyhow!("{e}"))?;
@@ -98,23 +121,21 @@ impl Ctx {
         };
         eprintln!(
             "demo: the scheduled job every 15 simulated minutes for {HOURS} hours over {} GPU instances \
-             (idle = every GPU at or under 5% for 2h; grace 1h); notices go to a local webhook",
+             (idle = every GPU at or under 5% for 2h; grace 1h) and their data disks (deleted after \
+             1h attached to nothing, then the grace); notices go to a local webhook",
             handle.ids().len()
         );
         let start = handle.unix_now();
         for _ in 0..HOURS * 4 {
             let now = handle.unix_now();
-            let rows = api::describe_all(client.as_ref(), None, None)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
-            let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+            let targets = targets(client.as_ref(), now).await?;
             let r = schedule::run_once(
                 client.clone(),
                 &mut store,
                 Some(&notifier),
                 &cfg,
                 now,
-                cands.into(),
+                targets,
                 Controls::default(),
             )
             .await
@@ -124,7 +145,11 @@ impl Ctx {
                 eprintln!("{clock}  notice: {line}");
             }
             if r.marked + r.unmarked + r.acted == 0 {
-                eprintln!("{clock}  {} looked at, nothing to do", r.entries.len());
+                eprintln!(
+                    "{clock}  {} instance(s) and {} detached disk(s) looked at, nothing to do",
+                    r.entries.len(),
+                    r.disks.len()
+                );
             }
             tokio::time::sleep(Duration::from_secs_f64(900.0 * SCALE)).await;
         }
@@ -148,6 +173,28 @@ impl Ctx {
             Exit::Failed
         })
     }
+}
+
+/// What a run looks at: every instance, every disk (the demo protects nothing).
+async fn targets(client: &Client, now: i64) -> Result<schedule::Targets, anyhow::Error> {
+    let rows = api::describe_all(client, None, None)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let disks = api::describe_disks_all(client, None)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(schedule::Targets {
+        instances: selection::select(&rows, None, &Filters::default(), &Protections::default(), now),
+        disks: Some(schedule::Disks {
+            rows: disks.into_iter().map(|r| (r, Verdict::Act)).collect(),
+            detached_for: DISK_WINDOW,
+            settings: DiskSettings {
+                poll_interval: Duration::from_millis(500),
+                ..DiskSettings::default()
+            },
+            guard: None,
+        }),
+    })
 }
 
 /// A local webhook receiver: each notice's `text`, for the demo to print.

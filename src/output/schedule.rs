@@ -163,5 +163,15 @@ pub fn history_table(rows: &[HistoryRow]) -> String {
             price(h.price_per_hour.unwrap_or(0.0)),
         ]);
     }
-    format!("{t}\n{} teardowns; hourly price freed: {}\n", rows.len(), price(freed))
+    let disks = rows.iter().filter(|r| r.kind == crate::state::Kind::Disk).count();
+    let deletions = if disks == 0 {
+        String::new()
+    } else {
+        format!(", {disks} disk deletion(s)")
+    };
+    format!(
+        "{t}\n{} teardowns{deletions}; hourly price freed: {}\n",
+        rows.len() - disks,
+        price(freed)
+    )
 }

@@ -101,23 +101,8 @@ pub(super) fn step(
         in_hours: cfg.hours.as_ref().is_none_or(|h| h.contains(now)),
     };
     let window = secs(disks.detached_for);
-    let mut listed: BTreeMap<&str, (DiskListed, Option<&DiskRow>)> = BTreeMap::new();
-    for (row, verdict) in &disks.rows {
-        let l = match verdict {
-            Verdict::Act if row.is_detached() => DiskListed::Detached {
-                since: since.get(&row.disk_id).copied().unwrap_or(now),
-            },
-            Verdict::Act => DiskListed::Attached,
-            Verdict::Skip { .. } => DiskListed::NotSelected,
-            Verdict::NotFound => DiskListed::Gone,
-        };
-        listed.insert(row.disk_id.as_str(), (l, Some(row)));
-    }
-    for id in marks.keys() {
-        listed.entry(id.as_str()).or_insert((DiskListed::Gone, None));
-    }
     let mut acting = Vec::new();
-    for (id, (l, row)) in listed {
+    for (id, (l, row)) in listed(disks, since, marks, now) {
         let mark = marks.get(id);
         let keep = keeps.get(id).map(|until| Keep {
             kind: Kind::Disk,
@@ -200,6 +185,31 @@ pub(super) fn step(
         });
     }
     acting
+}
+
+/// Where each listed or marked disk stands: a marked disk the listing lacks is gone.
+fn listed<'a>(
+    disks: &'a Disks,
+    since: &HashMap<String, i64>,
+    marks: &'a HashMap<String, Mark>,
+    now: i64,
+) -> BTreeMap<&'a str, (DiskListed, Option<&'a DiskRow>)> {
+    let mut listed = BTreeMap::new();
+    for (row, verdict) in &disks.rows {
+        let l = match verdict {
+            Verdict::Act if row.is_detached() => DiskListed::Detached {
+                since: since.get(&row.disk_id).copied().unwrap_or(now),
+            },
+            Verdict::Act => DiskListed::Attached,
+            Verdict::Skip { .. } => DiskListed::NotSelected,
+            Verdict::NotFound => DiskListed::Gone,
+        };
+        listed.insert(row.disk_id.as_str(), (l, Some(row)));
+    }
+    for id in marks.keys() {
+        listed.entry(id.as_str()).or_insert((DiskListed::Gone, None));
+    }
+    listed
 }
 
 /// The second write's disk part: what the driver did to each disk acted on.
