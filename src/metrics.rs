@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
+use crate::schedule::Decision;
 use crate::workflow::Report;
 
 /// The metric name prefix.
@@ -28,9 +29,17 @@ pub struct RunMetrics {
     pub watch: Option<WatchCounts>,
 }
 
-/// A `watch` run's counts for the metrics file.
+/// A `watch` run's counts for the metrics file: instances, and disks when it watched them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WatchCounts {
+    pub instances: Decided,
+    pub disks: Option<Decided>,
+    pub notices_failed: usize,
+}
+
+/// How many of one kind got each decision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Decided {
     pub marked: usize,
     pub unmarked: usize,
     /// Marks whose grace has ended (acted on, or waiting for fresh data or acting hours).
@@ -38,18 +47,39 @@ pub struct WatchCounts {
     pub waiting: usize,
     pub kept: usize,
     pub acted: usize,
-    pub notices_failed: usize,
+}
+
+impl Decided {
+    fn of<'a>(at: i64, decisions: impl Iterator<Item = (&'a Decision, bool)>) -> Decided {
+        let mut d = Decided::default();
+        for (decision, outcome) in decisions {
+            match decision {
+                Decision::Mark { .. } => d.marked += 1,
+                Decision::Unmark { .. } => d.unmarked += 1,
+                Decision::Kept { .. } => d.kept += 1,
+                Decision::Wait { due_at, .. } => {
+                    d.waiting += 1;
+                    d.due += usize::from(*due_at <= at);
+                }
+                Decision::Act { new_mark } => {
+                    d.marked += usize::from(*new_mark);
+                    d.due += 1;
+                }
+                Decision::Nothing | Decision::Finished => {}
+            }
+            d.acted += usize::from(outcome);
+        }
+        d
+    }
 }
 
 impl WatchCounts {
     pub fn of(r: &crate::schedule::JobReport) -> WatchCounts {
+        let instances = r.entries.iter().map(|e| (&e.decision, e.outcome.is_some()));
+        let disks = r.disks.iter().map(|e| (&e.decision, e.outcome.is_some()));
         WatchCounts {
-            marked: r.marked,
-            unmarked: r.unmarked,
-            due: r.due,
-            waiting: r.waiting,
-            kept: r.kept,
-            acted: r.acted,
+            instances: Decided::of(r.at, instances),
+            disks: (!r.disks.is_empty() || r.disk_deletion.is_some()).then(|| Decided::of(r.at, disks)),
             notices_failed: r.notices_failed,
         }
     }
@@ -130,22 +160,18 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
         &one(count(s.throttled)),
     );
     if let Some(w) = &m.watch {
-        let decided: Vec<(String, f64)> = [
-            ("marked", w.marked),
-            ("unmarked", w.unmarked),
-            ("due", w.due),
-            ("waiting", w.waiting),
-            ("kept", w.kept),
-            ("acted", w.acted),
-        ]
-        .iter()
-        .map(|(k, n)| (format!("{{decision=\"{k}\"}}"), count(*n)))
-        .collect();
         gauge(
             "last_watch_instances",
             "Instances of the last scheduled run by decision.",
-            &decided,
+            &decided(&w.instances),
         );
+        if let Some(d) = &w.disks {
+            gauge(
+                "last_watch_disks",
+                "Data disks of the last scheduled run by decision (watch --disks).",
+                &decided(d),
+            );
+        }
         gauge(
             "last_watch_notices_failed",
             "Notices the last scheduled run could not deliver (retried by the next run).",
@@ -153,6 +179,21 @@ pub fn render(m: &RunMetrics, last_success: Option<f64>) -> String {
         );
     }
     out
+}
+
+/// One sample per decision.
+fn decided(d: &Decided) -> Vec<(String, f64)> {
+    [
+        ("marked", d.marked),
+        ("unmarked", d.unmarked),
+        ("due", d.due),
+        ("waiting", d.waiting),
+        ("kept", d.kept),
+        ("acted", d.acted),
+    ]
+    .iter()
+    .map(|(k, n)| (format!("{{decision=\"{k}\"}}"), count(*n)))
+    .collect()
 }
 
 fn count(n: impl TryInto<u32>) -> f64 {

@@ -111,7 +111,8 @@ fn a_disk_is_deleted_only_after_the_store_saw_it_detached_for_the_window() {
     assert!(w.snapshot().calls.len() > calls, "the dry run looks");
 
     let before = hook.events().len();
-    let out = watch(&["--yes", "--grace", "0"]);
+    let metrics = w.path("watch.prom");
+    let out = watch(&["--yes", "--grace", "0", "--metrics-file", metrics.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{out:?}");
     out.masked();
     let report = out.json();
@@ -132,6 +133,17 @@ fn a_disk_is_deleted_only_after_the_store_saw_it_detached_for_the_window() {
         .unwrap()
         .clone();
     assert_eq!(old["outcome"]["kind"], "deleted", "{old}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert_eq!(
+        gauge(&prom, "compshare_teardown_last_watch_disks{decision=\"acted\"}"),
+        Some(1.0),
+        "{prom}"
+    );
+    assert_eq!(
+        gauge(&prom, "compshare_teardown_last_watch_disks{decision=\"marked\"}"),
+        Some(1.0),
+        "{prom}"
+    );
 
     // Told: marked and deleted, as a disk.
     let events = hook.events()[before..].to_vec();
