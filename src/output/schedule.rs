@@ -115,7 +115,9 @@ pub fn marks_table(v: &MarksView) -> String {
             .get(&m.id)
             .and_then(|s| s.last_busy_at)
             .map_or_else(|| "-".into(), when);
-        let status = if m.acting_since.is_some() {
+        let status = if m.acting_since.is_some() && m.kind == crate::state::Kind::Disk {
+            "deletion begun"
+        } else if m.acting_since.is_some() {
             "teardown begun"
         } else if m.due_at <= v.now {
             "due"
