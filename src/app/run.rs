@@ -229,6 +229,7 @@ impl Ctx {
         // written (a full disk, `/dev/full`) stops here, with nothing changed.
         let start = journal::Entry::Start {
             version: journal::JOURNAL_VERSION,
+            kind: crate::workflow::journal::JournalKind::Instance,
             ids: selection.ids.clone(),
             release_udisk: p.settings.release_udisk,
             force_stop: p.settings.force_stop,
