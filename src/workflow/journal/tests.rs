@@ -219,6 +219,7 @@ fn decisions_are_stated_and_version_2_text_is_read_only_under_version_2() {
     let path = dir.path().join("j");
     let versioned = |version| Entry::Start {
         version,
+        kind: JournalKind::Instance,
         ids: vec!["u-a".into()],
         release_udisk: false,
         force_stop: false,
