@@ -451,11 +451,14 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udis
         },
         seconds: 0.0,
         calls: 0,
+        calls_before_resume: 0,
         release_udisk,
         size_gb: None,
     }));
     let s = &report.summary;
     let pace = s.pace.clone();
+    let before = s.calls_before_resume.clone();
     *report = Report::new(instances, s.seconds, s.api_calls.clone(), s.throttled);
     report.summary.pace = pace;
+    report.summary.calls_before_resume = before;
 }

@@ -8,9 +8,12 @@
 //!    machine's addresses), every disk judged ([`select`]); `--dry-run` prints that and stops;
 //! 3. **gate**: the account's run lock (shared with `run`), `--max-count`, the typed count;
 //! 4. **execute**: [`workflow::disks::delete_disks`]: a fresh look right before each Delete,
-//!    never a Delete of a disk that look shows attached or detaching;
+//!    never a Delete of a disk that look shows attached or detaching; with `--journal`, each
+//!    Delete's intent synced to the journal before it leaves, and `--resume` continues a
+//!    journal's deletion ([`journaled`]);
 //! 5. **report**: table or JSON, `--report`, metrics, and the exit code of `run`.
 
+mod journaled;
 mod select;
 
 use std::collections::HashSet;
@@ -29,6 +32,7 @@ use crate::credentials::Account;
 use crate::output::{self, OutputFormat};
 use crate::selection::{self, IdSource, Protections, Verdict};
 use crate::workflow::disks::{DiskControls, DiskSettings, delete_disks};
+use crate::workflow::journal::{self, Journal, JournalKind, Resume};
 use crate::workflow::{InstanceReport, Outcome, Report, TargetKind};
 use crate::{defaults, pathset, runlock, state};
 use select::{Context as Judged, DiskCandidate, DiskRequest};
@@ -91,6 +95,7 @@ impl Ctx {
         account: &Account,
         req: &DiskRequest,
         deleting: bool,
+        journaled: Option<&[String]>,
     ) -> CmdResult<(Vec<DiskCandidate>, HashSet<String>)> {
         use backon::Retryable;
         let region = req.region.as_deref();
@@ -106,6 +111,10 @@ impl Ctx {
             .await
             .map_err(|e| listing_failure(anyhow!("cannot describe disks: {e}"), Some(&e)))?;
         let own = own_instances(client).await?;
+        if let Some(ids) = journaled {
+            let cands = journaled::candidates(ids, &rows, req, &own);
+            return Ok((cands, own));
+        }
         let now = super::now_unix();
         let detached_since = if req.detached_for.is_some() {
             observe(account, &rows, now)?
@@ -124,7 +133,7 @@ impl Ctx {
         let req = self.disk_request(a, false)?;
         let (client, account) = self.client()?;
         let cancel = interrupt_token();
-        let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, false)).await?;
+        let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, false, None)).await?;
         let shown: Vec<&DiskCandidate> = cands
             .iter()
             .filter(|c| req.ids.is_some() || c.verdict == Verdict::Act || matches!(c.verdict, Verdict::Skip { .. }))
@@ -147,7 +156,26 @@ impl Ctx {
     async fn disks_delete(&self, a: DiskDeleteArgs) -> CmdResult<Exit> {
         let cancel = interrupt_token();
         // 1. Offline.
-        let req = self.disk_request(&a.select, true)?;
+        let journal_path = journaled::path(&a)?;
+        let resume: Option<Resume> = match &a.resume {
+            Some(path) => Some(journaled::read(path, &a.select)?),
+            None => None,
+        };
+        let req = match &resume {
+            // The journal fixes the selection; exclusions and protections still apply.
+            Some(r) => DiskRequest {
+                ids: Some(r.ids.clone()),
+                ..self.disk_request(
+                    &DiskSelectArgs {
+                        all_detached: true,
+                        ..a.select.clone()
+                    },
+                    true,
+                )?
+            },
+            None => self.disk_request(&a.select, true)?,
+        };
+        let journaled_ids = resume.as_ref().map(|r| r.ids.as_slice());
         let max_count = a.max_count.unwrap_or(defaults::MAX_COUNT);
         if let Some(ids) = &req.ids {
             let named = ids.iter().filter(|id| !req.exclude.contains(*id)).count();
@@ -165,6 +193,9 @@ impl Ctx {
             ..DiskSettings::default()
         };
         let (client, account) = self.client()?;
+        if let (Some(r), Some(path)) = (&resume, &a.resume) {
+            journaled::bind(r, &account, path)?;
+        }
         let lock_path = match &a.lock_file {
             Some(p) => p.clone(),
             None => runlock::default_path(&account)?,
@@ -174,6 +205,11 @@ impl Ctx {
             ("--report", a.report.clone(), true),
             ("--metrics-file", a.metrics_file.clone(), true),
             ("--lock-file", Some(lock_path.clone()), true),
+            (
+                journal_path.as_ref().map_or("--journal", |(flag, _)| *flag),
+                journal_path.as_ref().map(|(_, p)| p.clone()),
+                true,
+            ),
         ];
         let roles: Vec<pathset::Role<'_>> = files
             .iter()
@@ -193,7 +229,7 @@ impl Ctx {
         }
         // 2. The selection; a dry run ends here, through the same code as the real one.
         if a.dry_run {
-            let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true)).await?;
+            let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true, journaled_ids)).await?;
             self.print_disk_plan(&cands);
             return Ok(Exit::Ok);
         }
@@ -202,7 +238,7 @@ impl Ctx {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             _ => Failure::Usage(e.into()),
         })?;
-        let (cands, own) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true)).await?;
+        let (cands, own) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true, journaled_ids)).await?;
         let acting: Vec<DiskRow> = cands
             .iter()
             .filter(|c| c.verdict == Verdict::Act)
@@ -217,6 +253,25 @@ impl Ctx {
         if count > 0 && !a.yes {
             interruptible(&cancel, confirm_disks(&cands, count)).await?;
         }
+        // The start line is written and synced before any Delete: a journal that cannot be
+        // written stops here, with nothing changed.
+        let journal = match &journal_path {
+            Some((_, path)) => {
+                let start = journal::Entry::Start {
+                    version: journal::JOURNAL_VERSION,
+                    kind: JournalKind::Disk,
+                    ids: resume.as_ref().map_or_else(
+                        || acting.iter().map(|r| r.disk_id.clone()).collect(),
+                        |r| r.ids.clone(),
+                    ),
+                    release_udisk: false,
+                    force_stop: false,
+                    resumed: resume.is_some(),
+                };
+                Some(Journal::begin(path, &account, &start).map_err(|e| anyhow!("{e} (nothing was changed)"))?)
+            }
+            None => None,
+        };
         if cancel.is_cancelled() {
             return Err(Failure::Interrupted);
         }
@@ -227,6 +282,8 @@ impl Ctx {
         let ctl = DiskControls {
             guard: Some(Box::new(move |row| guard_req.refuse(row, &own))),
             cancel: run_cancel,
+            journal,
+            resume,
         };
         let mut report = delete_disks(Arc::new(client), acting, settings, ctl).await;
         super::terminal::drained();
@@ -402,12 +459,15 @@ fn add_not_acted(report: &mut Report, cands: &[DiskCandidate]) {
             outcome,
             seconds: 0.0,
             calls: 0,
+            calls_before_resume: 0,
             release_udisk: false,
             size_gb: c.row.as_ref().map(|r| r.size_gb),
         });
     }
     let s = &report.summary;
     let pace = s.pace.clone();
+    let before = s.calls_before_resume.clone();
     *report = Report::new(rows, s.seconds, s.api_calls.clone(), s.throttled);
     report.summary.pace = pace;
+    report.summary.calls_before_resume = before;
 }

@@ -232,8 +232,8 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         .map(|id| {
             let row = known.get(id.as_str()).map(|i| Seen::of(i));
             let mem = resume.memory.get(id).copied().unwrap_or_default();
-            let calls = resume.calls.get(id).copied().unwrap_or_default();
-            Tracker::new(id.clone(), row, mem, calls, now)
+            // This process's calls: an earlier one's are reported apart (`calls_before_resume`).
+            Tracker::new(id.clone(), row, mem, 0, now)
         })
         .collect();
     drop(known);
