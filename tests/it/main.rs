@@ -9,6 +9,7 @@ mod manifest;
 mod notice;
 mod pace;
 mod process;
+mod resume;
 mod scheduled_demo;
 mod sim_http;
 mod sweep;

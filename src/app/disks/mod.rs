@@ -229,7 +229,11 @@ impl Ctx {
         }
         // 2. The selection; a dry run ends here, through the same code as the real one.
         if a.dry_run {
-            let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true, journaled_ids)).await?;
+            let (cands, _) = interruptible(
+                &cancel,
+                self.disk_candidates(&client, &account, &req, true, journaled_ids),
+            )
+            .await?;
             self.print_disk_plan(&cands);
             return Ok(Exit::Ok);
         }
@@ -238,7 +242,11 @@ impl Ctx {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             _ => Failure::Usage(e.into()),
         })?;
-        let (cands, own) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true, journaled_ids)).await?;
+        let (cands, own) = interruptible(
+            &cancel,
+            self.disk_candidates(&client, &account, &req, true, journaled_ids),
+        )
+        .await?;
         let acting: Vec<DiskRow> = cands
             .iter()
             .filter(|c| c.verdict == Verdict::Act)
@@ -260,10 +268,9 @@ impl Ctx {
                 let start = journal::Entry::Start {
                     version: journal::JOURNAL_VERSION,
                     kind: JournalKind::Disk,
-                    ids: resume.as_ref().map_or_else(
-                        || acting.iter().map(|r| r.disk_id.clone()).collect(),
-                        |r| r.ids.clone(),
-                    ),
+                    ids: resume
+                        .as_ref()
+                        .map_or_else(|| acting.iter().map(|r| r.disk_id.clone()).collect(), |r| r.ids.clone()),
                     release_udisk: false,
                     force_stop: false,
                     resumed: resume.is_some(),

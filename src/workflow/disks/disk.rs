@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use rand::rngs::StdRng;
 use rand::Rng;
+use rand::rngs::StdRng;
 use tokio::time::Instant;
 
 use super::super::journal::{DiskJournaled, Entry};

@@ -169,7 +169,12 @@ impl<C> Shared<C> {
     /// How a disk not finished ends when the run stops early: `failed` after a journal
     /// write failed (exit 1, as for instances), else `interrupted`.
     fn halted(&self, phase: Phase) -> Outcome {
-        match self.journal_error.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        match self
+            .journal_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
             Some(error) => Outcome::Failed {
                 phase,
                 error: format!("journal write failed: {error}"),
@@ -258,4 +263,3 @@ pub async fn delete_disks<C: DiskCloud + 'static>(
     report.summary.calls_before_resume = resume.calls_by_action;
     report
 }
-

@@ -198,7 +198,10 @@ impl Reader {
                 if !self.disk_pending.remove(&id) {
                     return Err(self.malformed(
                         n,
-                        format!("a {} result for {id} without its call line before it", crate::api::disk::DELETE_DISK),
+                        format!(
+                            "a {} result for {id} without its call line before it",
+                            crate::api::disk::DELETE_DISK
+                        ),
                     ));
                 }
                 let r = self.resume()?;
@@ -213,7 +216,12 @@ impl Reader {
                     Effect::NotApplied => {}
                 }
             }
-            Entry::Result { id, call, effect, error } => {
+            Entry::Result {
+                id,
+                call,
+                effect,
+                error,
+            } => {
                 // A result is written only after its call line, by the same process: one with
                 // no call pending would make an instance "terminate accepted" with no
                 // Terminate ever sent.
@@ -312,11 +320,9 @@ impl Reader {
                 force_stop: *force_stop,
                 ..Resume::default()
             });
-        } else if self
-            .resume
-            .as_ref()
-            .is_some_and(|r| (r.kind, &r.ids, r.release_udisk, r.force_stop) != (*kind, ids, *release_udisk, *force_stop))
-        {
+        } else if self.resume.as_ref().is_some_and(|r| {
+            (r.kind, &r.ids, r.release_udisk, r.force_stop) != (*kind, ids, *release_udisk, *force_stop)
+        }) {
             return Err(self.malformed(n, "a later start line changes the selection or its options".to_owned()));
         }
         // A resumed run writes its own start line: calls left pending by an earlier process
