@@ -4,6 +4,7 @@ mod answers;
 mod cli;
 mod disks;
 mod docs;
+mod durability;
 mod freshness;
 mod manifest;
 mod notice;
