@@ -174,6 +174,8 @@ pub struct Journal {
     account: Account,
     /// This run's start line is written (by [`Journal::begin`]).
     started: bool,
+    /// Intents are synced on the writing thread (see [`Journal::sync_in_place`]).
+    in_place: bool,
 }
 
 impl Journal {
@@ -207,6 +209,7 @@ impl Journal {
             written,
             synced: Arc::new(AtomicU64::new(0)),
             sync_hook: None,
+            in_place: false,
             budget: None,
             account: Account::default(),
             started: false,
@@ -282,6 +285,16 @@ impl Journal {
         self
     }
 
+    /// Sync intents on the writing thread, as [`Journal::write`] does: the seed sweep runs a
+    /// whole world on one thread in virtual time, where a sync finishing on another thread
+    /// would order the events of one instant by the OS scheduler, and a seed would no longer
+    /// replay the same run.
+    #[must_use]
+    pub fn sync_in_place(mut self) -> Journal {
+        self.in_place = true;
+        self
+    }
+
     /// How many bytes of the file are known synced to disk, shared: a test checks with it
     /// that a call's intent was synced before the call reached the API.
     pub fn synced_bytes(&self) -> Arc<AtomicU64> {
@@ -315,8 +328,8 @@ impl Journal {
         let sync = self.sync_job();
         let path = self.path.display().to_string();
         match tokio::runtime::Handle::try_current() {
-            Ok(rt) => Ok(Synced(Some((rt.spawn_blocking(sync), path)))),
-            Err(_) => {
+            Ok(rt) if !self.in_place => Ok(Synced(Some((rt.spawn_blocking(sync), path)))),
+            _ => {
                 sync().map_err(|e| self.io_error(e))?;
                 Ok(Synced(None))
             }

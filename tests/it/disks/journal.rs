@@ -139,6 +139,10 @@ fn a_deletion_killed_anywhere_in_its_journal_resumes_to_the_end() {
         let report = json(&resumed);
         let rows = report["instances"].as_array().unwrap();
         assert_eq!(rows.len(), 5, "limit {limit}: {report}");
+        // Deleted by one process or the other: each says so, none "already gone".
+        for r in rows {
+            assert_eq!(r["outcome"]["kind"], "deleted", "limit {limit}: {report}");
+        }
         for n in 1..=5 {
             let id = format!("bsi-free{n}");
             assert_eq!(accepted.get(&id), Some(&1), "limit {limit}: {id} deleted {accepted:?}");
