@@ -227,6 +227,10 @@ async fn list_all(cloud: &impl crate::api::Cloud) -> Result<Vec<Instance>, crate
     }
 }
 
+/// Yields after a kill: one turn of the current-thread scheduler drops every aborted task
+/// (each was scheduled by its abort); a few more cost nothing.
+const ABORT_SETTLE_YIELDS: usize = 4;
+
 /// Wakeups allowed to one run segment at a single virtual instant. Paused time only
 /// advances when every task waits, so a loop that keeps waking without waiting (a timer set
 /// in the past, say) stops the virtual clock and hangs the sweep out of reach of any timeout;
@@ -383,7 +387,12 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
                 break;
             }
             Err(_) if kill.is_some() => {
-                // Dropped mid-run: calls in flight are aborted, like kill -9.
+                // Dropped mid-run: calls in flight are aborted, like kill -9. The aborted tasks
+                // are dropped when the runtime next gets to them: let it, so the calls they
+                // held are in the ledger before the next process's share of it begins.
+                for _ in 0..ABORT_SETTLE_YIELDS {
+                    tokio::task::yield_now().await;
+                }
                 stats.kills += 1;
                 stats.resumes += 1;
                 segment += 1;
