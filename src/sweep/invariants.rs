@@ -398,7 +398,11 @@ mod tests {
             &[("StopCompShareInstance", 1)],
         );
         assert_eq!(call_counts(&unsent_look, &ours, &earlier).len(), 1);
-        let forgotten = report(1, &[("DescribeCompShareInstance", 1), ("TerminateCompShareInstance", 1)], &[]);
+        let forgotten = report(
+            1,
+            &[("DescribeCompShareInstance", 1), ("TerminateCompShareInstance", 1)],
+            &[],
+        );
         assert_eq!(call_counts(&forgotten, &ours, &earlier).len(), 1);
     }
 

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use compshare_teardown::api::{
-    ApiError, Cloud, DescribePage, DescribeQuery, DiskCloud, DiskQuery, DiskTarget, State, Target,
-    TerminateAck, describe_disks_all,
-};
 use compshare_teardown::api::disk::DiskPage;
+use compshare_teardown::api::{
+    ApiError, Cloud, DescribePage, DescribeQuery, DiskCloud, DiskQuery, DiskTarget, State, Target, TerminateAck,
+    describe_disks_all,
+};
 use compshare_teardown::sim::{Faults, Scenario, ScenarioDisk, SimHandle};
 use compshare_teardown::workflow::disks::{DiskControls, DiskSettings, delete_disks};
 use compshare_teardown::workflow::journal::{Entry, Journal};
@@ -112,7 +112,11 @@ async fn every_stop_and_terminate_leaves_after_its_intent_is_synced() {
     let report = workflow::run(Arc::clone(&cloud), ids.clone(), settings(), ctl).await;
     assert!(report.all_ok(), "{report:#?}");
     assert_eq!(cloud.checked.load(Ordering::SeqCst), 8, "a Stop and a Terminate each");
-    assert_eq!(*cloud.early.lock().unwrap(), Vec::<String>::new(), "sent before the intent was on disk");
+    assert_eq!(
+        *cloud.early.lock().unwrap(),
+        Vec::<String>::new(),
+        "sent before the intent was on disk"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -150,7 +154,11 @@ async fn every_disk_delete_leaves_after_its_intent_is_synced() {
     let report = delete_disks(Arc::clone(&cloud), rows, settings, ctl).await;
     assert!(report.all_ok(), "{report:#?}");
     assert_eq!(cloud.checked.load(Ordering::SeqCst), 4);
-    assert_eq!(*cloud.early.lock().unwrap(), Vec::<String>::new(), "sent before the intent was on disk");
+    assert_eq!(
+        *cloud.early.lock().unwrap(),
+        Vec::<String>::new(),
+        "sent before the intent was on disk"
+    );
 }
 
 /// While a call's intent is being synced, the runtime thread goes on: here a task on it must

@@ -15,7 +15,7 @@ use crate::cli::{DiskDeleteArgs, DiskSelectArgs};
 use crate::credentials::Account;
 use crate::pathset;
 use crate::selection::Verdict;
-use crate::workflow::journal::{self, Resume};
+use crate::workflow::journal::{self, Journal, JournalKind, Resume};
 
 /// The journal file and its flag: the one resumed, or a new one that holds no run yet.
 pub(super) fn path(a: &DiskDeleteArgs) -> CmdResult<Option<(&'static str, PathBuf)>> {
@@ -96,4 +96,19 @@ pub(super) fn candidates(
             }
         })
         .collect()
+}
+
+/// Open the journal and write its start line, synced, before any Delete: a journal that
+/// cannot be written stops the command here, with nothing changed (exit 2). A resume repeats
+/// the journal's selection; a new run's is the disks it deletes.
+pub(super) fn begin(path: &Path, account: &Account, resume: Option<&Resume>, acting: &[DiskRow]) -> CmdResult<Journal> {
+    let start = journal::Entry::Start {
+        version: journal::JOURNAL_VERSION,
+        kind: JournalKind::Disk,
+        ids: resume.map_or_else(|| acting.iter().map(|r| r.disk_id.clone()).collect(), |r| r.ids.clone()),
+        release_udisk: false,
+        force_stop: false,
+        resumed: resume.is_some(),
+    };
+    Journal::begin(path, account, &start).map_err(|e| Failure::Usage(anyhow!("{e} (nothing was changed)")))
 }

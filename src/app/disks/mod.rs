@@ -32,7 +32,7 @@ use crate::credentials::Account;
 use crate::output::{self, OutputFormat};
 use crate::selection::{self, IdSource, Protections, Verdict};
 use crate::workflow::disks::{DiskControls, DiskSettings, delete_disks};
-use crate::workflow::journal::{self, Journal, JournalKind, Resume};
+use crate::workflow::journal::Resume;
 use crate::workflow::{InstanceReport, Outcome, Report, TargetKind};
 use crate::{defaults, pathset, runlock, state};
 use select::{Context as Judged, DiskCandidate, DiskRequest};
@@ -153,61 +153,39 @@ impl Ctx {
         Ok(Exit::Ok)
     }
 
-    async fn disks_delete(&self, a: DiskDeleteArgs) -> CmdResult<Exit> {
-        let cancel = interrupt_token();
-        // 1. Offline.
-        let journal_path = journaled::path(&a)?;
-        let resume: Option<Resume> = match &a.resume {
-            Some(path) => Some(journaled::read(path, &a.select)?),
-            None => None,
+    /// The journal resumed, if any, and the request: the journal's disks, or the flags'.
+    fn delete_request(&self, a: &DiskDeleteArgs) -> CmdResult<(Option<Resume>, DiskRequest)> {
+        let Some(path) = &a.resume else {
+            return Ok((None, self.disk_request(&a.select, true)?));
         };
-        let req = match &resume {
-            // The journal fixes the selection; exclusions and protections still apply.
-            Some(r) => DiskRequest {
-                ids: Some(r.ids.clone()),
-                ..self.disk_request(
-                    &DiskSelectArgs {
-                        all_detached: true,
-                        ..a.select.clone()
-                    },
-                    true,
-                )?
-            },
-            None => self.disk_request(&a.select, true)?,
+        let resume = journaled::read(path, &a.select)?;
+        // The journal fixes the selection; exclusions and protections still apply.
+        let protections = DiskSelectArgs {
+            all_detached: true,
+            ..a.select.clone()
         };
-        let journaled_ids = resume.as_ref().map(|r| r.ids.as_slice());
-        let max_count = a.max_count.unwrap_or(defaults::MAX_COUNT);
-        if let Some(ids) = &req.ids {
-            let named = ids.iter().filter(|id| !req.exclude.contains(*id)).count();
-            if named > max_count {
-                return Err(Failure::Usage(anyhow!(
-                    "{named} disks named, more than --max-count {max_count}; raise --max-count to proceed"
-                )));
-            }
-        }
-        let settings = DiskSettings {
-            concurrency: a.concurrency.unwrap_or(cli::DISK_CONCURRENCY),
-            rate: a.rate.unwrap_or(defaults::RATE),
-            detach_wait: a.detach_wait.unwrap_or(DiskSettings::default().detach_wait),
-            deadline: a.deadline,
-            ..DiskSettings::default()
+        let req = DiskRequest {
+            ids: Some(resume.ids.clone()),
+            ..self.disk_request(&protections, true)?
         };
-        let (client, account) = self.client()?;
-        if let (Some(r), Some(path)) = (&resume, &a.resume) {
-            journaled::bind(r, &account, path)?;
-        }
-        let lock_path = match &a.lock_file {
-            Some(p) => p.clone(),
-            None => runlock::default_path(&account)?,
-        };
+        Ok((Some(resume), req))
+    }
+
+    /// No file `disks delete` writes may be another of its files.
+    fn delete_files(
+        &self,
+        a: &DiskDeleteArgs,
+        lock_path: &std::path::Path,
+        journal_path: Option<&(&'static str, PathBuf)>,
+    ) -> CmdResult<()> {
         let files = [
             ("--config", self.global.config.clone(), false),
             ("--report", a.report.clone(), true),
             ("--metrics-file", a.metrics_file.clone(), true),
-            ("--lock-file", Some(lock_path.clone()), true),
+            ("--lock-file", Some(lock_path.to_path_buf()), true),
             (
-                journal_path.as_ref().map_or("--journal", |(flag, _)| *flag),
-                journal_path.as_ref().map(|(_, p)| p.clone()),
+                journal_path.map_or("--journal", |(flag, _)| *flag),
+                journal_path.map(|(_, p)| p.clone()),
                 true,
             ),
         ];
@@ -222,6 +200,34 @@ impl Ctx {
             })
             .collect();
         pathset::check(&roles)?;
+        Ok(())
+    }
+
+    async fn disks_delete(&self, a: DiskDeleteArgs) -> CmdResult<Exit> {
+        let cancel = interrupt_token();
+        // 1. Offline.
+        let journal_path = journaled::path(&a)?;
+        let (resume, req) = self.delete_request(&a)?;
+        let journaled_ids = resume.as_ref().map(|r| r.ids.as_slice());
+        let max_count = a.max_count.unwrap_or(defaults::MAX_COUNT);
+        if let Some(ids) = &req.ids {
+            let named = ids.iter().filter(|id| !req.exclude.contains(*id)).count();
+            if named > max_count {
+                return Err(Failure::Usage(anyhow!(
+                    "{named} disks named, more than --max-count {max_count}; raise --max-count to proceed"
+                )));
+            }
+        }
+        let settings = disk_settings(&a);
+        let (client, account) = self.client()?;
+        if let (Some(r), Some(path)) = (&resume, &a.resume) {
+            journaled::bind(r, &account, path)?;
+        }
+        let lock_path = match &a.lock_file {
+            Some(p) => p.clone(),
+            None => runlock::default_path(&account)?,
+        };
+        self.delete_files(&a, &lock_path, journal_path.as_ref())?;
         if !a.yes && !a.dry_run && !can_confirm() {
             return Err(Failure::Usage(anyhow!(
                 "refusing to delete disks without a terminal to confirm on; pass --yes (nothing was changed)"
@@ -264,19 +270,7 @@ impl Ctx {
         // The start line is written and synced before any Delete: a journal that cannot be
         // written stops here, with nothing changed.
         let journal = match &journal_path {
-            Some((_, path)) => {
-                let start = journal::Entry::Start {
-                    version: journal::JOURNAL_VERSION,
-                    kind: JournalKind::Disk,
-                    ids: resume
-                        .as_ref()
-                        .map_or_else(|| acting.iter().map(|r| r.disk_id.clone()).collect(), |r| r.ids.clone()),
-                    release_udisk: false,
-                    force_stop: false,
-                    resumed: resume.is_some(),
-                };
-                Some(Journal::begin(path, &account, &start).map_err(|e| anyhow!("{e} (nothing was changed)"))?)
-            }
+            Some((_, path)) => Some(journaled::begin(path, &account, resume.as_ref(), &acting)?),
             None => None,
         };
         if cancel.is_cancelled() {
@@ -320,6 +314,17 @@ impl Ctx {
                 print(&output::disk_table(&table_rows(&refs), &plan_summary(cands)));
             }
         }
+    }
+}
+
+/// The deletion's settings from its flags.
+fn disk_settings(a: &DiskDeleteArgs) -> DiskSettings {
+    DiskSettings {
+        concurrency: a.concurrency.unwrap_or(cli::DISK_CONCURRENCY),
+        rate: a.rate.unwrap_or(defaults::RATE),
+        detach_wait: a.detach_wait.unwrap_or(DiskSettings::default().detach_wait),
+        deadline: a.deadline,
+        ..DiskSettings::default()
     }
 }
 

@@ -24,12 +24,10 @@ pub(super) struct Disk {
     calls: u32,
     /// Deletes earlier processes sent, per the journal.
     calls_before: u32,
-    /// A Delete has left and its answer is not in: if the run stops now, it may have
-    /// happened.
-    in_flight: bool,
     /// Our Delete was accepted (or a look after a lost answer showed it deleting).
     deleted: bool,
-    /// A Delete whose answer was lost: resend only after a look shows the disk still free.
+    /// A Delete whose answer was lost (or is still on its way: if the run stops then, it
+    /// may have happened): resend only after a look shows the disk still free.
     unsure: bool,
     detach: Option<Episode>,
     transient: Option<Episode>,
@@ -63,7 +61,6 @@ impl Disk {
             rng,
             calls: 0,
             calls_before,
-            in_flight: false,
             deleted: journaled == Some(DiskJournaled::Accepted),
             unsure: journaled == Some(DiskJournaled::Unsure),
             detach: None,
@@ -118,7 +115,7 @@ impl Disk {
     fn phase(&self) -> Phase {
         if self.deleted {
             Phase::TerminateSent
-        } else if self.unsure || self.in_flight {
+        } else if self.unsure {
             Phase::TerminateUnsure
         } else {
             Phase::Fresh
@@ -295,17 +292,20 @@ impl Disk {
             });
         }
         self.calls += 1;
-        self.in_flight = true;
+        // Unsure while it is on its way; a refusal puts back what was known before.
+        let was_unsure = std::mem::replace(&mut self.unsure, true);
         tracing::debug!(id = %row.disk_id, "sending Delete");
         let answer = Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target))
             .await
             .1;
-        self.in_flight = false;
         let effect = match &answer {
             Ok(()) => Effect::Accepted,
             Err(e) if api::classify(e, &LockCodes::default()) == RetryClass::Ambiguous => Effect::Unsure,
             Err(_) => Effect::NotApplied,
         };
+        if effect == Effect::NotApplied {
+            self.unsure = was_unsure;
+        }
         s.journal(&Entry::DiskResult {
             id: row.disk_id.clone(),
             effect,
