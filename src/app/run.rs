@@ -229,6 +229,7 @@ impl Ctx {
         // written (a full disk, `/dev/full`) stops here, with nothing changed.
         let start = journal::Entry::Start {
             version: journal::JOURNAL_VERSION,
+            kind: crate::workflow::journal::JournalKind::Instance,
             ids: selection.ids.clone(),
             release_udisk: p.settings.release_udisk,
             force_stop: p.settings.force_stop,
@@ -450,11 +451,14 @@ fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udis
         },
         seconds: 0.0,
         calls: 0,
+        calls_before_resume: 0,
         release_udisk,
         size_gb: None,
     }));
     let s = &report.summary;
     let pace = s.pace.clone();
+    let before = s.calls_before_resume.clone();
     *report = Report::new(instances, s.seconds, s.api_calls.clone(), s.throttled);
     report.summary.pace = pace;
+    report.summary.calls_before_resume = before;
 }

@@ -68,6 +68,12 @@ pub struct DiskListArgs {
 pub struct DiskDeleteArgs {
     #[command(flatten)]
     pub select: DiskSelectArgs,
+    /// Continue the deletion recorded in this disk journal (its disks; appends to it)
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["journal", "dry_run"])]
+    pub resume: Option<PathBuf>,
+    /// Append every Delete and its answer to this JSON-lines file (a new file per run)
+    #[arg(long, value_name = "FILE")]
+    pub journal: Option<PathBuf>,
     /// Show what would be deleted and stop (no lock, no Delete)
     #[arg(long)]
     pub dry_run: bool,

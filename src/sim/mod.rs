@@ -146,7 +146,16 @@ impl SimHandle {
             Arrival::Now(reply) => reply,
             Arrival::Proceed { plan, delay } => {
                 if let Some(d) = delay {
+                    // The call arrived: if the client drops it while it is held, the ledger
+                    // still has it (the report counts it as sent, and so must the truth).
+                    let mut held = Held {
+                        sim: self,
+                        req: &req,
+                        sent,
+                        over: false,
+                    };
                     tokio::time::sleep(d).await;
+                    held.over = true;
                 }
                 self.lock().process(&req, plan, sent, Instant::now())
             }
@@ -263,3 +272,19 @@ impl Transport for SignedSim {
 
 #[cfg(test)]
 mod tests;
+
+/// A call held by a slow answer; dropped before its processing, it is recorded as abandoned.
+struct Held<'a> {
+    sim: &'a SimHandle,
+    req: &'a Request,
+    sent: Instant,
+    over: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.over {
+            self.sim.lock().abandon(self.req, self.sent);
+        }
+    }
+}

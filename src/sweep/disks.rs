@@ -56,6 +56,13 @@ pub(crate) struct DiskRun {
     pub detached: BTreeSet<String>,
     pub report: Option<Report>,
     pub hung: bool,
+    /// Where the pass's own listing begins in the simulator's ledger (the instance run's
+    /// calls end there).
+    pub listing_from: Option<usize>,
+    /// Where the driver's calls begin in the ledger, and how many it made (the report's
+    /// counts must be exactly those).
+    pub ledger_from: Option<usize>,
+    pub ledger_len: usize,
 }
 
 impl DiskWorld {
@@ -82,8 +89,15 @@ impl DiskWorld {
     }
 
     /// List (a few tries), select, and delete.
-    pub(crate) async fn run<C: DiskCloud + 'static>(&self, seed: u64, cloud: Arc<C>) -> DiskRun {
+    /// `ledger()`: how many calls the simulator has received so far.
+    pub(crate) async fn run<C: DiskCloud + 'static>(
+        &self,
+        seed: u64,
+        cloud: Arc<C>,
+        ledger: impl Fn() -> usize,
+    ) -> DiskRun {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x6c62_272e_07bb_0142);
+        let listing_from = Some(ledger());
         let mut rows: Option<Vec<DiskRow>> = None;
         for _ in 0..4 {
             if let Ok(r) = describe_disks_all(cloud.as_ref(), None).await {
@@ -98,6 +112,9 @@ impl DiskWorld {
             detached: BTreeSet::new(),
             report: None,
             hung: false,
+            listing_from,
+            ledger_from: None,
+            ledger_len: 0,
         };
         // A listing that cannot be read ends the pass before any call, as the command does.
         let Some(rows) = rows else { return run };
@@ -134,11 +151,14 @@ impl DiskWorld {
             ..DiskControls::default()
         };
         let cap = self.settings.deadline.unwrap_or_default() + super::world::DEADLINE_GRACE;
+        let from = ledger();
         let pass = delete_disks(cloud, chosen, self.settings.clone(), ctl);
         match tokio::time::timeout(cap, within_wakeups(pass)).await {
             Ok(Some(report)) => run.report = Some(report),
             _ => run.hung = true,
         }
+        run.ledger_from = Some(from);
+        run.ledger_len = ledger() - from;
         run
     }
 }

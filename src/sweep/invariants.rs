@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::app::Exit;
-use crate::sim::{SimState, rule};
+use crate::sim::{CallRecord, SimState, rule};
 use crate::workflow::Report;
 
 use super::Failure;
@@ -40,6 +40,10 @@ pub mod name {
     /// that could not be read was followed by a call anyway (it must end with exit 4 before
     /// any change).
     pub const LISTING: &str = "listing the run acted on is incomplete";
+    /// The report's call counts (`api_calls`, the rows' `calls`) are not the calls the
+    /// simulator received from the process that wrote it, or its `calls_before_resume` is
+    /// short of what earlier processes sent.
+    pub const CALLS: &str = "report's call counts differ from the simulator's ledger";
 }
 
 const MUTATING: [&str; 3] = [
@@ -233,6 +237,59 @@ pub(crate) fn check(e: &Evidence<'_>) -> Vec<Failure> {
     out
 }
 
+/// The calls in `calls`, by action.
+fn by_action(calls: &[CallRecord]) -> BTreeMap<String, u32> {
+    let mut by = BTreeMap::new();
+    for c in calls {
+        *by.entry(c.action.clone()).or_default() += 1;
+    }
+    by
+}
+
+/// A report against the simulator's ledger: `ours` are the calls the process that wrote it
+/// sent (its own segment), `earlier` those of the processes before it (killed, then resumed
+/// by it). Its `api_calls` must be exactly `ours`, its rows' `calls` the mutating ones among
+/// them; its `calls_before_resume` counts every journaled call of the earlier processes, so
+/// it is at least what they sent (an intent whose process died before sending counts too).
+pub(crate) fn call_counts(report: &Report, ours: &[CallRecord], earlier: &[CallRecord]) -> Vec<Failure> {
+    let mut out = Vec::new();
+    let ledger = by_action(ours);
+    if report.summary.api_calls != ledger {
+        fail(
+            &mut out,
+            name::CALLS,
+            None,
+            format!(
+                "api_calls {:?}, the simulator received {ledger:?}",
+                report.summary.api_calls
+            ),
+        );
+    }
+    let mutating = |a: &str| !a.starts_with("Describe");
+    let sent: u32 = ledger.iter().filter(|(a, _)| mutating(a)).map(|(_, n)| n).sum();
+    let rows: u32 = report.instances.iter().map(|i| i.calls).sum();
+    if rows != sent {
+        fail(
+            &mut out,
+            name::CALLS,
+            None,
+            format!("the rows count {rows} mutating calls, the simulator received {sent}"),
+        );
+    }
+    for (action, n) in by_action(earlier).iter().filter(|(a, _)| mutating(a)) {
+        let journaled = report.summary.calls_before_resume.get(action).copied().unwrap_or(0);
+        if journaled < *n {
+            fail(
+                &mut out,
+                name::CALLS,
+                None,
+                format!("calls_before_resume has {journaled} {action}, earlier processes sent {n}"),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +336,74 @@ mod tests {
         let failures = listing_failures(&w, &state, Ok(short));
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].uhost_id.as_deref(), Some(w.ids[0].as_str()));
+    }
+
+    fn call(action: &str) -> CallRecord {
+        CallRecord {
+            at_secs: 0.0,
+            action: action.into(),
+            ids: vec!["uhost-a".into()],
+            ret_code: Some(0),
+            http_status: 200,
+            fault: None,
+            public_key: String::new(),
+        }
+    }
+
+    /// The call counts bite: a report counting an earlier process's Stop as its own, or
+    /// missing it from `calls_before_resume`, fails; the true one passes.
+    #[test]
+    fn a_report_counts_the_calls_of_its_own_process() {
+        use crate::workflow::{InstanceReport, Outcome};
+        let report = |calls: u32, api: &[(&str, u32)], before: &[(&str, u32)]| {
+            let mut r = Report::new(
+                vec![InstanceReport {
+                    kind: crate::workflow::TargetKind::Instance,
+                    uhost_id: "uhost-a".into(),
+                    name: String::new(),
+                    region: String::new(),
+                    zone: String::new(),
+                    last_state: String::new(),
+                    outcome: Outcome::AlreadyGone,
+                    seconds: 0.0,
+                    calls,
+                    calls_before_resume: 0,
+                    release_udisk: false,
+                    size_gb: None,
+                }],
+                0.0,
+                api.iter().map(|(a, n)| ((*a).to_owned(), *n)).collect(),
+                0,
+            );
+            r.summary.calls_before_resume = before.iter().map(|(a, n)| ((*a).to_owned(), *n)).collect();
+            r
+        };
+        let earlier = [call("StopCompShareInstance")];
+        let ours = [call("DescribeCompShareInstance"), call("TerminateCompShareInstance")];
+        let honest = report(
+            1,
+            &[("DescribeCompShareInstance", 1), ("TerminateCompShareInstance", 1)],
+            &[("StopCompShareInstance", 1)],
+        );
+        assert!(call_counts(&honest, &ours, &earlier).is_empty());
+        let stop_as_ours = report(
+            2,
+            &[("DescribeCompShareInstance", 1), ("TerminateCompShareInstance", 1)],
+            &[("StopCompShareInstance", 1)],
+        );
+        assert_eq!(call_counts(&stop_as_ours, &ours, &earlier).len(), 1);
+        let unsent_look = report(
+            1,
+            &[("DescribeCompShareInstance", 2), ("TerminateCompShareInstance", 1)],
+            &[("StopCompShareInstance", 1)],
+        );
+        assert_eq!(call_counts(&unsent_look, &ours, &earlier).len(), 1);
+        let forgotten = report(
+            1,
+            &[("DescribeCompShareInstance", 1), ("TerminateCompShareInstance", 1)],
+            &[],
+        );
+        assert_eq!(call_counts(&forgotten, &ours, &earlier).len(), 1);
     }
 
     #[test]

@@ -227,6 +227,10 @@ async fn list_all(cloud: &impl crate::api::Cloud) -> Result<Vec<Instance>, crate
     }
 }
 
+/// Yields after a kill: one turn of the current-thread scheduler drops every aborted task
+/// (each was scheduled by its abort); a few more cost nothing.
+const ABORT_SETTLE_YIELDS: usize = 4;
+
 /// Wakeups allowed to one run segment at a single virtual instant. Paused time only
 /// advances when every task waits, so a loop that keeps waking without waiting (a timer set
 /// in the past, say) stops the virtual clock and hangs the sweep out of reach of any timeout;
@@ -281,6 +285,8 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
     let cap = world.settings.deadline.unwrap_or_default() + DEADLINE_GRACE;
     let mut report: Option<Report> = None;
     let mut segment = 0usize;
+    let mut segment_from = 0usize;
+    let mut first_from: Option<usize> = None;
     // `run --all`: the selection is what a listing reads; one that cannot be read completely
     // ends the run before any call (exit 4).
     let listing = if world.lists {
@@ -346,7 +352,7 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         let protections = world.protections.clone();
         let guard: Guard = Box::new(move |row| protections.refuse(row));
         let ctl = Controls {
-            journal: Some(Journal::open(&path).expect("the journal opens")),
+            journal: Some(Journal::open(&path).expect("the journal opens").sync_in_place()),
             resume,
             guard: Some(guard),
             observer: Box::new(NoObserver),
@@ -357,6 +363,9 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
         if let Some(r) = &ctl.resume {
             (settings.release_udisk, settings.force_stop) = (r.release_udisk, r.force_stop);
         }
+        // Where this process's calls begin in the simulator's ledger.
+        segment_from = world.sim.snapshot().calls.len();
+        first_from.get_or_insert(segment_from);
         let kill = world.kills.get(segment).copied();
         let limit = kill.unwrap_or(cap).min(cap);
         let run = workflow::run(cloud.clone(), ids, settings, ctl);
@@ -378,7 +387,12 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
                 break;
             }
             Err(_) if kill.is_some() => {
-                // Dropped mid-run: calls in flight are aborted, like kill -9.
+                // Dropped mid-run: calls in flight are aborted, like kill -9. The aborted tasks
+                // are dropped when the runtime next gets to them: let it, so the calls they
+                // held are in the ledger before the next process's share of it begins.
+                for _ in 0..ABORT_SETTLE_YIELDS {
+                    tokio::task::yield_now().await;
+                }
                 stats.kills += 1;
                 stats.resumes += 1;
                 segment += 1;
@@ -400,7 +414,8 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
     }
     // The disk pass, once the instance run has ended: its own dice, the same signed cloud.
     let disk_run = if report.is_some() {
-        Some(disks::DiskWorld::draw(seed).run(seed, cloud.clone()).await)
+        let ledger = || world.sim.snapshot().calls.len();
+        Some(disks::DiskWorld::draw(seed).run(seed, cloud.clone(), ledger).await)
     } else {
         None
     };
@@ -417,6 +432,24 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
             })
             .count() as u64;
         failures.extend(disks::check(&state, d));
+        if let (Some(r), Some(from)) = (&d.report, d.ledger_from) {
+            let ours = &state.calls[from..from + d.ledger_len];
+            failures.extend(invariants::call_counts(r, ours, &[]));
+        }
+    }
+    // The instance report is the last process's: its calls run from its segment's start to
+    // the disk pass (or the end); the killed processes' before it.
+    if let Some(r) = &report {
+        let end = disk_run
+            .as_ref()
+            .and_then(|d| d.listing_from)
+            .unwrap_or(state.calls.len());
+        let first = first_from.unwrap_or(segment_from);
+        failures.extend(invariants::call_counts(
+            r,
+            &state.calls[segment_from..end],
+            &state.calls[first..segment_from],
+        ));
     }
     stats.calls = state.calls.len() as u64;
     stats.faults = state.calls.iter().filter(|c| c.fault.is_some()).count() as u64;

@@ -151,8 +151,12 @@ pub struct InstanceReport {
     pub outcome: Outcome,
     /// Seconds from the start of the run to this instance's outcome.
     pub seconds: f64,
-    /// Mutating calls sent for this instance (Stop, Terminate), retries included.
+    /// Mutating calls this process sent for this instance (Stop, Terminate; Delete for a
+    /// disk), retries included.
     pub calls: u32,
+    /// Mutating calls earlier processes sent for it, per the journal this run resumed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub calls_before_resume: u32,
     /// Whether data disks were to be released with the instance.
     pub release_udisk: bool,
     /// A disk's size in GB (disks only).
@@ -204,8 +208,12 @@ pub struct Summary {
     pub skipped: usize,
     pub interrupted: usize,
     pub seconds: f64,
-    /// API calls by action, all instances together.
+    /// API calls this process sent, by action, all instances together.
     pub api_calls: BTreeMap<String, u32>,
+    /// Mutating calls earlier processes sent, by action, per the journal this run resumed
+    /// (absent unless it resumed one that holds calls).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub calls_before_resume: BTreeMap<String, u32>,
     /// Throttling answers (RetCode 153) seen.
     pub throttled: u32,
     /// What the request pace did.
@@ -225,6 +233,14 @@ pub struct PaceSummary {
     pub final_rate: Option<f64>,
     /// The lowest rate the pace set; `null` = never lowered.
     pub min_rate: Option<f64>,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The report's JSON schema version.

@@ -864,6 +864,7 @@ fn bad_inputs_exit_2_with_one_line_and_change_nothing() {
     let account = Account::new(&w.server.url, None, &w.handle().public_key());
     let start = |ids: &[&str]| Entry::Start {
         version: JOURNAL_VERSION,
+        kind: compshare_teardown::workflow::journal::JournalKind::Instance,
         ids: ids.iter().map(|s| (*s).to_owned()).collect(),
         release_udisk: false,
         force_stop: false,
@@ -1760,6 +1761,7 @@ fn a_torn_journal_is_repaired_on_resume() {
         &account,
         &Entry::Start {
             version: JOURNAL_VERSION,
+            kind: compshare_teardown::workflow::journal::JournalKind::Instance,
             ids: vec!["uhost-f1".into(), "uhost-f2".into()],
             release_udisk: false,
             force_stop: false,
@@ -2011,6 +2013,7 @@ fn no_secret_from_any_malformed_file() {
     let journal = w.path("j");
     let start = Entry::Start {
         version: JOURNAL_VERSION,
+        kind: compshare_teardown::workflow::journal::JournalKind::Instance,
         ids: vec![key.clone()],
         release_udisk: false,
         force_stop: false,

@@ -201,6 +201,7 @@ async fn a_resumed_run_guards_instances_the_crashed_run_had_called() {
     let mut j = Journal::open(&path).unwrap();
     j.write(&Entry::Start {
         version: JOURNAL_VERSION,
+        kind: compshare_teardown::workflow::journal::JournalKind::Instance,
         ids: ids.clone(),
         release_udisk: false,
         force_stop: false,

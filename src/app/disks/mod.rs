@@ -8,9 +8,12 @@
 //!    machine's addresses), every disk judged ([`select`]); `--dry-run` prints that and stops;
 //! 3. **gate**: the account's run lock (shared with `run`), `--max-count`, the typed count;
 //! 4. **execute**: [`workflow::disks::delete_disks`]: a fresh look right before each Delete,
-//!    never a Delete of a disk that look shows attached or detaching;
+//!    never a Delete of a disk that look shows attached or detaching; with `--journal`, each
+//!    Delete's intent synced to the journal before it leaves, and `--resume` continues a
+//!    journal's deletion ([`journaled`]);
 //! 5. **report**: table or JSON, `--report`, metrics, and the exit code of `run`.
 
+mod journaled;
 mod select;
 
 use std::collections::HashSet;
@@ -29,6 +32,7 @@ use crate::credentials::Account;
 use crate::output::{self, OutputFormat};
 use crate::selection::{self, IdSource, Protections, Verdict};
 use crate::workflow::disks::{DiskControls, DiskSettings, delete_disks};
+use crate::workflow::journal::Resume;
 use crate::workflow::{InstanceReport, Outcome, Report, TargetKind};
 use crate::{defaults, pathset, runlock, state};
 pub(super) use select::DiskRequest;
@@ -92,6 +96,7 @@ impl Ctx {
         account: &Account,
         req: &DiskRequest,
         deleting: bool,
+        journaled: Option<&[String]>,
     ) -> CmdResult<(Vec<DiskCandidate>, HashSet<String>)> {
         use backon::Retryable;
         let region = req.region.as_deref();
@@ -107,6 +112,10 @@ impl Ctx {
             .await
             .map_err(|e| listing_failure(anyhow!("cannot describe disks: {e}"), Some(&e)))?;
         let own = own_instances(client).await?;
+        if let Some(ids) = journaled {
+            let cands = journaled::candidates(ids, &rows, req, &own);
+            return Ok((cands, own));
+        }
         let now = super::now_unix();
         let detached_since = if req.detached_for.is_some() {
             observe(account, &rows, now)?
@@ -125,7 +134,7 @@ impl Ctx {
         let req = self.disk_request(a, false)?;
         let (client, account) = self.client()?;
         let cancel = interrupt_token();
-        let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, false)).await?;
+        let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, false, None)).await?;
         let shown: Vec<&DiskCandidate> = cands
             .iter()
             .filter(|c| req.ids.is_some() || c.verdict == Verdict::Act || matches!(c.verdict, Verdict::Skip { .. }))
@@ -145,36 +154,41 @@ impl Ctx {
         Ok(Exit::Ok)
     }
 
-    async fn disks_delete(&self, a: DiskDeleteArgs) -> CmdResult<Exit> {
-        let cancel = interrupt_token();
-        // 1. Offline.
-        let req = self.disk_request(&a.select, true)?;
-        let max_count = a.max_count.unwrap_or(defaults::MAX_COUNT);
-        if let Some(ids) = &req.ids {
-            let named = ids.iter().filter(|id| !req.exclude.contains(*id)).count();
-            if named > max_count {
-                return Err(Failure::Usage(anyhow!(
-                    "{named} disks named, more than --max-count {max_count}; raise --max-count to proceed"
-                )));
-            }
-        }
-        let settings = DiskSettings {
-            concurrency: a.concurrency.unwrap_or(cli::DISK_CONCURRENCY),
-            rate: a.rate.unwrap_or(defaults::RATE),
-            detach_wait: a.detach_wait.unwrap_or(DiskSettings::default().detach_wait),
-            deadline: a.deadline,
-            ..DiskSettings::default()
+    /// The journal resumed, if any, and the request: the journal's disks, or the flags'.
+    fn delete_request(&self, a: &DiskDeleteArgs) -> CmdResult<(Option<Resume>, DiskRequest)> {
+        let Some(path) = &a.resume else {
+            return Ok((None, self.disk_request(&a.select, true)?));
         };
-        let (client, account) = self.client()?;
-        let lock_path = match &a.lock_file {
-            Some(p) => p.clone(),
-            None => runlock::default_path(&account)?,
+        let resume = journaled::read(path, &a.select)?;
+        // The journal fixes the selection; exclusions and protections still apply.
+        let protections = DiskSelectArgs {
+            all_detached: true,
+            ..a.select.clone()
         };
+        let req = DiskRequest {
+            ids: Some(resume.ids.clone()),
+            ..self.disk_request(&protections, true)?
+        };
+        Ok((Some(resume), req))
+    }
+
+    /// No file `disks delete` writes may be another of its files.
+    fn delete_files(
+        &self,
+        a: &DiskDeleteArgs,
+        lock_path: &std::path::Path,
+        journal_path: Option<&(&'static str, PathBuf)>,
+    ) -> CmdResult<()> {
         let files = [
             ("--config", self.global.config.clone(), false),
             ("--report", a.report.clone(), true),
             ("--metrics-file", a.metrics_file.clone(), true),
-            ("--lock-file", Some(lock_path.clone()), true),
+            ("--lock-file", Some(lock_path.to_path_buf()), true),
+            (
+                journal_path.map_or("--journal", |(flag, _)| *flag),
+                journal_path.map(|(_, p)| p.clone()),
+                true,
+            ),
         ];
         let roles: Vec<pathset::Role<'_>> = files
             .iter()
@@ -187,6 +201,34 @@ impl Ctx {
             })
             .collect();
         pathset::check(&roles)?;
+        Ok(())
+    }
+
+    async fn disks_delete(&self, a: DiskDeleteArgs) -> CmdResult<Exit> {
+        let cancel = interrupt_token();
+        // 1. Offline.
+        let journal_path = journaled::path(&a)?;
+        let (resume, req) = self.delete_request(&a)?;
+        let journaled_ids = resume.as_ref().map(|r| r.ids.as_slice());
+        let max_count = a.max_count.unwrap_or(defaults::MAX_COUNT);
+        if let Some(ids) = &req.ids {
+            let named = ids.iter().filter(|id| !req.exclude.contains(*id)).count();
+            if named > max_count {
+                return Err(Failure::Usage(anyhow!(
+                    "{named} disks named, more than --max-count {max_count}; raise --max-count to proceed"
+                )));
+            }
+        }
+        let settings = disk_settings(&a);
+        let (client, account) = self.client()?;
+        if let (Some(r), Some(path)) = (&resume, &a.resume) {
+            journaled::bind(r, &account, path)?;
+        }
+        let lock_path = match &a.lock_file {
+            Some(p) => p.clone(),
+            None => runlock::default_path(&account)?,
+        };
+        self.delete_files(&a, &lock_path, journal_path.as_ref())?;
         if !a.yes && !a.dry_run && !can_confirm() {
             return Err(Failure::Usage(anyhow!(
                 "refusing to delete disks without a terminal to confirm on; pass --yes (nothing was changed)"
@@ -194,7 +236,11 @@ impl Ctx {
         }
         // 2. The selection; a dry run ends here, through the same code as the real one.
         if a.dry_run {
-            let (cands, _) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true)).await?;
+            let (cands, _) = interruptible(
+                &cancel,
+                self.disk_candidates(&client, &account, &req, true, journaled_ids),
+            )
+            .await?;
             self.print_disk_plan(&cands);
             return Ok(Exit::Ok);
         }
@@ -203,7 +249,11 @@ impl Ctx {
             runlock::RunLockError::Held(_) => Failure::Locked(e.into()),
             _ => Failure::Usage(e.into()),
         })?;
-        let (cands, own) = interruptible(&cancel, self.disk_candidates(&client, &account, &req, true)).await?;
+        let (cands, own) = interruptible(
+            &cancel,
+            self.disk_candidates(&client, &account, &req, true, journaled_ids),
+        )
+        .await?;
         let acting: Vec<DiskRow> = cands
             .iter()
             .filter(|c| c.verdict == Verdict::Act)
@@ -218,6 +268,12 @@ impl Ctx {
         if count > 0 && !a.yes {
             interruptible(&cancel, confirm_disks(&cands, count)).await?;
         }
+        // The start line is written and synced before any Delete: a journal that cannot be
+        // written stops here, with nothing changed.
+        let journal = match &journal_path {
+            Some((_, path)) => Some(journaled::begin(path, &account, resume.as_ref(), &acting)?),
+            None => None,
+        };
         if cancel.is_cancelled() {
             return Err(Failure::Interrupted);
         }
@@ -228,6 +284,8 @@ impl Ctx {
         let ctl = DiskControls {
             guard: Some(Box::new(move |row| guard_req.refuse(row, &own))),
             cancel: run_cancel,
+            journal,
+            resume,
         };
         let mut report = delete_disks(Arc::new(client), acting, settings, ctl).await;
         super::terminal::drained();
@@ -257,6 +315,17 @@ impl Ctx {
                 print(&output::disk_table(&table_rows(&refs), &plan_summary(cands)));
             }
         }
+    }
+}
+
+/// The deletion's settings from its flags.
+fn disk_settings(a: &DiskDeleteArgs) -> DiskSettings {
+    DiskSettings {
+        concurrency: a.concurrency.unwrap_or(cli::DISK_CONCURRENCY),
+        rate: a.rate.unwrap_or(defaults::RATE),
+        detach_wait: a.detach_wait.unwrap_or(DiskSettings::default().detach_wait),
+        deadline: a.deadline,
+        ..DiskSettings::default()
     }
 }
 
@@ -403,12 +472,15 @@ fn add_not_acted(report: &mut Report, cands: &[DiskCandidate]) {
             outcome,
             seconds: 0.0,
             calls: 0,
+            calls_before_resume: 0,
             release_udisk: false,
             size_gb: c.row.as_ref().map(|r| r.size_gb),
         });
     }
     let s = &report.summary;
     let pace = s.pace.clone();
+    let before = s.calls_before_resume.clone();
     *report = Report::new(rows, s.seconds, s.api_calls.clone(), s.throttled);
     report.summary.pace = pace;
+    report.summary.calls_before_resume = before;
 }

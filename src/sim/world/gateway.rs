@@ -44,6 +44,13 @@ impl World {
         Arrival::Proceed { plan, delay }
     }
 
+    /// A call that arrived and was held (a slow answer) when the client gave up on it (a
+    /// halt dropping a look in flight, a killed process): received, never processed, so it is
+    /// in the ledger unanswered (HTTP status 0, fault `abandoned`).
+    pub(crate) fn abandon(&mut self, req: &Request, sent: Instant) {
+        self.record(req, sent, None, 0, Some("abandoned"));
+    }
+
     /// The gateway and the service: authenticate, limit, dispatch, answer.
     /// `sent`: when the call arrived (before any slow delay); `now`: when it is processed.
     pub(crate) fn process(&mut self, req: &Request, plan: Dice, sent: Instant, now: Instant) -> Reply {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::super::Settings;
-use super::super::journal::Entry;
+use super::super::journal::{Entry, Synced};
 use super::super::machine::{AfterRefusal, Call, Effect, after_call, after_refusal};
 use super::super::pace::Pace;
 use super::super::recheck::Recheck;
@@ -99,6 +99,7 @@ impl<C: Cloud + 'static> Calls<C> {
         target: Target,
         force: bool,
         answered_at: Instant,
+        synced: Option<Synced>,
     ) -> impl Future<Output = Event> + use<C> {
         let cloud = Arc::clone(&self.cloud);
         let pace = Arc::clone(&self.pace);
@@ -115,6 +116,16 @@ impl<C: Cloud + 'static> Calls<C> {
             }
         };
         async move {
+            // The intent is on disk before the call leaves (its sync runs off this thread).
+            if let Some(synced) = synced
+                && let Err(e) = synced.wait().await
+            {
+                return Event::Called {
+                    idx: i,
+                    call,
+                    sent: Sent::Unjournaled(e.to_string()),
+                };
+            }
             // Wait for a slot and the pace, unless the run halts meanwhile: then the call
             // never leaves, which is what "start nothing new" means.
             let ready = async {
@@ -172,7 +183,7 @@ impl<C: Cloud + 'static> Runner<C> {
         let target = row.target.clone();
         let decided_on = row.state.clone();
         let id = self.trackers[i].id.clone();
-        self.journal(&Entry::Call {
+        let synced = self.journal_intent(&Entry::Call {
             id: id.clone(),
             call,
             region: target.region.clone(),
@@ -190,7 +201,7 @@ impl<C: Cloud + 'static> Runner<C> {
         self.trackers.get_mut(i).acted = true;
         tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
         self.ctl.observer.activity(&id, &Activity::Calling(call));
-        let task = self.calls.task(i, call, target, force, now);
+        let task = self.calls.task(i, call, target, force, now, synced);
         self.tasks.spawn(vec![i], task);
     }
 
@@ -201,7 +212,7 @@ impl<C: Cloud + 'static> Runner<C> {
         // count against the instance timeout (see `Runner::limit`).
         let left = match &sent {
             Sent::Answer(_, sent_at) => *sent_at,
-            Sent::Halted | Sent::Stale(_) => now,
+            Sent::Halted | Sent::Stale(_) | Sent::Unjournaled(_) => now,
         };
         let Some(decided_on) = self.trackers.end_call(i, left) else {
             return; // ended meanwhile (a lost task is failed, not answered)
@@ -212,9 +223,13 @@ impl<C: Cloud + 'static> Runner<C> {
                 self.ends.count(call.action());
                 self.on_answer(i, call, decided_on, result, sent_at);
             }
-            Sent::Halted | Sent::Stale(_) => {
+            Sent::Halted | Sent::Stale(_) | Sent::Unjournaled(_) => {
                 let error = match sent {
                     Sent::Stale(why) => format!("not sent: {why}"),
+                    Sent::Unjournaled(why) => {
+                        self.journal_error(&why);
+                        format!("not sent: {why}")
+                    }
                     _ => "not sent: the run is stopping".to_owned(),
                 };
                 let id = self.trackers[i].id.clone();

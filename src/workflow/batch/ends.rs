@@ -135,6 +135,8 @@ impl<C: Cloud + 'static> Runner<C> {
             *api_calls.entry("DescribeCompShareInstance".to_owned()).or_default() += looks;
         }
         let pace = self.pace.summary();
+        let resume = self.ctl.resume.unwrap_or_default();
+        let before = &resume.calls;
         let instances = self
             .trackers
             .into_vec()
@@ -145,6 +147,7 @@ impl<C: Cloud + 'static> Runner<C> {
                     None => (Outcome::Interrupted { phase: t.mem.phase }, end),
                 };
                 let row = t.row.unwrap_or_default();
+                let calls_before_resume = before.get(&t.id).copied().unwrap_or_default();
                 InstanceReport {
                     kind: crate::workflow::outcome::TargetKind::Instance,
                     uhost_id: t.id,
@@ -155,6 +158,7 @@ impl<C: Cloud + 'static> Runner<C> {
                     outcome,
                     seconds: at.duration_since(started).as_secs_f64(),
                     calls: t.calls,
+                    calls_before_resume,
                     release_udisk,
                     size_gb: None,
                 }
@@ -167,6 +171,7 @@ impl<C: Cloud + 'static> Runner<C> {
             self.ends.throttled,
         );
         report.summary.pace = pace;
+        report.summary.calls_before_resume = resume.calls_by_action;
         report
     }
 }

@@ -104,6 +104,9 @@ enum Sent {
     /// A Terminate waited so long for its slot that the look it was decided on went stale,
     /// and a fresh look no longer says `Stopped` (or the look failed): it never left.
     Stale(String),
+    /// Its intent could not be synced to the journal: it never left (a resume would not
+    /// know of it).
+    Unjournaled(String),
 }
 
 enum Event {
@@ -229,8 +232,8 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
         .map(|id| {
             let row = known.get(id.as_str()).map(|i| Seen::of(i));
             let mem = resume.memory.get(id).copied().unwrap_or_default();
-            let calls = resume.calls.get(id).copied().unwrap_or_default();
-            Tracker::new(id.clone(), row, mem, calls, now)
+            // This process's calls: an earlier one's are reported apart (`calls_before_resume`).
+            Tracker::new(id.clone(), row, mem, 0, now)
         })
         .collect();
     drop(known);
@@ -257,6 +260,7 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
     };
     runner.journal(&Entry::Start {
         version: JOURNAL_VERSION,
+        kind: crate::workflow::journal::JournalKind::Instance,
         ids,
         release_udisk: runner.settings.release_udisk,
         force_stop: runner.settings.force_stop,
@@ -315,10 +319,27 @@ impl<C: Cloud + 'static> Runner<C> {
     fn journal(&mut self, entry: &Entry) {
         let Some(j) = self.ctl.journal.as_mut() else { return };
         if let Err(e) = j.write(entry) {
-            // Without a journal, a resume could repeat a call: stop starting new ones.
-            tracing::error!("{e}; stopping the run");
-            self.ends.journal_failed(e.to_string());
+            self.journal_error(&e.to_string());
         }
+    }
+
+    /// A call's intent, its sync to disk under way off the runtime thread (`None`: no
+    /// journal, or the write failed and the run halts).
+    fn journal_intent(&mut self, entry: &Entry) -> Option<super::journal::Synced> {
+        let j = self.ctl.journal.as_mut()?;
+        match j.write_intent(entry) {
+            Ok(synced) => Some(synced),
+            Err(e) => {
+                self.journal_error(&e.to_string());
+                None
+            }
+        }
+    }
+
+    fn journal_error(&mut self, error: &str) {
+        // Without a journal, a resume could repeat a call: stop starting new ones.
+        tracing::error!("{error}; stopping the run");
+        self.ends.journal_failed(error.to_owned());
     }
 
     /// Deadlines, per-instance timeouts and halts.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::{DecisionField, Entry, JOURNAL_VERSION, JournalError, OLDEST_READ_VERSION, stamped};
+use super::{DecisionField, Entry, JOURNAL_VERSION, JournalError, JournalKind, OLDEST_READ_VERSION, stamped};
 use crate::credentials::{Account, sha1_hex};
 use crate::selection::{IdSource, check_ids};
 use crate::textfile;
@@ -18,6 +18,8 @@ use crate::workflow::machine::{Call, Effect, Memory, after_call};
 /// What a journal says about a run that did not finish.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Resume {
+    /// What the selection is made of (instances or data disks).
+    pub kind: JournalKind,
     /// The account the journal was written for.
     pub account: Account,
     pub ids: Vec<String>,
@@ -25,9 +27,28 @@ pub struct Resume {
     pub force_stop: bool,
     /// Rebuilt memory per instance.
     pub memory: BTreeMap<String, Memory>,
-    /// Calls already sent per instance.
+    /// Calls the earlier processes sent, per instance (or disk).
     pub calls: BTreeMap<String, u32>,
+    /// The same calls by action, for the report's `calls_before_resume`.
+    pub calls_by_action: BTreeMap<String, u32>,
+    /// Disk journals: what became of each disk's last Delete (absent: none sent, or refused).
+    pub disks: BTreeMap<String, DiskJournaled>,
 }
+
+/// A disk's Delete, as its journal tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskJournaled {
+    /// Accepted: the disk is only confirmed gone, never deleted again.
+    Accepted,
+    /// Written but not answered (or answered ambiguously): it may have reached the API, so a
+    /// fresh look comes first, and a Delete is sent again only if the disk is still listed
+    /// and free.
+    Unsure,
+}
+
+/// The error text of a call the batch journaled but never sent (its intent was written,
+/// then the run halted or the look before it went stale): not a call of that process.
+const NOT_SENT: &str = "not sent";
 
 /// The parts of a start line outside [`Entry`].
 #[derive(Deserialize)]
@@ -36,10 +57,21 @@ struct Stamp {
     checksum: Option<String>,
 }
 
-/// Read a journal back. A torn last line (the process died mid-write) is ignored; a malformed
-/// line anywhere else is an error, and so is a start line whose checksum does not match or
-/// whose IDs the command line would refuse.
+/// Read an instance journal back (`run --resume`). A torn last line (the process died
+/// mid-write) is ignored; a malformed line anywhere else is an error, and so is a start line
+/// whose checksum does not match or whose IDs the command line would refuse, and a disk
+/// journal.
 pub fn replay(path: &Path) -> Result<Resume, JournalError> {
+    replay_kind(path, JournalKind::Instance)
+}
+
+/// Read a disk journal back (`disks delete --resume`), with the same rules as [`replay`]; an
+/// instance journal is refused.
+pub fn replay_disks(path: &Path) -> Result<Resume, JournalError> {
+    replay_kind(path, JournalKind::Disk)
+}
+
+fn replay_kind(path: &Path, want: JournalKind) -> Result<Resume, JournalError> {
     let p = path.display().to_string();
     let bytes = textfile::read_bytes(path, textfile::JOURNAL_FILE).map_err(|e| match e {
         textfile::TextFileError::Io(source) => JournalError::Io {
@@ -61,6 +93,7 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
         resume: None,
         version: JOURNAL_VERSION,
         pending: BTreeMap::new(),
+        disk_pending: BTreeSet::new(),
         selected: BTreeSet::new(),
     };
     for (n, line) in lines.iter().enumerate() {
@@ -75,6 +108,16 @@ pub fn replay(path: &Path) -> Result<Resume, JournalError> {
             Err(e) => return Err(reader.malformed(n, textfile::excerpt(&e.to_string()))),
         };
         reader.read(n, line, entry)?;
+        // A journal of the other kind is refused at its first start line, before any of its
+        // lines is read as this kind's.
+        if let Some(found) = reader.resume.as_ref().map(|r| r.kind)
+            && found != want
+        {
+            return Err(JournalError::Kind {
+                path: reader.path,
+                found,
+            });
+        }
     }
     reader.finish()
 }
@@ -87,6 +130,8 @@ struct Reader {
     version: u32,
     /// Calls whose intent was written and whose result was not (yet).
     pending: BTreeMap<String, Call>,
+    /// Disk Deletes whose intent was written and whose result was not (yet).
+    disk_pending: BTreeSet<String>,
     /// The first start line's IDs.
     selected: BTreeSet<String>,
 }
@@ -111,22 +156,72 @@ impl Reader {
         if let Entry::Call { id, .. }
         | Entry::Result { id, .. }
         | Entry::Outcome { id, .. }
-        | Entry::Decision { id, .. } = &entry
+        | Entry::Decision { id, .. }
+        | Entry::DiskCall { id, .. }
+        | Entry::DiskResult { id, .. } = &entry
         {
             // Only the selection's instances have lines: any other ID was written by someone
             // else, and believing it could end an instance the run never looked at.
-            self.resume()?;
+            let kind = self.resume()?.kind;
             if !self.selected.contains(id) {
                 return Err(self.malformed(n, format!("a line for {id}, which is not in the selection")));
+            }
+            // A disk's Delete in an instance journal (or a Stop in a disk journal) was not
+            // written by the command the start line names.
+            let disk_line = matches!(entry, Entry::DiskCall { .. } | Entry::DiskResult { .. });
+            let instance_line = matches!(
+                entry,
+                Entry::Call { .. } | Entry::Result { .. } | Entry::Decision { .. }
+            );
+            if (disk_line && kind != JournalKind::Disk) || (instance_line && kind != JournalKind::Instance) {
+                return Err(self.malformed(n, format!("a line for {id} that {} does not hold", kind.noun())));
             }
         }
         match entry {
             Entry::Start { .. } => self.start(n, line, &entry)?,
             Entry::Call { id, call, .. } => {
-                *self.resume()?.calls.entry(id.clone()).or_default() += 1;
+                let r = self.resume()?;
+                *r.calls.entry(id.clone()).or_default() += 1;
+                *r.calls_by_action.entry(call.action().to_owned()).or_default() += 1;
                 self.pending.insert(id, call);
             }
-            Entry::Result { id, call, effect, .. } => {
+            Entry::DiskCall { id, .. } => {
+                let r = self.resume()?;
+                *r.calls.entry(id.clone()).or_default() += 1;
+                *r.calls_by_action
+                    .entry(crate::api::disk::DELETE_DISK.to_owned())
+                    .or_default() += 1;
+                self.disk_pending.insert(id);
+            }
+            Entry::DiskResult { id, effect, .. } => {
+                // As for instances: a result is believed only after its own call line.
+                if !self.disk_pending.remove(&id) {
+                    return Err(self.malformed(
+                        n,
+                        format!(
+                            "a {} result for {id} without its call line before it",
+                            crate::api::disk::DELETE_DISK
+                        ),
+                    ));
+                }
+                let r = self.resume()?;
+                match effect {
+                    Effect::Accepted => {
+                        r.disks.insert(id, DiskJournaled::Accepted);
+                    }
+                    Effect::Unsure => {
+                        r.disks.entry(id).or_insert(DiskJournaled::Unsure);
+                    }
+                    // Refused: nothing happened, unless an earlier Delete of it did.
+                    Effect::NotApplied => {}
+                }
+            }
+            Entry::Result {
+                id,
+                call,
+                effect,
+                error,
+            } => {
                 // A result is written only after its call line, by the same process: one with
                 // no call pending would make an instance "terminate accepted" with no
                 // Terminate ever sent.
@@ -137,6 +232,11 @@ impl Reader {
                     ));
                 }
                 let r = self.resume()?;
+                if effect == Effect::NotApplied && error.as_deref().is_some_and(|e| e.starts_with(NOT_SENT)) {
+                    // Journaled, then never sent: the earlier process made no such call.
+                    uncount(&mut r.calls, &id);
+                    uncount(&mut r.calls_by_action, call.action());
+                }
                 let m = r.memory.entry(id.clone()).or_default();
                 *m = after_call(*m, call, effect);
                 self.pending.remove(&id);
@@ -168,6 +268,7 @@ impl Reader {
     fn start(&mut self, n: usize, line: &[u8], entry: &Entry) -> Result<(), JournalError> {
         let Entry::Start {
             version,
+            kind,
             ids,
             release_udisk,
             force_stop,
@@ -212,17 +313,16 @@ impl Reader {
             let ids = check_ids(&sources).map_err(|e| self.malformed(n, e.to_string()))?;
             self.selected = ids.iter().cloned().collect();
             self.resume = Some(Resume {
+                kind: *kind,
                 account,
                 ids,
                 release_udisk: *release_udisk,
                 force_stop: *force_stop,
                 ..Resume::default()
             });
-        } else if self
-            .resume
-            .as_ref()
-            .is_some_and(|r| (&r.ids, r.release_udisk, r.force_stop) != (ids, *release_udisk, *force_stop))
-        {
+        } else if self.resume.as_ref().is_some_and(|r| {
+            (r.kind, &r.ids, r.release_udisk, r.force_stop) != (*kind, ids, *release_udisk, *force_stop)
+        }) {
             return Err(self.malformed(n, "a later start line changes the selection or its options".to_owned()));
         }
         // A resumed run writes its own start line: calls left pending by an earlier process
@@ -233,10 +333,14 @@ impl Reader {
     /// Calls without a written result may have reached the API: unsure.
     fn settle_pending(&mut self) -> Result<(), JournalError> {
         let pending = std::mem::take(&mut self.pending);
+        let disk_pending = std::mem::take(&mut self.disk_pending);
         let r = self.resume()?;
         for (id, call) in pending {
             let m = r.memory.entry(id).or_default();
             *m = after_call(*m, call, Effect::Unsure);
+        }
+        for id in disk_pending {
+            r.disks.entry(id).or_insert(DiskJournaled::Unsure);
         }
         Ok(())
     }
@@ -244,11 +348,23 @@ impl Reader {
     fn finish(mut self) -> Result<Resume, JournalError> {
         self.settle_pending()?;
         let mut r = self.resume.take().ok_or(JournalError::NoStart { path: self.path })?;
-        // Memory rebuilt from a journal has been seen (the run described it before acting).
-        for m in r.memory.values_mut() {
-            m.seen = true;
+        // An instance an earlier process sent a call to was seen by it: gone now, someone
+        // else deleted it. One that never had a call of ours is, if gone, gone before this
+        // run: `already_gone`, as for a fresh run.
+        for (id, m) in &mut r.memory {
+            m.seen = r.calls.get(id).is_some_and(|&c| c > 0);
         }
         Ok(r)
+    }
+}
+
+/// One call fewer for `key` (a key at zero is dropped).
+fn uncount(counts: &mut BTreeMap<String, u32>, key: &str) {
+    if let Some(c) = counts.get_mut(key) {
+        *c = c.saturating_sub(1);
+        if *c == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -264,6 +380,7 @@ mod tests {
         let mut j = Journal::open(&path).unwrap();
         j.write(&Entry::Start {
             version: JOURNAL_VERSION,
+            kind: JournalKind::Instance,
             ids: vec!["u-a".into(), "u-b".into()],
             release_udisk: true,
             force_stop: false,

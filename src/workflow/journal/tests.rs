@@ -13,6 +13,7 @@ fn write_all(path: &Path, entries: &[Entry]) {
 fn start() -> Entry {
     Entry::Start {
         version: JOURNAL_VERSION,
+        kind: JournalKind::Instance,
         ids: vec!["u-a".into(), "u-b".into()],
         release_udisk: true,
         force_stop: false,
@@ -147,6 +148,7 @@ fn an_edited_start_line_or_bad_ids_are_refused() {
             &path,
             &[Entry::Start {
                 version: JOURNAL_VERSION,
+                kind: JournalKind::Instance,
                 ids: ids.iter().map(|s| (*s).to_owned()).collect(),
                 release_udisk: false,
                 force_stop: false,
@@ -193,6 +195,7 @@ fn a_later_start_line_cannot_change_the_selection() {
     let path = dir.path().join("j");
     let with = |ids: &[&str]| Entry::Start {
         version: JOURNAL_VERSION,
+        kind: JournalKind::Instance,
         ids: ids.iter().map(|s| (*s).to_owned()).collect(),
         release_udisk: false,
         force_stop: false,
@@ -216,6 +219,7 @@ fn decisions_are_stated_and_version_2_text_is_read_only_under_version_2() {
     let path = dir.path().join("j");
     let versioned = |version| Entry::Start {
         version,
+        kind: JournalKind::Instance,
         ids: vec!["u-a".into()],
         release_udisk: false,
         force_stop: false,

@@ -14,12 +14,12 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 /// A simulator with free-standing disks and a private `$HOME`.
-struct World {
-    server: Server,
-    dir: TempDir,
+pub(super) struct World {
+    pub(super) server: Server,
+    pub(super) dir: TempDir,
 }
 
-fn disk(id: &str, name: &str, size: i64) -> ScenarioDisk {
+pub(super) fn disk(id: &str, name: &str, size: i64) -> ScenarioDisk {
     ScenarioDisk {
         disk_id: id.into(),
         name: name.into(),
@@ -31,25 +31,30 @@ fn disk(id: &str, name: &str, size: i64) -> ScenarioDisk {
 
 impl World {
     /// Two instances (their data disks attached) and three free disks.
-    fn new() -> World {
-        let mut s = Scenario::generated(2, 4);
-        s.time_scale = 0.001;
-        s.disks = vec![
+    pub(super) fn new() -> World {
+        World::with_disks(vec![
             disk("bsi-free1", "scratch-1", 100),
             disk("bsi-free2", "scratch-2", 200),
             disk("bsi-prod1", "prod-db", 500),
-        ];
+        ])
+    }
+
+    /// Two instances (their data disks attached) and `disks`.
+    pub(super) fn with_disks(disks: Vec<ScenarioDisk>) -> World {
+        let mut s = Scenario::generated(2, 4);
+        s.time_scale = 0.001;
+        s.disks = disks;
         World {
             server: Server::start(SimHandle::new(s), "127.0.0.1:0".parse().unwrap()).unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn state(&self) -> SimState {
+    pub(super) fn state(&self) -> SimState {
         self.server.handle.snapshot()
     }
 
-    fn cmd(&self) -> assert_cmd::Command {
+    pub(super) fn cmd(&self) -> assert_cmd::Command {
         let mut c = isolated(self.dir.path());
         c.env("COMPSHARE_BASE_URL", self.server.url.as_str())
             .env("COMPSHARE_PUBLIC_KEY", self.server.handle.public_key())
@@ -59,7 +64,7 @@ impl World {
 }
 
 /// The binary with nothing inherited that could change what it does.
-fn base(dir: &Path) -> std::process::Command {
+pub(super) fn base(dir: &Path) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_compshare-teardown"));
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -82,7 +87,7 @@ fn isolated(dir: &Path) -> assert_cmd::Command {
     c
 }
 
-fn json(out: &Out) -> Value {
+pub(super) fn json(out: &Out) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
 }
 

@@ -13,6 +13,7 @@ use compshare_teardown::workflow::{Controls, Outcome, Report, TargetKind};
 use crate::workflow::{settings, teardown};
 
 mod cli;
+mod journal;
 
 fn disk(id: &str, zone: &str) -> ScenarioDisk {
     ScenarioDisk {

@@ -1,188 +1,33 @@
-//! The disk deletion driver: every selected data disk to an outcome, one task per disk under
-//! a concurrency bound and the run's request pace.
-//!
-//! Per disk the rule is short, so it is a small loop rather than the instance engine's
-//! machine: look (a fresh `DescribeCompshareDisk` of the disk's region), then
-//! - the listing shows it free: re-check the guard on that row, and send one Delete;
-//! - attached (to anything) or in an unknown status: never deleted, skipped with the reason;
-//! - detaching (or a Delete answered 8434): wait, through tokio's clock, and look again,
-//!   within the detach budget;
-//! - deleting or absent after our accepted Delete: confirm it leaves the listing.
-//!
-//! Reused from the engine: [`Pace`] (one pace for every call), [`api::classify`] (8434 is
-//! [`RetryClass::Detaching`]), [`Policy`]/[`Episode`] (retry budgets in time), [`Outcome`] and
-//! [`Report`] (rows with `kind: disk`). A Delete whose answer was lost is never resent before
-//! a look shows the disk still listed as free.
+//! One disk's run: look, then delete, wait or end (the rules are in the parent module's
+//! header); each Delete's intent journaled and synced before it leaves, its answer journaled
+//! after.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::Rng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::machine::Phase;
-use super::outcome::{InstanceReport, Outcome, Report, TargetKind};
-use super::pace::Pace;
-use super::retry::{Episode, Next, Policy};
+use super::super::journal::{DiskJournaled, Entry};
+use super::super::machine::{Effect, Phase};
+use super::super::outcome::{InstanceReport, Outcome, TargetKind};
+use super::super::retry::{Episode, Next, Policy};
+use super::{DiskSettings, Shared};
 use crate::api::{self, ApiError, Attachment, DiskCloud, DiskQuery, DiskRow, DiskTarget, LockCodes, RetryClass};
-use crate::defaults;
-
-/// How a disk deletion runs.
-#[derive(Debug, Clone)]
-pub struct DiskSettings {
-    /// Deletes (and their looks) in flight at once.
-    pub concurrency: usize,
-    /// Hard ceiling on requests per second (0 = none; the pace adapts below it).
-    pub rate: u32,
-    /// The gap between looks at a disk that is detaching or being deleted.
-    pub poll_interval: Duration,
-    /// How long a disk may stay "detaching" (listed so, or answering 8434) before it fails.
-    pub detach_wait: Duration,
-    /// How long a deleted disk may stay listed before its outcome is "deleted (unconfirmed)".
-    pub confirm_timeout: Duration,
-    /// Whole-run time limit.
-    pub deadline: Option<Duration>,
-    /// Fixed seed for jitter (tests); `None` = random.
-    pub jitter_seed: Option<u64>,
-}
-
-impl Default for DiskSettings {
-    fn default() -> Self {
-        DiskSettings {
-            concurrency: 8,
-            rate: defaults::RATE,
-            poll_interval: defaults::POLL_INTERVAL,
-            // compshare-cli gives 8434 three retries over 12 s; a detach that follows a
-            // Terminate can take longer, so five minutes.
-            detach_wait: Duration::from_secs(5 * 60),
-            confirm_timeout: defaults::CONFIRM_TIMEOUT,
-            deadline: None,
-            jitter_seed: None,
-        }
-    }
-}
-
-/// The guard a disk's fresh row must pass right before its Delete: `Some(reason)` skips it.
-pub type DiskGuard = Box<dyn Fn(&DiskRow) -> Option<String> + Send + Sync>;
-
-/// What shapes one deletion run besides its settings.
-pub struct DiskControls {
-    pub guard: Option<DiskGuard>,
-    pub cancel: CancellationToken,
-}
-
-impl Default for DiskControls {
-    fn default() -> Self {
-        DiskControls {
-            guard: None,
-            cancel: CancellationToken::new(),
-        }
-    }
-}
-
-/// Shared by the disks' tasks.
-struct Shared<C> {
-    cloud: Arc<C>,
-    settings: DiskSettings,
-    guard: Option<DiskGuard>,
-    cancel: CancellationToken,
-    pace: Pace,
-    slots: tokio::sync::Semaphore,
-    calls: Mutex<BTreeMap<String, u32>>,
-    throttled: Mutex<u32>,
-    start: Instant,
-    /// The freshest look at each disk by when it was sent, from any task's listing (a region
-    /// listing shows every disk of the region): whether it showed the disk free. An answer
-    /// says how things were at some moment between its sending and its arrival, so a slow
-    /// answer that shows a disk free is older news than a later-sent one that shows it
-    /// detaching; the Delete waits for a look that is the freshest and free.
-    freshest: Mutex<HashMap<String, (Instant, bool)>>,
-}
-
-impl<C> Shared<C> {
-    /// Note what a listing sent at `sent` showed of each of its rows.
-    fn saw(&self, sent: Instant, rows: &[DiskRow]) {
-        if let Ok(mut f) = self.freshest.lock() {
-            for r in rows {
-                let e = f.entry(r.disk_id.clone()).or_insert((sent, r.is_free()));
-                if sent > e.0 {
-                    *e = (sent, r.is_free());
-                }
-            }
-        }
-    }
-
-    /// Whether the freshest look at `id` any task has had showed it free.
-    fn freshest_free(&self, id: &str) -> bool {
-        self.freshest
-            .lock()
-            .ok()
-            .and_then(|f| f.get(id).map(|(_, free)| *free))
-            .unwrap_or(false)
-    }
-}
-
-/// Delete every disk in `disks` (rows from the selection listing); one report row each.
-pub async fn delete_disks<C: DiskCloud + 'static>(
-    cloud: Arc<C>,
-    disks: Vec<DiskRow>,
-    settings: DiskSettings,
-    ctl: DiskControls,
-) -> Report {
-    let shared = Arc::new(Shared {
-        cloud,
-        pace: Pace::new(settings.rate),
-        slots: tokio::sync::Semaphore::new(settings.concurrency.max(1)),
-        guard: ctl.guard,
-        cancel: ctl.cancel,
-        calls: Mutex::new(BTreeMap::new()),
-        throttled: Mutex::new(0),
-        start: Instant::now(),
-        freshest: Mutex::new(HashMap::new()),
-        settings,
-    });
-    let seed = shared.settings.jitter_seed;
-    let mut tasks = tokio::task::JoinSet::new();
-    for (n, row) in disks.into_iter().enumerate() {
-        let shared = shared.clone();
-        let rng = match seed {
-            Some(s) => StdRng::seed_from_u64(s.wrapping_add(n as u64)),
-            None => StdRng::from_os_rng(),
-        };
-        tasks.spawn(async move { (n, Disk::new(row, rng).run(&shared).await) });
-    }
-    let mut rows: Vec<(usize, InstanceReport)> = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        // A panicking task is a bug; its disk still gets no silent pass (see below).
-        if let Ok(r) = joined {
-            rows.push(r);
-        }
-    }
-    rows.sort_by_key(|(n, _)| *n);
-    let calls = shared.calls.lock().map(|c| c.clone()).unwrap_or_default();
-    let throttled = shared.throttled.lock().map(|t| *t).unwrap_or_default();
-    let mut report = Report::new(
-        rows.into_iter().map(|(_, r)| r).collect(),
-        shared.start.elapsed().as_secs_f64(),
-        calls,
-        throttled,
-    );
-    report.summary.pace = shared.pace.summary();
-    report
-}
 
 /// One disk's run.
-struct Disk {
+pub(super) struct Disk {
     row: DiskRow,
     target: DiskTarget,
     rng: StdRng,
+    /// Deletes this process sent.
     calls: u32,
+    /// Deletes earlier processes sent, per the journal.
+    calls_before: u32,
     /// Our Delete was accepted (or a look after a lost answer showed it deleting).
     deleted: bool,
-    /// A Delete whose answer was lost: resend only after a look shows the disk still free.
+    /// A Delete whose answer was lost (or is still on its way: if the run stops then, it
+    /// may have happened): resend only after a look shows the disk still free.
     unsure: bool,
     detach: Option<Episode>,
     transient: Option<Episode>,
@@ -200,26 +45,37 @@ enum Step {
 }
 
 impl Disk {
-    fn new(row: DiskRow, rng: StdRng) -> Disk {
+    /// `journaled`: what an earlier process's Delete came to, per the journal; `calls_before`:
+    /// how many it sent; `seen`: whether a look of this process (or a call of an earlier one)
+    /// has shown the disk.
+    pub(super) fn new(
+        row: DiskRow,
+        rng: StdRng,
+        journaled: Option<DiskJournaled>,
+        calls_before: u32,
+        seen: bool,
+    ) -> Disk {
         Disk {
             target: DiskTarget::of(&row),
             row,
             rng,
             calls: 0,
-            deleted: false,
-            unsure: false,
+            calls_before,
+            deleted: journaled == Some(DiskJournaled::Accepted),
+            unsure: journaled == Some(DiskJournaled::Unsure),
             detach: None,
             transient: None,
             deleted_at: None,
             absent: 0,
-            seen: true,
+            seen,
         }
     }
 
-    async fn run<C: DiskCloud>(mut self, s: &Shared<C>) -> InstanceReport {
+    pub(super) async fn run<C: DiskCloud>(mut self, s: &Shared<C>) -> InstanceReport {
         let outcome = loop {
             let step = tokio::select! {
                 () = s.cancel.cancelled() => Step::Done(Outcome::Interrupted { phase: self.phase() }),
+                () = s.halt.cancelled() => Step::Done(s.halted(self.phase())),
                 step = self.step(s) => step,
             };
             match step {
@@ -230,11 +86,16 @@ impl Disk {
                     }
                     tokio::select! {
                         () = s.cancel.cancelled() => break Outcome::Interrupted { phase: self.phase() },
+                        () = s.halt.cancelled() => break s.halted(self.phase()),
                         () = tokio::time::sleep(d) => {}
                     }
                 }
             }
         };
+        s.journal(&Entry::Outcome {
+            id: self.row.disk_id.clone(),
+            outcome: outcome.clone(),
+        });
         InstanceReport {
             kind: TargetKind::Disk,
             uhost_id: self.row.disk_id.clone(),
@@ -245,6 +106,7 @@ impl Disk {
             outcome,
             seconds: s.start.elapsed().as_secs_f64(),
             calls: self.calls,
+            calls_before_resume: self.calls_before,
             release_udisk: false,
             size_gb: Some(self.row.size_gb),
         }
@@ -408,12 +270,48 @@ impl Disk {
     async fn delete<C: DiskCloud>(&mut self, s: &Shared<C>, row: &DiskRow) -> Step {
         // The call goes where the fresh row says the disk lives.
         self.target = DiskTarget::of(row);
+        // The intent is on disk before the Delete leaves: a resume then knows it may have
+        // happened and looks before anything else. A failed write sends nothing.
+        let intent = Entry::DiskCall {
+            id: row.disk_id.clone(),
+            region: self.target.region.clone(),
+            zone: self.target.zone.clone(),
+        };
+        let synced = match s.intent(&intent) {
+            Ok(synced) => synced.wait().await.map_err(|e| {
+                s.journal_failed(e.to_string());
+                e.to_string()
+            }),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            return Step::Done(Outcome::Failed {
+                phase: self.phase(),
+                error: format!("journal write failed: {e}"),
+                request_id: None,
+            });
+        }
         self.calls += 1;
+        // Unsure while it is on its way; a refusal puts back what was known before.
+        let was_unsure = std::mem::replace(&mut self.unsure, true);
         tracing::debug!(id = %row.disk_id, "sending Delete");
-        match Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target))
+        let answer = Self::paced(s, api::disk::DELETE_DISK, s.cloud.delete_disk(&self.target))
             .await
-            .1
-        {
+            .1;
+        let effect = match &answer {
+            Ok(()) => Effect::Accepted,
+            Err(e) if api::classify(e, &LockCodes::default()) == RetryClass::Ambiguous => Effect::Unsure,
+            Err(_) => Effect::NotApplied,
+        };
+        if effect == Effect::NotApplied {
+            self.unsure = was_unsure;
+        }
+        s.journal(&Entry::DiskResult {
+            id: row.disk_id.clone(),
+            effect,
+            error: answer.as_ref().err().map(ToString::to_string),
+        });
+        match answer {
             Ok(()) => {
                 tracing::info!(id = %row.disk_id, "DeleteCompshareDisk accepted");
                 self.deleted = true;
