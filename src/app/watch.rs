@@ -156,7 +156,7 @@ impl Ctx {
         a: &WatchArgs,
     ) -> CmdResult<schedule::Disks> {
         let (found, own) = self
-            .disk_candidates(&prepared.client, &prepared.account, &req, false)
+            .disk_candidates(&prepared.client, &prepared.account, &req, false, None)
             .await?;
         Ok(schedule::Disks {
             rows: found

@@ -243,7 +243,11 @@ pub async fn run_once<T: Transport + 'static>(
     if let Some(d) = targets.disks
         && !acting_disks.is_empty()
     {
-        let ctl = DiskControls { guard: d.guard, cancel };
+        let ctl = DiskControls {
+            guard: d.guard,
+            cancel,
+            ..DiskControls::default()
+        };
         let deletion = delete_disks(cloud, acting_disks, d.settings, ctl).await;
         let after = disks::outcomes(cfg, now, &disk_marks, &deletion, d.detached_for, &mut report);
         store.apply(&after)?;
