@@ -189,7 +189,10 @@ fn row(a: &Args) {
     std::fs::create_dir_all(&dir).expect("temp dir");
 
     let start = std::time::Instant::now(); // benchmarks measure real time
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_compshare-teardown"));
+    // `TEARDOWN_BENCH_BIN` runs another build of the tool (the `profiling` one, to sample it
+    // with a profiler) against the same simulator.
+    let bin = std::env::var_os("TEARDOWN_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_compshare-teardown").into());
+    let mut cmd = Command::new(bin);
     cmd.args(["run", "--all", "--yes", "--quiet", "--output", "json"])
         .args(["--max-count", &a.instances.to_string()]);
     if a.rate > 0 {

@@ -22,7 +22,7 @@ use super::super::pace::Pace;
 use super::super::retry::{Episode, Next, Policy};
 use super::tracker::Seen;
 use super::{Activity, Event, Runner, round, throttle_gap};
-use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, classify};
+use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, State, classify};
 
 /// The Describe side of a run.
 pub(super) struct Looks<C> {
@@ -70,7 +70,7 @@ impl<C: Cloud + 'static> Looks<C> {
                 limit,
                 ..DescribeQuery::default()
             };
-            let result = cloud.describe(&query).await.map(|p| {
+            let result = cloud.look(&query).await.map(|p| {
                 let total = p.total_count.map(|t| usize::try_from(t.max(0)).unwrap_or(usize::MAX));
                 (p.uhost_set, total)
             });
@@ -156,12 +156,13 @@ impl<C: Cloud + 'static> Runner<C> {
             self.looks.evidence.phantom += missing as u64;
             tracing::debug!(carried = rows.len(), total = ?total, "a Describe answer left rows out");
         }
-        let mut by_id: HashMap<String, Instance> = rows.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
+        // Borrowed, not cloned: IDs in a batch are unique, so each row is read at most once.
+        let by_id: HashMap<&str, &Instance> = rows.iter().map(|r| (r.uhost_id.as_str(), r)).collect();
         for (i, fresh_after) in looking {
             if sent_at < fresh_after {
                 continue; // older than the instance's last change: does not count (due again now)
             }
-            let row = by_id.remove(&self.trackers[i].id);
+            let row = by_id.get(self.trackers[i].id.as_str()).copied();
             self.trackers.get_mut(i).look_backoff = None;
             if row.is_none() && missing > 0 {
                 // Not a look at all: ask again soon.
@@ -171,7 +172,7 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             // The look is as old as the Describe's sending, not its processing.
             self.trackers.get_mut(i).seen_at = sent_at;
-            self.observe(i, row.as_ref(), now);
+            self.observe(i, row, now);
         }
     }
 
@@ -208,7 +209,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 tracing::debug!(id = %id, looks, "not listed; confirming it is gone");
                 self.schedule(i, now + gap);
                 let activity = Activity::Waiting {
-                    state: String::new(),
+                    state: None,
                     what: "not listed; confirming it is gone",
                 };
                 self.ctl.observer.activity(&id, &activity);
@@ -307,7 +308,7 @@ impl<C: Cloud + 'static> Runner<C> {
         // run had already called: protections may have changed since.
         let first_call = !t.acted;
         if let Some(r) = row {
-            t.row = Some(Seen::of(r));
+            Seen::update(&mut t.row, r);
         }
         let since = now.duration_since(t.last_answer);
         let before = t.mem.phase;
@@ -322,22 +323,28 @@ impl<C: Cloud + 'static> Runner<C> {
         }
         let state = match &obs {
             Observation::Absent => None,
-            Observation::Present { state, .. } => Some(state.as_str().to_owned()),
+            Observation::Present { state, .. } => Some(state),
         };
-        tracing::debug!(id = %t.id, state = state.as_deref().unwrap_or("absent"), ?decision, "observed");
+        tracing::debug!(id = %t.id, state = state.map_or("absent", State::as_str), ?decision, "observed");
         // A decision is journaled when it changes, not on every look: a long wait must not
-        // grow the journal past what `--resume` reads.
-        let noted = (state.clone(), before, decision.clone());
-        if t.last_decision.as_ref() != Some(&noted) {
-            t.last_decision = Some(noted);
+        // grow the journal past what `--resume` reads. (Compared in place: most looks change
+        // nothing, and cost no copies.)
+        let changed = t
+            .last_decision
+            .as_ref()
+            .is_none_or(|(s, p, d)| s.as_deref() != state.map(State::as_str) || *p != before || *d != decision);
+        if changed {
+            let state = state.map(|s| s.as_str().to_owned());
+            t.last_decision = Some((state.clone(), before, decision.clone()));
             let entry = Entry::Decision {
                 id: t.id.clone(),
-                state: state.clone(),
+                state,
                 phase: before,
                 decision: (&decision).into(),
             };
             self.journal(&entry);
         }
+        let state = state.cloned();
         match decision {
             Decision::Stop { .. } | Decision::Terminate if let Some(outcome) = self.ends.halted(mem.phase) => {
                 // Halting starts nothing new; the outcome says why (an interrupt, the
@@ -366,10 +373,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 let age = now.duration_since(self.trackers[i].phase_since);
                 let gap = self.poll_gap(age);
                 self.schedule(i, now + gap);
-                let activity = Activity::Waiting {
-                    state: state.unwrap_or_default(),
-                    what,
-                };
+                let activity = Activity::Waiting { state, what };
                 let id = self.trackers[i].id.clone();
                 self.ctl.observer.activity(&id, &activity);
             }

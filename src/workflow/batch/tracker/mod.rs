@@ -84,6 +84,25 @@ impl Seen {
             target: Target::of(row),
         }
     }
+
+    /// Keep `row` as the latest seen, in place: a look at an instance that did not move or
+    /// rename reuses the strings it has (one look per instance every few ticks, 30 of them
+    /// per instance in a 10,000 batch, each had cost five new strings).
+    pub(super) fn update(seen: &mut Option<Seen>, row: &Instance) {
+        let Some(s) = seen else {
+            *seen = Some(Seen::of(row));
+            return;
+        };
+        s.name.clone_from(&row.name);
+        s.region.clear();
+        s.region.push_str(row.home_region());
+        s.zone.clone_from(&row.zone);
+        s.state.clone_from(&row.state);
+        s.target.uhost_id.clone_from(&row.uhost_id);
+        s.target.region.clear();
+        s.target.region.push_str(row.home_region());
+        s.target.zone.clone_from(&row.zone);
+    }
 }
 
 /// What the driver knows of one instance.
