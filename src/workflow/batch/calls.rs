@@ -172,7 +172,7 @@ impl<C: Cloud + 'static> Runner<C> {
             let error = format!("internal: refused to terminate from state {}", row.state);
             return self.fail(i, error, None);
         }
-        let target = row.target.clone();
+        let target = row.target(&self.trackers[i].id);
         let decided_on = row.state.clone();
         let id = self.trackers[i].id.clone();
         self.journal(&Entry::Call {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -34,16 +35,27 @@ pub(super) struct Looks<C> {
     pub evidence: Evidence,
     /// Describes sent (past the pace; a look a halt kept waiting is not one).
     sent: Arc<AtomicU32>,
+    /// Describes in flight at once (see [`looks_in_flight`]).
+    slots: Arc<Semaphore>,
+}
+
+/// Describes in flight at once: a quarter of `--concurrency` (16 by default), at least 4.
+/// Each carries up to 100 instances, so 16 cover 1,600 instances a round trip; without a
+/// bound a tick of 10,000 due instances sent 100 at once, each answer a 200 KiB page held
+/// in a connection's buffer (see `api::Client`), for a server that answers them in turn.
+pub(super) fn looks_in_flight(concurrency: usize) -> usize {
+    (concurrency / 4).max(4)
 }
 
 impl<C: Cloud + 'static> Looks<C> {
-    pub(super) fn new(cloud: Arc<C>, pace: Arc<Pace>, stop_sending: CancellationToken) -> Looks<C> {
+    pub(super) fn new(cloud: Arc<C>, pace: Arc<Pace>, stop_sending: CancellationToken, in_flight: usize) -> Looks<C> {
         Looks {
             cloud,
             pace,
             stop_sending,
             evidence: Evidence::default(),
             sent: Arc::new(AtomicU32::new(0)),
+            slots: Arc::new(Semaphore::new(in_flight)),
         }
     }
 
@@ -53,14 +65,20 @@ impl<C: Cloud + 'static> Looks<C> {
         let pace = Arc::clone(&self.pace);
         let stop_sending = self.stop_sending.clone();
         let sent = Arc::clone(&self.sent);
+        let slots = Arc::clone(&self.slots);
         async move {
-            // A look still waiting for the pace when the run halts is not sent: the halt has
-            // ended its instances, and a throttled pace (half a request a second at worst)
-            // could hold the run long past its deadline for answers nobody reads.
-            tokio::select! {
-                () = pace.ready() => {}
+            // A look still waiting for a slot or the pace when the run halts is not sent: the
+            // halt has ended its instances, and a throttled pace (half a request a second at
+            // worst) could hold the run long past its deadline for answers nobody reads.
+            let ready = async {
+                let slot = slots.acquire_owned().await;
+                pace.ready().await;
+                slot
+            };
+            let _slot = tokio::select! {
+                slot = ready => slot,
                 () = stop_sending.cancelled() => return Event::Unsent { idxs },
-            }
+            };
             let sent_at = Instant::now();
             sent.fetch_add(1, Ordering::Relaxed);
             let limit = u32::try_from(ids.len()).unwrap_or(100);

@@ -240,7 +240,12 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
     let pace = Arc::new(Pace::new(settings.rate));
     let stop_sending = CancellationToken::new();
     let mut runner = Runner {
-        looks: Looks::new(Arc::clone(&cloud), Arc::clone(&pace), stop_sending.clone()),
+        looks: Looks::new(
+            Arc::clone(&cloud),
+            Arc::clone(&pace),
+            stop_sending.clone(),
+            looks::looks_in_flight(settings.concurrency),
+        ),
         calls: Calls::new(cloud, Arc::clone(&pace), stop_sending, &settings),
         pace,
         rules: settings.rules(),

@@ -70,8 +70,6 @@ pub(super) struct Seen {
     pub region: String,
     pub zone: String,
     pub state: State,
-    /// Where its calls go (`Target::of`: a missing `Region` is taken from the zone).
-    pub target: Target,
 }
 
 impl Seen {
@@ -81,7 +79,16 @@ impl Seen {
             region: row.home_region().to_owned(),
             zone: row.zone.clone(),
             state: row.state.clone(),
-            target: Target::of(row),
+        }
+    }
+
+    /// Where calls on instance `id` go: `Target::of` its row (the same home region), without
+    /// keeping a second copy of the ID, region and zone per instance.
+    pub(super) fn target(&self, id: &str) -> Target {
+        Target {
+            uhost_id: id.to_owned(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
         }
     }
 
@@ -98,10 +105,6 @@ impl Seen {
         s.region.push_str(row.home_region());
         s.zone.clone_from(&row.zone);
         s.state.clone_from(&row.state);
-        s.target.uhost_id.clone_from(&row.uhost_id);
-        s.target.region.clear();
-        s.target.region.push_str(row.home_region());
-        s.target.zone.clone_from(&row.zone);
     }
 }
 
