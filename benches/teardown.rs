@@ -6,7 +6,9 @@
 //! gateway's view of the pace (requests it let through per second, 153s), and the simulator's
 //! verdict. `cargo bench --bench teardown` runs every row of docs/performance.md; one row with
 //! `-- --instances N [--jitter J] [--rate R] [--limit L --burst B] [--faults]
-//! [--time-scale S] [--change-at SECS --change-to L]`. Figures are recorded in
+//! [--time-scale S] [--change-at SECS --change-to L]`; the 10,000 and 100,000-instance rows
+//! with `-- --large`; the simulator's own time per call at 1,000, 10,000 and 100,000
+//! instances (in process, no HTTP) with `-- --sim-calls`. Figures are recorded in
 //! docs/performance.md.
 
 use std::collections::BTreeMap;
@@ -94,8 +96,27 @@ fn sample(pid: u32) -> Option<(u64, f64)> {
 }
 
 fn main() {
+    let flags: Vec<String> = std::env::args().collect();
+    if flags.iter().any(|f| f == "--sim-calls") {
+        for n in [1_000, 10_000, 100_000] {
+            sim_calls(n);
+        }
+        return;
+    }
     if let Some(a) = args() {
         row(&a);
+        return;
+    }
+    if flags.iter().any(|f| f == "--large") {
+        // The scale rows: minutes, not seconds, so not in the default set.
+        for n in [10_000, 100_000] {
+            println!("== {n} instances, unlimited gateway");
+            row(&Args {
+                instances: n,
+                ..Args::default()
+            });
+            println!();
+        }
         return;
     }
     let unlimited = |n| Args {
@@ -189,7 +210,10 @@ fn row(a: &Args) {
     std::fs::create_dir_all(&dir).expect("temp dir");
 
     let start = std::time::Instant::now(); // benchmarks measure real time
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_compshare-teardown"));
+    // `TEARDOWN_BENCH_BIN` runs another build of the tool (the `profiling` one, to sample it
+    // with a profiler) against the same simulator.
+    let bin = std::env::var_os("TEARDOWN_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_compshare-teardown").into());
+    let mut cmd = Command::new(bin);
     cmd.args(["run", "--all", "--yes", "--quiet", "--output", "json"])
         .args(["--max-count", &a.instances.to_string()]);
     if a.rate > 0 {
@@ -341,8 +365,85 @@ fn row(a: &Args) {
     )]
     let rss_mb = last.0 as f64 / 1024.0;
     println!("peak RSS            {rss_mb:.1} MiB (tool process)");
-    println!("CPU time            {:.2} s (tool process, user+system)", last.1);
+    println!(
+        "CPU time            {:.2} s (tool process, user+system), {:.3} ms per instance",
+        last.1,
+        1000.0 * last.1 / n
+    );
     println!("violations          {}", state.violations.len());
     println!("instances left      {}", state.instances.len());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The simulator's own time per call, in process (no HTTP, no tool): a Describe of 100
+/// named IDs, a Stop, a Terminate, in a world of `n` Running instances. Each must cost the
+/// same whatever `n` (the rows are looked up by ID, timed events and a host's disks are
+/// indexed): the figures at 1,000, 10,000 and 100,000 say whether they do.
+#[expect(
+    clippy::disallowed_methods,
+    clippy::cast_precision_loss,
+    reason = "A benchmark measures the real world: wall-clock time; counts far below 2^52."
+)]
+fn sim_calls(n: usize) {
+    use compshare_teardown::api::{Cloud, DescribeQuery, Instance, Target};
+    let mut s = Scenario::generated(n, 42);
+    if let Some(g) = s.generate.as_mut() {
+        g.mix = [("Running".to_owned(), 1.0)].into_iter().collect();
+    }
+    // Transitions at once: a Stop's instance is Stopped by the next call.
+    s.latency.stop_secs = 0.0;
+    s.latency.terminate_secs = 0.0;
+    s.latency.jitter = 0.0;
+    s.faults = Faults::default();
+    let handle = SimHandle::new(s);
+    let rows: Vec<Instance> = handle
+        .snapshot()
+        .instances
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect();
+    // 1,000 instances spread over the world (every n/1000th), the same count at every size.
+    let step = (rows.len() / 1000).max(1);
+    let picked: Vec<&Instance> = rows.iter().step_by(step).take(1000).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let per = |start: std::time::Instant, calls: usize| start.elapsed().as_secs_f64() * 1e6 / calls as f64;
+    // The times include the client's side of the in-process call (signing is skipped; the
+    // answer is serialized and parsed as over HTTP).
+    runtime.block_on(async {
+        let describe_all = || async {
+            for chunk in picked.chunks(100) {
+                let query = DescribeQuery {
+                    ids: chunk.iter().map(|r| r.uhost_id.clone()).collect(),
+                    limit: 100,
+                    ..DescribeQuery::default()
+                };
+                handle.describe(&query).await.expect("describe");
+            }
+        };
+        // Untimed once first: the world was just built and a snapshot of it freed, and the
+        // allocator's one-time tidying after that (O(world)) is not the Describe's cost.
+        describe_all().await;
+        let t = std::time::Instant::now();
+        for _ in 0..3 {
+            describe_all().await;
+        }
+        let describe = per(t, 3 * picked.len().div_ceil(100));
+        let t = std::time::Instant::now();
+        for r in &picked {
+            handle.stop(&Target::of(r), false).await.expect("stop");
+        }
+        let stop = per(t, picked.len());
+        describe_all().await;
+        let t = std::time::Instant::now();
+        for r in &picked {
+            handle.terminate(&Target::of(r), false).await.expect("terminate");
+        }
+        let terminate = per(t, picked.len());
+        println!(
+            "simulator, {n:>7} instances: Describe of 100 IDs {describe:7.1} µs, Stop {stop:6.1} µs, Terminate {terminate:6.1} µs"
+        );
+    });
 }

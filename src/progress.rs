@@ -90,8 +90,9 @@ impl Bars {
 /// How an activity reads on its line.
 pub fn describe(activity: &Activity) -> String {
     match activity {
-        Activity::Waiting { state, .. } if state.is_empty() => "waiting".to_owned(),
-        Activity::Waiting { state, .. } => state.to_lowercase(),
+        Activity::Waiting { state: None, .. } => "waiting".to_owned(),
+        Activity::Waiting { state: Some(state), .. } if state.as_str().is_empty() => "waiting".to_owned(),
+        Activity::Waiting { state: Some(state), .. } => state.as_str().to_lowercase(),
         Activity::Calling(Call::Stop) => "sending stop".to_owned(),
         Activity::Calling(Call::Terminate) => "terminating".to_owned(),
         Activity::Locked { retry_in } => format!("locked, retry in {}s", retry_in.as_secs()),
@@ -101,10 +102,12 @@ pub fn describe(activity: &Activity) -> String {
 
 impl Observer for Bars {
     fn activity(&mut self, id: &str, activity: &Activity) {
-        let text = describe(activity);
         // "stopping 12s" counts time in the phase; "locked, retry in 40s" already says when.
         let counts_time = matches!(activity, Activity::Waiting { .. } | Activity::Calling(_));
         if let Some(pb) = self.line(id) {
+            // Only for a drawn line: hidden bars (`--quiet`, no terminal) and the instances
+            // beyond the shown lines get an activity per look, and make no text of it.
+            let text = describe(activity);
             // Reset the clock only when the text changes.
             if pb.message() != text {
                 let template = if counts_time {
@@ -142,7 +145,7 @@ mod tests {
     #[test]
     fn activity_labels() {
         let w = Activity::Waiting {
-            state: "Stopping".into(),
+            state: Some(crate::api::State::Stopping),
             what: "",
         };
         assert_eq!(describe(&w), "stopping");

@@ -23,6 +23,11 @@ pub use model::{DescribePage, DescribeQuery, Instance, State, Target, TerminateA
 pub trait Cloud: Send + Sync {
     /// One `DescribeCompShareInstance` call (one page, at most 100 IDs).
     fn describe(&self, query: &DescribeQuery) -> impl Future<Output = Result<DescribePage, ApiError>> + Send;
+    /// The same call for the engine's looks, its rows read only for the fields a look acts on
+    /// (see [`model::LookPage`]); the rest of each row is left empty. By default the whole rows.
+    fn look(&self, query: &DescribeQuery) -> impl Future<Output = Result<DescribePage, ApiError>> + Send {
+        self.describe(query)
+    }
     /// `StopCompShareInstance`; `force` sends `Force=true` (needed for spot instances).
     fn stop(&self, target: &Target, force: bool) -> impl Future<Output = Result<(), ApiError>> + Send;
     /// `TerminateCompShareInstance` with `ReleaseUDisk` sent explicitly.
@@ -53,6 +58,12 @@ impl<T: Transport> Cloud for T {
     async fn describe(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
         let action = "DescribeCompShareInstance";
         self.call(action, q.params()).await?.parse(action)
+    }
+
+    async fn look(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
+        let action = "DescribeCompShareInstance";
+        let page: model::LookPage = self.call(action, q.params()).await?.parse(action)?;
+        Ok(page.into())
     }
 
     async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {

@@ -87,6 +87,26 @@ async fn stop_then_terminate_happy_path_with_disk_release() {
     assert!(snap.violations.is_empty());
 }
 
+/// A Terminate finds the host's disks by an index, not a scan of every disk: a disk attached
+/// later (by someone else) is in it too, and goes with the instance like its own.
+#[tokio::test(start_paused = true)]
+async fn a_disk_attached_later_goes_with_its_new_host() {
+    let sim = world(&[("uhost-a", "Stopped"), ("uhost-b", "Stopped")]);
+    sim.terminate(&target("uhost-b"), false).await.unwrap();
+    advance(Duration::from_secs(10)).await; // the detach (5 s) is over: the disk is free
+    let orphans = |sim: &SimHandle| {
+        let mut ids: Vec<String> = sim.snapshot().orphan_disks.into_iter().map(|d| d.disk_id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(orphans(&sim), ["bsi-data-uhost-b"]);
+    sim.attach_disk("bsi-data-uhost-b", "uhost-a");
+    assert!(orphans(&sim).is_empty());
+    // Kept with the instance: both of its data disks are left behind, detached.
+    sim.terminate(&target("uhost-a"), false).await.unwrap();
+    assert_eq!(orphans(&sim), ["bsi-data-uhost-a", "bsi-data-uhost-b"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn start_goes_starting_then_running() {
     let sim = world(&[("uhost-a", "Stopped")]);

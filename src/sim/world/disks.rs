@@ -7,7 +7,7 @@
 //! behaves exactly as it did before disks existed. Their timed changes (a detach ending, a
 //! deleted disk leaving the listing) are read lazily from the clock like the instances'.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -63,6 +63,9 @@ pub(super) struct SimDisk {
 /// The disk inventory.
 pub(super) struct Disks {
     map: BTreeMap<String, SimDisk>,
+    /// The disks ever attached to each instance, in ID order (a superset, re-checked where
+    /// read): an instance's Terminate finds its disks here, not by a scan of every disk.
+    attached: HashMap<String, BTreeSet<String>>,
     /// Deleted by an accepted Delete (a second Delete is a violation).
     deleted: HashSet<String>,
     ledger: Vec<DeletedDisk>,
@@ -73,6 +76,7 @@ impl Disks {
     pub(super) fn new(seed: u64) -> Disks {
         Disks {
             map: BTreeMap::new(),
+            attached: HashMap::new(),
             deleted: HashSet::new(),
             ledger: Vec::new(),
             // An arbitrary constant decorrelates the disks' stream from the world's others.
@@ -142,6 +146,8 @@ impl World {
     pub(super) fn add_instance_disks(&mut self, instance: &Instance) {
         for d in instance.data_disks() {
             self.disks.deleted.remove(&d.disk_id);
+            let host = self.disks.attached.entry(instance.uhost_id.clone()).or_default();
+            host.insert(d.disk_id.clone());
             self.disks.map.insert(
                 d.disk_id.clone(),
                 SimDisk {
@@ -167,10 +173,16 @@ impl World {
     pub(super) fn release_or_detach(&mut self, host: &str, release: bool, now: Instant) {
         let ids: Vec<String> = self
             .disks
-            .map
-            .iter()
-            .filter(|(_, d)| d.host == host && d.phase == Phase::Attached)
-            .map(|(id, _)| id.clone())
+            .attached
+            .remove(host)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|id| {
+                self.disks
+                    .map
+                    .get(id)
+                    .is_some_and(|d| d.host == host && d.phase == Phase::Attached)
+            })
             .collect();
         for id in ids {
             if release {
@@ -201,6 +213,8 @@ impl World {
         {
             d.phase = Phase::Attached;
             host.clone_into(&mut d.host);
+            let attached = self.disks.attached.entry(host.to_owned()).or_default();
+            attached.insert(disk_id.to_owned());
         }
     }
 

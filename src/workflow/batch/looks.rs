@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,7 @@ use super::super::pace::Pace;
 use super::super::retry::{Episode, Next, Policy};
 use super::tracker::Seen;
 use super::{Activity, Event, Runner, round, throttle_gap};
-use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, classify};
+use crate::api::{ApiError, Cloud, DESCRIBE_MAX, DescribeQuery, Instance, RetryClass, State, classify};
 
 /// The Describe side of a run.
 pub(super) struct Looks<C> {
@@ -34,16 +35,27 @@ pub(super) struct Looks<C> {
     pub evidence: Evidence,
     /// Describes sent (past the pace; a look a halt kept waiting is not one).
     sent: Arc<AtomicU32>,
+    /// Describes in flight at once (see [`looks_in_flight`]).
+    slots: Arc<Semaphore>,
+}
+
+/// Describes in flight at once: a quarter of `--concurrency` (16 by default), at least 4.
+/// Each carries up to 100 instances, so 16 cover 1,600 instances a round trip; without a
+/// bound a tick of 10,000 due instances sent 100 at once, each answer a 200 KiB page held
+/// in a connection's buffer (see `api::Client`), for a server that answers them in turn.
+pub(super) fn looks_in_flight(concurrency: usize) -> usize {
+    (concurrency / 4).max(4)
 }
 
 impl<C: Cloud + 'static> Looks<C> {
-    pub(super) fn new(cloud: Arc<C>, pace: Arc<Pace>, stop_sending: CancellationToken) -> Looks<C> {
+    pub(super) fn new(cloud: Arc<C>, pace: Arc<Pace>, stop_sending: CancellationToken, in_flight: usize) -> Looks<C> {
         Looks {
             cloud,
             pace,
             stop_sending,
             evidence: Evidence::default(),
             sent: Arc::new(AtomicU32::new(0)),
+            slots: Arc::new(Semaphore::new(in_flight)),
         }
     }
 
@@ -53,14 +65,20 @@ impl<C: Cloud + 'static> Looks<C> {
         let pace = Arc::clone(&self.pace);
         let stop_sending = self.stop_sending.clone();
         let sent = Arc::clone(&self.sent);
+        let slots = Arc::clone(&self.slots);
         async move {
-            // A look still waiting for the pace when the run halts is not sent: the halt has
-            // ended its instances, and a throttled pace (half a request a second at worst)
-            // could hold the run long past its deadline for answers nobody reads.
-            tokio::select! {
-                () = pace.ready() => {}
+            // A look still waiting for a slot or the pace when the run halts is not sent: the
+            // halt has ended its instances, and a throttled pace (half a request a second at
+            // worst) could hold the run long past its deadline for answers nobody reads.
+            let ready = async {
+                let slot = slots.acquire_owned().await;
+                pace.ready().await;
+                slot
+            };
+            let _slot = tokio::select! {
+                slot = ready => slot,
                 () = stop_sending.cancelled() => return Event::Unsent { idxs },
-            }
+            };
             let sent_at = Instant::now();
             sent.fetch_add(1, Ordering::Relaxed);
             let limit = u32::try_from(ids.len()).unwrap_or(100);
@@ -70,7 +88,7 @@ impl<C: Cloud + 'static> Looks<C> {
                 limit,
                 ..DescribeQuery::default()
             };
-            let result = cloud.describe(&query).await.map(|p| {
+            let result = cloud.look(&query).await.map(|p| {
                 let total = p.total_count.map(|t| usize::try_from(t.max(0)).unwrap_or(usize::MAX));
                 (p.uhost_set, total)
             });
@@ -156,12 +174,13 @@ impl<C: Cloud + 'static> Runner<C> {
             self.looks.evidence.phantom += missing as u64;
             tracing::debug!(carried = rows.len(), total = ?total, "a Describe answer left rows out");
         }
-        let mut by_id: HashMap<String, Instance> = rows.into_iter().map(|r| (r.uhost_id.clone(), r)).collect();
+        // Borrowed, not cloned: IDs in a batch are unique, so each row is read at most once.
+        let by_id: HashMap<&str, &Instance> = rows.iter().map(|r| (r.uhost_id.as_str(), r)).collect();
         for (i, fresh_after) in looking {
             if sent_at < fresh_after {
                 continue; // older than the instance's last change: does not count (due again now)
             }
-            let row = by_id.remove(&self.trackers[i].id);
+            let row = by_id.get(self.trackers[i].id.as_str()).copied();
             self.trackers.get_mut(i).look_backoff = None;
             if row.is_none() && missing > 0 {
                 // Not a look at all: ask again soon.
@@ -171,7 +190,7 @@ impl<C: Cloud + 'static> Runner<C> {
             }
             // The look is as old as the Describe's sending, not its processing.
             self.trackers.get_mut(i).seen_at = sent_at;
-            self.observe(i, row.as_ref(), now);
+            self.observe(i, row, now);
         }
     }
 
@@ -208,7 +227,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 tracing::debug!(id = %id, looks, "not listed; confirming it is gone");
                 self.schedule(i, now + gap);
                 let activity = Activity::Waiting {
-                    state: String::new(),
+                    state: None,
                     what: "not listed; confirming it is gone",
                 };
                 self.ctl.observer.activity(&id, &activity);
@@ -307,7 +326,7 @@ impl<C: Cloud + 'static> Runner<C> {
         // run had already called: protections may have changed since.
         let first_call = !t.acted;
         if let Some(r) = row {
-            t.row = Some(Seen::of(r));
+            Seen::update(&mut t.row, r);
         }
         let since = now.duration_since(t.last_answer);
         let before = t.mem.phase;
@@ -322,22 +341,28 @@ impl<C: Cloud + 'static> Runner<C> {
         }
         let state = match &obs {
             Observation::Absent => None,
-            Observation::Present { state, .. } => Some(state.as_str().to_owned()),
+            Observation::Present { state, .. } => Some(state),
         };
-        tracing::debug!(id = %t.id, state = state.as_deref().unwrap_or("absent"), ?decision, "observed");
+        tracing::debug!(id = %t.id, state = state.map_or("absent", State::as_str), ?decision, "observed");
         // A decision is journaled when it changes, not on every look: a long wait must not
-        // grow the journal past what `--resume` reads.
-        let noted = (state.clone(), before, decision.clone());
-        if t.last_decision.as_ref() != Some(&noted) {
-            t.last_decision = Some(noted);
+        // grow the journal past what `--resume` reads. (Compared in place: most looks change
+        // nothing, and cost no copies.)
+        let changed = t
+            .last_decision
+            .as_ref()
+            .is_none_or(|(s, p, d)| s.as_deref() != state.map(State::as_str) || *p != before || *d != decision);
+        if changed {
+            let state = state.map(|s| s.as_str().to_owned());
+            t.last_decision = Some((state.clone(), before, decision.clone()));
             let entry = Entry::Decision {
                 id: t.id.clone(),
-                state: state.clone(),
+                state,
                 phase: before,
                 decision: (&decision).into(),
             };
             self.journal(&entry);
         }
+        let state = state.cloned();
         match decision {
             Decision::Stop { .. } | Decision::Terminate if let Some(outcome) = self.ends.halted(mem.phase) => {
                 // Halting starts nothing new; the outcome says why (an interrupt, the
@@ -366,10 +391,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 let age = now.duration_since(self.trackers[i].phase_since);
                 let gap = self.poll_gap(age);
                 self.schedule(i, now + gap);
-                let activity = Activity::Waiting {
-                    state: state.unwrap_or_default(),
-                    what,
-                };
+                let activity = Activity::Waiting { state, what };
                 let id = self.trackers[i].id.clone();
                 self.ctl.observer.activity(&id, &activity);
             }

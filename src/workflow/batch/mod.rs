@@ -37,13 +37,13 @@ use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
 use super::machine::Call;
 use super::outcome::{Outcome, Report};
 use super::pace::Pace;
-use crate::api::{ApiError, Cloud, Instance, TerminateAck};
+use crate::api::{ApiError, Cloud, Instance, State, TerminateAck};
 
 /// What an instance is doing, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Activity {
-    /// Waiting for a settled state; `state` is the last one seen.
-    Waiting { state: String, what: &'static str },
+    /// Waiting for a settled state; `state` is the last one seen (`None`: not listed).
+    Waiting { state: Option<State>, what: &'static str },
     /// A call is in flight.
     Calling(Call),
     /// The operation lock is held; next attempt after `retry_in`.
@@ -67,7 +67,8 @@ impl Observer for NoObserver {
 }
 
 /// A last check on each instance, run on the observation that leads to its first call: a
-/// reason returned here skips the instance (protected, drifted from the saved plan, ...).
+/// reason returned here skips the instance (protected, drifted from the saved plan, ...). The
+/// row is a look's (`Cloud::look`): only the fields `api::model::LookRow` lists are filled.
 pub type Guard = Box<dyn Fn(&Instance) -> Option<String> + Send + Sync>;
 
 /// Run-time companions of a batch.
@@ -242,7 +243,12 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
     let pace = Arc::new(Pace::new(settings.rate));
     let stop_sending = CancellationToken::new();
     let mut runner = Runner {
-        looks: Looks::new(Arc::clone(&cloud), Arc::clone(&pace), stop_sending.clone()),
+        looks: Looks::new(
+            Arc::clone(&cloud),
+            Arc::clone(&pace),
+            stop_sending.clone(),
+            looks::looks_in_flight(settings.concurrency),
+        ),
         calls: Calls::new(cloud, Arc::clone(&pace), stop_sending, &settings),
         pace,
         rules: settings.rules(),

@@ -232,6 +232,33 @@ async fn the_first_looks_go_in_chunks_of_a_hundred() {
     assert!(cloud.calls(STOP).is_empty(), "already stopped");
 }
 
+/// At most a quarter of `--concurrency` Describes are in flight: the first tick of 1,000
+/// instances at `--concurrency 16` sends 4 of its 10 at once, the next as those come back.
+#[tokio::test(start_paused = true)]
+async fn describes_in_flight_are_bounded_by_a_quarter_of_the_concurrency() {
+    let ids: Vec<String> = (0..1000).map(|i| format!("uhost-{i:04}")).collect();
+    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Stopped)).collect();
+    let mut scripted = Scripted::new(&rows);
+    scripted.describe_delay = Duration::from_millis(100);
+    let cloud = Arc::new(scripted);
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let report = drive(
+        &cloud,
+        &names,
+        Settings {
+            concurrency: 16,
+            ..settings()
+        },
+        Controls::default(),
+    )
+    .await;
+    let describes = cloud.calls(DESCRIBE);
+    let at_once = |at: Duration| describes.iter().filter(|r| r.at == at).count();
+    assert_eq!(at_once(describes[0].at), 4);
+    assert!(describes.iter().all(|r| at_once(r.at) <= 4));
+    assert!(report.instances.iter().all(|i| confirmed(&i.outcome)));
+}
+
 /// An answer that carries fewer rows than its `TotalCount` says it matched is not a look: an
 /// instance missing from twenty such answers (more than the most looks the absence rule ever
 /// asks for) is still there, and is torn down once it shows.

@@ -70,8 +70,6 @@ pub(super) struct Seen {
     pub region: String,
     pub zone: String,
     pub state: State,
-    /// Where its calls go (`Target::of`: a missing `Region` is taken from the zone).
-    pub target: Target,
 }
 
 impl Seen {
@@ -81,8 +79,32 @@ impl Seen {
             region: row.home_region().to_owned(),
             zone: row.zone.clone(),
             state: row.state.clone(),
-            target: Target::of(row),
         }
+    }
+
+    /// Where calls on instance `id` go: `Target::of` its row (the same home region), without
+    /// keeping a second copy of the ID, region and zone per instance.
+    pub(super) fn target(&self, id: &str) -> Target {
+        Target {
+            uhost_id: id.to_owned(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+        }
+    }
+
+    /// Keep `row` as the latest seen, in place: a look at an instance that did not move or
+    /// rename reuses the strings it has (one look per instance every few ticks, 30 of them
+    /// per instance in a 10,000 batch, each had cost five new strings).
+    pub(super) fn update(seen: &mut Option<Seen>, row: &Instance) {
+        let Some(s) = seen else {
+            *seen = Some(Seen::of(row));
+            return;
+        };
+        s.name.clone_from(&row.name);
+        s.region.clear();
+        s.region.push_str(row.home_region());
+        s.zone.clone_from(&row.zone);
+        s.state.clone_from(&row.state);
     }
 }
 
