@@ -1,6 +1,7 @@
 //! The seed sweep of scheduled teardown (issue 17, item 7): one seed names a world of GPU
-//! instances with load profiles, people who restart, keep and protect them, a flaky monitor,
-//! a flaky gateway and a flaky notice receiver; the real job ([`schedule::run_once`]) runs
+//! instances with load profiles and data disks, people who restart, keep and protect them
+//! and attach disks, a flaky monitor, a flaky gateway and a flaky notice receiver; the real
+//! job ([`schedule::run_once`], watching disks in most worlds as `watch --disks`) runs
 //! every 15 simulated minutes for one to three simulated days on paused tokio time, is killed
 //! at random points (its future dropped, like `kill -9`, or its k-th store write failed) and
 //! goes on with the next run on the same store file. The [`checks`] then hold the job's acts
