@@ -636,6 +636,7 @@ fn store_of(w: &World, path: &Path, public_key: &str) {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one bad input after another, each a short block")]
 fn bad_input_exits_2_and_changes_nothing() {
     let w = World::new();
     let hook = Receiver::start(200);

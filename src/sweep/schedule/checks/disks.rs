@@ -37,12 +37,12 @@ fn unix(at_secs: f64) -> i64 {
 /// disks), not protected, due its grace after it was made, its `marked` notice written with it.
 pub(super) fn stored_mark(w: &World, store: &Store, m: &Mark, at: &str) -> Vec<Failure> {
     let mut out = Vec::new();
-    let d = &w.disks;
+    let disks = &w.disks;
     let mut bad = |why: String| fail(&mut out, name::DISK_STORE, &m.id, format!("{at}: {why}"));
-    match d.rows.get(&m.id) {
+    match disks.rows.get(&m.id) {
         None => bad("a mark of no disk of the world".into()),
-        Some(x) if x.protected || d.protected(&x.name) => bad("a mark of a protected disk".into()),
-        Some(_) if !d.watch => bad("a disk mark in a world whose job does not watch disks".into()),
+        Some(x) if x.protected || disks.protected(&x.name) => bad("a mark of a protected disk".into()),
+        Some(_) if !disks.watch => bad("a disk mark in a world whose job does not watch disks".into()),
         Some(_) => {}
     }
     if m.due_at != m.marked_at + w.grace {
@@ -67,7 +67,7 @@ pub(super) fn stored_mark(w: &World, store: &Store, m: &Mark, at: &str) -> Vec<F
 pub(super) fn check(e: &Evidence<'_>, got: &[Notice], stats: &mut Stats) -> Vec<Failure> {
     let mut out = Vec::new();
     let w = e.world;
-    let d = &w.disks;
+    let disks = &w.disks;
     let account = w.account.slug();
     let grace = w.grace;
     let run_at = |secs: f64| {
@@ -86,7 +86,7 @@ pub(super) fn check(e: &Evidence<'_>, got: &[Notice], stats: &mut Stats) -> Vec<
         .collect();
     // Each disk's attachments: (from, instance); the initial one from the start of time.
     let mut attachments: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
-    for (id, x) in d.rows.iter().filter(|(_, x)| !x.host.is_empty()) {
+    for (id, x) in disks.rows.iter().filter(|(_, x)| !x.host.is_empty()) {
         attachments.entry(id).or_default().push((i64::MIN, &x.host));
     }
     for (disk, host, at) in e.attached {
@@ -99,7 +99,7 @@ pub(super) fn check(e: &Evidence<'_>, got: &[Notice], stats: &mut Stats) -> Vec<
             .filter(|n| n.target == id && n.at <= t)
             .max_by_key(|n| n.at)
     };
-    let window = d.detached_for;
+    let window = disks.detached_for;
 
     // D1: every accepted Delete.
     for del in &e.state.deleted_disks {
@@ -159,12 +159,12 @@ pub(super) fn check(e: &Evidence<'_>, got: &[Notice], stats: &mut Stats) -> Vec<
         for id in &call.ids {
             let what = format!("Delete at {:.0}s, decided at {t}", call.at_secs);
             let mut bad = |why: String| fail(&mut out, name::DISK_FORBIDDEN, id, format!("{what}: {why}"));
-            if !d.watch {
+            if !disks.watch {
                 bad("the job does not watch disks".into());
             }
-            match d.rows.get(id) {
+            match disks.rows.get(id) {
                 None => bad("no disk of the world".into()),
-                Some(x) if x.protected || d.protected(&x.name) => bad(format!("protected ({})", x.name)),
+                Some(x) if x.protected || disks.protected(&x.name) => bad(format!("protected ({})", x.name)),
                 Some(_) => {}
             }
             if let Some((_, from, until)) = e.keeps.iter().find(|(k, f, u)| k == id && *f <= t && t < *u) {
@@ -178,7 +178,13 @@ pub(super) fn check(e: &Evidence<'_>, got: &[Notice], stats: &mut Stats) -> Vec<
     for n in got.iter().filter(|n| n.of_disk()) {
         let id = n.target.as_str();
         let happened = match n.kind.as_str() {
-            "marked" => d.watch && d.rows.get(id).is_some_and(|x| !x.protected && !d.protected(&x.name)),
+            "marked" => {
+                disks.watch
+                    && disks
+                        .rows
+                        .get(id)
+                        .is_some_and(|x| !x.protected && !disks.protected(&x.name))
+            }
             "torn_down" => accepted.contains(id),
             "unmarked" | "failed" => mark_of(id, n.at).is_some(),
             "kept" => e.keeps.iter().any(|(k, from, _)| k == id && *from == n.at),
@@ -246,3 +252,6 @@ pub(super) fn check(e: &Evidence<'_>, got: &[Notice], stats: &mut Stats) -> Vec<
     stats.disks_left_detached = listed.iter().filter(|r| r.is_detached()).count() as u64;
     out
 }
+
+#[cfg(test)]
+mod tests;
