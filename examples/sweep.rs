@@ -269,6 +269,10 @@ fn scheduled(args: &Args) -> ExitCode {
         t.refused_deliveries
     );
     println!(
+        "disks: {} in the worlds, watched in {} of {} worlds; {} Deletes accepted, {} left detached at the end",
+        t.disks, t.disk_worlds, t.seeds, t.disk_deletes, t.disks_left_detached
+    );
+    println!(
         "virtual time {:.1} h; wall time {:.1} s on {threads} thread(s)",
         t.virtual_time.as_secs_f64() / 3600.0,
         wall.elapsed().as_secs_f64()

@@ -1,6 +1,7 @@
 //! The seed sweep of scheduled teardown (issue 17, item 7): one seed names a world of GPU
-//! instances with load profiles, people who restart, keep and protect them, a flaky monitor,
-//! a flaky gateway and a flaky notice receiver; the real job ([`schedule::run_once`]) runs
+//! instances with load profiles and data disks, people who restart, keep and protect them
+//! and attach disks, a flaky monitor, a flaky gateway and a flaky notice receiver; the real
+//! job ([`schedule::run_once`], watching disks in most worlds as `watch --disks`) runs
 //! every 15 simulated minutes for one to three simulated days on paused tokio time, is killed
 //! at random points (its future dropped, like `kill -9`, or its k-th store write failed) and
 //! goes on with the next run on the same store file. The [`checks`] then hold the job's acts
@@ -8,30 +9,33 @@
 //! "Scheduled teardown", lists the worlds and the invariants.
 
 mod checks;
+mod disks;
+mod people;
 mod recorder;
 mod world;
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use rand::Rng;
-use serde_json::Map;
 use tokio::time::Instant;
 
 use super::Failure;
 use crate::api;
-use crate::api::State;
 use crate::credentials::Account;
 use crate::notice::{Inbox, NoticeConfig, Notifier};
-use crate::schedule::{self, Action, Config, JobError};
+use crate::schedule::{self, Action, Config, JobError, Targets};
 use crate::selection::{self, Filters};
 use crate::sim::Faults;
-use crate::state::{Changes, Keep, Kind, Pending, Store};
+use crate::state::{Kind, Store};
 use crate::workflow::{Controls, Guard, Settings};
+pub use disks::PROTECTED_DISK_GLOB;
+use people::People;
 pub(crate) use recorder::Served;
 use recorder::{Recorder, served};
-pub(crate) use world::{Deed, World};
+pub(crate) use world::World;
 
 /// The world's wall clock at its time zero (a Tuesday in 2027).
 pub const EPOCH: i64 = 1_800_000_000;
@@ -107,6 +111,14 @@ pub struct Stats {
     /// Calls that met an injected fault (gateway or monitor).
     pub faults: u64,
     pub virtual_time: Duration,
+    /// Data disks of the worlds (in instances' `DiskSet`s and free-standing).
+    pub disks: u64,
+    /// Worlds whose job watches disks (`watch --disks`).
+    pub disk_worlds: u64,
+    /// Disk Deletes the simulator accepted.
+    pub disk_deletes: u64,
+    /// Disks still there and attached to nothing at the end.
+    pub disks_left_detached: u64,
 }
 
 impl Stats {
@@ -126,6 +138,10 @@ impl Stats {
         self.monitor_calls += o.monitor_calls;
         self.faults += o.faults;
         self.virtual_time += o.virtual_time;
+        self.disks += o.disks;
+        self.disk_worlds += o.disk_worlds;
+        self.disk_deletes += o.disk_deletes;
+        self.disks_left_detached += o.disks_left_detached;
     }
 }
 
@@ -232,11 +248,15 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
     let mut stats = Stats {
         seeds: 1,
         instances: w.rows.len() as u64,
+        disks: w.disks.rows.len() as u64,
+        disk_worlds: u64::from(w.disks.watch),
         ..Stats::default()
     };
     let mut failures = Vec::new();
     let mut runs: Vec<RunLog> = Vec::new();
-    let mut keeps: Vec<(String, i64, i64)> = Vec::new();
+    let mut people = People::default();
+    // Every disk mark the store held after a run: each must be told.
+    let mut disk_marks: BTreeSet<(String, i64)> = BTreeSet::new();
     let mut deeds = std::mem::take(&mut w.deeds).into_iter().peekable();
     let mut next = EPOCH;
     let mut finals = 0;
@@ -250,9 +270,7 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
             && *at <= now
         {
             let (at, deed) = deeds.next().expect("peeked");
-            if let Some(k) = act_out(&w, &mut store, deed, at.max(now)) {
-                keeps.push(k);
-            }
+            people.act_out(&w, &mut store, deed, at.max(now));
         }
         let last = now >= w.end;
         if last {
@@ -281,13 +299,24 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
         let start_secs = started.elapsed().as_secs_f64();
         stats.runs += 1;
         let mut disturbed = false;
-        match candidates(&cloud, &w, now).await {
+        let listed = match candidates(&cloud, &w, now).await {
+            Some(cands) => disks::targets(&cloud, &w.disks, seed)
+                .await
+                .ok()
+                .map(|disks| (cands, disks)),
+            None => None,
+        };
+        match listed {
             None => stats.listings_failed += 1,
-            Some(cands) => {
+            Some((cands, disks)) => {
                 if let Some(k) = crash {
                     store.crash_after(k);
                 }
-                let ended = job(&w, &cloud, &mut store, &notifier, &cfg, now, cands, kill).await;
+                let targets = Targets {
+                    instances: cands,
+                    disks,
+                };
+                let ended = job(&w, &cloud, &mut store, &notifier, &cfg, now, targets, kill).await;
                 match ended {
                     Ended::Done => {}
                     Ended::Crashed if crash.is_some() => {
@@ -317,6 +346,14 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
             disturbed,
             delivered: before..inbox.received().len(),
         });
+        disk_marks.extend(
+            store
+                .marks()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|m| m.kind == Kind::Disk)
+                .map(|m| (m.id, m.marked_at)),
+        );
         if last && (store.pending_notices().is_ok_and(|p| p.is_empty()) || finals >= 3) {
             break;
         }
@@ -342,51 +379,14 @@ async fn run_world(seed: u64, opts: Options) -> SeedRun {
         state: &state,
         served: &served,
         runs: &runs,
-        keeps: &keeps,
+        keeps: &people.keeps,
+        attached: &people.attached,
+        disk_marks: &disk_marks,
         inbox: &inbox.received(),
         store: &store,
     };
     failures.extend(checks::check(&evidence, &mut stats));
     SeedRun { seed, failures, stats }
-}
-
-/// What a person did, done to the world (or, for a keep, to the store as the `keep`
-/// command writes it); a keep written is returned as (instance, from, until).
-fn act_out(w: &World, store: &mut Store, deed: Deed, now: i64) -> Option<(String, i64, i64)> {
-    match deed {
-        Deed::Power { id, running } => {
-            // Only a row that is still there and in the other state: a person starts what is
-            // stopped and stops what runs.
-            let state = w
-                .sim
-                .snapshot()
-                .instances
-                .iter()
-                .find_map(|v| (v["UHostId"] == id.as_str()).then(|| v["State"].as_str().unwrap_or("").to_owned()));
-            let flip = match state.as_deref() {
-                Some("Running") => !running,
-                Some("Stopped") => running,
-                _ => false,
-            };
-            if flip {
-                w.sim
-                    .set_state(&id, if running { State::Running } else { State::Stopped });
-            }
-            None
-        }
-        Deed::Insert { row } => {
-            let mut i = row.instance().expect("a valid row");
-            i.create_time = now;
-            let id = i.uhost_id.clone();
-            w.sim.insert(i);
-            w.sim.set_gpu_load(&id, row.gpu_load.clone().unwrap_or_default());
-            None
-        }
-        Deed::Keep { id, until } => {
-            keep(store, &w.account, &id, now, until);
-            Some((id, now, until))
-        }
-    }
 }
 
 /// How one run of the job ended.
@@ -399,8 +399,8 @@ enum Ended {
     Failed(Failure),
 }
 
-/// One run of the job as `watch --all --yes` makes it, dropped at `kill` if it is still
-/// running then.
+/// One run of the job as `watch --all --yes` (with `--disks` when the world's job watches
+/// them) makes it, dropped at `kill` if it is still running then.
 #[expect(clippy::too_many_arguments, reason = "the run's parts, named at the one call site")]
 async fn job(
     w: &World,
@@ -409,7 +409,7 @@ async fn job(
     notifier: &Notifier,
     cfg: &Config,
     now: i64,
-    cands: Vec<selection::Candidate>,
+    targets: Targets,
     kill: Option<Duration>,
 ) -> Ended {
     let protections = w.protections.clone();
@@ -418,15 +418,7 @@ async fn job(
         guard: Some(guard),
         ..Controls::default()
     };
-    let run = schedule::run_once(
-        Arc::new(cloud.clone()),
-        store,
-        Some(notifier),
-        cfg,
-        now,
-        cands.into(),
-        ctl,
-    );
+    let run = schedule::run_once(Arc::new(cloud.clone()), store, Some(notifier), cfg, now, targets, ctl);
     match tokio::time::timeout(kill.unwrap_or(RUN_CAP).min(RUN_CAP), run).await {
         Ok(Ok(_) | Err(JobError::TooMany { .. })) => Ended::Done,
         Ok(Err(JobError::State(e))) if e.to_string().contains("simulated crash") => Ended::Crashed,
@@ -442,43 +434,4 @@ async fn job(
             detail: format!("run at {now} still running after {}s", RUN_CAP.as_secs()),
         }),
     }
-}
-
-/// `compshare-teardown keep ID --until ...`: the keep and its `kept` notice in one write, as
-/// the command writes them.
-fn keep(store: &mut Store, account: &Account, id: &str, now: i64, until: i64) {
-    let e = crate::notice::Event {
-        id: crate::notice::Event::stable_id(&["kept", &account.slug(), id, &now.to_string()]),
-        kind: crate::notice::EventKind::Kept,
-        at: now,
-        account: account.slug(),
-        target: Some(crate::notice::Target {
-            kind: "instance".into(),
-            id: id.to_owned(),
-            name: String::new(),
-            region: String::new(),
-            zone: String::new(),
-        }),
-        due: Some(until),
-        reason: "kept by a person".into(),
-        details: Map::new(),
-    };
-    let changes = Changes {
-        keeps: vec![Keep {
-            kind: Kind::Instance,
-            id: id.to_owned(),
-            until_at: until,
-            reason: "sweep".into(),
-            created_at: now,
-        }],
-        notices: vec![Pending {
-            event_id: e.id.clone(),
-            created_at: now,
-            body: serde_json::to_string(&e).expect("an event serializes"),
-            attempts: 0,
-            last_error: None,
-        }],
-        ..Changes::default()
-    };
-    store.apply(&changes).expect("a keep is written");
 }

@@ -1,7 +1,9 @@
 //! The invariants of one scheduled-sweep seed, checked against what the simulator recorded
 //! (every call, the rows left, the rules broken), every GPU sample a monitor answer brought
 //! the job, the notices the inbox received and the store the job left, never against what the
-//! job believes.
+//! job believes. The data disks' invariants are in [`disks`].
+
+mod disks;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,7 +12,7 @@ use serde_json::Value;
 use super::{RunLog, Served, Stats, World};
 use crate::notice::Event;
 use crate::sim::{SimState, rule};
-use crate::state::Store;
+use crate::state::{Kind, Store};
 use crate::sweep::Failure;
 
 /// Invariant names, as printed for a failing seed.
@@ -32,6 +34,19 @@ pub mod name {
     pub const SIM_VIOLATION: &str = "simulator violation";
     /// A run did not end.
     pub const HANG: &str = "run did not end";
+    /// D1: a disk deleted (Delete accepted) less than the window plus the grace after the end
+    /// of its last attachment, or without a `marked` notice the window after that end and the
+    /// grace before the decision.
+    pub const DISK_WINDOW: &str = "deleted a disk before its detached window and grace";
+    /// D2: a Delete (accepted or not) of a disk kept at the run's time, protected by name, not
+    /// of the world, or in a world whose job does not watch disks.
+    pub const DISK_FORBIDDEN: &str = "deleted a kept, protected or unknown disk";
+    /// D3: a disk mark or accepted Delete never told, or a disk notice for an event that did
+    /// not happen.
+    pub const DISK_NOTICE: &str = "disk notices";
+    /// D4 and the store's disk marks: a disk mark still `acting` at the end, of no disk of the
+    /// world or a protected one, without its notice, or due other than its grace after it.
+    pub const DISK_STORE: &str = "disk marks inconsistent";
 }
 
 /// What one seed left behind.
@@ -40,8 +55,12 @@ pub(crate) struct Evidence<'a> {
     pub state: &'a SimState,
     pub served: &'a Served,
     pub runs: &'a [RunLog],
-    /// (instance, from, until) of every keep written.
+    /// (instance or disk, from, until) of every keep written.
     pub keeps: &'a [(String, i64, i64)],
+    /// (disk, instance, at) of every attach by a person that took.
+    pub attached: &'a [(String, String, i64)],
+    /// (disk, marked at) of every disk mark the store held after some run.
+    pub disk_marks: &'a BTreeSet<(String, i64)>,
     /// Every payload the inbox accepted, in order.
     pub inbox: &'a [Value],
     pub store: &'a Store,
@@ -84,6 +103,10 @@ pub(crate) fn store_after_kill(w: &World, store: &Store, now: i64) -> Vec<Failur
     };
     for m in marks {
         let at = format!("after the run at {now}");
+        if m.kind == Kind::Disk {
+            out.extend(disks::stored_mark(w, store, &m, &at));
+            continue;
+        }
         if !w.rows.contains_key(&m.id) {
             fail(
                 &mut out,
@@ -127,6 +150,14 @@ struct Notice {
     kind: String,
     at: i64,
     target: String,
+    /// `instance` or `disk`.
+    target_kind: String,
+}
+
+impl Notice {
+    fn of_disk(&self) -> bool {
+        self.target_kind == "disk"
+    }
 }
 
 fn notices(inbox: &[Value]) -> Vec<Notice> {
@@ -137,6 +168,7 @@ fn notices(inbox: &[Value]) -> Vec<Notice> {
             kind: p["kind"].as_str().unwrap_or_default().to_owned(),
             at: p["at"].as_i64().unwrap_or_default(),
             target: p["target"]["id"].as_str().unwrap_or_default().to_owned(),
+            target_kind: p["target"]["kind"].as_str().unwrap_or_default().to_owned(),
         })
         .collect()
 }
@@ -210,7 +242,7 @@ pub(crate) fn check(e: &Evidence<'_>, stats: &mut Stats) -> Vec<Failure> {
     }
 
     let got = notices(e.inbox);
-    let marked: Vec<&Notice> = got.iter().filter(|n| n.kind == "marked").collect();
+    let marked: Vec<&Notice> = got.iter().filter(|n| n.kind == "marked" && !n.of_disk()).collect();
     // The latest `marked` of `id` at or before `t`: the mark an act at `t` acts on.
     let mark_of = |id: &str, t: i64| {
         marked
@@ -356,7 +388,8 @@ pub(crate) fn check(e: &Evidence<'_>, stats: &mut Stats) -> Vec<Failure> {
         }
     }
     stats.notices_delivered = first.len() as u64;
-    for n in &got {
+    // The disks' notices are the disks' checks (D3).
+    for n in got.iter().filter(|n| !n.of_disk()) {
         let id = n.target.as_str();
         let happened = match n.kind.as_str() {
             "torn_down" => terminated_ok.contains(id) && !listed.contains_key(id),
@@ -383,7 +416,10 @@ pub(crate) fn check(e: &Evidence<'_>, stats: &mut Stats) -> Vec<Failure> {
         }
     }
     for id in &terminated_ok {
-        if !got.iter().any(|n| n.kind == "torn_down" && n.target == *id) {
+        if !got
+            .iter()
+            .any(|n| n.kind == "torn_down" && !n.of_disk() && n.target == *id)
+        {
             fail(
                 &mut out,
                 name::NOTICE,
@@ -404,6 +440,9 @@ pub(crate) fn check(e: &Evidence<'_>, stats: &mut Stats) -> Vec<Failure> {
     let end = e.runs.last().map_or(0, |r| r.now);
     out.extend(store_after_kill(w, e.store, end));
     for m in e.store.marks().unwrap_or_default() {
+        if m.kind == Kind::Disk {
+            continue;
+        }
         if m.acting_since.is_some() {
             fail(&mut out, name::STORE, &m.id, "still acting after the last run".into());
         }
@@ -417,5 +456,6 @@ pub(crate) fn check(e: &Evidence<'_>, stats: &mut Stats) -> Vec<Failure> {
         }
     }
     stats.torn_down = w.rows.keys().filter(|id| !listed.contains_key(*id)).count() as u64;
+    out.extend(disks::check(e, &got, stats));
     out
 }

@@ -1,6 +1,7 @@
 //! One scheduled-sweep world, drawn from its seed: the instances and their GPU load
 //! profiles, what people do to them between runs (stop and start by hand, new instances,
-//! keeps), the monitor's and the gateway's faults, and the job's settings.
+//! keeps), the monitor's and the gateway's faults, and the job's settings; their data disks
+//! are drawn by [`super::disks`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use super::disks::DiskWorld;
 use super::{EPOCH, HOUR, MINUTE, Options, PROTECTED_GLOB};
 use crate::credentials::Account;
 use crate::monitor::IdleRule;
@@ -22,8 +24,11 @@ pub(crate) enum Deed {
     Power { id: String, running: bool },
     /// A new GPU instance appears, running.
     Insert { row: Box<ScenarioInstance> },
-    /// `compshare-teardown keep ID --for ...`, written to the store as the command does.
+    /// `compshare-teardown keep ID --for ...`, written to the store as the command does (an
+    /// instance's or a data disk's ID).
     Keep { id: String, until: i64 },
+    /// Someone attaches a data disk to a running instance (it takes only if the disk is free).
+    Attach { disk: String, host: String },
 }
 
 /// One seed's world.
@@ -43,6 +48,8 @@ pub(crate) struct World {
     /// Dice for the runs (kills, crashes, the inbox), apart from the world's so a change in
     /// how runs are disturbed leaves the world itself as it was.
     pub runs_rng: StdRng,
+    /// The data disks, what people do to them, and whether the job watches them.
+    pub disks: DiskWorld,
 }
 
 /// A rate of 0 in half the worlds, else uniform in `0..max`.
@@ -105,11 +112,13 @@ impl World {
         let mut instances = Vec::new();
         let mut deeds: Vec<(i64, Deed)> = Vec::new();
         let mut rows = BTreeMap::new();
+        let mut disks = DiskWorld::new(seed);
         for i in 0..n {
             // One in six appears later, at a random time of the run.
             let later = rng.random_bool(1.0 / 6.0).then(|| rng.random_range(EPOCH..end));
             let created = later.unwrap_or_else(|| EPOCH - rng.random_range(HOUR..3 * 24 * HOUR));
-            let r = row(&mut rng, i, hours, created);
+            let mut r = row(&mut rng, i, hours, created);
+            disks.give(&mut r);
             let id = r.row["UHostId"].as_str().unwrap_or_default().to_owned();
             let name = r.row["Name"].as_str().unwrap_or_default().to_owned();
             rows.insert(id.clone(), (r.row["GPU"].as_i64().unwrap_or(1), name));
@@ -145,6 +154,10 @@ impl World {
                 deeds.push((at, Deed::Keep { id: id.clone(), until }));
             }
         }
+        let free = disks.free();
+        let hosts: Vec<String> = rows.keys().cloned().collect();
+        deeds.extend(disks.deeds(&hosts, EPOCH, end));
+        // Stable: the instances' deeds keep their order among themselves.
         deeds.sort_by_key(|(at, _)| *at);
         let faults = Faults {
             http_502: maybe(&mut rng, 0.03),
@@ -174,6 +187,7 @@ impl World {
             faults,
             monitor,
             instances,
+            disks: free,
             ..Scenario::default()
         };
         scenario.validate().expect("a sweep world is valid");
@@ -203,6 +217,7 @@ impl World {
                 40
             },
             runs_rng: StdRng::seed_from_u64(seed ^ 0x0801_f2e2_858e_fc16),
+            disks,
         }
     }
 }
