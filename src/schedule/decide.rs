@@ -10,7 +10,8 @@
 //!   again, stopped or deleted by someone, kept, or no longer selected (renamed or re-tagged
 //!   into a protection, or out of the filters).
 //! - A teardown that had begun when a job died is finished on the next run only while the
-//!   instance is not running again: a restarted instance is judged afresh.
+//!   instance is not running again: a running instance is judged afresh (and the job clears
+//!   the `acting` flag of a mark that waits, so a person's later stop is not taken for ours).
 
 use serde::Serialize;
 

@@ -325,6 +325,16 @@ fn step(
             Decision::Wait { due_at, .. } => {
                 report.waiting += 1;
                 report.due += usize::from(*due_at <= now);
+                // A teardown begun by a run that died, on an instance still running: it did
+                // not happen. Waiting (no fresh evidence, outside the hours), the mark is no
+                // longer "acting", or a person's later stop would read as our own half-done
+                // teardown and be finished with a Terminate.
+                if let Some(m) = mark.filter(|m| m.acting_since.is_some() && *listed == Listed::Running) {
+                    changes.marks.push(Mark {
+                        acting_since: None,
+                        ..m.clone()
+                    });
+                }
             }
             Decision::Unmark { why } => {
                 report.unmarked += 1;

@@ -15,7 +15,7 @@ use serde_json::{Map, json};
 
 use super::writes::{event_for, pending};
 use super::{Config, JobReport, secs};
-use crate::api::DiskRow;
+use crate::api::{Attachment, DiskRow};
 use crate::notice::{EventKind, Target};
 use crate::schedule::decide::{Decision, DiskListed, Policy, decide_disk};
 use crate::selection::Verdict;
@@ -137,6 +137,15 @@ pub(super) fn step(
             Decision::Wait { due_at, .. } => {
                 report.waiting += 1;
                 report.due += usize::from(*due_at <= now);
+                // Listed free after a deletion began: that Delete did not happen (an accepted
+                // one lists the disk as deleting). Not "acting" while it waits, so its later
+                // disappearance is not taken for our deletion.
+                if let Some(m) = mark.filter(|m| m.acting_since.is_some()) {
+                    changes.marks.push(Mark {
+                        acting_since: None,
+                        ..m.clone()
+                    });
+                }
             }
             Decision::Unmark { why } => {
                 report.unmarked += 1;
@@ -197,6 +206,8 @@ fn listed<'a>(
     let mut listed = BTreeMap::new();
     for (row, verdict) in &disks.rows {
         let l = match verdict {
+            // Being deleted (ours, begun by a run that died, or someone else's): gone.
+            _ if row.attachment() == Attachment::Deleting => DiskListed::Gone,
             Verdict::Act if row.is_detached() => DiskListed::Detached {
                 since: since.get(&row.disk_id).copied().unwrap_or(now),
             },
