@@ -84,10 +84,7 @@ pub fn decide(
     judgement: &Judgement,
     policy: Policy,
 ) -> Decision {
-    let unmark = |why: &str| match mark {
-        Some(_) => Decision::Unmark { why: why.to_owned() },
-        None => Decision::Nothing,
-    };
+    let unmark = |why: &str| unmark(mark, why);
     let acting = mark.is_some_and(|m| m.acting_since.is_some());
     match listed {
         Listed::Gone if acting => return Decision::Finished,
@@ -96,12 +93,7 @@ pub fn decide(
         Listed::NotRunning | Listed::Running => {}
     }
     if let Some(k) = keep {
-        return match mark {
-            Some(_) => Decision::Unmark {
-                why: format!("kept until {}", rfc3339(k.until_at)),
-            },
-            None => Decision::Kept { until_at: k.until_at },
-        };
+        return kept(mark, k);
     }
     if listed == Listed::NotRunning {
         // Our own teardown stopped it before the job died: finish it. Anyone else's stop
@@ -155,10 +147,7 @@ pub fn decide_disk(
     detached_for: i64,
     policy: Policy,
 ) -> Decision {
-    let unmark = |why: &str| match mark {
-        Some(_) => Decision::Unmark { why: why.to_owned() },
-        None => Decision::Nothing,
-    };
+    let unmark = |why: &str| unmark(mark, why);
     let acting = mark.is_some_and(|m| m.acting_since.is_some());
     let since = match listed {
         DiskListed::Gone if acting => return Decision::Finished,
@@ -168,12 +157,7 @@ pub fn decide_disk(
         DiskListed::Detached { since } => Some(since),
     };
     if let Some(k) = keep {
-        return match mark {
-            Some(_) => Decision::Unmark {
-                why: format!("kept until {}", rfc3339(k.until_at)),
-            },
-            None => Decision::Kept { until_at: k.until_at },
-        };
+        return kept(mark, k);
     }
     match since {
         None => unmark("attached again"),
@@ -181,6 +165,24 @@ pub fn decide_disk(
         // between (its clock started over), so it was in use again.
         Some(since) if now.saturating_sub(since) < detached_for => unmark("attached again since it was marked"),
         Some(_) => idle(now, mark, policy),
+    }
+}
+
+/// Drop the mark, if there is one, saying why.
+fn unmark(mark: Option<&Mark>, why: &str) -> Decision {
+    match mark {
+        Some(_) => Decision::Unmark { why: why.to_owned() },
+        None => Decision::Nothing,
+    }
+}
+
+/// A keep holds: it drops a mark, or is shown as the reason nothing happens.
+fn kept(mark: Option<&Mark>, k: &Keep) -> Decision {
+    match mark {
+        Some(_) => Decision::Unmark {
+            why: format!("kept until {}", rfc3339(k.until_at)),
+        },
+        None => Decision::Kept { until_at: k.until_at },
     }
 }
 
