@@ -1921,7 +1921,10 @@ fn an_inherited_ignored_sigint_still_interrupts_the_selection() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("nothing was changed"), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // The server never answers: without the interrupt the Describe would wait out its 30 s
+    // request timeout. Half of that leaves a loaded 2-core machine room and still tells the
+    // two apart.
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
     drop(conn);
     assert!(w.mutating_calls().is_empty());
 }
