@@ -318,7 +318,7 @@ mod tests {
             verdict,
         };
         let plan = Plan::build(
-            &[
+            vec![
                 cand("a-1", crate::api::State::Running, "Postpay", Verdict::Act),
                 cand("a-2", crate::api::State::Running, "Spot", Verdict::Act),
                 Candidate {
@@ -380,7 +380,7 @@ mod tests {
                 reason: "r\x1b]0;title\x07".into(),
             },
         }];
-        let text = plan_table(&Plan::build(&cands, &Account::default(), false, false));
+        let text = plan_table(&Plan::build(cands.to_vec(), &Account::default(), false, false));
         assert!(text.lines().all(|l| !l.chars().any(acts_on_terminal)), "{text:?}");
         assert_eq!(printable("plain"), Cow::Borrowed("plain"));
     }

@@ -175,9 +175,12 @@ pub mod lenient {
         }
     }
 
-    /// A list that may be `null`.
+    /// A list that may be `null`. Trimmed to its length: a row's disks and addresses are
+    /// kept as long as the row, and serde grows a list to four entries for the first one.
     pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
-        Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
+        let mut list = Option::<Vec<T>>::deserialize(d)?.unwrap_or_default();
+        list.shrink_to_fit();
+        Ok(list)
     }
 
     /// Integer value of a JSON number or numeric string.

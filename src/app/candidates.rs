@@ -2,6 +2,7 @@
 //! quick retries, a listing never shorter than a count already seen), named IDs outside the
 //! scope refused, every row judged.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
@@ -53,9 +54,10 @@ impl Ctx {
             .await
             .map_err(|e| selection_failure(&e))?;
         if let Some(ids) = &req.ids {
+            let named: HashSet<&str> = ids.iter().map(String::as_str).collect();
             let outside: Vec<String> = rows
                 .iter()
-                .filter(|r| ids.contains(&r.uhost_id))
+                .filter(|r| named.contains(r.uhost_id.as_str()))
                 .filter_map(|r| req.filters.outside_scope(r))
                 .collect();
             if !outside.is_empty() {
@@ -66,7 +68,7 @@ impl Ctx {
             }
         }
         Ok(selection::select(
-            &rows,
+            rows,
             req.ids.as_deref(),
             &req.filters,
             &req.protections,

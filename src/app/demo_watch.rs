@@ -184,7 +184,7 @@ async fn targets(client: &Client, now: i64) -> Result<schedule::Targets, anyhow:
         .await
         .map_err(|e| anyhow!("{e}"))?;
     Ok(schedule::Targets {
-        instances: selection::select(&rows, None, &Filters::default(), &Protections::default(), now),
+        instances: selection::select(rows, None, &Filters::default(), &Protections::default(), now),
         disks: Some(schedule::Disks {
             rows: disks.into_iter().map(|r| (r, Verdict::Act)).collect(),
             detached_for: DISK_WINDOW,

@@ -41,7 +41,7 @@ impl Ctx {
         let cancel = interrupt_token();
         let cands = interruptible(&cancel, self.candidates(&client, &req)).await?;
         let (release, force) = self.effect(e);
-        let plan = Plan::build(&cands, &account, release, force);
+        let plan = Plan::build(cands, &account, release, force);
         if let Some(path) = save {
             pathset::write_file(path, json(&plan).as_bytes())
                 .map_err(|e| anyhow!("cannot write plan {}: {e}", path.display()))?;

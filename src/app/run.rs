@@ -23,7 +23,7 @@ use super::terminal::{
     BarsHandle, can_confirm, confirm, interrupt_token, interruptible, json, print, spawn_signal_handler,
 };
 use super::{CmdResult, Ctx, Exit, Failure, exit_for};
-use crate::api::{Client, Instance};
+use crate::api::Client;
 use crate::cli::{self, RunArgs};
 use crate::credentials::Account;
 use crate::defaults;
@@ -266,12 +266,13 @@ impl Ctx {
                 let cands = interruptible(cancel, self.candidates(client, &req)).await?;
                 // A named ID the selection could not see yet may still turn up outside the scope.
                 let filters = req.filters;
-                let plan = Plan::build(&cands, account, release, force);
+                // Data disks only: the report's kept-disk lines are the only reader.
                 let disk_sizes = cands
                     .iter()
                     .filter_map(|c| c.row.as_ref())
-                    .flat_map(|r| r.disk_set.iter().map(|d| (d.disk_id.clone(), d.size)))
+                    .flat_map(|r| r.data_disks().map(|d| (d.disk_id.clone(), d.size)))
                     .collect();
+                let plan = Plan::build(cands, account, release, force);
                 Selection {
                     ids: plan.acting_ids(),
                     plan,
@@ -302,7 +303,7 @@ impl Ctx {
                     .collect();
                 // The journal fixes the selection; protections still apply right before acting.
                 Selection {
-                    plan: Plan::build(&cands, account, release, force),
+                    plan: Plan::build(cands, account, release, force),
                     ids: res.ids.clone(),
                     guard: Box::new(move |row| protections.refuse(row)),
                     resume: Some(res),
@@ -331,32 +332,33 @@ impl Ctx {
         // From here on an interrupt lets calls in flight finish and still reports.
         let cancel = CancellationToken::new();
         spawn_signal_handler(cancel.clone());
-        let skipped_count = plan
-            .entries
-            .iter()
-            .filter(|e| e.action == crate::plan::Action::Skip)
-            .count();
-        let bars = BarsHandle::new(&self.multi, ids.len() + skipped_count);
-        let known: Vec<Instance> = plan
-            .entries
-            .iter()
-            .map(|e| Instance {
-                uhost_id: e.uhost_id.clone(),
-                name: e.name.clone(),
-                region: e.region.clone(),
-                zone: e.zone.clone(),
-                ..Instance::default()
-            })
-            .collect();
-        // Skipped entries never reach the runner; the bars count them as done. (A set: a
-        // scan of `ids` per entry would cost the batch's size squared.)
+        // The plan is taken apart before the run: the entries it skips join the report as
+        // they are, the data disks of the others are kept for the kept-disk lines, and the
+        // names and places move into the engine's records. (Kept whole, it was a copy of
+        // every instance's strings for the whole run.)
         let running: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
-        let skipped: Vec<&crate::plan::Item> = plan
-            .entries
-            .iter()
-            .filter(|e| e.action == crate::plan::Action::Skip && !running.contains(e.uhost_id.as_str()))
-            .collect();
+        let mut skipped: Vec<crate::plan::Item> = Vec::new();
+        let mut known: Vec<workflow::Known> = Vec::with_capacity(ids.len());
+        let mut data_disks: Vec<(String, Vec<String>)> = Vec::new();
+        for mut e in plan.entries {
+            // Skipped entries never reach the runner; the bars count them as done.
+            if e.action == crate::plan::Action::Skip && !running.contains(e.uhost_id.as_str()) {
+                skipped.push(e);
+                continue;
+            }
+            if !e.data_disks.is_empty() {
+                data_disks.push((e.uhost_id.clone(), std::mem::take(&mut e.data_disks)));
+            }
+            known.push(workflow::Known {
+                id: e.uhost_id,
+                name: e.name,
+                region: e.region,
+                zone: e.zone,
+                ..workflow::Known::default()
+            });
+        }
         drop(running);
+        let bars = BarsHandle::new(&self.multi, ids.len() + skipped.len());
         for e in &skipped {
             bars.finished_elsewhere(&e.uhost_id, &Outcome::Skipped { reason: String::new() });
         }
@@ -373,7 +375,7 @@ impl Ctx {
         super::terminal::drained();
         bars.finish();
         add_skipped(&mut report, &skipped, release);
-        report.kept_disks = kept_disks(&report, &plan, &disk_sizes);
+        report.kept_disks = kept_disks(&report, &data_disks, &disk_sizes);
         report
     }
 
@@ -414,27 +416,31 @@ fn named_within(req: &Request, max_count: usize) -> CmdResult<()> {
 
 /// The data disks of the instances this run terminated without `ReleaseUDisk`: kept, and
 /// still billed.
-fn kept_disks(report: &Report, plan: &Plan, sizes: &std::collections::HashMap<String, i64>) -> Vec<workflow::KeptDisk> {
+fn kept_disks(
+    report: &Report,
+    data_disks: &[(String, Vec<String>)],
+    sizes: &std::collections::HashMap<String, i64>,
+) -> Vec<workflow::KeptDisk> {
     let terminated: std::collections::HashSet<&str> = report
         .instances
         .iter()
         .filter(|i| !i.release_udisk && matches!(i.outcome, Outcome::Terminated { .. }))
         .map(|i| i.uhost_id.as_str())
         .collect();
-    plan.entries
+    data_disks
         .iter()
-        .filter(|e| terminated.contains(e.uhost_id.as_str()))
-        .flat_map(|e| {
-            e.data_disks.iter().map(|d| workflow::KeptDisk {
+        .filter(|(id, _)| terminated.contains(id.as_str()))
+        .flat_map(|(id, disks)| {
+            disks.iter().map(|d| workflow::KeptDisk {
                 disk_id: d.clone(),
-                uhost_id: e.uhost_id.clone(),
+                uhost_id: id.clone(),
                 size_gb: sizes.get(d).copied(),
             })
         })
         .collect()
 }
 
-fn add_skipped(report: &mut Report, skipped: &[&crate::plan::Item], release_udisk: bool) {
+fn add_skipped(report: &mut Report, skipped: &[crate::plan::Item], release_udisk: bool) {
     if skipped.is_empty() {
         return;
     }

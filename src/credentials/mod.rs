@@ -413,8 +413,13 @@ impl Account {
 /// Lower-case hex SHA-1.
 pub(crate) fn sha1_hex(bytes: &[u8]) -> String {
     use sha1::Digest;
+    hex(&sha1::Sha1::digest(bytes))
+}
+
+/// Lower-case hex of a digest.
+pub(crate) fn hex(digest: &[u8]) -> String {
     use std::fmt::Write as _;
-    sha1::Sha1::digest(bytes).iter().fold(String::new(), |mut s, b| {
+    digest.iter().fold(String::with_capacity(digest.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })

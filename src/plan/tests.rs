@@ -52,7 +52,7 @@ fn actions_by_state_and_options() {
             verdict: Verdict::NotFound,
         },
     ];
-    let p = Plan::build(&cands, &Account::default(), false, false);
+    let p = Plan::build(cands.clone(), &Account::default(), false, false);
     let actions: Vec<Action> = p.entries.iter().map(|e| e.action).collect();
     assert_eq!(
         actions,
@@ -69,7 +69,7 @@ fn actions_by_state_and_options() {
     assert!((p.hourly_price() - 7.5).abs() < 1e-9);
     assert_eq!(p.entries[0].disks, "kept");
     assert_eq!(p.entries[0].data_disks, vec!["bsi-data"]);
-    let forced = Plan::build(&cands, &Account::default(), true, true);
+    let forced = Plan::build(cands.clone(), &Account::default(), true, true);
     assert_eq!(forced.entries[3].action, Action::StopThenTerminate);
     assert_eq!(forced.entries[0].disks, "released");
 }
@@ -77,7 +77,7 @@ fn actions_by_state_and_options() {
 #[test]
 fn drift_detection() {
     let p = Plan::build(
-        &[cand("a-1", State::Stopped, "Postpay", Verdict::Act)],
+        vec![cand("a-1", State::Stopped, "Postpay", Verdict::Act)],
         &Account::default(),
         false,
         false,
@@ -105,7 +105,7 @@ fn loading_checks_ids_and_the_account() {
         cand("a-2", State::Stopped, "Postpay", Verdict::Act),
     ];
     let save = |p: &Plan| std::fs::write(path, serde_json::to_string(p).unwrap()).unwrap();
-    let plan = Plan::build(&cands, &mine, false, false);
+    let plan = Plan::build(cands.to_vec(), &mine, false, false);
     save(&plan);
     assert_eq!(Plan::load(path, &mine, false).unwrap(), plan);
     let other = Account::new(&url, Some("proj-b"), "pub");
@@ -141,7 +141,7 @@ fn an_edited_plan_is_refused() {
         cand("a-1", State::Stopped, "Postpay", Verdict::Act),
         cand("a-2", State::Running, "Postpay", Verdict::Act),
     ];
-    let plan = Plan::build(&cands, &mine, false, false);
+    let plan = Plan::build(cands.to_vec(), &mine, false, false);
     let load = |p: &Plan| {
         std::fs::write(path, serde_json::to_string_pretty(p).unwrap()).unwrap();
         Plan::load(path, &mine, false).map_err(|e| e.to_string())

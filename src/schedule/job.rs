@@ -27,7 +27,7 @@ use crate::notice::{EventKind, Notifier};
 use crate::selection::Candidate;
 use crate::state::{Changes, Kind, Mark, StateError, Store};
 use crate::workflow::disks::{DiskControls, delete_disks};
-use crate::workflow::{self, Controls, Outcome, Report, Settings};
+use crate::workflow::{self, Controls, Known, Outcome, Report, Settings};
 
 mod disks;
 mod judge;
@@ -418,7 +418,7 @@ fn step(
 /// the protections on the fresh row before the first call; Terminate only on `Stopped`).
 async fn act<T: Transport + 'static>(cloud: Arc<T>, cfg: &Config, acting: Vec<Instance>, mut ctl: Controls) -> Report {
     let ids = acting.iter().map(|r| r.uhost_id.clone()).collect();
-    ctl.known = acting;
+    ctl.known = acting.iter().map(Known::of).collect();
     let settings = Settings {
         stop_only: cfg.action == Action::Stop,
         ..cfg.settings.clone()

@@ -75,13 +75,13 @@ fn filters_and_ids_combine() {
         ..Filters::default()
     };
     let none = Protections::default();
-    let all = select(&rows, None, &filters, &none, 10_000);
+    let all = select(rows.clone(), None, &filters, &none, 10_000);
     assert_eq!(
         all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         vec!["uhost-a", "uhost-c"]
     );
     let ids = vec!["uhost-b".to_owned(), "uhost-c".to_owned(), "uhost-zz".to_owned()];
-    let named = select(&rows, Some(&ids), &filters, &none, 10_000);
+    let named = select(rows.clone(), Some(&ids), &filters, &none, 10_000);
     assert!(matches!(&named[0].verdict, Verdict::Skip { reason } if reason.starts_with("filtered")));
     assert_eq!(named[1].verdict, Verdict::Act);
     assert_eq!(named[2].verdict, Verdict::NotFound);
@@ -89,7 +89,7 @@ fn filters_and_ids_combine() {
         states: vec![State::Stopped],
         ..Filters::default()
     };
-    assert_eq!(select(&rows, None, &states, &none, 10_000).len(), 1);
+    assert_eq!(select(rows.clone(), None, &states, &none, 10_000).len(), 1);
 }
 
 #[test]
@@ -99,8 +99,11 @@ fn older_than_uses_create_time() {
         older_than: Some(Duration::from_secs(3600)),
         ..Filters::default()
     };
-    assert!(select(&rows, None, &f, &Protections::default(), 1000 + 3599).is_empty());
-    assert_eq!(select(&rows, None, &f, &Protections::default(), 1000 + 3600).len(), 1);
+    assert!(select(rows.clone(), None, &f, &Protections::default(), 1000 + 3599).is_empty());
+    assert_eq!(
+        select(rows.clone(), None, &f, &Protections::default(), 1000 + 3600).len(),
+        1
+    );
 }
 
 #[test]
@@ -123,7 +126,7 @@ fn protections_win() {
         allow_self: false,
     };
     let ids: Vec<String> = vec!["uhost-a".into(), "uhost-b".into(), "uhost-me".into(), "uhost-q".into()];
-    let got = select(&rows, Some(&ids), &Filters::default(), &p, 0);
+    let got = select(rows.clone(), Some(&ids), &Filters::default(), &p, 0);
     let reasons: Vec<String> = got
         .iter()
         .map(|c| match &c.verdict {
@@ -166,7 +169,7 @@ fn protections_win() {
     assert!(address_readings("not an address").is_empty());
     let allowed = Protections { allow_self: true, ..p };
     assert_eq!(
-        select(&rows, Some(&ids[2..3]), &Filters::default(), &allowed, 0)[0].verdict,
+        select(rows.clone(), Some(&ids[2..3]), &Filters::default(), &allowed, 0)[0].verdict,
         Verdict::Act
     );
 }
@@ -188,7 +191,7 @@ fn a_row_without_region_lives_where_its_zone_says() {
         region: Some("cn-sh2".into()),
         ..Filters::default()
     };
-    let chosen: Vec<String> = select(&rows, None, &f, &Protections::default(), 10_000)
+    let chosen: Vec<String> = select(rows.clone(), None, &f, &Protections::default(), 10_000)
         .into_iter()
         .map(|c| c.id)
         .collect();

@@ -23,7 +23,7 @@ use crate::api::Instance;
 use crate::app::{Exit, exit_for};
 use crate::credentials::{Credentials, PrivateKey};
 use crate::workflow::journal::{self, Journal};
-use crate::workflow::{self, Controls, Guard, NoObserver, Report};
+use crate::workflow::{self, Controls, Guard, Known, NoObserver, Report};
 use world::{DEADLINE_GRACE, World};
 
 /// What varies between sweeps (everything else comes from the seed).
@@ -328,11 +328,11 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
             _ => world.ids.clone(),
         };
         let ids = resume.as_ref().map_or(first, |r| r.ids.clone());
-        let known: Vec<Instance> = if resume.is_some() {
+        let known: Vec<Known> = if resume.is_some() {
             ids.iter()
-                .map(|id| Instance {
-                    uhost_id: id.clone(),
-                    ..Instance::default()
+                .map(|id| Known {
+                    id: id.clone(),
+                    ..Known::default()
                 })
                 .collect()
         } else {
@@ -340,12 +340,12 @@ async fn run_world(seed: u64, opts: Options) -> (SeedRun, String) {
                 .rows
                 .iter()
                 .filter(|r| ids.contains(&r.uhost_id))
-                .map(|r| Instance {
-                    uhost_id: r.uhost_id.clone(),
+                .map(|r| Known {
+                    id: r.uhost_id.clone(),
                     name: r.name.clone(),
                     region: r.region.clone(),
                     zone: r.zone.clone(),
-                    ..Instance::default()
+                    ..Known::default()
                 })
                 .collect()
         };

@@ -213,7 +213,7 @@ fn config(w: &World, seed: u64) -> Config {
 async fn candidates(cloud: &Recorder, w: &World, now: i64) -> Option<Vec<selection::Candidate>> {
     for _ in 0..4 {
         if let Ok(rows) = api::describe_all(cloud, None, None).await {
-            return Some(selection::select(&rows, None, &Filters::default(), &w.protections, now));
+            return Some(selection::select(rows, None, &Filters::default(), &w.protections, now));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -32,7 +32,7 @@ use crate::defaults;
 #[cfg(feature = "sweep")]
 pub(crate) use batch::NoObserver;
 pub(crate) use batch::{Activity, Guard, Observer};
-pub use batch::{Controls, run};
+pub use batch::{Controls, Known, run};
 pub(crate) use outcome::InstanceReport;
 pub use outcome::{KeptDisk, Outcome, Report, TargetKind};
 

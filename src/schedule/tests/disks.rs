@@ -114,7 +114,7 @@ async fn disks_are_deleted_only_after_the_window_and_the_grace() {
         }
         let now = sim.unix_now();
         let rows = api::describe_all(&sim, None, None).await.unwrap();
-        let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+        let cands = selection::select(rows.clone(), None, &Filters::default(), &Protections::default(), now);
         let targets = Targets {
             instances: cands,
             disks: Some(disks(&sim, window).await),

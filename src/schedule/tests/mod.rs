@@ -59,7 +59,7 @@ fn config(account: &Account) -> Config {
 async fn once(sim: &SimHandle, store: &mut Store, cfg: &Config) -> JobReport {
     let now = sim.unix_now();
     let rows = api::describe_all(sim, None, None).await.unwrap();
-    let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+    let cands = selection::select(rows.clone(), None, &Filters::default(), &Protections::default(), now);
     run_once(
         Arc::new(sim.clone()),
         store,
@@ -307,7 +307,7 @@ async fn two_runs_in_one_second_each_write_their_summary() {
     );
     let now = sim.unix_now();
     let rows = api::describe_all(&sim, None, None).await.unwrap();
-    let cands = || selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+    let cands = || selection::select(rows.clone(), None, &Filters::default(), &Protections::default(), now);
     let first = run_once(
         Arc::new(sim.clone()),
         &mut store,
@@ -485,7 +485,7 @@ async fn a_run_over_its_bound_still_delivers_its_notices() {
     );
     let now = sim.unix_now();
     let rows = api::describe_all(&sim, None, None).await.unwrap();
-    let cands = selection::select(&rows, None, &Filters::default(), &Protections::default(), now);
+    let cands = selection::select(rows.clone(), None, &Filters::default(), &Protections::default(), now);
     let result = run_once(
         Arc::new(sim.clone()),
         &mut store,

@@ -6,6 +6,7 @@
 //! ([`Recheck`]) and the call task. The per-instance retry budgets live on the instance's
 //! tracker; whether a refusal earns one more look is the machine's (`after_refusal`).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,22 @@ const FRESH: Duration = Duration::from_millis(1);
 /// one look shared among them saves requests the limit counts.
 const UNPACED_GATHER: Duration = Duration::from_millis(10);
 
+/// Call tasks alive at once, as a multiple of `--concurrency`: enough that a slot freed by an
+/// answer is taken at once by a task already waiting, and few enough that a batch of 100,000
+/// does not hold a task (a few hundred bytes each, 7 MiB at 10,000) per decided call.
+const SPAWNED_PER_SLOT: usize = 2;
+
+/// A call decided (and its intent journaled) that has no task yet: what the task needs that
+/// the tracker does not hold. Its target is read from the tracker when the task starts: a
+/// calling instance is not looked at, so its row does not change meanwhile.
+pub(super) struct Queued {
+    i: usize,
+    call: Call,
+    force: bool,
+    decided_at: Instant,
+    synced: Option<Synced>,
+}
+
 /// The Stop/Terminate side of a run.
 pub(super) struct Calls<C> {
     cloud: Arc<C>,
@@ -52,6 +69,10 @@ pub(super) struct Calls<C> {
     /// How long the first of several Terminates that must look again waits for the others
     /// to join its look under a request pace: `min_poll`, clamped to 50 ms-1 s.
     gather: Duration,
+    /// Calls decided, oldest first, waiting for a task (see [`SPAWNED_PER_SLOT`]).
+    queue: VecDeque<Queued>,
+    /// How many call tasks may be alive at once.
+    max_spawned: usize,
 }
 
 impl<C: Cloud + 'static> Calls<C> {
@@ -77,6 +98,8 @@ impl<C: Cloud + 'static> Calls<C> {
             gather: settings
                 .min_poll()
                 .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            queue: VecDeque::new(),
+            max_spawned: settings.concurrency.max(1) * SPAWNED_PER_SLOT,
         }
     }
 
@@ -183,14 +206,14 @@ impl<C: Cloud + 'static> Runner<C> {
             let error = format!("internal: refused to terminate from state {}", row.state);
             return self.fail(i, error, None);
         }
-        let target = row.target(&self.trackers[i].id);
         let decided_on = row.state.clone();
+        let (region, zone) = (row.region.clone(), row.zone.clone());
         let id = self.trackers[i].id.clone();
         let synced = self.journal_intent(&Entry::Call {
             id: id.clone(),
             call,
-            region: target.region.clone(),
-            zone: target.zone.clone(),
+            region,
+            zone,
         });
         if self.ends.halt == Some(Halt::JournalFailed) {
             // The intent could not be recorded: do not send what a resume would not know of.
@@ -202,10 +225,46 @@ impl<C: Cloud + 'static> Runner<C> {
         let now = Instant::now();
         self.trackers.start_call(i, decided_on, now);
         self.trackers.get_mut(i).acted = true;
-        tracing::info!(id = %id, region = %target.region, zone = %target.zone, "{}", call.action());
+        if let Some(row) = self.trackers[i].row.as_ref() {
+            tracing::info!(id = %id, region = %row.region, zone = %row.zone, "{}", call.action());
+        }
         self.ctl.observer.activity(&id, &Activity::Calling(call));
-        let task = self.calls.task(i, call, target, force, now, synced);
-        self.tasks.spawn(vec![i], task);
+        self.calls.queue.push_back(Queued {
+            i,
+            call,
+            force,
+            decided_at: now,
+            synced,
+        });
+        self.spawn_calls();
+    }
+
+    /// Give queued calls their tasks, oldest first, up to the bound. The slots and the pace
+    /// still decide when each leaves; this only bounds how many wait for them.
+    pub(super) fn spawn_calls(&mut self) {
+        if self.ends.halt.is_some() {
+            return; // the main loop drains the queue (see `drain_calls`)
+        }
+        while self.tasks.calls() < self.calls.max_spawned {
+            let Some(q) = self.calls.queue.pop_front() else { return };
+            if !self.trackers.is_calling(q.i) {
+                continue; // ended while queued (a halt drains the queue first; see `drain_calls`)
+            }
+            let Some(row) = self.trackers[q.i].row.as_ref() else {
+                continue;
+            };
+            let target = row.target(&self.trackers[q.i].id);
+            let task = self.calls.task(q.i, q.call, target, q.force, q.decided_at, q.synced);
+            self.tasks.spawn(vec![q.i], task);
+        }
+    }
+
+    /// A halt: every call still without a task never leaves, as if its task had found the
+    /// run halting.
+    pub(super) fn drain_calls(&mut self) {
+        while let Some(q) = self.calls.queue.pop_front() {
+            self.on_called(q.i, q.call, Sent::Halted);
+        }
     }
 
     /// A call task came back: the call was answered, or never left.

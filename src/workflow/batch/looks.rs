@@ -349,11 +349,11 @@ impl<C: Cloud + 'static> Runner<C> {
         // nothing, and cost no copies.)
         let changed = t
             .last_decision
-            .as_ref()
+            .as_deref()
             .is_none_or(|(s, p, d)| s.as_deref() != state.map(State::as_str) || *p != before || *d != decision);
-        if changed {
+        if changed && self.ctl.journal.is_some() {
             let state = state.map(|s| s.as_str().to_owned());
-            t.last_decision = Some((state.clone(), before, decision.clone()));
+            t.last_decision = Some(Box::new((state.clone(), before, decision.clone())));
             let entry = Entry::Decision {
                 id: t.id.clone(),
                 state,

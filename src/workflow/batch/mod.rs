@@ -79,8 +79,31 @@ pub struct Controls {
     pub observer: Box<dyn Observer>,
     /// Cancelled on the first Ctrl-C / SIGTERM: start nothing new, let calls finish.
     pub cancel: CancellationToken,
-    /// Rows from the selection step, used only to name instances in the report.
-    pub known: Vec<Instance>,
+    /// What the selection knew of each instance, used only to name it until its first look.
+    pub known: Vec<Known>,
+}
+
+/// What the selection knew of an instance: its name and where it lives, until a look says
+/// more. A whole row per instance is several times this, at the batch's peak of memory.
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub zone: String,
+    pub state: State,
+}
+
+impl Known {
+    pub fn of(row: &Instance) -> Known {
+        Known {
+            id: row.uhost_id.clone(),
+            name: row.name.clone(),
+            region: row.region.clone(),
+            zone: row.zone.clone(),
+            state: row.state.clone(),
+        }
+    }
 }
 
 impl Default for Controls {
@@ -158,12 +181,19 @@ struct Tasks {
     /// The Describe tasks among them: read-only, so a halt drops them rather than wait up to
     /// a request timeout for answers nobody reads.
     looks: HashMap<TaskId, AbortHandle>,
+    /// Call (Stop/Terminate) tasks alive: all tasks but the looks.
+    calls: usize,
 }
 
 impl Tasks {
     fn spawn(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
         let handle = self.set.spawn(task);
         self.owners.insert(handle.id(), idxs);
+        self.calls += 1;
+    }
+
+    fn calls(&self) -> usize {
+        self.calls
     }
 
     fn spawn_look(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
@@ -174,7 +204,8 @@ impl Tasks {
 
     /// Drop every look in flight (a halt: their instances are ended where they stand).
     fn abort_looks(&mut self) {
-        for (_, look) in self.looks.drain() {
+        // Kept in `looks` until joined, so an aborted look is told from a lost call.
+        for look in self.looks.values() {
             look.abort();
         }
     }
@@ -189,12 +220,17 @@ impl Tasks {
         Some(match joined {
             Ok((id, event)) => {
                 self.owners.remove(&id);
-                self.looks.remove(&id);
+                if self.looks.remove(&id).is_none() {
+                    self.calls -= 1;
+                }
                 Ok(event)
             }
             Err(e) => {
                 let idxs = self.owners.remove(&e.id()).unwrap_or_default();
                 let look = self.looks.remove(&e.id()).is_some();
+                if !look {
+                    self.calls -= 1;
+                }
                 if look && e.is_cancelled() {
                     return Some(Ok(Event::Unsent { idxs })); // dropped by a halt
                 }
@@ -223,22 +259,23 @@ fn lost_why(e: tokio::task::JoinError) -> String {
 /// report with an outcome.
 pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: Settings, mut ctl: Controls) -> Report {
     let now = Instant::now();
-    // The selection's rows name the instances until their first look; the compact records
-    // made of them are all that is kept.
-    let rows = std::mem::take(&mut ctl.known);
-    let known: HashMap<&str, &Instance> = rows.iter().map(|i| (i.uhost_id.as_str(), i)).collect();
+    // The selection's records name the instances until their first look; their strings move
+    // into the trackers.
+    let mut known: HashMap<String, Known> = std::mem::take(&mut ctl.known)
+        .into_iter()
+        .map(|k| (k.id.clone(), k))
+        .collect();
     let resume = ctl.resume.clone().unwrap_or_default();
     let all = ids
         .iter()
         .map(|id| {
-            let row = known.get(id.as_str()).map(|i| Seen::of(i));
+            let row = known.remove(id.as_str()).map(Seen::known);
             let mem = resume.memory.get(id).copied().unwrap_or_default();
             // This process's calls: an earlier one's are reported apart (`calls_before_resume`).
             Tracker::new(id.clone(), row, mem, 0, now)
         })
         .collect();
     drop(known);
-    drop(rows);
     let seed = settings.jitter_seed.unwrap_or_else(rand::random);
     let pace = Arc::new(Pace::new(settings.rate));
     let stop_sending = CancellationToken::new();
@@ -258,6 +295,7 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
             set: JoinSet::new(),
             owners: HashMap::new(),
             looks: HashMap::new(),
+            calls: 0,
         },
         ends: Ends::default(),
         ctl,
@@ -283,6 +321,7 @@ impl<C: Cloud + 'static> Runner<C> {
             let now = Instant::now();
             self.expire(now);
             if self.ends.halt.is_some() {
+                self.drain_calls();
                 if self.tasks.is_empty() {
                     return;
                 }
@@ -302,7 +341,10 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
                 Some(next) = self.tasks.next(), if !self.tasks.is_empty() => match next {
                     Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
-                    Ok(Event::Called { idx, call, sent }) => self.on_called(idx, call, sent),
+                    Ok(Event::Called { idx, call, sent }) => {
+                        self.on_called(idx, call, sent);
+                        self.spawn_calls();
+                    }
                     Ok(Event::Unsent { idxs }) => self.on_unsent(&idxs),
                     Err((idxs, why)) => self.on_task_lost(&idxs, &why),
                 },

@@ -423,6 +423,33 @@ async fn the_deadline_lets_a_call_in_flight_finish_and_sends_nothing_after() {
 
 /// A look answered after the instance timeout (it was on its way at the limit) starts no new
 /// call: the instance ends `timed_out`, and no Stop leaves after its time ran out.
+/// Calls decided beyond what the concurrency can carry wait in the driver's queue without a
+/// task of their own; a deadline ends them where they stand, unsent, and every instance
+/// still ends in the report.
+#[tokio::test(start_paused = true)]
+async fn queued_calls_never_leave_after_the_deadline() {
+    let ids: Vec<String> = (0..10).map(|n| format!("uhost-{n}")).collect();
+    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Running)).collect();
+    let mut script = Scripted::new(&rows);
+    script.stop_delay = Duration::from_secs(10);
+    let cloud = Arc::new(script);
+    let s = Settings {
+        concurrency: 1,
+        deadline: Some(Duration::from_secs(15)),
+        ..settings()
+    };
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let report = drive(&cloud, &names, s, Controls::default()).await;
+    let stops = cloud.calls(STOP);
+    // One at a time: at 0 s and at 10 s; the other eight were still queued at 15 s.
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert!(stops.iter().all(|r| r.at <= Duration::from_secs(15)), "{stops:?}");
+    assert_eq!(report.instances.len(), 10);
+    for i in &report.instances {
+        assert!(matches!(i.outcome, Outcome::TimedOut { .. }), "{i:?}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_look_answered_after_the_timeout_starts_no_call() {
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);

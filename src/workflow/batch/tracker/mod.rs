@@ -41,8 +41,9 @@ pub(super) struct Watch {
     /// Only a Describe sent at or after this counts: it is when the instance's last change
     /// (our call's answer) was known, and an older look would decide on a stale state.
     pub fresh_after: Instant,
-    /// A refused call waiting for its one more look (see `machine::after_refusal`).
-    pub refused: Option<Refused>,
+    /// A refused call waiting for its one more look (see `machine::after_refusal`). Boxed:
+    /// rare, and an `ApiError` inline made every instance's status 70 bytes larger.
+    pub refused: Option<Box<Refused>>,
 }
 
 /// A call the API refused, and the state it had been decided on.
@@ -79,6 +80,20 @@ impl Seen {
             region: row.home_region().to_owned(),
             zone: row.zone.clone(),
             state: row.state.clone(),
+        }
+    }
+
+    /// What the selection knew, its strings moved in; its region by the same rule as a row's.
+    pub(super) fn known(k: super::Known) -> Seen {
+        let region = match crate::api::model::home_region(&k.region, &k.zone) {
+            r if r.len() == k.region.len() => k.region,
+            r => r.to_owned(),
+        };
+        Seen {
+            name: k.name,
+            region,
+            zone: k.zone,
+            state: k.state,
         }
     }
 
@@ -138,7 +153,8 @@ pub(super) struct Tracker {
     pub acted: bool,
     pub absent: Absent,
     /// The last decision journaled for it (state seen, phase, decision).
-    pub last_decision: Option<(Option<String>, Phase, Decision)>,
+    /// Boxed and kept only with a journal: 48 bytes per instance otherwise.
+    pub last_decision: Option<Box<(Option<String>, Phase, Decision)>>,
     /// How long its calls and looks have waited in the tool's own queue (a slot, the pace):
     /// that time does not count against its `--instance-timeout` (see [`Trackers::limit`]).
     pub queued: Duration,
@@ -284,7 +300,7 @@ impl Trackers {
     fn take_watch(&mut self, i: usize, fresh_after: Instant) -> Watch {
         Watch {
             fresh_after,
-            refused: self.take_refused(i),
+            refused: self.take_refused_boxed(i),
         }
     }
 
@@ -322,7 +338,7 @@ impl Trackers {
     pub(super) fn refused(&mut self, i: usize, refused: Refused, at: Instant, now: Instant) {
         let watch = Watch {
             fresh_after: now,
-            refused: Some(refused),
+            refused: Some(Box::new(refused)),
         };
         self.set(
             i,
@@ -336,6 +352,10 @@ impl Trackers {
 
     /// The pending refusal of `i`, taken for judging on a fresh look.
     pub(super) fn take_refused(&mut self, i: usize) -> Option<Refused> {
+        self.take_refused_boxed(i).map(|r| *r)
+    }
+
+    fn take_refused_boxed(&mut self, i: usize) -> Option<Box<Refused>> {
         match &mut self.all[i].status {
             Status::Due { watch, .. } | Status::Looking { watch, .. } => watch.refused.take(),
             _ => None,
@@ -370,6 +390,11 @@ impl Trackers {
     }
 
     /// `i` gets a call, decided on `decided_on`, queued from `now`.
+    /// Whether a call is decided for `i` and not yet answered.
+    pub(super) fn is_calling(&self, i: usize) -> bool {
+        matches!(self.all[i].status, Status::Calling { .. })
+    }
+
     pub(super) fn start_call(&mut self, i: usize, decided_on: State, now: Instant) {
         self.set(i, Status::Calling { decided_on, since: now });
     }
