@@ -388,9 +388,8 @@ impl<C: Cloud + 'static> Runner<C> {
                 self.send(i, Call::Terminate, false);
             }
             Decision::Wait(what) => {
-                let age = now.duration_since(self.trackers[i].phase_since);
-                let gap = self.poll_gap(age);
-                self.schedule(i, now + gap);
+                let next = self.next_look(i, now, mem.phase == before);
+                self.schedule(i, next);
                 let activity = Activity::Waiting { state, what };
                 let id = self.trackers[i].id.clone();
                 self.ctl.observer.activity(&id, &activity);
@@ -410,6 +409,23 @@ impl<C: Cloud + 'static> Runner<C> {
     fn guard_refuses(&self, row: Option<&Instance>) -> Option<String> {
         let guard = self.ctl.guard.as_ref()?;
         row.and_then(guard)
+    }
+
+    /// When to look at `i` again after a look at `now` that found nothing to do (`same_phase`:
+    /// and nothing new). A look taken early, because it rode in a Describe that was leaving
+    /// anyway, does not move the schedule earlier: each early look would otherwise pull every
+    /// later one forward (at 10,000 instances, ticks every few milliseconds took each look up
+    /// to half a `min_poll` early, and a third more looks were sent). One due within a gap of
+    /// the look goes on from when it was planned; one that filled a chunk from further ahead
+    /// keeps its planned look.
+    fn next_look(&mut self, i: usize, now: Instant, same_phase: bool) -> Instant {
+        let gap = self.poll_gap(now.duration_since(self.trackers[i].phase_since));
+        let sent_at = self.trackers[i].seen_at;
+        match self.trackers.due_at(i).filter(|_| same_phase) {
+            Some(planned) if planned > sent_at && planned <= sent_at + gap => planned + gap,
+            Some(planned) => (now + gap).max(planned),
+            None => now + gap,
+        }
     }
 
     /// A sixth of the time spent in the phase, between `min_poll` and `poll_interval`, ±10%.

@@ -232,6 +232,37 @@ async fn the_first_looks_go_in_chunks_of_a_hundred() {
     assert!(cloud.calls(STOP).is_empty(), "already stopped");
 }
 
+/// A look that rode early in a Describe leaving anyway, and found nothing new, does not pull
+/// the instance's later looks forward: 300 instances stopping for 20 s, their Stops spread
+/// by the pace's slow start, are each looked at about as often as the poll gap says (a sixth
+/// of the time in the phase, at least `min_poll`), not a third more.
+#[tokio::test(start_paused = true)]
+async fn early_looks_do_not_pull_the_schedule_forward() {
+    let ids: Vec<String> = (0..300).map(|i| format!("uhost-{i:03}")).collect();
+    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Running)).collect();
+    let mut script = Scripted::new(&rows);
+    script.stop = Box::new(|t, target, _| {
+        t.states.insert(target.uhost_id.clone(), State::Stopping);
+        Ok(())
+    });
+    script.describe = stopping_for(Duration::from_secs(20));
+    let cloud = Arc::new(script);
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let report = drive(&cloud, &names, settings(), Controls::default()).await;
+    assert!(report.instances.iter().all(|i| confirmed(&i.outcome)), "{report:?}");
+    let looks: usize = cloud
+        .calls(DESCRIBE)
+        .iter()
+        .filter(|r| r.at < Duration::from_secs(20))
+        .map(|r| r.ids.len())
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "a few thousand looks")]
+    let per_instance = looks as f64 / 300.0;
+    // The schedule gives 24: the first look, 6 a `min_poll` apart until 1.5 s into the phase,
+    // 17 a sixth of the age apart until 20 s. Early looks that moved it measured 25.33.
+    assert!(per_instance <= 24.5, "{per_instance:.2} looks per instance");
+}
+
 /// At most a quarter of `--concurrency` Describes are in flight: the first tick of 1,000
 /// instances at `--concurrency 16` sends 4 of its 10 at once, the next as those come back.
 #[tokio::test(start_paused = true)]

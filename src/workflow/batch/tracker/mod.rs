@@ -27,7 +27,13 @@ pub(super) enum Status {
     /// call, and its retry time is what keeps the lock budget honest.
     Due { at: Instant, parked: bool, watch: Watch },
     /// In a Describe since `since` (waiting for the pace, or on its way).
-    Looking { since: Instant, watch: Watch },
+    /// `planned`: when its look was due; later than `since` for one that filled a
+    /// Describe's last chunk (see [`Trackers::due_looks`]).
+    Looking {
+        since: Instant,
+        planned: Instant,
+        watch: Watch,
+    },
     /// A call decided on the state `decided_on`, queued (a slot, the pace) or on its way
     /// since `since`.
     Calling { decided_on: State, since: Instant },
@@ -364,24 +370,36 @@ impl Trackers {
 
     /// `i` goes into a Describe now.
     pub(super) fn start_look(&mut self, i: usize, now: Instant) {
+        let planned = match self.all[i].status {
+            Status::Due { at, .. } => at,
+            _ => now,
+        };
         let watch = self.keep_watch(i, now);
-        self.set(i, Status::Looking { since: now, watch });
+        self.set(
+            i,
+            Status::Looking {
+                since: now,
+                planned,
+                watch,
+            },
+        );
     }
 
     /// `i`'s look is over: it left the tool's queue at `left`. It is due again at once until
     /// the answer is read; returns when a counting look must have been sent (`None` if the
     /// instance was not looking, e.g. it was ended by a halt meanwhile).
     pub(super) fn end_look(&mut self, i: usize, left: Instant) -> Option<Instant> {
-        let Status::Looking { since, watch } = &self.all[i].status else {
+        let Status::Looking { since, planned, watch } = &self.all[i].status else {
             return None;
         };
-        let (since, fresh_after) = (*since, watch.fresh_after);
+        let (since, planned, fresh_after) = (*since, *planned, watch.fresh_after);
         self.all[i].queued += left.saturating_duration_since(since);
         let watch = self.keep_watch(i, left);
         self.set(
             i,
             Status::Due {
-                at: left,
+                // Due again at once, or when it was planned if it filled a chunk early.
+                at: left.max(planned),
                 parked: false,
                 watch,
             },
@@ -389,12 +407,20 @@ impl Trackers {
         Some(fresh_after)
     }
 
-    /// `i` gets a call, decided on `decided_on`, queued from `now`.
+    /// When `i`'s next look is due, if it waits for one.
+    pub(super) fn due_at(&self, i: usize) -> Option<Instant> {
+        match self.all[i].status {
+            Status::Due { at, .. } => Some(at),
+            _ => None,
+        }
+    }
+
     /// Whether a call is decided for `i` and not yet answered.
     pub(super) fn is_calling(&self, i: usize) -> bool {
         matches!(self.all[i].status, Status::Calling { .. })
     }
 
+    /// `i` gets a call, decided on `decided_on`, queued from `now`.
     pub(super) fn start_call(&mut self, i: usize, decided_on: State, now: Instant) {
         self.set(i, Status::Calling { decided_on, since: now });
     }
