@@ -335,6 +335,9 @@ impl<C: Cloud + 'static> Runner<C> {
             } else if self.trackers.all_done() {
                 return;
             } else {
+                // After any event, not only an answer: a call task that died (a panic) frees
+                // its place for a queued call as well.
+                self.spawn_calls();
                 self.start_polls(now);
             }
             let wake = self.next_wake(now);
@@ -346,10 +349,7 @@ impl<C: Cloud + 'static> Runner<C> {
                 }
                 Some(next) = self.tasks.next(), if !self.tasks.is_empty() => match next {
                     Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
-                    Ok(Event::Called { idx, call, sent }) => {
-                        self.on_called(idx, call, sent);
-                        self.spawn_calls();
-                    }
+                    Ok(Event::Called { idx, call, sent }) => self.on_called(idx, call, sent),
                     Ok(Event::Unsent { idxs }) => self.on_unsent(&idxs),
                     Err((idxs, why)) => self.on_task_lost(&idxs, &why),
                 },

@@ -402,6 +402,38 @@ async fn a_panicking_call_fails_only_its_instance() {
     assert!(confirmed(outcome(&report, "uhost-b")), "{report:?}");
 }
 
+/// A call task that dies frees its place for the calls queued behind it: at
+/// `--concurrency 1` two call tasks are alive at once, both panic, and the two instances
+/// queued behind them are still torn down.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_call_frees_its_place_for_queued_calls() {
+    let ids = ["uhost-a", "uhost-b", "uhost-c", "uhost-d"];
+    let rows: Vec<(&str, State)> = ids.iter().map(|id| (*id, State::Running)).collect();
+    let mut script = Scripted::new(&rows);
+    script.stop = Box::new(|t, target, _| {
+        assert!(
+            !["uhost-a", "uhost-b"].contains(&target.uhost_id.as_str()),
+            "injected failure"
+        );
+        t.states.insert(target.uhost_id.clone(), State::Stopped);
+        Ok(())
+    });
+    let cloud = Arc::new(script);
+    let s = Settings {
+        concurrency: 1,
+        ..settings()
+    };
+    let report = tokio::time::timeout(Duration::from_secs(600), drive(&cloud, &ids, s, Controls::default()))
+        .await
+        .expect("the run ends: queued calls are not left behind");
+    for id in ["uhost-a", "uhost-b"] {
+        assert!(matches!(outcome(&report, id), Outcome::Failed { .. }), "{report:?}");
+    }
+    for id in ["uhost-c", "uhost-d"] {
+        assert!(confirmed(outcome(&report, id)), "{report:?}");
+    }
+}
+
 /// Interrupted before anything was sent: every instance ends `interrupted`, and no Stop or
 /// Terminate leaves.
 #[tokio::test(start_paused = true)]
