@@ -3,7 +3,7 @@
 //! transient, ambiguous, refused).
 //!
 //! [`Calls`] owns what the calls share: the concurrency slots, the shared last look
-//! ([`Recheck`]) and the call task. The per-instance retry budgets live on the instance's
+//! ([`Recheck`]), the queue of decided calls waiting for a task, and the call task. The per-instance retry budgets live on the instance's
 //! tracker; whether a refusal earns one more look is the machine's (`after_refusal`).
 
 use std::collections::VecDeque;
@@ -251,6 +251,8 @@ impl<C: Cloud + 'static> Runner<C> {
                 continue; // ended while queued (a halt drains the queue first; see `drain_calls`)
             }
             let Some(row) = self.trackers[q.i].row.as_ref() else {
+                // Unreachable: `send` queues only calls decided on a present row.
+                self.fail(q.i, "internal: no row to act on".to_owned(), None);
                 continue;
             };
             let target = row.target(&self.trackers[q.i].id);
