@@ -137,10 +137,9 @@ impl Plan {
     /// (at 100,000 entries each would be tens of MiB, at the run's peak).
     fn sum(&mut self) -> String {
         let carried = std::mem::take(&mut self.checksum);
-        let mut hasher = Hasher(<sha1::Sha1 as sha1::Digest>::new());
-        serde_json::to_writer(&mut hasher, &*self).expect("serializes");
+        let sum = crate::credentials::sha1_hex_json(&*self);
         self.checksum = carried;
-        crate::credentials::hex(&<sha1::Sha1 as sha1::Digest>::finalize(hasher.0))
+        sum
     }
 
     /// Replace the private key by `***` in every text of the entries (after the checksum was
@@ -336,12 +335,16 @@ fn entry(c: Candidate, release_udisk: bool, force_stop: bool) -> Item {
             _ => (Action::WaitThenTerminate, None),
         },
     };
-    let disks = if !row.data_disks().any(|_| true) {
-        "none"
-    } else if release_udisk {
-        "released"
-    } else {
-        "kept"
+    let data_disks: Vec<String> = row
+        .disk_set
+        .into_iter()
+        .filter(crate::api::model::Disk::is_data)
+        .map(|d| d.disk_id)
+        .collect();
+    let disks = match (data_disks.is_empty(), release_udisk) {
+        (true, _) => "none",
+        (false, true) => "released",
+        (false, false) => "kept",
     };
     let state = if found {
         row.state.as_str().to_owned()
@@ -356,32 +359,13 @@ fn entry(c: Candidate, release_udisk: bool, force_stop: bool) -> Item {
         action,
         reason,
         disks: disks.to_owned(),
-        data_disks: row
-            .disk_set
-            .into_iter()
-            .filter(crate::api::model::Disk::is_data)
-            .map(|d| d.disk_id)
-            .collect(),
+        data_disks,
         name: row.name,
         tag: row.tag,
         region: row.region,
         zone: row.zone,
         charge_type: row.charge_type,
         gpu_type: row.gpu_type,
-    }
-}
-
-/// Feeds what serde writes straight into the hash.
-struct Hasher(sha1::Sha1);
-
-impl std::io::Write for Hasher {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        sha1::Digest::update(&mut self.0, buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

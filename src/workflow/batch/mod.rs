@@ -181,19 +181,18 @@ struct Tasks {
     /// The Describe tasks among them: read-only, so a halt drops them rather than wait up to
     /// a request timeout for answers nobody reads.
     looks: HashMap<TaskId, AbortHandle>,
-    /// Call (Stop/Terminate) tasks alive: all tasks but the looks.
-    calls: usize,
 }
 
 impl Tasks {
     fn spawn(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
         let handle = self.set.spawn(task);
         self.owners.insert(handle.id(), idxs);
-        self.calls += 1;
     }
 
+    /// Call (Stop/Terminate) tasks alive: every task but the looks (an aborted look stays in
+    /// `looks` until it is joined).
     fn calls(&self) -> usize {
-        self.calls
+        self.owners.len() - self.looks.len()
     }
 
     fn spawn_look(&mut self, idxs: Vec<usize>, task: impl Future<Output = Event> + Send + 'static) {
@@ -220,17 +219,12 @@ impl Tasks {
         Some(match joined {
             Ok((id, event)) => {
                 self.owners.remove(&id);
-                if self.looks.remove(&id).is_none() {
-                    self.calls -= 1;
-                }
+                self.looks.remove(&id);
                 Ok(event)
             }
             Err(e) => {
                 let idxs = self.owners.remove(&e.id()).unwrap_or_default();
                 let look = self.looks.remove(&e.id()).is_some();
-                if !look {
-                    self.calls -= 1;
-                }
                 if look && e.is_cancelled() {
                     return Some(Ok(Event::Unsent { idxs })); // dropped by a halt
                 }
@@ -300,7 +294,6 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
             set: JoinSet::new(),
             owners: HashMap::new(),
             looks: HashMap::new(),
-            calls: 0,
         },
         ends: Ends::default(),
         ctl,

@@ -124,6 +124,12 @@ impl Scripted {
         }
     }
 
+    /// Every instance of `ids` in `state`.
+    fn uniform(ids: &[String], state: &State) -> Scripted {
+        let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), state.clone())).collect();
+        Scripted::new(&rows)
+    }
+
     /// Log the call; its number among calls of the same verb.
     fn receive(&self, verb: &'static str, ids: Vec<String>) -> usize {
         let mut log = self.log.lock().expect("not poisoned");
@@ -214,8 +220,7 @@ fn confirmed(o: &Outcome) -> bool {
 #[tokio::test(start_paused = true)]
 async fn the_first_looks_go_in_chunks_of_a_hundred() {
     let ids: Vec<String> = (0..250).map(|i| format!("uhost-{i:03}")).collect();
-    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Stopped)).collect();
-    let cloud = Arc::new(Scripted::new(&rows));
+    let cloud = Arc::new(Scripted::uniform(&ids, &State::Stopped));
     let names: Vec<&str> = ids.iter().map(String::as_str).collect();
     let report = drive(&cloud, &names, settings(), Controls::default()).await;
     let describes = cloud.calls(DESCRIBE);
@@ -239,8 +244,7 @@ async fn the_first_looks_go_in_chunks_of_a_hundred() {
 #[tokio::test(start_paused = true)]
 async fn early_looks_do_not_pull_the_schedule_forward() {
     let ids: Vec<String> = (0..300).map(|i| format!("uhost-{i:03}")).collect();
-    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Running)).collect();
-    let mut script = Scripted::new(&rows);
+    let mut script = Scripted::uniform(&ids, &State::Running);
     script.stop = Box::new(|t, target, _| {
         t.states.insert(target.uhost_id.clone(), State::Stopping);
         Ok(())
@@ -268,8 +272,7 @@ async fn early_looks_do_not_pull_the_schedule_forward() {
 #[tokio::test(start_paused = true)]
 async fn describes_in_flight_are_bounded_by_a_quarter_of_the_concurrency() {
     let ids: Vec<String> = (0..1000).map(|i| format!("uhost-{i:04}")).collect();
-    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Stopped)).collect();
-    let mut scripted = Scripted::new(&rows);
+    let mut scripted = Scripted::uniform(&ids, &State::Stopped);
     scripted.describe_delay = Duration::from_millis(100);
     let cloud = Arc::new(scripted);
     let names: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -484,16 +487,13 @@ async fn the_deadline_lets_a_call_in_flight_finish_and_sends_nothing_after() {
     assert!(late.is_empty(), "sent after the deadline: {late:?}");
 }
 
-/// A look answered after the instance timeout (it was on its way at the limit) starts no new
-/// call: the instance ends `timed_out`, and no Stop leaves after its time ran out.
 /// Calls decided beyond what the concurrency can carry wait in the driver's queue without a
 /// task of their own; a deadline ends them where they stand, unsent, and every instance
 /// still ends in the report.
 #[tokio::test(start_paused = true)]
 async fn queued_calls_never_leave_after_the_deadline() {
     let ids: Vec<String> = (0..10).map(|n| format!("uhost-{n}")).collect();
-    let rows: Vec<(&str, State)> = ids.iter().map(|id| (id.as_str(), State::Running)).collect();
-    let mut script = Scripted::new(&rows);
+    let mut script = Scripted::uniform(&ids, &State::Running);
     script.stop_delay = Duration::from_secs(10);
     let cloud = Arc::new(script);
     let s = Settings {
@@ -513,6 +513,8 @@ async fn queued_calls_never_leave_after_the_deadline() {
     }
 }
 
+/// A look answered after the instance timeout (it was on its way at the limit) starts no new
+/// call: the instance ends `timed_out`, and no Stop leaves after its time ran out.
 #[tokio::test(start_paused = true)]
 async fn a_look_answered_after_the_timeout_starts_no_call() {
     let mut script = Scripted::new(&[("uhost-a", State::Running)]);

@@ -17,7 +17,10 @@ use tokio::time::Instant;
 use super::super::machine::{Decision, Memory, Phase};
 use super::super::outcome::Outcome;
 use super::super::retry::Episode;
-use crate::api::{ApiError, DESCRIBE_MAX, Instance, State, Target};
+use crate::api::{ApiError, DESCRIBE_MAX, State};
+
+mod seen;
+pub(super) use seen::Seen;
 
 /// What an instance is doing.
 #[derive(Debug)]
@@ -27,8 +30,9 @@ pub(super) enum Status {
     /// call, and its retry time is what keeps the lock budget honest.
     Due { at: Instant, parked: bool, watch: Watch },
     /// In a Describe since `since` (waiting for the pace, or on its way).
-    /// `planned`: when its look was due; later than `since` for one that filled a
-    /// Describe's last chunk (see [`Trackers::due_looks`]).
+    /// `planned`: when its look was due; later than `since` for a look taken early (due
+    /// within the tick's horizon, or filling a Describe's last chunk: see
+    /// [`Trackers::due_looks`]).
     Looking {
         since: Instant,
         planned: Instant,
@@ -64,69 +68,6 @@ pub(super) struct Refused {
 pub(super) struct Absent {
     pub looks: u32,
     pub since: Instant,
-}
-
-/// What the driver keeps of an instance's latest Describe row: what it acts on and reports.
-/// A whole row (disks, addresses, monitor data, tags) is several times this, and a batch of
-/// 100,000 keeps one per instance for the whole run.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Seen {
-    pub name: String,
-    /// Where it lives: its `Region`, or its zone's when the row had none (one rule,
-    /// `Instance::home_region`, for selection, scope checks and the engine).
-    pub region: String,
-    pub zone: String,
-    pub state: State,
-}
-
-impl Seen {
-    pub(super) fn of(row: &Instance) -> Seen {
-        Seen {
-            name: row.name.clone(),
-            region: row.home_region().to_owned(),
-            zone: row.zone.clone(),
-            state: row.state.clone(),
-        }
-    }
-
-    /// What the selection knew, its strings moved in; its region by the same rule as a row's.
-    pub(super) fn known(k: super::Known) -> Seen {
-        let region = match crate::api::model::home_region(&k.region, &k.zone) {
-            r if r.len() == k.region.len() => k.region,
-            r => r.to_owned(),
-        };
-        Seen {
-            name: k.name,
-            region,
-            zone: k.zone,
-            state: k.state,
-        }
-    }
-
-    /// Where calls on instance `id` go: `Target::of` its row (the same home region), without
-    /// keeping a second copy of the ID, region and zone per instance.
-    pub(super) fn target(&self, id: &str) -> Target {
-        Target {
-            uhost_id: id.to_owned(),
-            region: self.region.clone(),
-            zone: self.zone.clone(),
-        }
-    }
-
-    /// Keep `row` as the latest seen, in place: a look at an instance that did not move or
-    /// rename reuses the strings it has (one look per instance every few ticks, 30 of them
-    /// per instance in a 10,000 batch, each had cost five new strings).
-    pub(super) fn update(seen: &mut Option<Seen>, row: &Instance) {
-        let Some(s) = seen else {
-            *seen = Some(Seen::of(row));
-            return;
-        };
-        s.name.clone_from(&row.name);
-        s.region.clear();
-        s.region.push_str(row.home_region());
-        s.zone.clone_from(&row.zone);
-        s.state.clone_from(&row.state);
-    }
 }
 
 /// What the driver knows of one instance.
@@ -398,7 +339,7 @@ impl Trackers {
         self.set(
             i,
             Status::Due {
-                // Due again at once, or when it was planned if it filled a chunk early.
+                // Due again at once, or when it was planned if it was looked at early.
                 at: left.max(planned),
                 parked: false,
                 watch,
