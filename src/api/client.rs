@@ -259,11 +259,21 @@ pub struct Answer(Vec<u8>);
 impl Answer {
     /// The body as `T`.
     pub fn parse<T: serde::de::DeserializeOwned>(&self, action: &str) -> Result<T, ApiError> {
+        self.read(action)
+    }
+
+    /// The body as `T`, which may borrow from it (see `api::look`).
+    pub(crate) fn read<'a, T: serde::Deserialize<'a>>(&'a self, action: &str) -> Result<T, ApiError> {
         serde_json::from_slice(&self.0).map_err(|e| ApiError::Decode {
             action: action.into(),
             detail: e.to_string(),
             request_id: None,
         })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn from_body(body: Vec<u8>) -> Answer {
+        Answer(body)
     }
 
     /// The body as a JSON value (a body that was read once always parses again).

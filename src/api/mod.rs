@@ -6,6 +6,7 @@ pub(crate) mod client;
 pub mod disk;
 pub(crate) mod error;
 pub(crate) mod listing;
+pub mod look;
 pub mod model;
 pub mod sign;
 
@@ -15,6 +16,7 @@ pub use client::{Answer, Client, ClientConfig};
 pub use disk::{Attachment, DiskCloud, DiskQuery, DiskRow, DiskTarget, describe_disks_all};
 pub use error::{ApiError, LockCodes, RetryClass, TransportKind, classify};
 pub use listing::{ListingError, describe_all, describe_all_above, describe_ids};
+pub use look::Looked;
 pub(crate) use model::DESCRIBE_MAX;
 pub use model::{DescribePage, DescribeQuery, Instance, State, Target, TerminateAck};
 
@@ -23,10 +25,10 @@ pub use model::{DescribePage, DescribeQuery, Instance, State, Target, TerminateA
 pub trait Cloud: Send + Sync {
     /// One `DescribeCompShareInstance` call (one page, at most 100 IDs).
     fn describe(&self, query: &DescribeQuery) -> impl Future<Output = Result<DescribePage, ApiError>> + Send;
-    /// The same call for the engine's looks, its rows read only for the fields a look acts on
-    /// (see [`model::LookPage`]); the rest of each row is left empty. By default the whole rows.
-    fn look(&self, query: &DescribeQuery) -> impl Future<Output = Result<DescribePage, ApiError>> + Send {
-        self.describe(query)
+    /// The same call for the engine's looks, read where it is used, for the fields a look
+    /// acts on (see [`look`]). By default the whole rows of `describe`.
+    fn look(&self, query: DescribeQuery) -> impl Future<Output = Result<Looked, ApiError>> + Send {
+        async move { self.describe(&query).await.map(Looked::from) }
     }
     /// `StopCompShareInstance`; `force` sends `Force=true` (needed for spot instances).
     fn stop(&self, target: &Target, force: bool) -> impl Future<Output = Result<(), ApiError>> + Send;
@@ -60,10 +62,9 @@ impl<T: Transport> Cloud for T {
         self.call(action, q.params()).await?.parse(action)
     }
 
-    async fn look(&self, q: &DescribeQuery) -> Result<DescribePage, ApiError> {
-        let action = "DescribeCompShareInstance";
-        let page: model::LookPage = self.call(action, q.params()).await?.parse(action)?;
-        Ok(page.into())
+    async fn look(&self, q: DescribeQuery) -> Result<Looked, ApiError> {
+        // Read by the engine (`Looked::page`), its rows borrowing from the body.
+        Ok(self.call("DescribeCompShareInstance", q.into_params()).await?.into())
     }
 
     async fn stop(&self, target: &Target, force: bool) -> Result<(), ApiError> {

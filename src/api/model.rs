@@ -74,9 +74,37 @@ impl Serialize for State {
 }
 
 impl<'de> Deserialize<'de> for State {
+    /// A string or `null` (the empty `Unknown`), read without a copy of the text: every look
+    /// reads one per row.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Option::<String>::deserialize(d)?.unwrap_or_default();
-        Ok(State::parse(&s))
+        d.deserialize_option(StateText)
+    }
+}
+
+/// [`State`]'s visitor: a string, or `null`; anything else is an error, as for a `String`.
+struct StateText;
+
+impl<'de> serde::de::Visitor<'de> for StateText {
+    type Value = State;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string or null")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<State, E> {
+        Ok(State::parse(v))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<State, E> {
+        Ok(State::default())
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<State, E> {
+        Ok(State::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<State, D::Error> {
+        d.deserialize_str(StateText)
     }
 }
 
@@ -88,6 +116,8 @@ impl Default for State {
 
 /// Lenient deserializers for fields the gateway sends with shifting types.
 pub mod lenient {
+    use std::borrow::Cow;
+
     use serde::{Deserialize, Deserializer};
     use serde_json::Value;
 
@@ -175,12 +205,82 @@ pub mod lenient {
         }
     }
 
+    /// Like [`string`], borrowed from the input when it can be (a JSON string without
+    /// escapes): a look reads seven strings per row and keeps none of them unless it changed.
+    pub(crate) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_any(BorrowedText)
+    }
+
+    /// [`text`]'s visitor: [`Text`]'s rules, a borrowed string where the input allows.
+    struct BorrowedText;
+
+    impl<'de> serde::de::Visitor<'de> for BorrowedText {
+        type Value = Cow<'de, str>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            Text.expecting(f)
+        }
+
+        fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Text.visit_str(v).map(Cow::Owned)
+        }
+
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(""))
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(BorrowedText)
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Text.visit_bool(v).map(Cow::Owned)
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Text.visit_i64(v).map(Cow::Owned)
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            Text.visit_u64(v).map(Cow::Owned)
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Text.visit_f64(v).map(Cow::Owned)
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Text.visit_seq(seq).map(Cow::Owned)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Text.visit_map(map).map(Cow::Owned)
+        }
+    }
+
     /// A list that may be `null`. Trimmed to its length: a row's disks and addresses are
     /// kept as long as the row, and serde grows a list to four entries for the first one.
     pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
         let mut list = Option::<Vec<T>>::deserialize(d)?.unwrap_or_default();
         list.shrink_to_fit();
         Ok(list)
+    }
+
+    /// Like [`list`], as read (not trimmed): for rows that live only while an answer is read.
+    pub(crate) fn seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+        Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
     }
 
     /// Integer value of a JSON number or numeric string.
@@ -361,85 +461,6 @@ pub struct DescribePage {
     pub uhost_set: Vec<Instance>,
 }
 
-/// One page of a look (`DescribeCompShareInstance` for the engine's polls): the same answer
-/// as [`DescribePage`], its rows read for the fields a look acts on and nothing else (see
-/// [`LookRow`]). A full row also carries disks, addresses' details, prices and machine data:
-/// at 10,000 instances the engine reads about 30 rows per instance, and building the parts
-/// nobody reads was most of its allocations.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-pub(crate) struct LookPage {
-    #[serde(rename = "TotalCount", deserialize_with = "lenient::opt_i64")]
-    total_count: Option<i64>,
-    #[serde(rename = "UHostSet", deserialize_with = "lenient::list")]
-    uhost_set: Vec<LookRow>,
-}
-
-/// The fields of a row that a look acts on: its ID and state, where it lives (the call
-/// target and the scope check), whether it is spot (`Force`), and what the guard checks right
-/// before the first call (`Protections::refuse`: name, tag, addresses; `Filters::outside_scope`;
-/// `Plan::drift`: name, tag, state). A guard that reads another field must add it here:
-/// `look_rows_keep_what_the_engine_and_its_guard_read` pins the list.
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct LookRow {
-    #[serde(rename = "UHostId", deserialize_with = "lenient::string")]
-    uhost_id: String,
-    #[serde(rename = "Name", deserialize_with = "lenient::string")]
-    name: String,
-    #[serde(rename = "State")]
-    state: State,
-    #[serde(rename = "Region", deserialize_with = "lenient::string")]
-    region: String,
-    #[serde(rename = "Zone", deserialize_with = "lenient::string")]
-    zone: String,
-    #[serde(rename = "Tag", deserialize_with = "lenient::string")]
-    tag: String,
-    #[serde(rename = "ChargeType", deserialize_with = "lenient::string")]
-    charge_type: String,
-    #[serde(rename = "IPSet", deserialize_with = "lenient::list")]
-    ip_set: Vec<LookIp>,
-}
-
-/// The address of an `IPSet` entry (self-protection compares addresses).
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct LookIp {
-    #[serde(rename = "IP", deserialize_with = "lenient::string")]
-    ip: String,
-}
-
-impl From<LookPage> for DescribePage {
-    fn from(page: LookPage) -> DescribePage {
-        let uhost_set = page
-            .uhost_set
-            .into_iter()
-            .map(|r| Instance {
-                uhost_id: r.uhost_id,
-                name: r.name,
-                state: r.state,
-                region: r.region,
-                zone: r.zone,
-                tag: r.tag,
-                charge_type: r.charge_type,
-                ip_set: r
-                    .ip_set
-                    .into_iter()
-                    .map(|a| Ip {
-                        ip: a.ip,
-                        ..Ip::default()
-                    })
-                    .collect(),
-                ..Instance::default()
-            })
-            .collect();
-        DescribePage {
-            total_count: page.total_count,
-            uhost_set,
-        }
-    }
-}
-
 /// The answer to `TerminateCompShareInstance`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -465,15 +486,20 @@ pub struct DescribeQuery {
 impl DescribeQuery {
     /// The flat parameters: optional `Region`/`Zone`, `UHostIds.N`, `Limit`, `Offset`.
     pub(crate) fn params(&self) -> super::sign::Params {
+        self.clone().into_params()
+    }
+
+    /// [`DescribeQuery::params`], the strings moved in (a look's 100 IDs are not copied).
+    pub(crate) fn into_params(self) -> super::sign::Params {
         let mut p = super::sign::Params::new();
-        if let Some(r) = &self.region {
-            p.insert("Region".into(), r.clone());
+        if let Some(r) = self.region {
+            p.insert("Region".into(), r);
         }
-        if let Some(z) = &self.zone {
-            p.insert("Zone".into(), z.clone());
+        if let Some(z) = self.zone {
+            p.insert("Zone".into(), z);
         }
-        for (i, id) in self.ids.iter().enumerate() {
-            p.insert(format!("UHostIds.{i}"), id.clone());
+        for (i, id) in self.ids.into_iter().enumerate() {
+            p.insert(format!("UHostIds.{i}"), id);
         }
         p.insert("Limit".into(), self.limit.to_string());
         p.insert("Offset".into(), self.offset.to_string());
@@ -543,35 +569,6 @@ mod tests {
         assert_eq!(row.instance_type, r#"{"k":null}"#);
         assert_eq!(row.charge_type, "");
         assert_eq!(row.region, "-3");
-    }
-
-    #[test]
-    fn look_rows_keep_what_the_engine_and_its_guard_read() {
-        let body = r#"{"TotalCount":"2","UHostSet":[
-            {"UHostId":"u-1","Name":"n","State":"Stopped","Region":"cn-sh2","Zone":"cn-sh2-02","Tag":"t",
-             "ChargeType":"Spot","IPSet":[{"IP":"10.0.0.1","IPMode":"IPv4","Bandwidth":5}],
-             "DiskSet":[{"DiskId":"d","IsBoot":"False"}],"GPU":2,"Remark":"r"},
-            {"UHostId":"u-2","State":null,"IPSet":null}]}"#;
-        let full: DescribePage = serde_json::from_str(body).unwrap();
-        let look: DescribePage = serde_json::from_str::<LookPage>(body).unwrap().into();
-        assert_eq!(look.total_count, Some(2));
-        assert_eq!(look.uhost_set.len(), 2);
-        for (l, f) in look.uhost_set.iter().zip(&full.uhost_set) {
-            assert_eq!(l.uhost_id, f.uhost_id);
-            assert_eq!(l.name, f.name);
-            assert_eq!(l.state, f.state);
-            assert_eq!(l.region, f.region);
-            assert_eq!(l.zone, f.zone);
-            assert_eq!(l.home_region(), f.home_region());
-            assert_eq!(l.tag, f.tag);
-            assert_eq!(l.charge_type, f.charge_type);
-            assert_eq!(l.is_spot(), f.is_spot());
-            let ips = |i: &Instance| i.ip_set.iter().map(|a| a.ip.clone()).collect::<Vec<_>>();
-            assert_eq!(ips(l), ips(f));
-        }
-        // What a look does not need is not built.
-        assert!(look.uhost_set[0].disk_set.is_empty());
-        assert_eq!(look.uhost_set[0].gpu, 0);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use super::journal::{Entry, JOURNAL_VERSION, Journal, Resume};
 use super::machine::Call;
 use super::outcome::{Outcome, Report};
 use super::pace::Pace;
-use crate::api::{ApiError, Cloud, Instance, State, TerminateAck};
+use crate::api::{ApiError, Cloud, Instance, Looked, State, TerminateAck};
 
 /// What an instance is doing, for progress displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -134,11 +134,11 @@ enum Sent {
 }
 
 enum Event {
-    /// `total`: the answer's `TotalCount`, if it gave one.
+    /// A look's answer, read by the driver (`Runner::on_described`).
     Described {
         idxs: Vec<usize>,
         sent_at: Instant,
-        result: Result<(Vec<Instance>, Option<usize>), ApiError>,
+        result: Result<Looked, ApiError>,
     },
     Called {
         idx: usize,

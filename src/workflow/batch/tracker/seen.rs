@@ -2,7 +2,8 @@
 //! (one region rule for selection, scope checks and the engine), its state, and where calls
 //! on it go.
 
-use crate::api::{Instance, State, Target};
+use crate::api::look::LookRow;
+use crate::api::{State, Target};
 
 /// What the driver keeps of an instance's latest Describe row: what it acts on and reports.
 /// A whole row (disks, addresses, monitor data, tags) is several times this, and a batch of
@@ -18,11 +19,11 @@ pub(in super::super) struct Seen {
 }
 
 impl Seen {
-    pub(in super::super) fn of(row: &Instance) -> Seen {
+    pub(in super::super) fn of(row: &LookRow) -> Seen {
         Seen {
-            name: row.name.clone(),
+            name: row.name.clone().into_owned(),
             region: row.home_region().to_owned(),
-            zone: row.zone.clone(),
+            zone: row.zone.clone().into_owned(),
             state: row.state.clone(),
         }
     }
@@ -54,15 +55,23 @@ impl Seen {
     /// Keep `row` as the latest seen, in place: a look at an instance that did not move or
     /// rename reuses the strings it has (one look per instance every few ticks, 30 of them
     /// per instance in a 10,000 batch, each had cost five new strings).
-    pub(in super::super) fn update(seen: &mut Option<Seen>, row: &Instance) {
+    pub(in super::super) fn update(seen: &mut Option<Seen>, row: &LookRow) {
         let Some(s) = seen else {
             *seen = Some(Seen::of(row));
             return;
         };
-        s.name.clone_from(&row.name);
-        s.region.clear();
-        s.region.push_str(row.home_region());
-        s.zone.clone_from(&row.zone);
-        s.state.clone_from(&row.state);
+        for (kept, now) in [
+            (&mut s.name, &*row.name),
+            (&mut s.region, row.home_region()),
+            (&mut s.zone, &*row.zone),
+        ] {
+            if kept != now {
+                kept.clear();
+                kept.push_str(now);
+            }
+        }
+        if s.state != row.state {
+            s.state.clone_from(&row.state);
+        }
     }
 }
