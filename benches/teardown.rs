@@ -285,6 +285,27 @@ fn row(a: &Args) {
         reason = "counts and small integers far below 2^52 convert to f64 exactly"
     )]
     let total: f64 = calls.values().sum::<usize>() as f64;
+    if std::env::var_os("DBG_LOOKS").is_some() {
+        let mut hist: BTreeMap<usize, usize> = BTreeMap::new();
+        for c in state.calls.iter().filter(|c| c.action == "DescribeCompShareInstance") {
+            *hist.entry(c.ids.len().div_ceil(10) * 10).or_default() += 1;
+        }
+        println!("DBG ids/describe {hist:?}");
+        let mut per_id: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
+        for c in &state.calls {
+            for id in &c.ids {
+                per_id.entry(id.as_str()).or_default().push(c.at_secs);
+            }
+        }
+        let some = state.calls.iter().find(|c| c.action.starts_with("Stop")).unwrap().ids[0].as_str();
+        let times: Vec<String> = state
+            .calls
+            .iter()
+            .filter(|c| c.ids.iter().any(|i| i == some))
+            .map(|c| format!("{}@{:.2}", &c.action[..4], c.at_secs))
+            .collect();
+        println!("DBG {some}: {}", times.join(" "));
+    }
     println!("API calls/instance  {:.2} total", total / n);
     for (action, count) in &calls {
         #[expect(
