@@ -46,11 +46,9 @@ async fn a_command_that_hangs_is_killed_with_its_process_group() {
         .deliver(&event(EventKind::Marked, "uhost-11"))
         .await
         .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_millis(1500),
-        "{:?}",
-        started.elapsed()
-    );
+    // Far under the command's 30 s: the timeout (500 ms) cut it, with room for a loaded
+    // machine's process start.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     assert!(
         matches!(
             &err,
@@ -62,10 +60,8 @@ async fn a_command_that_hangs_is_killed_with_its_process_group() {
         ),
         "{err:?}"
     );
-    let pid = std::fs::read_to_string(pid).unwrap();
-    // The kill is sent before the call returns; give the kernel a moment to finish it.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!running(&pid), "the command's child {pid} outlived the timeout");
+    let left = survivor(&pid).await;
+    assert!(left.is_none(), "the command's child {left:?} outlived the timeout");
 }
 
 #[tokio::test]

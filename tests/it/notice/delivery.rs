@@ -74,11 +74,9 @@ async fn the_deadline_bounds_many_deliveries_and_kills_their_commands() {
         .collect();
     let started = Instant::now();
     let results = n.deliver_all(&events, Duration::from_millis(300)).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(800),
-        "{:?}",
-        started.elapsed()
-    );
+    // Far under the 30 s each would take: the deadline cut them all, with room for a loaded
+    // machine.
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     assert!(
         results.iter().all(|r| matches!(r, Err(NoticeError::Deadline(_)))),
         "{results:?}"
@@ -87,9 +85,8 @@ async fn the_deadline_bounds_many_deliveries_and_kills_their_commands() {
     let n = notifier(None, Some(&line), 10_000, 1);
     let results = n.deliver_all(&events[..1], Duration::from_millis(500)).await;
     assert!(matches!(results[..], [Err(NoticeError::Deadline(_))]), "{results:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid = std::fs::read_to_string(pid).unwrap();
-    assert!(!running(&pid), "the command's child {pid} outlived the deadline");
+    let left = survivor(&pid).await;
+    assert!(left.is_none(), "the command's child {left:?} outlived the deadline");
 }
 
 /// The in-memory inbox: no I/O, so paused time can check the backoff's schedule exactly.

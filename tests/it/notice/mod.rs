@@ -158,6 +158,22 @@ fn running(pid: &str) -> bool {
     }
 }
 
+/// The PID the command's child wrote to `pid_file`, if it outlives the kill. The kill is
+/// sent before the call returns and the kernel finishes it moments later, so this waits up
+/// to 2 s (a loaded machine); a file never written means the shell was killed before it
+/// started the child, which then never ran.
+#[cfg(target_os = "linux")]
+async fn survivor(pid_file: &std::path::Path) -> Option<String> {
+    let pid = std::fs::read_to_string(pid_file).ok()?;
+    for _ in 0..40 {
+        if !running(&pid) {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Some(pid)
+}
+
 /// A command that starts a child in its process group and waits for it, and where the
 /// child's process ID goes.
 #[cfg(target_os = "linux")]
