@@ -79,6 +79,10 @@ fn delete_calls(state: &SimState) -> u64 {
 /// Deletes the simulator has received once it has read what a killed process had already
 /// sent: a request on its way when the process died is still read and answered (to nobody),
 /// and counted; on a loaded machine that can come a moment after the process is gone.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "The simulator serves in real time on its own thread: waiting for it needs the real clock."
+)]
 fn settled_delete_calls(w: &World) -> u64 {
     let mut last = delete_calls(&w.state());
     for _ in 0..20 {
