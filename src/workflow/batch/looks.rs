@@ -226,14 +226,10 @@ impl<C: Cloud + 'static> Runner<C> {
             Verdict::Gone => true,
             Verdict::LookAgain(gap) => {
                 tracing::debug!(id = %t.id, looks = t.absent.looks, "not listed; confirming it is gone");
-                // The rule spaces its looks by when they were sent: the next may ride early in
-                // a Describe leaving anyway, but not before `gap` after this one left. Taken
-                // any earlier it would fall short of the span and cost one more (at 1,000
-                // instances, a third absent look for many of them); parked until `now + gap`,
-                // those due within a few milliseconds of each other went out in separate
-                // part-filled Describes.
-                let not_before = t.seen_at + gap;
-                self.trackers.schedule(i, now + gap, not_before, now);
+                // Parked: the rule wants its looks a span apart, and a look that rode early
+                // in a Describe leaving anyway would fall short of it and cost one more (at
+                // 1,000 instances, a third absent look for many of them).
+                self.park(i, now + gap);
                 let activity = Activity::Waiting {
                     state: None,
                     what: "not listed; confirming it is gone",
@@ -442,14 +438,13 @@ impl<C: Cloud + 'static> Runner<C> {
         base.mul_f64(self.rng.random_range(0.9..1.1))
     }
 
-    /// Look at `i` again at `due` (or earlier, riding in a Describe that leaves anyway).
+    /// Look at `i` again at `due`.
     pub(super) fn schedule(&mut self, i: usize, due: Instant) {
-        let now = Instant::now();
-        self.trackers.schedule(i, due, now, now);
+        self.trackers.schedule(i, due, false, Instant::now());
     }
 
     /// Like `schedule`, for a retry time that must be respected (see `tracker::Status::Due`).
     pub(super) fn park(&mut self, i: usize, due: Instant) {
-        self.trackers.schedule(i, due, due, Instant::now());
+        self.trackers.schedule(i, due, true, Instant::now());
     }
 }

@@ -25,16 +25,10 @@ pub(super) use seen::Seen;
 /// What an instance is doing.
 #[derive(Debug)]
 pub(super) enum Status {
-    /// Waiting for a look at `at`, which may be taken early (riding in a Describe that leaves
-    /// anyway) but never before `not_before`. A parked instance (backing off from a lock,
-    /// throttling or an error) has `not_before == at`: a look leads to a call, and its retry
-    /// time is what keeps the lock budget honest. An instance confirming an absence may ride
-    /// from when the rule's gap after its last look has passed (see `absence`).
-    Due {
-        at: Instant,
-        not_before: Instant,
-        watch: Watch,
-    },
+    /// Waiting for a look at `at`. A `parked` instance (backing off from a lock, throttling
+    /// or an error) is never looked at early by filling a Describe chunk: a look leads to a
+    /// call, and its retry time is what keeps the lock budget honest.
+    Due { at: Instant, parked: bool, watch: Watch },
     /// In a Describe since `since` (waiting for the pace, or on its way).
     /// `planned`: when its look was due; later than `since` for a look taken early (due
     /// within the tick's horizon, or filling a Describe's last chunk: see
@@ -121,7 +115,7 @@ impl Tracker {
             mem,
             status: Status::Due {
                 at: now,
-                not_before: now,
+                parked: false,
                 watch: Watch {
                     fresh_after: now,
                     refused: None,
@@ -266,10 +260,10 @@ impl Trackers {
         self.take_watch(i, fresh_after)
     }
 
-    /// Look at `i` at `at`, not before `not_before`; only a look sent from now on counts.
-    pub(super) fn schedule(&mut self, i: usize, at: Instant, not_before: Instant, now: Instant) {
+    /// Look at `i` at `at` (`parked`: not earlier); only a look sent from now on counts.
+    pub(super) fn schedule(&mut self, i: usize, at: Instant, parked: bool, now: Instant) {
         let watch = self.take_watch(i, now);
-        self.set(i, Status::Due { at, not_before, watch });
+        self.set(i, Status::Due { at, parked, watch });
     }
 
     /// Move `i`'s next look to `at` and park it there, keeping what it waits for.
@@ -280,7 +274,7 @@ impl Trackers {
                 i,
                 Status::Due {
                     at,
-                    not_before: at,
+                    parked: true,
                     watch,
                 },
             );
@@ -297,7 +291,7 @@ impl Trackers {
             i,
             Status::Due {
                 at,
-                not_before: now,
+                parked: false,
                 watch,
             },
         );
@@ -347,7 +341,7 @@ impl Trackers {
             Status::Due {
                 // Due again at once, or when it was planned if it was looked at early.
                 at: left.max(planned),
-                not_before: left,
+                parked: false,
                 watch,
             },
         );
@@ -384,7 +378,7 @@ impl Trackers {
             i,
             Status::Due {
                 at: left,
-                not_before: left,
+                parked: false,
                 watch: Watch {
                     fresh_after: left,
                     refused: None,
@@ -406,11 +400,10 @@ impl Trackers {
         true
     }
 
-    /// The instances to look at now: every one due by `horizon` that may leave now (its
-    /// `not_before` passed: a parked one only once due), soonest first; the last chunk of 100
-    /// filled with the ones due soonest after them that may leave now (a free look: the
-    /// Describe goes out anyway). Empty if none is due. Cost: the instances taken, plus those
-    /// due within the horizon that may not leave yet.
+    /// The instances to look at now: every unparked one due by `horizon` and every parked
+    /// one due by `now`, soonest first; the last chunk of 100 filled with the unparked ones
+    /// due soonest after them (a free look: the Describe goes out anyway). Empty if none is
+    /// due. Cost: the instances taken, plus parked ones due within the horizon.
     pub(super) fn due_looks(&self, now: Instant, horizon: Instant) -> Vec<usize> {
         let mut due = Vec::new();
         let mut entries = self.by_due.iter();
@@ -420,7 +413,8 @@ impl Trackers {
                 next = Some((at, i));
                 break;
             }
-            if self.may_leave(i, now) {
+            let parked = matches!(self.all[i].status, Status::Due { parked: true, .. });
+            if !parked || at <= now {
                 due.push(i);
             }
         }
@@ -430,16 +424,11 @@ impl Trackers {
         let room = (DESCRIBE_MAX - due.len() % DESCRIBE_MAX) % DESCRIBE_MAX;
         let later = next.into_iter().chain(entries.copied());
         let free = later
-            .filter(|&(_, i)| self.may_leave(i, now))
+            .filter(|&(_, i)| matches!(self.all[i].status, Status::Due { parked: false, .. }))
             .take(room)
             .map(|(_, i)| i);
         due.extend(free);
         due
-    }
-
-    /// Whether a look at due instance `i` may leave at `now`.
-    fn may_leave(&self, i: usize, now: Instant) -> bool {
-        matches!(self.all[i].status, Status::Due { not_before, .. } if not_before <= now)
     }
 
     /// Due instances whose time ran out by `now`.

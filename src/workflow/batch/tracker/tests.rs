@@ -18,8 +18,7 @@ async fn due_looks_fill_the_last_chunk_but_never_with_parked_instances() {
     let mut t = trackers(300, now);
     for i in 0..300 {
         let at = now + MS * u32::try_from(i).unwrap() * 10;
-        let not_before = if i % 2 == 1 { at } else { now };
-        t.schedule(i, at, not_before, now);
+        t.schedule(i, at, i % 2 == 1, now);
     }
     // Due within 50 ms: 0..=5; parked 1, 3, 5 are not yet due at `now` (only 0 is at now).
     let looks = t.due_looks(now, now + 50 * MS);
@@ -32,23 +31,9 @@ async fn due_looks_fill_the_last_chunk_but_never_with_parked_instances() {
     // Nothing due: nothing to look at, even though instances are waiting.
     let mut t = trackers(3, now);
     for i in 0..3 {
-        t.schedule(i, now + Duration::from_secs(1), now, now);
+        t.schedule(i, now + Duration::from_secs(1), false, now);
     }
     assert!(t.due_looks(now, now + 50 * MS).is_empty());
-}
-
-/// A look that may not leave before a time (an absence being confirmed) rides in a Describe
-/// once that time has passed, and not before: due within the horizon or filling a chunk.
-#[tokio::test(start_paused = true)]
-async fn a_look_rides_early_only_once_its_not_before_has_passed() {
-    let now = Instant::now();
-    let mut t = trackers(4, now);
-    t.schedule(0, now, now, now); // due now: the Describe leaves
-    t.schedule(1, now + 20 * MS, now + 10 * MS, now); // within the horizon, not yet
-    t.schedule(2, now + 20 * MS, now, now); // within the horizon, free to go
-    t.schedule(3, now + 500 * MS, now - MS, now); // beyond it, fills the chunk
-    assert_eq!(t.due_looks(now, now + 50 * MS), [0, 2, 3]);
-    assert_eq!(t.due_looks(now + 10 * MS, now + 60 * MS), [0, 1, 2, 3]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -63,7 +48,7 @@ async fn the_indexes_follow_every_change_of_status() {
     assert!(t.timed_out(now + Duration::from_secs(3600)).is_empty());
     // A look that queued 5 s moves that instance's limit by 5 s.
     assert_eq!(t.end_look(0, now + Duration::from_secs(5)), Some(now));
-    t.schedule(0, now + Duration::from_secs(10), now, now);
+    t.schedule(0, now + Duration::from_secs(10), false, now);
     assert_eq!(t.limit(0), now + Duration::from_secs(65));
     assert_eq!(t.timed_out(now + Duration::from_secs(64)), Vec::<usize>::new());
     assert_eq!(t.timed_out(now + Duration::from_secs(65)), vec![0]);
@@ -101,7 +86,7 @@ async fn a_refusal_waits_for_its_look_and_goes_with_the_next_call() {
     t.start_look(0, now);
     t.end_look(0, now);
     t.postpone(0, now + MS);
-    t.schedule(0, now + MS, now, now);
+    t.schedule(0, now + MS, false, now);
     assert!(t.take_refused(0).is_some());
     assert!(t.take_refused(0).is_none(), "judged once");
 }
