@@ -290,7 +290,13 @@ fn run_tears_down_exactly_the_selected_instances_through_faults() {
     for id in &untouched {
         let old = before.instances.iter().find(|r| r["UHostId"] == id.as_str()).unwrap();
         let new = state.instances.iter().find(|r| r["UHostId"] == id.as_str()).unwrap();
-        assert_eq!(old["State"], new["State"], "{id} changed state");
+        // One the world had left `Stopping` settles on its own while the run goes on (how
+        // soon depends on the machine's speed); the tool sent it nothing (checked below).
+        let settled = old["State"] == "Stopping" && new["State"] == "Stopped";
+        assert!(
+            old["State"] == new["State"] || settled,
+            "{id} changed state: {old} -> {new}"
+        );
     }
     assert!(state.terminated.iter().all(|t| !t.release_udisk && !t.by_other));
     assert!(state.orphan_disks.iter().all(|d| chosen.contains(&d.from_uhost_id)));

@@ -267,58 +267,6 @@ async fn early_looks_do_not_pull_the_schedule_forward() {
     assert!(per_instance <= 24.5, "{per_instance:.2} looks per instance");
 }
 
-/// Absence we caused is confirmed by two looks a `min_poll` apart, and by no third: the
-/// second absent look is not taken early by a Describe leaving anyway (300 instances whose
-/// Stops the pace's slow start spreads, so looks ride in each other's Describes; a second look
-/// that rode early fell short of the span and cost a third for many of them).
-#[tokio::test(start_paused = true)]
-async fn our_terminate_is_confirmed_by_exactly_two_absent_looks() {
-    let ids: Vec<String> = (0..300).map(|i| format!("uhost-{i:03}")).collect();
-    let mut script = Scripted::uniform(&ids, &State::Running);
-    script.stop = Box::new(|t, target, _| {
-        t.states.insert(target.uhost_id.clone(), State::Stopping);
-        Ok(())
-    });
-    script.describe = stopping_for(Duration::from_secs(3));
-    script.terminate = Box::new(|t, target, _| {
-        t.gone_at
-            .insert(target.uhost_id.clone(), Instant::now() + Duration::from_secs(1));
-        Ok(TerminateAck::default())
-    });
-    let cloud = Arc::new(script);
-    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let report = drive(&cloud, &names, settings(), Controls::default()).await;
-    assert!(report.instances.iter().all(|i| confirmed(&i.outcome)), "{report:?}");
-    let gone: HashMap<String, Duration> = {
-        let truth = cloud.truth.lock().expect("not poisoned");
-        truth
-            .gone_at
-            .iter()
-            .map(|(id, at)| (id.clone(), at.duration_since(cloud.made)))
-            .collect()
-    };
-    let describes = cloud.calls(DESCRIBE);
-    let mut absent_looks: HashMap<&str, usize> = HashMap::new();
-    for r in &describes {
-        for id in &r.ids {
-            if r.at >= gone[id] {
-                *absent_looks.entry(id.as_str()).or_default() += 1;
-            }
-        }
-    }
-    let over: Vec<(&str, usize)> = absent_looks
-        .iter()
-        .filter(|(_, n)| **n != 2)
-        .map(|(id, n)| (*id, *n))
-        .collect();
-    assert_eq!(absent_looks.len(), 300);
-    assert!(
-        over.is_empty(),
-        "{} instances looked at other than twice once gone: {over:?}",
-        over.len()
-    );
-}
-
 /// At most a quarter of `--concurrency` Describes are in flight: the first tick of 1,000
 /// instances at `--concurrency 16` sends 4 of its 10 at once, the next as those come back.
 #[tokio::test(start_paused = true)]
