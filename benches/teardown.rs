@@ -2,7 +2,7 @@
 //! default pace settings.
 //!
 //! Each row prints wall time against the lower bound (stop + terminate latency), API calls per
-//! instance by action, the tool's peak RSS and CPU time (read from /proc while it runs), the
+//! instance by action, how full the looks' Describes were, the tool's peak RSS and CPU time (read from /proc while it runs), the
 //! gateway's view of the pace (requests it let through per second, 153s), and the simulator's
 //! verdict. `cargo bench --bench teardown` runs every row of docs/performance.md; one row with
 //! `-- --instances N [--jitter J] [--rate R] [--limit L --burst B] [--faults]
@@ -285,27 +285,20 @@ fn row(a: &Args) {
         reason = "counts and small integers far below 2^52 convert to f64 exactly"
     )]
     let total: f64 = calls.values().sum::<usize>() as f64;
-    if std::env::var_os("DBG_LOOKS").is_some() {
-        let mut hist: BTreeMap<usize, usize> = BTreeMap::new();
-        for c in state.calls.iter().filter(|c| c.action == "DescribeCompShareInstance") {
-            *hist.entry(c.ids.len().div_ceil(10) * 10).or_default() += 1;
-        }
-        println!("DBG ids/describe {hist:?}");
-        let mut per_id: std::collections::HashMap<&str, Vec<f64>> = std::collections::HashMap::new();
-        for c in &state.calls {
-            for id in &c.ids {
-                per_id.entry(id.as_str()).or_default().push(c.at_secs);
-            }
-        }
-        let some = state.calls.iter().find(|c| c.action.starts_with("Stop")).unwrap().ids[0].as_str();
-        let times: Vec<String> = state
-            .calls
-            .iter()
-            .filter(|c| c.ids.iter().any(|i| i == some))
-            .map(|c| format!("{}@{:.2}", &c.action[..4], c.at_secs))
-            .collect();
-        println!("DBG {some}: {}", times.join(" "));
-    }
+    // How full the ID-filtered Describes were (listing pages carry no IDs): a look costs a
+    // whole Describe however few instances ride in it.
+    let looks: Vec<usize> = state
+        .calls
+        .iter()
+        .filter(|c| c.action == "DescribeCompShareInstance" && !c.ids.is_empty())
+        .map(|c| c.ids.len())
+        .collect();
+    let full = looks.iter().filter(|&&k| k == 100).count();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts and small integers far below 2^52 convert to f64 exactly"
+    )]
+    let mean = looks.iter().sum::<usize>() as f64 / looks.len().max(1) as f64;
     println!("API calls/instance  {:.2} total", total / n);
     for (action, count) in &calls {
         #[expect(
@@ -315,6 +308,11 @@ fn row(a: &Args) {
         let per = *count as f64 / n;
         println!("  {action:<18}{per:.3} ({count})");
     }
+    println!(
+        "Describe fill       {} looks: {full} full (100 IDs), {} part-filled, {mean:.1} IDs each",
+        looks.len(),
+        looks.len() - full
+    );
     // Calls that took a token from the gateway's bucket: everything but the bucket's own
     // refusals and the faults injected before the gateway (proxy errors, dropped connections).
     let admitted: Vec<f64> = state
