@@ -2,9 +2,9 @@
 //! default pace settings.
 //!
 //! Each row prints wall time against the lower bound (stop + terminate latency), API calls per
-//! instance by action, how full the looks' Describes were, the tool's peak RSS and CPU time (read from /proc while it runs), the
-//! gateway's view of the pace (requests it let through per second, 153s), and the simulator's
-//! verdict. `cargo bench --bench teardown` runs every row of docs/performance.md; one row with
+//! instance by action, how full the looks' Describes were, the tool's peak RSS and CPU time
+//! (read from /proc while it runs), the gateway's view of the pace (requests it let through
+//! per second, 153s), and the simulator's verdict. `cargo bench --bench teardown` runs every row of docs/performance.md; one row with
 //! `-- --instances N [--jitter J] [--rate R] [--limit L --burst B] [--faults]
 //! [--time-scale S] [--change-at SECS --change-to L]`; the 10,000 and 100,000-instance rows
 //! with `-- --large`; the simulator's own time per call at 1,000, 10,000 and 100,000

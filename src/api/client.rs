@@ -253,8 +253,15 @@ pub(crate) fn decode_envelope(action: &str, body: Vec<u8>, request_id: Option<St
 /// The body of an answer whose `RetCode` was 0, read into the type the caller wants in one
 /// pass: a Describe page of 100 rows parsed through a `serde_json::Value` tree first cost
 /// half the tool's CPU in allocations at 10,000 instances.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Answer(Vec<u8>);
+
+/// Its length, not its bytes: a Describe page is up to 200 KiB.
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Answer({} bytes)", self.0.len())
+    }
+}
 
 impl Answer {
     /// The body as `T`.

@@ -5,7 +5,7 @@
 //! a teardown). Read as whole rows, the parts nobody reads (disks, addresses' details, prices,
 //! machine data) were most of the engine's allocations at 10,000 instances; read into owned
 //! strings, the seven strings of each row were still a third of them, though the engine keeps
-//! none of them unless something changed ([`LookRow`]).
+//! none of them unless something changed (`LookRow`).
 
 use std::borrow::Cow;
 
@@ -15,7 +15,7 @@ use super::client::Answer;
 use super::error::ApiError;
 use super::model::{DescribePage, Instance, Ip, State, home_region, lenient};
 
-/// The answer to a look, read with [`Looked::page`]. Either the body as it came (the HTTP
+/// The answer to a look, read with `Looked::page`. Either the body as it came (the HTTP
 /// client, the simulator), whose rows then borrow their strings from it, or whole rows (a
 /// [`super::Cloud`] that only implements `describe`, as test doubles do).
 #[derive(Debug)]
@@ -178,6 +178,12 @@ mod tests {
                 assert_eq!(l.home_region(), f.home_region());
                 assert_eq!(l.is_spot(), f.is_spot());
                 let g = l.to_instance();
+                // What the guard reads: `--exclude` and the saved plan find rows by ID, the
+                // plan's drift check compares the state, the scope check the region.
+                assert_eq!(g.uhost_id, f.uhost_id);
+                assert_eq!(g.state, f.state);
+                assert_eq!(g.home_region(), f.home_region());
+                assert_eq!(g.is_spot(), f.is_spot());
                 assert_eq!(g.name, f.name);
                 assert_eq!(g.region, f.region);
                 assert_eq!(g.zone, f.zone);

@@ -86,10 +86,11 @@ fn string_to_sign(params: &Params, private_key: &PrivateKey) -> String {
     s
 }
 
-/// `Signature` = lowercase hex SHA-1 of [`string_to_sign`]. `params` must already contain
-/// `PublicKey`; a `Signature` entry, if present, is ignored.
+/// `Signature` = lowercase hex SHA-1 of every `key` + `value` in byte order, unescaped, then
+/// the private key. `params` must already contain `PublicKey`; a `Signature` entry, if
+/// present, is ignored.
 pub fn signature(params: &Params, private_key: &PrivateKey) -> String {
-    // Hashed piece by piece, the same bytes as [`string_to_sign`] in the same order: no copy
+    // Hashed piece by piece, the same bytes as `string_to_sign` in the same order: no copy
     // of the whole request (100 IDs for a look) and none of the private key.
     let mut hasher = Sha1::new();
     for (k, v) in params.iter().filter(|(k, _)| k.as_str() != "Signature") {

@@ -76,8 +76,8 @@ impl<C: Cloud + 'static> Looks<C> {
                 pace.ready().await;
                 slot
             };
-            let _slot = tokio::select! {
-                slot = ready => slot,
+            let slot = tokio::select! {
+                slot = ready => slot.ok(),
                 () = stop_sending.cancelled() => return Event::Unsent { idxs },
             };
             let sent_at = Instant::now();
@@ -90,7 +90,14 @@ impl<C: Cloud + 'static> Looks<C> {
                 ..DescribeQuery::default()
             };
             let result = cloud.look(query).await;
-            Event::Described { idxs, sent_at, result }
+            // The slot goes with the answer: it is held until the driver has read it, so the
+            // bodies waiting to be read are bounded by the slots too.
+            Event::Described {
+                idxs,
+                sent_at,
+                result,
+                slot,
+            }
         }
     }
 

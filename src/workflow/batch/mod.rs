@@ -68,7 +68,8 @@ impl Observer for NoObserver {
 
 /// A last check on each instance, run on the observation that leads to its first call: a
 /// reason returned here skips the instance (protected, drifted from the saved plan, ...). The
-/// row is a look's (`Cloud::look`): only the fields `api::model::LookRow` lists are filled.
+/// row is a look's (`Cloud::look`): only the fields `api::look::LookRow` reads are filled
+/// (`LookRow::to_instance`).
 pub type Guard = Box<dyn Fn(&Instance) -> Option<String> + Send + Sync>;
 
 /// Run-time companions of a batch.
@@ -134,11 +135,13 @@ enum Sent {
 }
 
 enum Event {
-    /// A look's answer, read by the driver (`Runner::on_described`).
+    /// A look's answer, read by the driver (`Runner::on_described`), and the Describe slot
+    /// it holds until then.
     Described {
         idxs: Vec<usize>,
         sent_at: Instant,
         result: Result<Looked, ApiError>,
+        slot: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     Called {
         idx: usize,
@@ -341,7 +344,15 @@ impl<C: Cloud + 'static> Runner<C> {
                     self.ends.halt(Halt::Interrupted);
                 }
                 Some(next) = self.tasks.next(), if !self.tasks.is_empty() => match next {
-                    Ok(Event::Described { idxs, sent_at, result }) => self.on_described(&idxs, sent_at, result),
+                    Ok(Event::Described {
+                        idxs,
+                        sent_at,
+                        result,
+                        slot,
+                    }) => {
+                        self.on_described(&idxs, sent_at, result);
+                        drop(slot);
+                    }
                     Ok(Event::Called { idx, call, sent }) => self.on_called(idx, call, sent),
                     Ok(Event::Unsent { idxs }) => self.on_unsent(&idxs),
                     Err((idxs, why)) => self.on_task_lost(&idxs, &why),

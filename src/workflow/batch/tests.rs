@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 
 use super::*;
-use crate::api::{DescribePage, DescribeQuery, State, Target};
+use crate::api::{Answer, DescribePage, DescribeQuery, Looked, State, Target};
 use crate::workflow::absence;
 
 /// What the scripted cloud holds true: the state of each instance, and when an instance
@@ -48,6 +48,8 @@ struct Scripted {
     /// How long Stop and Describe take to answer.
     stop_delay: Duration,
     describe_delay: Duration,
+    /// Looks answered, before any other, with a body that does not read as a page.
+    garbled_looks: usize,
 }
 
 const STOP: &str = "Stop";
@@ -121,6 +123,7 @@ impl Scripted {
             describe: Box::new(|t, q, _| Ok(honest(t, q))),
             stop_delay: Duration::ZERO,
             describe_delay: Duration::ZERO,
+            garbled_looks: 0,
         }
     }
 
@@ -159,6 +162,18 @@ impl Cloud for Scripted {
         tokio::time::sleep(self.describe_delay).await;
         let truth = self.truth();
         (self.describe)(&truth, q, n)
+    }
+
+    async fn look(&self, q: DescribeQuery) -> Result<Looked, ApiError> {
+        let garbled = self.calls(DESCRIBE).len() < self.garbled_looks;
+        if garbled {
+            self.receive(DESCRIBE, q.ids.clone());
+            // A `State` that is a number: the page does not read (as a `String` would not).
+            return Ok(Looked::from(Answer::from_body(
+                br#"{"UHostSet":[{"State":5}]}"#.to_vec(),
+            )));
+        }
+        self.describe(&q).await.map(Looked::from)
     }
 
     async fn stop(&self, target: &Target, _force: bool) -> Result<(), ApiError> {
@@ -265,6 +280,25 @@ async fn early_looks_do_not_pull_the_schedule_forward() {
     // The schedule gives 24: the first look, 6 a `min_poll` apart until 1.5 s into the phase,
     // 17 a sixth of the age apart until 20 s. Early looks that moved it measured 25.33.
     assert!(per_instance <= 24.5, "{per_instance:.2} looks per instance");
+}
+
+/// An answer that does not read as a page is a failed look, as when the task read it: the
+/// instance backs off and looks again. Taken for an empty page, six of them would have
+/// proved it gone (five absent looks over a poll interval) without a call; it is stopped and
+/// terminated once an answer reads.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_answer_is_a_failed_look_not_an_absence() {
+    let mut script = Scripted::new(&[("uhost-a", State::Running)]);
+    script.garbled_looks = 6;
+    let cloud = Arc::new(script);
+    let report = drive(&cloud, &["uhost-a"], settings(), Controls::default()).await;
+    assert!(confirmed(outcome(&report, "uhost-a")), "{report:?}");
+    let stop = cloud.calls(STOP)[0].at;
+    let looks_before = cloud.calls(DESCRIBE).iter().filter(|r| r.at <= stop).count();
+    assert_eq!(
+        looks_before, 7,
+        "six unreadable answers, then the look the Stop was decided on"
+    );
 }
 
 /// At most a quarter of `--concurrency` Describes are in flight: the first tick of 1,000

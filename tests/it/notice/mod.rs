@@ -160,18 +160,20 @@ fn running(pid: &str) -> bool {
 
 /// The PID the command's child wrote to `pid_file`, if it outlives the kill. The kill is
 /// sent before the call returns and the kernel finishes it moments later, so this waits up
-/// to 2 s (a loaded machine); a file never written means the shell was killed before it
-/// started the child, which then never ran.
+/// to 2 s (a loaded machine). The child writes its PID itself before it becomes the
+/// `sleep`, so one that survived writes it within that time; no PID written by then (or an
+/// empty file) means it was killed before it could.
 #[cfg(target_os = "linux")]
 async fn survivor(pid_file: &std::path::Path) -> Option<String> {
-    let pid = std::fs::read_to_string(pid_file).ok()?;
+    let mut pid = String::new();
     for _ in 0..40 {
-        if !running(&pid) {
+        pid = std::fs::read_to_string(pid_file).unwrap_or_default();
+        if !pid.trim().is_empty() && !running(&pid) {
             return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Some(pid)
+    (!pid.trim().is_empty()).then_some(pid)
 }
 
 /// A command that starts a child in its process group and waits for it, and where the
@@ -179,5 +181,10 @@ async fn survivor(pid_file: &std::path::Path) -> Option<String> {
 #[cfg(target_os = "linux")]
 fn sleeper(dir: &std::path::Path) -> (String, std::path::PathBuf) {
     let pid = dir.join("pid");
-    (format!("sleep 30 & echo $! > '{}'; wait", pid.display()), pid)
+    // The child writes its own PID, then becomes the `sleep`: a PID file exists only once
+    // the process it names is running.
+    (
+        format!("sh -c 'echo $$ > \"{}\"; exec sleep 30' & wait", pid.display()),
+        pid,
+    )
 }

@@ -53,7 +53,7 @@ impl Seen {
     }
 
     /// Keep `row` as the latest seen, in place: a look at an instance that did not move or
-    /// rename reuses the strings it has (one look per instance every few ticks, 30 of them
+    /// rename reuses the strings it has (one look per instance every few ticks, about 20 of them
     /// per instance in a 10,000 batch, each had cost five new strings).
     pub(in super::super) fn update(seen: &mut Option<Seen>, row: &LookRow) {
         let Some(s) = seen else {
