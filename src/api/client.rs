@@ -8,7 +8,7 @@ use url::Url;
 
 use super::error::{ApiError, TransportKind};
 use super::sign::{Params, sign_in_place, sign_json_in_place};
-use super::{Transport, model::lenient};
+use super::{Transport, lenient};
 use crate::credentials::Credentials;
 
 /// Header carrying the gateway's request id; quoted in every error for support tickets.

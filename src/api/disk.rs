@@ -17,7 +17,8 @@ use std::future::Future;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::model::{home_region, lenient};
+use super::lenient;
+use super::model::home_region;
 use super::{ApiError, Transport, sign};
 
 /// The listing action.

@@ -13,7 +13,8 @@ use serde::Deserialize;
 
 use super::client::Answer;
 use super::error::ApiError;
-use super::model::{DescribePage, Instance, Ip, State, home_region, lenient};
+use super::lenient;
+use super::model::{DescribePage, Instance, Ip, State, home_region};
 
 /// The answer to a look, read with `Looked::page`. Either the body as it came (the HTTP
 /// client, the simulator), whose rows then borrow their strings from it, or whole rows (a

@@ -5,6 +5,7 @@
 pub(crate) mod client;
 pub mod disk;
 pub(crate) mod error;
+pub mod lenient;
 pub(crate) mod listing;
 pub mod look;
 pub mod model;

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::model::lenient;
+use crate::api::lenient;
 use crate::api::{ApiError, Transport};
 
 pub use rule::{IdleRule, Verdict, Why, judge};
