@@ -98,23 +98,7 @@ pub fn signature(params: &Params, private_key: &PrivateKey) -> String {
         hasher.update(v.as_bytes());
     }
     hasher.update(private_key.expose().as_bytes());
-    hex(&hasher.finalize())
-}
-
-/// Lowercase hex SHA-1 of a string.
-pub(crate) fn hex_sha1(text: &str) -> String {
-    hex(&Sha1::digest(text.as_bytes()))
-}
-
-/// Lowercase hex of a digest.
-fn hex(digest: &[u8]) -> String {
-    // sha1 0.11's output no longer implements `LowerHex`, so hex-encode the 20 bytes here.
-    let mut hex = String::with_capacity(40);
-    for byte in digest {
-        use std::fmt::Write as _;
-        let _ = write!(hex, "{byte:02x}");
-    }
-    hex
+    crate::credentials::hex(&hasher.finalize())
 }
 
 /// The string hashed for a JSON-body request (`GetCompShareInstanceMonitor`, or the Go SDK's
@@ -157,7 +141,7 @@ fn json_value_text(out: &mut String, value: &Value) {
 pub fn sign_json_in_place(object: &mut serde_json::Map<String, Value>, public_key: &str, private_key: &PrivateKey) {
     object.remove("Signature");
     object.insert("PublicKey".to_owned(), Value::String(public_key.to_owned()));
-    let sig = hex_sha1(&json_string_to_sign(object, private_key));
+    let sig = crate::credentials::sha1_hex(json_string_to_sign(object, private_key).as_bytes());
     object.insert("Signature".to_owned(), Value::String(sig));
 }
 

@@ -439,7 +439,7 @@ impl std::io::Write for JsonHasher {
 }
 
 /// Lower-case hex of a digest.
-fn hex(digest: &[u8]) -> String {
+pub(crate) fn hex(digest: &[u8]) -> String {
     use std::fmt::Write as _;
     digest.iter().fold(String::with_capacity(digest.len() * 2), |mut s, b| {
         let _ = write!(s, "{b:02x}");

@@ -82,17 +82,12 @@ impl Event {
     /// so `["ab", "c"]` and `["a", "bc"]` differ.
     pub fn stable_id(parts: &[&str]) -> String {
         use sha1::Digest;
-        use std::fmt::Write as _;
         let mut hash = sha1::Sha1::new();
         for part in parts {
             hash.update(format!("{}:", part.len()).as_bytes());
             hash.update(part.as_bytes());
         }
-        let hex = hash.finalize().iter().fold(String::new(), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        });
-        format!("ev-{}", &hex[..20])
+        format!("ev-{}", &crate::credentials::hex(&hash.finalize())[..20])
     }
 }
 

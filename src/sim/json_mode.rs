@@ -5,8 +5,9 @@
 
 use serde_json::Value;
 
-use crate::api::sign::{hex_sha1, json_string_to_sign};
+use crate::api::sign::json_string_to_sign;
 use crate::credentials::PrivateKey;
+use crate::credentials::sha1_hex;
 
 /// The string hashed in JSON mode: [`crate::api::sign`] owns the rule (the monitor action's
 /// JSON body is signed by it too), so the gateway checks exactly what the client signs.
@@ -16,7 +17,7 @@ pub(crate) fn string_to_sign(object: &serde_json::Map<String, Value>, private_ke
 
 /// JSON-mode `Signature`: lowercase hex SHA-1 of [`string_to_sign`].
 pub fn signature(object: &serde_json::Map<String, Value>, private_key: &PrivateKey) -> String {
-    hex_sha1(&string_to_sign(object, private_key))
+    sha1_hex(string_to_sign(object, private_key).as_bytes())
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::machine::{Call, Effect};
 use super::outcome::Outcome;
-use crate::credentials::{Account, sha1_hex};
+use crate::credentials::{Account, sha1_hex_json};
 use crate::textfile;
 
 mod decision;
@@ -426,7 +426,7 @@ fn durable(entry: &Entry) -> bool {
 /// A start line as written: the entry, the account, and a checksum over both.
 fn start_line(entry: &Entry, account: &Account) -> Vec<u8> {
     let mut value = stamped(entry, account);
-    let sum = sha1_hex(&serde_json::to_vec(&value).expect("serializes"));
+    let sum = sha1_hex_json(&value);
     value.insert("checksum".into(), sum.into());
     serde_json::to_vec(&value).expect("serializes")
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::{DecisionField, Entry, JOURNAL_VERSION, JournalError, JournalKind, OLDEST_READ_VERSION, stamped};
-use crate::credentials::{Account, sha1_hex};
+use crate::credentials::{Account, sha1_hex_json};
 use crate::selection::{IdSource, check_ids};
 use crate::textfile;
 use crate::workflow::machine::{Call, Effect, Memory, after_call};
@@ -281,7 +281,7 @@ impl Reader {
         let account = stamp.account.unwrap_or_default();
         // The checksum covers the selection and the account: a journal edited by hand (or by
         // anyone else) would decide what gets torn down, so it is refused.
-        let sum = sha1_hex(&serde_json::to_vec(&stamped(entry, &account)).expect("serializes"));
+        let sum = sha1_hex_json(&stamped(entry, &account));
         if stamp.checksum.as_deref() != Some(sum.as_str()) {
             return Err(self.malformed(
                 n,
