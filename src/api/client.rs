@@ -264,13 +264,8 @@ impl std::fmt::Debug for Answer {
 }
 
 impl Answer {
-    /// The body as `T`.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self, action: &str) -> Result<T, ApiError> {
-        self.read(action)
-    }
-
     /// The body as `T`, which may borrow from it (see `api::look`).
-    pub(crate) fn read<'a, T: serde::Deserialize<'a>>(&'a self, action: &str) -> Result<T, ApiError> {
+    pub fn parse<'a, T: serde::Deserialize<'a>>(&'a self, action: &str) -> Result<T, ApiError> {
         serde_json::from_slice(&self.0).map_err(|e| ApiError::Decode {
             action: action.into(),
             detail: e.to_string(),

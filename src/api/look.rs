@@ -45,7 +45,7 @@ impl Looked {
     /// same decoding error the whole-row `describe` gives.
     pub(crate) fn page(&self) -> Result<LookPage<'_>, ApiError> {
         match &self.0 {
-            Body::Json(answer) => answer.read("DescribeCompShareInstance"),
+            Body::Json(answer) => answer.parse("DescribeCompShareInstance"),
             Body::Rows(page) => Ok(LookPage {
                 total_count: page.total_count,
                 uhost_set: page.uhost_set.iter().map(LookRow::of).collect(),
