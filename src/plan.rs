@@ -248,10 +248,36 @@ impl Plan {
         Ok(plan)
     }
 
+    /// What the plan said of each instance, by ID, for the guard of a run from a saved plan
+    /// ([`Drift::check`] on each first call).
+    pub fn drift(&self) -> Drift {
+        let planned = self.entries.iter().map(|e| {
+            let seen = Planned {
+                name: e.name.clone(),
+                tag: e.tag.clone(),
+                state: e.state.clone(),
+            };
+            (e.uhost_id.clone(), seen)
+        });
+        Drift(planned.collect())
+    }
+}
+
+/// What a saved plan said of each instance, found by ID: a scan of the plan for every
+/// instance's first call was quadratic in the plan's size (10^10 comparisons at 100,000).
+pub struct Drift(std::collections::HashMap<String, Planned>);
+
+struct Planned {
+    name: String,
+    tag: String,
+    state: String,
+}
+
+impl Drift {
     /// Why `row` no longer matches what was planned for it, if it changed in a way that matters:
     /// renamed, re-tagged, or started again after the plan saw it stopped.
-    pub fn drift(&self, row: &Instance) -> Option<String> {
-        let planned = self.entries.iter().find(|e| e.uhost_id == row.uhost_id)?;
+    pub fn check(&self, row: &Instance) -> Option<String> {
+        let planned = self.0.get(&row.uhost_id)?;
         if planned.name != row.name {
             return Some(format!(
                 "changed since the plan: renamed {:?} → {:?}",

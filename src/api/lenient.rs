@@ -164,7 +164,8 @@ pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<
     Ok(list)
 }
 
-/// Like [`list`], as read (not trimmed): for rows that live only while an answer is read.
+/// Like [`list`], as read (not trimmed): for lists taken apart as soon as their answer is
+/// read (a page's rows, a look's).
 pub(crate) fn seq<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
     Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }

@@ -67,7 +67,7 @@ pub(crate) struct LookPage<'a> {
 /// The fields of a row that a look acts on: its ID and state, where it lives (the call
 /// target and the scope check), whether it is spot (`Force`), and what the guard checks right
 /// before the first call (`Protections::refuse`: name, tag, addresses; `Filters::outside_scope`;
-/// `Plan::drift`: name, tag, state). A guard that reads another field must add it here:
+/// `Drift::check`: name, tag, state). A guard that reads another field must add it here:
 /// `look_rows_keep_what_the_engine_and_its_guard_read` pins the list. Strings are borrowed
 /// from the body unless they had escapes or another type.
 #[derive(Debug, Default, Deserialize)]

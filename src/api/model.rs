@@ -274,7 +274,7 @@ pub struct DescribePage {
     /// consistent gateway has been seen to leave it out, and 0 would end paging early.
     #[serde(rename = "TotalCount", deserialize_with = "lenient::opt_i64")]
     pub total_count: Option<i64>,
-    #[serde(rename = "UHostSet", deserialize_with = "lenient::list")]
+    #[serde(rename = "UHostSet", deserialize_with = "lenient::seq")]
     pub uhost_set: Vec<Instance>,
 }
 

@@ -282,11 +282,11 @@ impl Ctx {
                 }
             }
             Source::SavedPlan(plan) => {
-                let drift = plan.clone();
+                let drift = plan.drift();
                 Selection {
                     ids: plan.acting_ids(),
                     plan,
-                    guard: Box::new(move |row| protections.refuse(row).or_else(|| drift.drift(row))),
+                    guard: Box::new(move |row| protections.refuse(row).or_else(|| drift.check(row))),
                     resume: None,
                     disk_sizes: std::collections::HashMap::default(),
                 }
@@ -336,13 +336,14 @@ impl Ctx {
         // they are, the data disks of the others are kept for the kept-disk lines, and the
         // names and places move into the engine's records. (Kept whole, it was a copy of
         // every instance's strings for the whole run.)
-        let running: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        // `ids` are the plan's entries that are not skipped (`Plan::acting_ids`; a journal's
+        // plan skips none), so the action alone tells them apart.
         let mut skipped: Vec<crate::plan::Item> = Vec::new();
         let mut known: Vec<workflow::Known> = Vec::with_capacity(ids.len());
         let mut data_disks: Vec<(String, Vec<String>)> = Vec::new();
         for mut e in plan.entries {
             // Skipped entries never reach the runner; the bars count them as done.
-            if e.action == crate::plan::Action::Skip && !running.contains(e.uhost_id.as_str()) {
+            if e.action == crate::plan::Action::Skip {
                 skipped.push(e);
                 continue;
             }
@@ -357,7 +358,6 @@ impl Ctx {
                 ..workflow::Known::default()
             });
         }
-        drop(running);
         let bars = BarsHandle::new(&self.multi, ids.len() + skipped.len());
         for e in &skipped {
             bars.finished_elsewhere(&e.uhost_id, &Outcome::Skipped { reason: String::new() });
@@ -374,7 +374,7 @@ impl Ctx {
         let mut report = workflow::run(Arc::new(client), ids, settings, ctl).await;
         super::terminal::drained();
         bars.finish();
-        add_skipped(&mut report, &skipped, release);
+        add_skipped(&mut report, skipped, release);
         report.kept_disks = kept_disks(&report, &data_disks, &disk_sizes);
         report
     }
@@ -440,20 +440,20 @@ fn kept_disks(
         .collect()
 }
 
-fn add_skipped(report: &mut Report, skipped: &[crate::plan::Item], release_udisk: bool) {
+fn add_skipped(report: &mut Report, skipped: Vec<crate::plan::Item>, release_udisk: bool) {
     if skipped.is_empty() {
         return;
     }
     let mut instances = std::mem::take(&mut report.instances);
-    instances.extend(skipped.iter().map(|e| workflow::InstanceReport {
+    instances.extend(skipped.into_iter().map(|e| workflow::InstanceReport {
         kind: workflow::TargetKind::Instance,
-        uhost_id: e.uhost_id.clone(),
-        name: e.name.clone(),
-        region: e.region.clone(),
-        zone: e.zone.clone(),
-        last_state: e.state.clone(),
+        uhost_id: e.uhost_id,
+        name: e.name,
+        region: e.region,
+        zone: e.zone,
+        last_state: e.state,
         outcome: Outcome::Skipped {
-            reason: e.reason.clone().unwrap_or_default(),
+            reason: e.reason.unwrap_or_default(),
         },
         seconds: 0.0,
         calls: 0,

@@ -82,15 +82,16 @@ fn drift_detection() {
         false,
         false,
     );
+    let p = p.drift();
     let mut row = cand("a-1", State::Stopped, "Postpay", Verdict::Act).row.unwrap();
-    assert_eq!(p.drift(&row), None);
+    assert_eq!(p.check(&row), None);
     row.state = State::Running;
-    assert!(p.drift(&row).unwrap().contains("restarted"));
+    assert!(p.check(&row).unwrap().contains("restarted"));
     row.state = State::Stopped;
     row.tag = "new".into();
-    assert!(p.drift(&row).unwrap().contains("re-tagged"));
+    assert!(p.check(&row).unwrap().contains("re-tagged"));
     row.name = "other".into();
-    assert!(p.drift(&row).unwrap().contains("renamed"));
+    assert!(p.check(&row).unwrap().contains("renamed"));
 }
 
 #[test]

@@ -418,7 +418,7 @@ fn step(
 /// the protections on the fresh row before the first call; Terminate only on `Stopped`).
 async fn act<T: Transport + 'static>(cloud: Arc<T>, cfg: &Config, acting: Vec<Instance>, mut ctl: Controls) -> Report {
     let ids = acting.iter().map(|r| r.uhost_id.clone()).collect();
-    ctl.known = acting.iter().map(Known::of).collect();
+    ctl.known = acting.into_iter().map(Known::from).collect();
     let settings = Settings {
         stop_only: cfg.action == Action::Stop,
         ..cfg.settings.clone()

@@ -207,14 +207,15 @@ impl<C: Cloud + 'static> Runner<C> {
             return self.fail(i, error, None);
         }
         let decided_on = row.state.clone();
-        let (region, zone) = (row.region.clone(), row.zone.clone());
         let id = self.trackers[i].id.clone();
-        let synced = self.journal_intent(&Entry::Call {
+        // The intent line only with a journal: its copies of the target cost nothing then.
+        let intent = self.ctl.journal.is_some().then(|| Entry::Call {
             id: id.clone(),
             call,
-            region,
-            zone,
+            region: row.region.clone(),
+            zone: row.zone.clone(),
         });
+        let synced = intent.and_then(|entry| self.journal_intent(&entry));
         if self.ends.halt == Some(Halt::JournalFailed) {
             // The intent could not be recorded: do not send what a resume would not know of.
             let phase = self.trackers[i].mem.phase;

@@ -80,7 +80,9 @@ pub struct Controls {
     pub observer: Box<dyn Observer>,
     /// Cancelled on the first Ctrl-C / SIGTERM: start nothing new, let calls finish.
     pub cancel: CancellationToken,
-    /// What the selection knew of each instance, used only to name it until its first look.
+    /// What the selection knew of each instance: its name, where the first looks go (an
+    /// instance of unknown region is looked for everywhere) and its state until a look says
+    /// more (the report's last state for one never looked at).
     pub known: Vec<Known>,
 }
 
@@ -95,14 +97,15 @@ pub struct Known {
     pub state: State,
 }
 
-impl Known {
-    pub fn of(row: &Instance) -> Known {
+impl From<Instance> for Known {
+    /// A row's strings moved in.
+    fn from(row: Instance) -> Known {
         Known {
-            id: row.uhost_id.clone(),
-            name: row.name.clone(),
-            region: row.region.clone(),
-            zone: row.zone.clone(),
-            state: row.state.clone(),
+            id: row.uhost_id,
+            name: row.name,
+            region: row.region,
+            zone: row.zone,
+            state: row.state,
         }
     }
 }
@@ -265,14 +268,14 @@ pub async fn run<C: Cloud + 'static>(cloud: Arc<C>, ids: Vec<String>, settings: 
     for (n, k) in known.iter_mut().enumerate() {
         at.insert(std::mem::take(&mut k.id), n);
     }
-    let resume = ctl.resume.clone().unwrap_or_default();
+    let memory = ctl.resume.as_ref().map(|r| &r.memory);
     let all = ids
         .iter()
         .map(|id| {
             let row = at
                 .remove(id.as_str())
                 .map(|n| Seen::known(std::mem::take(&mut known[n])));
-            let mem = resume.memory.get(id).copied().unwrap_or_default();
+            let mem = memory.and_then(|m| m.get(id)).copied().unwrap_or_default();
             // This process's calls: an earlier one's are reported apart (`calls_before_resume`).
             Tracker::new(id.clone(), row, mem, 0, now)
         })

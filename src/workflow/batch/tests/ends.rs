@@ -131,6 +131,37 @@ async fn queued_calls_never_leave_after_the_deadline() {
     }
 }
 
+/// Decided calls wait in the queue, not as tasks: with 300 Stops decided at once at
+/// `--concurrency 4`, the tasks alive at any time are at most twice the concurrency in calls,
+/// plus the looks in flight and the test's own (one task per decided call would be 300).
+#[tokio::test(start_paused = true)]
+async fn decided_calls_hold_no_task_until_a_slot_is_near() {
+    let ids: Vec<String> = (0..300).map(|n| format!("uhost-{n:03}")).collect();
+    let mut script = Scripted::uniform(&ids, &State::Running);
+    script.stop_delay = Duration::from_secs(1);
+    let cloud = Arc::new(script);
+    let s = Settings {
+        concurrency: 4,
+        ..settings()
+    };
+    let names: Vec<String> = ids.clone();
+    let driving = tokio::spawn({
+        let cloud = Arc::clone(&cloud);
+        async move { run(cloud, names, s, Controls::default()).await }
+    });
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut most = 0;
+    while !driving.is_finished() {
+        most = most.max(metrics.num_alive_tasks());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let report = driving.await.expect("the run ends");
+    assert!(report.instances.iter().all(|i| confirmed(&i.outcome)), "{report:?}");
+    // 2 × 4 call tasks, 4 looks (`looks_in_flight`), the run itself.
+    assert!(most <= 2 * 4 + 4 + 1, "{most} tasks alive at once");
+    assert!(cloud.calls(STOP).len() == 300);
+}
+
 /// A look answered after the instance timeout (it was on its way at the limit) starts no new
 /// call: the instance ends `timed_out`, and no Stop leaves after its time ran out.
 #[tokio::test(start_paused = true)]

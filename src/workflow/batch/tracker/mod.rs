@@ -247,7 +247,7 @@ impl Trackers {
     fn take_watch(&mut self, i: usize, fresh_after: Instant) -> Watch {
         Watch {
             fresh_after,
-            refused: self.take_refused_boxed(i),
+            refused: self.take_refused(i),
         }
     }
 
@@ -298,11 +298,7 @@ impl Trackers {
     }
 
     /// The pending refusal of `i`, taken for judging on a fresh look.
-    pub(super) fn take_refused(&mut self, i: usize) -> Option<Refused> {
-        self.take_refused_boxed(i).map(|r| *r)
-    }
-
-    fn take_refused_boxed(&mut self, i: usize) -> Option<Box<Refused>> {
+    pub(super) fn take_refused(&mut self, i: usize) -> Option<Box<Refused>> {
         match &mut self.all[i].status {
             Status::Due { watch, .. } | Status::Looking { watch, .. } => watch.refused.take(),
             _ => None,
@@ -326,8 +322,8 @@ impl Trackers {
         );
     }
 
-    /// `i`'s look is over: it left the tool's queue at `left`. It is due again at once until
-    /// the answer is read; returns when a counting look must have been sent (`None` if the
+    /// `i`'s look is over: it left the tool's queue at `left`. Until the answer is read it is
+    /// due again at once, or when its look was planned if it was taken early; returns when a counting look must have been sent (`None` if the
     /// instance was not looking, e.g. it was ended by a halt meanwhile).
     pub(super) fn end_look(&mut self, i: usize, left: Instant) -> Option<Instant> {
         let Status::Looking { since, planned, watch } = &self.all[i].status else {

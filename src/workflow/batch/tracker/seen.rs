@@ -30,9 +30,10 @@ impl Seen {
 
     /// What the selection knew, its strings moved in; its region by the same rule as a row's.
     pub(in super::super) fn known(k: super::super::Known) -> Seen {
-        let region = match crate::api::model::home_region(&k.region, &k.zone) {
-            r if r.len() == k.region.len() => k.region,
-            r => r.to_owned(),
+        let region = if k.region.is_empty() {
+            crate::api::model::home_region(&k.region, &k.zone).to_owned()
+        } else {
+            k.region
         };
         Seen {
             name: k.name,
